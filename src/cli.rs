@@ -1,0 +1,325 @@
+//! The command line: `validate`, `check`, `run`. Exit codes: 0 success,
+//! 1 a failing verdict (check) or a runtime failure, 2 an invalid config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::config::{self, Config, ConfigErrors};
+use crate::engine::Engine;
+use crate::ledger::ProbeRecord;
+use crate::verdict::human_ms;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "postcanary",
+    version,
+    about = "Synthetic end-to-end delivery prober for public mail and form channels"
+)]
+pub struct Cli {
+    /// Config file [default: $POSTCANARY_CONFIG or ./postcanary.toml]
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Parse and check the config and print the channels.
+    Validate,
+    /// Probe the selected channels once, now, and wait for the verdicts.
+    Check {
+        /// Channel id to probe (repeatable); all channels when omitted.
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+        /// Print one JSON object per probe instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the daemon: scheduler, inbox watchers, deadline sweeper.
+    Run,
+}
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Run => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, default_level);
+    let path = config::default_path(cli.config.clone());
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            report_config_errors(&errors);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command {
+        Command::Validate => {
+            print_channels(&config);
+            ExitCode::SUCCESS
+        }
+        Command::Check { channels, json } => with_runtime(check(config, channels, json)),
+        Command::Run => with_runtime(run(config)),
+    }
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn report_config_errors(errors: &ConfigErrors) {
+    eprintln!("invalid config:");
+    for e in &errors.0 {
+        eprintln!("  {e}");
+    }
+}
+
+fn with_runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+fn print_channels(config: &Config) {
+    println!(
+        "{} is valid: {} channel(s), {} sender(s), {} inbox(es)",
+        config.path.display(),
+        config.channels.len(),
+        config.senders.len(),
+        config.inboxes.len()
+    );
+    let rows: Vec<Vec<String>> = config
+        .channels
+        .iter()
+        .map(|c| {
+            let target = match &c.kind {
+                config::ChannelKind::Mail { to, via } => format!("{to} via {via}"),
+            };
+            vec![
+                c.id.clone(),
+                c.kind.name().to_string(),
+                target,
+                c.expect.as_str().to_string(),
+                c.inbox.clone().unwrap_or_else(|| "-".into()),
+                c.schedule.to_string(),
+                config::values::format_duration(c.deadline),
+                c.owner.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "CHANNEL", "KIND", "TARGET", "EXPECT", "INBOX", "SCHEDULE", "DEADLINE", "OWNER",
+        ],
+        &rows,
+    );
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+/// One line of `check --json`.
+#[derive(Serialize)]
+struct CheckLine<'a> {
+    channel: &'a str,
+    token: &'a str,
+    verdict: &'a str,
+    latency_ms: Option<i64>,
+    detail: &'a str,
+    smtp_reply: Option<&'a str>,
+}
+
+async fn check(config: Config, selected: Vec<String>, json: bool) -> ExitCode {
+    let unknown: Vec<&String> = selected.iter().filter(|id| config.channel(id).is_none()).collect();
+    if !unknown.is_empty() {
+        for id in unknown {
+            eprintln!("{}: no channel with id {id:?}", config.path.display());
+        }
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let channels: Vec<config::Channel> = if selected.is_empty() {
+        config.channels.clone()
+    } else {
+        config
+            .channels
+            .iter()
+            .filter(|c| selected.contains(&c.id))
+            .cloned()
+            .collect()
+    };
+    if channels.is_empty() {
+        eprintln!("{}: no channels to check", config.path.display());
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let engine = match Engine::start(config).await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("cannot start: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    // Give the watchers a moment to connect so the first arrival is seen by IDLE;
+    // the catch-up after connecting would find it anyway.
+    if !engine.wait_watchers_connected(Duration::from_secs(10)).await {
+        for (inbox, state) in engine.watcher_states() {
+            if !state.is_connected() {
+                eprintln!("warning: inbox {inbox} is not connected yet ({state:?})");
+            }
+        }
+    }
+    let result = engine.check(&channels).await;
+    engine.stop().await;
+    let probes = match result {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("check failed: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    print_probes(&probes, json);
+    if probes.iter().all(|p| p.verdict.is_success()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+fn print_probes(probes: &[ProbeRecord], json: bool) {
+    if json {
+        for p in probes {
+            let line = CheckLine {
+                channel: &p.channel,
+                token: &p.token,
+                verdict: p.verdict.as_str(),
+                latency_ms: p.latency_ms,
+                detail: p.detail.as_deref().unwrap_or(""),
+                smtp_reply: p.smtp_reply.as_deref(),
+            };
+            match serde_json::to_string(&line) {
+                Ok(s) => println!("{s}"),
+                Err(e) => eprintln!("cannot encode result for {}: {e}", p.channel),
+            }
+        }
+        return;
+    }
+    let rows: Vec<Vec<String>> = probes
+        .iter()
+        .map(|p| {
+            vec![
+                p.channel.clone(),
+                p.verdict.to_string(),
+                p.latency_ms.map(human_ms).unwrap_or_else(|| "-".into()),
+                p.detail.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(&["CHANNEL", "VERDICT", "LATENCY", "DETAIL"], &rows);
+}
+
+async fn run(config: Config) -> ExitCode {
+    let engine = match Engine::start(config).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut verdicts = engine.verdicts.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match verdicts.recv().await {
+                Ok(v) if v.verdict.is_success() => {
+                    tracing::info!(channel = %v.channel, verdict = %v.verdict, detail = %v.detail, "verdict")
+                }
+                Ok(v) => tracing::warn!(channel = %v.channel, verdict = %v.verdict, detail = %v.detail, "verdict"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(skipped = n, "verdict log fell behind; see the ledger")
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    tracing::info!(run_id = %engine.run_id, channels = engine.config.channels.len(), inboxes = engine.config.inboxes.len(), "postcanary running");
+    engine.run_scheduler(stop_rx).await;
+    engine.stop().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

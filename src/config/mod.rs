@@ -1,0 +1,710 @@
+//! Configuration: the main TOML file plus the files its `include` globs pull
+//! in, parsed strictly (unknown keys are errors), validated, with every secret
+//! reference resolved. The result is a [`Config`] in which every reference
+//! (a channel's sender and inbox) is known to exist.
+
+mod source;
+pub mod values;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+pub use source::{ConfigError, ConfigErrors, SourceFile};
+pub use values::{AfterConfirm, Expect, HumanDuration, Schedule, Secret, SecretRef, Tls};
+
+/// The loaded, validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The main config file.
+    pub path: PathBuf,
+    pub ledger: LedgerConfig,
+    pub token: TokenConfig,
+    pub senders: Vec<SenderConfig>,
+    pub inboxes: Vec<InboxConfig>,
+    pub channels: Vec<Channel>,
+}
+
+impl Config {
+    pub fn sender(&self, name: &str) -> Option<&SenderConfig> {
+        self.senders.iter().find(|s| s.name == name)
+    }
+    pub fn inbox(&self, name: &str) -> Option<&InboxConfig> {
+        self.inboxes.iter().find(|i| i.name == name)
+    }
+    pub fn channel(&self, id: &str) -> Option<&Channel> {
+        self.channels.iter().find(|c| c.id == id)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// Where the ledger lives; only SQLite for now.
+    pub backend: LedgerBackend,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerBackend {
+    Sqlite(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    /// HMAC key for token tags; when `None`, one is generated once and kept in the ledger.
+    pub key: Option<Secret>,
+    /// Tokens older than this never count as a delivery.
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: Tls,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// The From header and envelope sender.
+    pub from: lettre::message::Mailbox,
+    /// Name sent in EHLO; defaults to the machine's host name.
+    pub helo: Option<String>,
+    /// Limit for one SMTP conversation.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct InboxConfig {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: Tls,
+    pub username: String,
+    pub password: Secret,
+    pub mailbox: String,
+    pub after_confirm: AfterConfirm,
+    /// How often to look when the server has no IDLE (and the longest an IDLE lasts).
+    pub poll_interval: Duration,
+    /// Use IMAP IDLE when the server offers it.
+    pub idle: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub kind: ChannelKind,
+    pub expect: Expect,
+    /// The inbox the probe must land in (`deliver`, `forward`); optional for `bounce`.
+    pub inbox: Option<String>,
+    pub schedule: Schedule,
+    pub deadline: Duration,
+    /// This channel's fixed offset from its schedule, derived from its id.
+    pub jitter_offset: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum ChannelKind {
+    Mail { to: lettre::Address, via: String },
+}
+
+impl ChannelKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChannelKind::Mail { .. } => "mail",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file formats, exactly as written. `deny_unknown_fields` everywhere.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMain {
+    #[serde(default)]
+    include: Vec<String>,
+    ledger: Option<RawLedger>,
+    token: Option<RawToken>,
+    defaults: Option<RawDefaults>,
+    #[serde(default)]
+    sender: Vec<RawSender>,
+    #[serde(default)]
+    inbox: Vec<RawInbox>,
+    #[serde(default)]
+    channel: Vec<RawChannel>,
+}
+
+/// An included file may define senders, inboxes and channels.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInclude {
+    #[serde(default)]
+    sender: Vec<RawSender>,
+    #[serde(default)]
+    inbox: Vec<RawInbox>,
+    #[serde(default)]
+    channel: Vec<RawChannel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLedger {
+    url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    key: Option<SecretRef>,
+    max_age: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    schedule: Option<Schedule>,
+    deadline: Option<HumanDuration>,
+    jitter: Option<HumanDuration>,
+    owner: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum SenderKind {
+    Smtp,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSender {
+    name: String,
+    #[allow(dead_code)] // one kind so far; the field is required so configs stay explicit
+    kind: SenderKind,
+    host: String,
+    port: Option<u16>,
+    tls: Option<Tls>,
+    username: Option<String>,
+    password: Option<SecretRef>,
+    from: String,
+    helo: Option<String>,
+    timeout: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum InboxKind {
+    Imap,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbox {
+    name: String,
+    #[allow(dead_code)]
+    kind: InboxKind,
+    host: String,
+    port: Option<u16>,
+    tls: Option<Tls>,
+    username: String,
+    password: SecretRef,
+    mailbox: Option<String>,
+    after_confirm: Option<AfterConfirm>,
+    poll_interval: Option<HumanDuration>,
+    idle: Option<bool>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawChannelKind {
+    Mail,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    id: String,
+    name: String,
+    owner: Option<String>,
+    kind: RawChannelKind,
+    to: Option<String>,
+    via: Option<String>,
+    expect: Option<Expect>,
+    inbox: Option<String>,
+    schedule: Option<Schedule>,
+    deadline: Option<HumanDuration>,
+}
+
+/// Where a table came from: its file and its index among that file's
+/// `[[kind]]` tables, to point errors at the right lines.
+struct Origin {
+    file: usize,
+    index: usize,
+}
+
+struct Loader {
+    files: Vec<SourceFile>,
+    errors: Vec<ConfigError>,
+}
+
+impl Loader {
+    fn at(&self, origin: &Origin, array: &str, key: &str) -> (usize, Option<usize>) {
+        (
+            origin.file,
+            self.files[origin.file].array_key_line(array, origin.index, key),
+        )
+    }
+
+    fn err(&mut self, origin: &Origin, array: &str, key: &str, message: impl Into<String>) {
+        let (file, line) = self.at(origin, array, key);
+        let e = self.files[file].error(line, Some(&format!("{array}.{key}")), message);
+        self.errors.push(e);
+    }
+
+    fn secret(&mut self, origin: &Origin, array: &str, key: &str, r: &SecretRef) -> Option<Secret> {
+        let base = base_dir(&self.files[origin.file].path);
+        match r.resolve(&base) {
+            Ok(s) => Some(s),
+            Err(msg) => {
+                self.err(origin, array, key, msg);
+                None
+            }
+        }
+    }
+}
+
+fn base_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+const DEFAULT_SCHEDULE: &str = "every 10m";
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(15 * 60);
+const DEFAULT_JITTER: Duration = Duration::from_secs(60);
+const DEFAULT_TOKEN_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
+
+/// The config file to use: the explicit one, else `$POSTCANARY_CONFIG`, else `./postcanary.toml`.
+pub fn default_path(explicit: Option<PathBuf>) -> PathBuf {
+    explicit
+        .or_else(|| std::env::var_os("POSTCANARY_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("postcanary.toml"))
+}
+
+impl Config {
+    /// Loads the main file and its includes, validates everything and
+    /// resolves secrets. Returns every problem found, each with file, line and key.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let main_src = SourceFile::read(path)?;
+        let main: RawMain = main_src.parse()?;
+        let mut loader = Loader {
+            files: vec![main_src],
+            errors: Vec::new(),
+        };
+
+        let mut senders: Vec<(Origin, RawSender)> = Vec::new();
+        let mut inboxes: Vec<(Origin, RawInbox)> = Vec::new();
+        let mut channels: Vec<(Origin, RawChannel)> = Vec::new();
+        push_indexed(&mut senders, 0, main.sender);
+        push_indexed(&mut inboxes, 0, main.inbox);
+        push_indexed(&mut channels, 0, main.channel);
+
+        let base = base_dir(path);
+        let line = loader.files[0].top_key_line("include");
+        for pattern in &main.include {
+            let full = base.join(pattern);
+            let full_str = full.to_string_lossy().to_string();
+            let mut matched: Vec<PathBuf> = match glob::glob(&full_str) {
+                Ok(paths) => paths.filter_map(Result::ok).collect(),
+                Err(e) => {
+                    let err = loader.files[0].error(line, Some("include"), format!("invalid glob {pattern:?}: {e}"));
+                    loader.errors.push(err);
+                    continue;
+                }
+            };
+            matched.sort();
+            if matched.is_empty() {
+                let err = loader.files[0].error(line, Some("include"), format!("{pattern:?} matches no file"));
+                loader.errors.push(err);
+            }
+            for file in matched {
+                let src = match SourceFile::read(&file) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        loader.errors.push(e);
+                        continue;
+                    }
+                };
+                match src.parse::<RawInclude>() {
+                    Ok(inc) => {
+                        let idx = loader.files.len();
+                        push_indexed(&mut senders, idx, inc.sender);
+                        push_indexed(&mut inboxes, idx, inc.inbox);
+                        push_indexed(&mut channels, idx, inc.channel);
+                        loader.files.push(src);
+                    }
+                    Err(e) => loader.errors.push(e),
+                }
+            }
+        }
+
+        let ledger = build_ledger(&mut loader, main.ledger, &base);
+        let token = build_token(&mut loader, main.token);
+        let defaults = main.defaults.unwrap_or_default();
+        let default_schedule: Schedule = match defaults.schedule {
+            Some(s) => s,
+            None => DEFAULT_SCHEDULE
+                .parse()
+                .map_err(|m: String| loader.files[0].error(None, None, m))?,
+        };
+        let default_deadline = defaults
+            .deadline
+            .map(HumanDuration::as_duration)
+            .unwrap_or(DEFAULT_DEADLINE);
+        let jitter = defaults
+            .jitter
+            .map(HumanDuration::as_duration)
+            .unwrap_or(DEFAULT_JITTER);
+        let default_owner = defaults.owner.unwrap_or_else(|| "unassigned".to_string());
+        if default_deadline.is_zero() {
+            let line = loader.files[0].table_key_line("defaults", "deadline");
+            let e = loader.files[0].error(line, Some("defaults.deadline"), "deadline must be longer than zero");
+            loader.errors.push(e);
+        }
+
+        // References are checked against every declared name, so that one bad
+        // sender does not also show up as an error in each of its channels.
+        let sender_names: Vec<String> = senders.iter().map(|(_, s)| s.name.clone()).collect();
+        let inbox_names: Vec<String> = inboxes.iter().map(|(_, i)| i.name.clone()).collect();
+        let senders = build_senders(&mut loader, senders);
+        let inboxes = build_inboxes(&mut loader, inboxes);
+        let defaults = ChannelDefaults {
+            schedule: default_schedule,
+            deadline: default_deadline,
+            jitter,
+            owner: default_owner,
+        };
+        let channels = build_channels(&mut loader, channels, &sender_names, &inbox_names, &defaults);
+
+        if !loader.errors.is_empty() {
+            return Err(ConfigErrors(loader.errors));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            ledger,
+            token,
+            senders,
+            inboxes,
+            channels,
+        })
+    }
+}
+
+fn push_indexed<T>(out: &mut Vec<(Origin, T)>, file: usize, items: Vec<T>) {
+    out.extend(
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| (Origin { file, index }, item)),
+    );
+}
+
+fn build_ledger(loader: &mut Loader, raw: Option<RawLedger>, base: &Path) -> LedgerConfig {
+    let url = raw
+        .and_then(|r| r.url)
+        .unwrap_or_else(|| "sqlite://postcanary.db".to_string());
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
+    let backend = match rest {
+        Some(p) if !p.is_empty() => {
+            let p = PathBuf::from(p);
+            LedgerBackend::Sqlite(if p.is_absolute() { p } else { base.join(p) })
+        }
+        _ => {
+            let line = loader.files[0].table_key_line("ledger", "url");
+            let msg = if url.starts_with("postgres") {
+                "the Postgres ledger is not available yet; use \"sqlite://PATH\"".to_string()
+            } else {
+                format!("unsupported ledger url {url:?}: expected \"sqlite://PATH\"")
+            };
+            let e = loader.files[0].error(line, Some("ledger.url"), msg);
+            loader.errors.push(e);
+            LedgerBackend::Sqlite(base.join("postcanary.db"))
+        }
+    };
+    LedgerConfig { backend }
+}
+
+fn build_token(loader: &mut Loader, raw: Option<RawToken>) -> TokenConfig {
+    let raw = raw.unwrap_or(RawToken {
+        key: None,
+        max_age: None,
+    });
+    let key = raw.key.and_then(|r| match r.resolve(&base_dir(&loader.files[0].path)) {
+        Ok(s) => Some(s),
+        Err(m) => {
+            let line = loader.files[0].table_key_line("token", "key");
+            let e = loader.files[0].error(line, Some("token.key"), m);
+            loader.errors.push(e);
+            None
+        }
+    });
+    let max_age = raw
+        .max_age
+        .map(HumanDuration::as_duration)
+        .unwrap_or(DEFAULT_TOKEN_MAX_AGE);
+    TokenConfig { key, max_age }
+}
+
+fn check_name(loader: &mut Loader, seen: &mut HashSet<String>, origin: &Origin, array: &str, name: &str) {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+        loader.err(
+            origin,
+            array,
+            "name",
+            format!("name {name:?} must be letters, digits, - and _"),
+        );
+    } else if !seen.insert(name.to_string()) {
+        loader.err(
+            origin,
+            array,
+            "name",
+            format!("a {array} named {name:?} is already defined"),
+        );
+    }
+}
+
+fn check_tls_host(loader: &mut Loader, origin: &Origin, array: &str, tls: Tls, host: &str) {
+    if tls == Tls::None && !values::is_loopback_host(host) {
+        loader.err(
+            origin,
+            array,
+            "tls",
+            format!("tls = \"none\" is allowed only for loopback hosts, not {host:?}"),
+        );
+    }
+}
+
+fn build_senders(loader: &mut Loader, raw: Vec<(Origin, RawSender)>) -> Vec<SenderConfig> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (origin, s) in raw {
+        check_name(loader, &mut seen, &origin, "sender", &s.name);
+        let tls = s.tls.unwrap_or(Tls::Starttls);
+        check_tls_host(loader, &origin, "sender", tls, &s.host);
+        let port = s.port.unwrap_or(match tls {
+            Tls::Tls => 465,
+            Tls::Starttls => 587,
+            Tls::None => 25,
+        });
+        let from = match s.from.parse::<lettre::message::Mailbox>() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                loader.err(&origin, "sender", "from", format!("invalid address {:?}: {e}", s.from));
+                None
+            }
+        };
+        let password = match &s.password {
+            Some(r) => loader.secret(&origin, "sender", "password", r),
+            None => None,
+        };
+        if s.password.is_some() != s.username.is_some() {
+            loader.err(
+                &origin,
+                "sender",
+                "username",
+                "username and password must be given together",
+            );
+        }
+        let timeout = s
+            .timeout
+            .map(HumanDuration::as_duration)
+            .unwrap_or(Duration::from_secs(60));
+        if let Some(from) = from {
+            out.push(SenderConfig {
+                name: s.name,
+                host: s.host,
+                port,
+                tls,
+                username: s.username,
+                password,
+                from,
+                helo: s.helo,
+                timeout,
+            });
+        }
+    }
+    out
+}
+
+fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<InboxConfig> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (origin, i) in raw {
+        check_name(loader, &mut seen, &origin, "inbox", &i.name);
+        let tls = i.tls.unwrap_or(Tls::Tls);
+        check_tls_host(loader, &origin, "inbox", tls, &i.host);
+        let port = i.port.unwrap_or(if tls == Tls::Tls { 993 } else { 143 });
+        let poll_interval = i
+            .poll_interval
+            .map(HumanDuration::as_duration)
+            .unwrap_or(Duration::from_secs(60));
+        if poll_interval < Duration::from_millis(100) {
+            loader.err(
+                &origin,
+                "inbox",
+                "poll_interval",
+                "poll_interval must be at least 100ms",
+            );
+        }
+        let password = loader.secret(&origin, "inbox", "password", &i.password);
+        if let Some(password) = password {
+            out.push(InboxConfig {
+                name: i.name,
+                host: i.host,
+                port,
+                tls,
+                username: i.username,
+                password,
+                mailbox: i.mailbox.unwrap_or_else(|| "INBOX".to_string()),
+                after_confirm: i.after_confirm.unwrap_or(AfterConfirm::Keep),
+                poll_interval,
+                idle: i.idle.unwrap_or(true),
+            });
+        }
+    }
+    out
+}
+
+struct ChannelDefaults {
+    schedule: Schedule,
+    deadline: Duration,
+    jitter: Duration,
+    owner: String,
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .split('-')
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+}
+
+/// A stable offset in `[0, min(jitter, interval/2))` derived from the channel id,
+/// so channels sharing a schedule spread out and keep their phase across restarts.
+pub fn jitter_offset(id: &str, jitter: Duration, interval: Duration) -> Duration {
+    let cap = jitter.min(interval / 2).as_millis() as u64;
+    if cap == 0 {
+        return Duration::ZERO;
+    }
+    let digest = Sha256::digest(id.as_bytes());
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&digest[..8]);
+    Duration::from_millis(u64::from_be_bytes(n) % cap)
+}
+
+fn build_channels(
+    loader: &mut Loader,
+    raw: Vec<(Origin, RawChannel)>,
+    senders: &[String],
+    inboxes: &[String],
+    defaults: &ChannelDefaults,
+) -> Vec<Channel> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (origin, c) in raw {
+        const A: &str = "channel";
+        if !valid_id(&c.id) {
+            loader.err(
+                &origin,
+                A,
+                "id",
+                format!("id {:?} must be kebab-case (a-z, 0-9, -), at most 64 characters", c.id),
+            );
+        } else if !seen.insert(c.id.clone()) {
+            loader.err(&origin, A, "id", format!("channel id {:?} is already defined", c.id));
+        }
+        let expect = c.expect.unwrap_or(Expect::Deliver);
+        let kind = match c.kind {
+            RawChannelKind::Mail => {
+                let to = match &c.to {
+                    None => {
+                        loader.err(&origin, A, "to", "kind = \"mail\" needs `to`, the address to probe");
+                        None
+                    }
+                    Some(to) => match to.parse::<lettre::Address>() {
+                        Ok(a) => Some(a),
+                        Err(e) => {
+                            loader.err(&origin, A, "to", format!("invalid address {to:?}: {e}"));
+                            None
+                        }
+                    },
+                };
+                let via = match &c.via {
+                    None => match senders {
+                        [only] => Some(only.clone()),
+                        _ => {
+                            loader.err(
+                                &origin,
+                                A,
+                                "via",
+                                "kind = \"mail\" needs `via`, the name of a [[sender]]",
+                            );
+                            None
+                        }
+                    },
+                    Some(v) if senders.contains(v) => Some(v.clone()),
+                    Some(v) => {
+                        loader.err(&origin, A, "via", format!("no [[sender]] named {v:?}"));
+                        None
+                    }
+                };
+                to.zip(via).map(|(to, via)| ChannelKind::Mail { to, via })
+            }
+        };
+        match (&c.inbox, expect) {
+            (Some(name), _) if !inboxes.contains(name) => {
+                loader.err(&origin, A, "inbox", format!("no [[inbox]] named {name:?}"));
+            }
+            (None, Expect::Deliver | Expect::Forward) => {
+                loader.err(
+                    &origin,
+                    A,
+                    "inbox",
+                    format!(
+                        "expect = \"{}\" needs `inbox`, the [[inbox]] it must land in",
+                        expect.as_str()
+                    ),
+                );
+            }
+            _ => {}
+        }
+        let deadline = c.deadline.map(HumanDuration::as_duration).unwrap_or(defaults.deadline);
+        if deadline.is_zero() {
+            loader.err(&origin, A, "deadline", "deadline must be longer than zero");
+        }
+        let schedule = c.schedule.unwrap_or_else(|| defaults.schedule.clone());
+        let jitter_offset = jitter_offset(&c.id, defaults.jitter, schedule.nominal_interval());
+        if let Some(kind) = kind {
+            out.push(Channel {
+                id: c.id,
+                name: c.name,
+                owner: c.owner.unwrap_or_else(|| defaults.owner.clone()),
+                kind,
+                expect,
+                inbox: c.inbox,
+                schedule,
+                deadline,
+                jitter_offset,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,309 @@
+//! The engine wires the flow together: it opens the ledger, settles the token
+//! key, and runs the inbox watchers and the deadline sweeper. `run` adds the
+//! scheduler; `check` fires the selected channels once and waits for verdicts.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::{Channel, Config};
+use crate::inbox::imap::WatcherState;
+use crate::inbox::Matcher;
+use crate::ledger::{self, DynStore, ProbeRecord, StoreError};
+use crate::probe::{self, ProbeContext, Started};
+use crate::token::TokenKey;
+use crate::verdict::{now_millis, Verdict};
+
+/// A verdict as it is reached, for whoever listens (logs now; incidents next).
+/// The ledger stays the record: a listener that misses one can read it there.
+#[derive(Clone, Debug)]
+pub struct VerdictReport {
+    pub channel: String,
+    pub probe_id: String,
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+#[derive(Clone)]
+pub struct VerdictSink(broadcast::Sender<VerdictReport>);
+
+impl Default for VerdictSink {
+    fn default() -> Self {
+        VerdictSink(broadcast::channel(4096).0)
+    }
+}
+
+impl VerdictSink {
+    pub fn report(&self, channel: &str, probe_id: &str, verdict: Verdict, detail: &str) {
+        // No receiver is fine: the verdict is in the ledger already.
+        let _ = self.0.send(VerdictReport {
+            channel: channel.to_string(),
+            probe_id: probe_id.to_string(),
+            verdict,
+            detail: detail.to_string(),
+        });
+    }
+    pub fn subscribe(&self) -> broadcast::Receiver<VerdictReport> {
+        self.0.subscribe()
+    }
+}
+
+/// Why the engine could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the token key kept in the ledger is unreadable; restore it or configure [token] key")]
+    BadStoredKey,
+}
+
+/// The sweeper looks at least this often, so a probe is judged at most this
+/// late after its deadline.
+const SWEEP_TICK: Duration = Duration::from_millis(250);
+/// At most this many probes are being sent at once.
+const MAX_CONCURRENT_SENDS: usize = 64;
+
+pub struct Engine {
+    pub config: Arc<Config>,
+    pub store: DynStore,
+    pub key: TokenKey,
+    pub run_id: String,
+    pub verdicts: VerdictSink,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    watcher_states: HashMap<String, watch::Receiver<WatcherState>>,
+}
+
+impl Engine {
+    /// Opens the ledger and starts the watchers and the sweeper.
+    pub async fn start(config: Config) -> Result<Engine, EngineError> {
+        let store = ledger::open(&config.ledger.backend).await?;
+        let key = match &config.token.key {
+            Some(secret) => TokenKey::new(secret.expose().as_bytes().to_vec()),
+            None => {
+                let fresh = TokenKey::generate().to_hex();
+                let kept = store.meta_get_or_put("token_key", &fresh).await?;
+                TokenKey::from_hex(&kept).ok_or(EngineError::BadStoredKey)?
+            }
+        };
+        let run_id = ulid::Ulid::new().to_string();
+        let (shutdown, _) = watch::channel(false);
+        let mut engine = Engine {
+            config: Arc::new(config),
+            store,
+            key,
+            run_id,
+            verdicts: VerdictSink::default(),
+            shutdown,
+            tasks: JoinSet::new(),
+            watcher_states: HashMap::new(),
+        };
+        engine.start_watchers();
+        engine.start_sweeper();
+        Ok(engine)
+    }
+
+    pub fn probe_context(&self) -> ProbeContext {
+        ProbeContext {
+            store: Arc::clone(&self.store),
+            key: self.key.clone(),
+            run_id: self.run_id.clone(),
+            verdicts: self.verdicts.clone(),
+        }
+    }
+
+    fn start_watchers(&mut self) {
+        let matcher = Matcher {
+            store: Arc::clone(&self.store),
+            key: self.key.clone(),
+            max_age: self.config.token.max_age,
+            verdicts: self.verdicts.clone(),
+        };
+        for inbox in &self.config.inboxes {
+            let (tx, rx) = watch::channel(WatcherState::Connecting);
+            self.watcher_states.insert(inbox.name.clone(), rx);
+            let fut = crate::inbox::imap::watch(inbox.clone(), matcher.clone(), self.shutdown.subscribe(), tx);
+            self.tasks.spawn(fut);
+        }
+    }
+
+    fn start_sweeper(&mut self) {
+        let store = Arc::clone(&self.store);
+        let verdicts = self.verdicts.clone();
+        let run_id = self.run_id.clone();
+        let mut shutdown = self.shutdown.subscribe();
+        self.tasks.spawn(async move {
+            loop {
+                let wait = match store.next_deadline().await {
+                    Ok(Some(d)) => Duration::from_millis(u64::try_from(d - now_millis()).unwrap_or(0)).min(SWEEP_TICK),
+                    Ok(None) => SWEEP_TICK,
+                    Err(e) => {
+                        tracing::error!(error = %e, "sweeper cannot read the ledger");
+                        SWEEP_TICK
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return,
+                }
+                match store.sweep(now_millis(), &run_id).await {
+                    Ok(swept) => {
+                        for p in swept {
+                            let detail = p.detail.clone().unwrap_or_default();
+                            tracing::warn!(channel = %p.channel, token = %p.token, verdict = %p.verdict, %detail, "deadline passed");
+                            verdicts.report(&p.channel, &p.id, p.verdict, &detail);
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "sweeper cannot update the ledger"),
+                }
+            }
+        });
+    }
+
+    /// The state of each inbox watcher.
+    pub fn watcher_states(&self) -> Vec<(String, WatcherState)> {
+        let mut v: Vec<_> = self
+            .watcher_states
+            .iter()
+            .map(|(k, rx)| (k.clone(), rx.borrow().clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Waits (up to `limit`) until every watcher is connected; returns whether they are.
+    pub async fn wait_watchers_connected(&self, limit: Duration) -> bool {
+        let all = |s: &Engine| s.watcher_states.values().all(|rx| rx.borrow().is_connected());
+        let end = tokio::time::Instant::now() + limit;
+        while !all(self) {
+            if tokio::time::Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Stops watchers and the sweeper and waits for them (bounded).
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+            tracing::warn!("some tasks did not stop within 10s; aborting them");
+            self.tasks.abort_all();
+        }
+    }
+
+    /// Probes the given channels once, now, and waits for every verdict.
+    /// Returns the probes in the order of `channels`.
+    pub async fn check(&self, channels: &[Channel]) -> Result<Vec<ProbeRecord>, EngineError> {
+        let ctx = self.probe_context();
+        let mut sends = JoinSet::new();
+        for (i, ch) in channels.iter().enumerate() {
+            let ctx = ctx.clone();
+            let config = Arc::clone(&self.config);
+            let ch = ch.clone();
+            sends.spawn(async move { (i, probe::run(&ctx, &config, &ch).await) });
+        }
+        let mut started: Vec<Option<Started>> = vec![None; channels.len()];
+        while let Some(joined) = sends.join_next().await {
+            match joined {
+                Ok((i, Ok(s))) => started[i] = Some(s),
+                Ok((_, Err(e))) => return Err(e.into()),
+                Err(e) => return Err(StoreError(format!("probe task failed: {e}")).into()),
+            }
+        }
+        let started: Vec<Started> = started.into_iter().flatten().collect();
+        let mut verdicts = self.verdicts.subscribe();
+        let mut out: Vec<Option<ProbeRecord>> = vec![None; started.len()];
+        loop {
+            for (i, s) in started.iter().enumerate() {
+                if out[i].is_none() {
+                    if let Some(p) = self.store.probe(&s.id).await? {
+                        if p.verdict.is_final() {
+                            out[i] = Some(p);
+                        }
+                    }
+                }
+            }
+            if out.iter().all(Option::is_some) {
+                return Ok(out.into_iter().flatten().collect());
+            }
+            tokio::select! {
+                _ = verdicts.recv() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// The daemon's main loop: fires every channel on its schedule until
+    /// `stop` turns true, then waits for sends in flight (bounded).
+    pub async fn run_scheduler(&self, mut stop: watch::Receiver<bool>) {
+        let ctx = self.probe_context();
+        let sends = Arc::new(Semaphore::new(MAX_CONCURRENT_SENDS));
+        let mut in_flight = JoinSet::new();
+        let mut queue: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> = BinaryHeap::new();
+        let now = Utc::now();
+        for (i, ch) in self.config.channels.iter().enumerate() {
+            match ch.schedule.next_after(now, ch.jitter_offset) {
+                Some(t) => queue.push(Reverse((t, i))),
+                None => {
+                    tracing::error!(channel = %ch.id, schedule = %ch.schedule, "schedule has no next firing; channel not scheduled")
+                }
+            }
+        }
+        if let Some(Reverse((t, i))) = queue.peek() {
+            tracing::info!(channels = self.config.channels.len(), first = %self.config.channels[*i].id, at = %t, "scheduler started");
+        }
+        loop {
+            let Some(Reverse((due, i))) = queue.peek().copied() else {
+                let _ = stop.changed().await;
+                break;
+            };
+            let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => break,
+            }
+            if *stop.borrow() {
+                break;
+            }
+            queue.pop();
+            let ch = &self.config.channels[i];
+            let lateness = (Utc::now() - due).num_milliseconds();
+            tracing::debug!(channel = %ch.id, lateness_ms = lateness, "firing");
+            let (ctx, config, channel, permits) =
+                (ctx.clone(), Arc::clone(&self.config), ch.clone(), Arc::clone(&sends));
+            in_flight.spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                if let Err(e) = probe::run(&ctx, &config, &channel).await {
+                    tracing::error!(channel = %channel.id, error = %e, "probe could not be recorded");
+                }
+            });
+            while in_flight.try_join_next().is_some() {}
+            if let Some(next) = ch.schedule.next_after(due.max(Utc::now()), ch.jitter_offset) {
+                queue.push(Reverse((next, i)));
+            }
+        }
+        tracing::info!(
+            in_flight = in_flight.len(),
+            "scheduler stopping; waiting for sends in flight"
+        );
+        let drain = async { while in_flight.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+            tracing::warn!("sends still in flight after 30s; their probes stay pending and are resumed on restart");
+            in_flight.abort_all();
+        }
+    }
+}

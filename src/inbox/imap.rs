@@ -1,0 +1,448 @@
+//! IMAP inbox watcher over async-imap: one connection per inbox; IDLE where
+//! the server offers it, polling otherwise; reconnects with backoff; after
+//! every (re)connect it catches up from the last UID it has read, which is
+//! kept in the ledger, so nothing that arrived meanwhile is missed.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_imap::extensions::idle::IdleResponse;
+use async_imap::{Client, Session};
+use futures::TryStreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::{tokens_in_message, Matcher};
+use crate::config::{AfterConfirm, InboxConfig, Tls};
+use crate::ledger::Cursor;
+use crate::verdict::now_millis;
+
+/// Limit for any single IMAP round trip.
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Messages larger than this are searched in their header only.
+const MAX_BODY_BYTES: u32 = 2 * 1024 * 1024;
+/// UIDs per FETCH command during catch-up.
+const FETCH_BATCH: usize = 200;
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// What a watcher is doing, for health and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatcherState {
+    Connecting,
+    /// Connected and waiting with IDLE.
+    Idle,
+    /// Connected and polling every `poll_interval`.
+    Polling,
+    /// Disconnected, waiting to reconnect after an error.
+    Backoff(String),
+    Stopped,
+}
+
+impl WatcherState {
+    pub fn is_connected(&self) -> bool {
+        matches!(self, WatcherState::Idle | WatcherState::Polling)
+    }
+}
+
+/// A plain or TLS connection; async-imap needs one concrete stream type.
+pub enum ImapStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl fmt::Debug for ImapStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ImapStream::Plain(_) => "ImapStream::Plain",
+            ImapStream::Tls(_) => "ImapStream::Tls",
+        })
+    }
+}
+
+impl AsyncRead for ImapStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ImapStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ImapStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ImapStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ImapStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ImapStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+type ImapSession = Session<ImapStream>;
+
+/// A watcher failure; the message names the inbox's server and never a password.
+#[derive(Debug)]
+struct WatchError(String);
+
+impl fmt::Display for WatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+async fn op<T, E: fmt::Display>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, WatchError> {
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(WatchError(format!("{what}: {e}"))),
+        Err(_) => Err(WatchError(format!(
+            "{what}: no answer within {}s",
+            OP_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+pub(crate) fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+async fn tls_wrap(host: &str, tcp: TcpStream) -> Result<ImapStream, WatchError> {
+    let connector = tls_connector().map_err(WatchError)?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| WatchError(format!("invalid TLS server name {host:?}: {e}")))?;
+    let tls = op("TLS handshake", connector.connect(name, tcp)).await?;
+    Ok(ImapStream::Tls(Box::new(tls)))
+}
+
+/// Connects, secures and logs in; returns the session with the mailbox selected.
+async fn open(cfg: &InboxConfig) -> Result<(ImapSession, async_imap::types::Mailbox, bool), WatchError> {
+    let server = format!("{}:{}", cfg.host, cfg.port);
+    let tcp = op(
+        &format!("connect to {server}"),
+        TcpStream::connect((cfg.host.as_str(), cfg.port)),
+    )
+    .await?;
+    let _ = tcp.set_nodelay(true);
+    let stream = match cfg.tls {
+        Tls::Tls => tls_wrap(&cfg.host, tcp).await?,
+        Tls::None | Tls::Starttls => ImapStream::Plain(tcp),
+    };
+    let mut client = Client::new(stream);
+    match op("greeting", async { client.read_response().await.transpose() }).await? {
+        Some(_) => {}
+        None => {
+            return Err(WatchError(format!(
+                "{server} closed the connection before its greeting"
+            )))
+        }
+    }
+    if cfg.tls == Tls::Starttls {
+        op("STARTTLS", client.run_command_and_check_ok("STARTTLS", None)).await?;
+        let ImapStream::Plain(tcp) = client.into_inner() else {
+            return Err(WatchError("STARTTLS on an already encrypted connection".into()));
+        };
+        client = Client::new(tls_wrap(&cfg.host, tcp).await?);
+    }
+    let login = tokio::time::timeout(OP_TIMEOUT, client.login(&cfg.username, cfg.password.expose())).await;
+    let mut session = match login {
+        Ok(Ok(s)) => s,
+        Ok(Err((e, _))) => return Err(WatchError(format!("{server} refused login as {}: {e}", cfg.username))),
+        Err(_) => {
+            return Err(WatchError(format!(
+                "{server}: no answer to LOGIN within {}s",
+                OP_TIMEOUT.as_secs()
+            )))
+        }
+    };
+    let caps = op("CAPABILITY", session.capabilities()).await?;
+    let can_idle = caps.has_str("IDLE");
+    let mailbox = op(&format!("SELECT {}", cfg.mailbox), session.select(&cfg.mailbox)).await?;
+    Ok((session, mailbox, can_idle))
+}
+
+/// Runs the watcher until `shutdown` turns true. Errors are logged and lead
+/// to a reconnect with exponential backoff; the watcher never gives up.
+pub async fn watch(
+    cfg: InboxConfig,
+    matcher: Matcher,
+    mut shutdown: watch::Receiver<bool>,
+    state: watch::Sender<WatcherState>,
+) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let _ = state.send(WatcherState::Connecting);
+        let mut connected = false;
+        let result = run_session(&cfg, &matcher, &mut shutdown, &state, &mut connected).await;
+        match result {
+            Ok(()) => break,
+            Err(e) => {
+                if connected {
+                    backoff = BACKOFF_START;
+                }
+                tracing::warn!(inbox = %cfg.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "IMAP watcher disconnected");
+                let _ = state.send(WatcherState::Backoff(e.to_string()));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+    let _ = state.send(WatcherState::Stopped);
+}
+
+async fn run_session(
+    cfg: &InboxConfig,
+    matcher: &Matcher,
+    shutdown: &mut watch::Receiver<bool>,
+    state: &watch::Sender<WatcherState>,
+    connected: &mut bool,
+) -> Result<(), WatchError> {
+    let (mut session, mailbox, can_idle) = open(cfg).await?;
+    *connected = true;
+    let use_idle = can_idle && cfg.idle;
+    tracing::info!(inbox = %cfg.name, idle = use_idle, exists = mailbox.exists, "IMAP watcher connected");
+    let uid_validity = mailbox.uid_validity.unwrap_or(0);
+    let mut last_uid = starting_uid(cfg, matcher, &mut session, uid_validity, mailbox.uid_next).await?;
+    let can_move = op("CAPABILITY", session.capabilities()).await?.has_str("MOVE");
+
+    loop {
+        last_uid = catch_up(cfg, matcher, &mut session, uid_validity, last_uid, can_move).await?;
+        if *shutdown.borrow() {
+            let _ = op("LOGOUT", session.logout()).await;
+            return Ok(());
+        }
+        if use_idle {
+            let _ = state.send(WatcherState::Idle);
+            let mut handle = session.idle();
+            op("IDLE", handle.init()).await?;
+            let stop = {
+                let (wait, stop) = handle.wait_with_timeout(cfg.poll_interval);
+                tokio::pin!(wait);
+                tokio::select! {
+                    r = &mut wait => match r {
+                        Ok(IdleResponse::NewData(_)) | Ok(IdleResponse::Timeout) | Ok(IdleResponse::ManualInterrupt) => {}
+                        Err(e) => return Err(WatchError(format!("IDLE: {e}"))),
+                    },
+                    _ = tokio::time::sleep(cfg.poll_interval) => {}
+                    _ = shutdown.changed() => {}
+                }
+                stop
+            };
+            drop(stop);
+            session = op("DONE", handle.done()).await?;
+        } else {
+            let _ = state.send(WatcherState::Polling);
+            tokio::select! {
+                _ = tokio::time::sleep(cfg.poll_interval) => {}
+                _ = shutdown.changed() => {}
+            }
+            op("NOOP", session.noop()).await?;
+        }
+    }
+}
+
+/// Where to start reading: the kept cursor if the mailbox is the same
+/// (UIDVALIDITY unchanged); otherwise from the day before the oldest pending
+/// probe was made; with no probe pending, only what arrives from now on.
+async fn starting_uid(
+    cfg: &InboxConfig,
+    matcher: &Matcher,
+    session: &mut ImapSession,
+    uid_validity: u32,
+    uid_next: Option<u32>,
+) -> Result<u32, WatchError> {
+    let store_err = |e: crate::ledger::StoreError| WatchError(e.to_string());
+    if let Some(c) = matcher.store.cursor(&cfg.name).await.map_err(store_err)? {
+        if c.uid_validity == uid_validity {
+            return Ok(c.last_uid);
+        }
+        tracing::warn!(inbox = %cfg.name, "UIDVALIDITY changed; rescanning recent mail");
+    }
+    let oldest_pending = matcher
+        .store
+        .pending()
+        .await
+        .map_err(store_err)?
+        .iter()
+        .map(|p| p.created_at)
+        .min();
+    let start = match oldest_pending {
+        Some(created) => {
+            let day_before = chrono::DateTime::from_timestamp_millis(created - 86_400_000).unwrap_or_default();
+            let query = format!("SINCE {}", day_before.format("%d-%b-%Y"));
+            let uids = op("UID SEARCH", session.uid_search(&query)).await?;
+            uids.into_iter()
+                .min()
+                .map(|u| u.saturating_sub(1))
+                .unwrap_or_else(|| uid_next.unwrap_or(1).saturating_sub(1))
+        }
+        None => uid_next.unwrap_or(1).saturating_sub(1),
+    };
+    matcher
+        .store
+        .set_cursor(
+            &cfg.name,
+            Cursor {
+                uid_validity,
+                last_uid: start,
+            },
+        )
+        .await
+        .map_err(store_err)?;
+    Ok(start)
+}
+
+/// Reads every message with a UID above `last_uid`, matches its tokens, acts
+/// on the ones that are ours, and advances the cursor. Returns the new last UID.
+async fn catch_up(
+    cfg: &InboxConfig,
+    matcher: &Matcher,
+    session: &mut ImapSession,
+    uid_validity: u32,
+    last_uid: u32,
+    can_move: bool,
+) -> Result<u32, WatchError> {
+    let found = op(
+        "UID SEARCH",
+        session.uid_search(format!("UID {}:*", last_uid.saturating_add(1))),
+    )
+    .await?;
+    // "n:*" also matches the highest UID when it is below n.
+    let mut uids: Vec<u32> = found.into_iter().filter(|&u| u > last_uid).collect();
+    uids.sort_unstable();
+    let mut last = last_uid;
+    for batch in uids.chunks(FETCH_BATCH) {
+        let seen_at = now_millis();
+        let messages = fetch_batch(session, batch).await?;
+        let mut ours = Vec::new();
+        for (uid, raw) in &messages {
+            let candidates = tokens_in_message(raw);
+            if candidates.is_empty() {
+                continue;
+            }
+            let fates = matcher
+                .consider(&cfg.name, &candidates, seen_at)
+                .await
+                .map_err(|e| WatchError(e.to_string()))?;
+            if fates.iter().any(|f| f.is_ours()) {
+                ours.push(*uid);
+            }
+        }
+        after_confirm(cfg, session, &ours, can_move).await?;
+        last = batch.iter().copied().max().unwrap_or(last).max(last);
+        matcher
+            .store
+            .set_cursor(
+                &cfg.name,
+                Cursor {
+                    uid_validity,
+                    last_uid: last,
+                },
+            )
+            .await
+            .map_err(|e| WatchError(e.to_string()))?;
+    }
+    Ok(last)
+}
+
+fn uid_set(uids: &[u32]) -> String {
+    uids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Fetches the messages of one batch: whole messages up to
+/// [`MAX_BODY_BYTES`], only the header of larger ones.
+async fn fetch_batch(session: &mut ImapSession, uids: &[u32]) -> Result<Vec<(u32, Vec<u8>)>, WatchError> {
+    let set = uid_set(uids);
+    let sizes: Vec<(u32, u32)> = {
+        let stream = op("UID FETCH", session.uid_fetch(&set, "(UID RFC822.SIZE)")).await?;
+        op("UID FETCH", stream.try_collect::<Vec<_>>())
+            .await?
+            .iter()
+            .filter_map(|f| Some((f.uid?, f.size.unwrap_or(0))))
+            .collect()
+    };
+    let (small, large): (Vec<_>, Vec<_>) = sizes.into_iter().partition(|&(_, size)| size <= MAX_BODY_BYTES);
+    let mut out = Vec::new();
+    for (uids, query) in [(small, "(UID BODY.PEEK[])"), (large, "(UID BODY.PEEK[HEADER])")] {
+        if uids.is_empty() {
+            continue;
+        }
+        let set = uid_set(&uids.iter().map(|&(u, _)| u).collect::<Vec<_>>());
+        let stream = op("UID FETCH", session.uid_fetch(&set, query)).await?;
+        for f in op("UID FETCH", stream.try_collect::<Vec<_>>()).await? {
+            if let (Some(uid), Some(bytes)) = (f.uid, f.body().or_else(|| f.header())) {
+                out.push((uid, bytes.to_vec()));
+            }
+        }
+    }
+    out.sort_by_key(|(uid, _)| *uid);
+    Ok(out)
+}
+
+async fn after_confirm(
+    cfg: &InboxConfig,
+    session: &mut ImapSession,
+    uids: &[u32],
+    can_move: bool,
+) -> Result<(), WatchError> {
+    if uids.is_empty() {
+        return Ok(());
+    }
+    let set = uid_set(uids);
+    match &cfg.after_confirm {
+        AfterConfirm::Keep => return Ok(()),
+        AfterConfirm::Move(folder) if can_move => {
+            op(&format!("UID MOVE to {folder}"), session.uid_mv(&set, folder)).await?;
+        }
+        AfterConfirm::Move(folder) => {
+            op(&format!("UID COPY to {folder}"), session.uid_copy(&set, folder)).await?;
+            delete(session, &set).await?;
+        }
+        AfterConfirm::Delete => delete(session, &set).await?,
+    }
+    tracing::debug!(inbox = %cfg.name, uids = %set, action = ?cfg.after_confirm, "cleaned up confirmed probes");
+    Ok(())
+}
+
+async fn delete(session: &mut ImapSession, set: &str) -> Result<(), WatchError> {
+    {
+        let stream = op("UID STORE", session.uid_store(set, "+FLAGS.SILENT (\\Deleted)")).await?;
+        op("UID STORE", stream.try_collect::<Vec<_>>()).await?;
+    }
+    // UID EXPUNGE (UIDPLUS) removes only our messages; plain EXPUNGE would
+    // also remove anything else someone flagged \Deleted.
+    let stream = op("UID EXPUNGE", session.uid_expunge(set)).await?;
+    op("UID EXPUNGE", stream.try_collect::<Vec<_>>()).await?;
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! The ledger: the persistent record of probes, their evidence trail and the
+//! inbox watchers' cursors. Everything that judges a probe goes through
+//! [`Store::judge`] or [`Store::sweep`], both of which only change a probe that
+//! has not been judged yet, in one atomic statement — so no probe is judged
+//! twice, whoever races.
+
+#[cfg(test)]
+pub(crate) mod contract;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::config::{Expect, LedgerBackend};
+use crate::verdict::{Judgement, Millis, Verdict};
+
+pub use sqlite::SqliteStore;
+
+/// Errors of the store itself (I/O, corruption): never a probe's fault.
+#[derive(Debug, thiserror::Error)]
+#[error("ledger: {0}")]
+pub struct StoreError(pub String);
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A probe as written before anything is sent.
+#[derive(Clone, Debug)]
+pub struct NewProbe {
+    pub id: String,
+    pub token: String,
+    pub channel: String,
+    pub kind: String,
+    pub expect: Expect,
+    pub inbox: Option<String>,
+    pub target: String,
+    pub created_at: Millis,
+    pub deadline: Millis,
+    /// Identifies the process that wrote it, so the sweeper can tell a send
+    /// still in flight from one abandoned by a crash.
+    pub run_id: String,
+}
+
+/// A probe row.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeRecord {
+    pub id: String,
+    pub token: String,
+    pub channel: String,
+    pub kind: String,
+    pub expect: String,
+    pub inbox: Option<String>,
+    pub target: String,
+    pub created_at: Millis,
+    pub sent_at: Option<Millis>,
+    pub deadline: Millis,
+    pub verdict: Verdict,
+    pub judged_at: Option<Millis>,
+    pub found_in: Option<String>,
+    pub found_at: Option<Millis>,
+    pub latency_ms: Option<i64>,
+    pub detail: Option<String>,
+    pub smtp_reply: Option<String>,
+}
+
+impl ProbeRecord {
+    pub fn expect(&self) -> Expect {
+        self.expect.parse().unwrap_or(Expect::Deliver)
+    }
+}
+
+/// One entry of a probe's evidence trail.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Event {
+    pub at: Millis,
+    pub kind: String,
+    pub detail: String,
+}
+
+/// Where an inbox watcher has read up to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub uid_validity: u32,
+    pub last_uid: u32,
+}
+
+/// The ledger's operations. One implementation per backend; the contract
+/// tests in `sqlite.rs` (`contract`) are written against this trait.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Returns the value under `key`, storing `value` first if there was none.
+    async fn meta_get_or_put(&self, key: &str, value: &str) -> StoreResult<String>;
+
+    /// Writes a new pending probe. Called before the message is sent.
+    async fn insert_probe(&self, p: &NewProbe) -> StoreResult<()>;
+
+    /// Records that the message was handed over, with the server's reply.
+    async fn record_sent(&self, id: &str, sent_at: Millis, reply: &str) -> StoreResult<()>;
+
+    /// Appends to a probe's evidence trail.
+    async fn add_event(&self, id: &str, at: Millis, kind: &str, detail: &str) -> StoreResult<()>;
+
+    /// Records a verdict if the probe is still pending — or, for an arrival
+    /// (`late`/`misrouted`), if it was `missed`. Returns whether it changed.
+    async fn judge(&self, id: &str, j: &Judgement) -> StoreResult<bool>;
+
+    /// Turns every pending probe whose deadline is at or before `now` into a
+    /// verdict in one atomic update, and returns those probes. Sends still in
+    /// flight in this process (`run_id`) are left to their sender.
+    async fn sweep(&self, now: Millis, run_id: &str) -> StoreResult<Vec<ProbeRecord>>;
+
+    async fn probe(&self, id: &str) -> StoreResult<Option<ProbeRecord>>;
+    async fn probe_by_token(&self, token: &str) -> StoreResult<Option<ProbeRecord>>;
+    async fn pending(&self) -> StoreResult<Vec<ProbeRecord>>;
+    /// The earliest deadline among pending probes, for the sweeper's timer.
+    async fn next_deadline(&self) -> StoreResult<Option<Millis>>;
+    /// The newest probes of a channel, newest first.
+    async fn recent_probes(&self, channel: &str, limit: usize) -> StoreResult<Vec<ProbeRecord>>;
+    async fn events(&self, id: &str) -> StoreResult<Vec<Event>>;
+
+    async fn cursor(&self, inbox: &str) -> StoreResult<Option<Cursor>>;
+    async fn set_cursor(&self, inbox: &str, c: Cursor) -> StoreResult<()>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the configured ledger.
+pub async fn open(backend: &LedgerBackend) -> StoreResult<DynStore> {
+    match backend {
+        LedgerBackend::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
+    }
+}
+
+/// The detail recorded for a pending probe swept at its deadline.
+pub fn swept_verdict(expect: Expect, sent: bool) -> (Verdict, &'static str) {
+    match (sent, expect) {
+        (false, _) => (
+            Verdict::Error,
+            "the send was never confirmed (the prober stopped while sending)",
+        ),
+        (true, Expect::Bounce) => (
+            Verdict::Missed,
+            "black hole: the address accepted the message and neither bounced nor refused it",
+        ),
+        (true, _) => (Verdict::Missed, "nothing arrived before the deadline"),
+    }
+}

@@ -1,0 +1,435 @@
+//! SQLite ledger (the embedded default). One connection in WAL mode behind a
+//! mutex; every call runs on tokio's blocking pool. A committed write survives
+//! a kill -9 of the process.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{swept_verdict, Cursor, Event, NewProbe, ProbeRecord, Store, StoreError, StoreResult};
+use crate::config::Expect;
+use crate::verdict::{Judgement, Millis, Verdict};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
+/// Append only: a later change adds a new entry.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE probes (
+    id          TEXT PRIMARY KEY,
+    token       TEXT NOT NULL UNIQUE,
+    channel     TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    expect      TEXT NOT NULL,
+    inbox       TEXT,
+    target      TEXT NOT NULL,
+    run_id      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    sent_at     INTEGER,
+    deadline    INTEGER NOT NULL,
+    verdict     TEXT NOT NULL DEFAULT 'pending',
+    judged_at   INTEGER,
+    found_in    TEXT,
+    found_at    INTEGER,
+    latency_ms  INTEGER,
+    detail      TEXT,
+    smtp_reply  TEXT
+);
+CREATE INDEX probes_pending ON probes (verdict, deadline);
+CREATE INDEX probes_channel ON probes (channel, created_at);
+CREATE TABLE probe_events (
+    probe_id TEXT NOT NULL REFERENCES probes (id),
+    at       INTEGER NOT NULL,
+    kind     TEXT NOT NULL,
+    detail   TEXT NOT NULL
+);
+CREATE INDEX probe_events_probe ON probe_events (probe_id, at);
+CREATE TABLE inbox_cursors (
+    inbox        TEXT PRIMARY KEY,
+    uid_validity INTEGER NOT NULL,
+    last_uid     INTEGER NOT NULL
+);
+"#];
+
+/// A send not confirmed by its own process is given this long past its
+/// deadline before the sweeper calls it an error (covers the last attempt).
+const SEND_GRACE_MS: i64 = 120_000;
+
+const PROBE_COLUMNS: &str = "id, token, channel, kind, expect, inbox, target, created_at, sent_at, deadline, \
+     verdict, judged_at, found_in, found_at, latency_ms, detail, smtp_reply";
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn row_to_probe(r: &Row<'_>) -> rusqlite::Result<ProbeRecord> {
+    let verdict: String = r.get(10)?;
+    Ok(ProbeRecord {
+        id: r.get(0)?,
+        token: r.get(1)?,
+        channel: r.get(2)?,
+        kind: r.get(3)?,
+        expect: r.get(4)?,
+        inbox: r.get(5)?,
+        target: r.get(6)?,
+        created_at: r.get(7)?,
+        sent_at: r.get(8)?,
+        deadline: r.get(9)?,
+        verdict: verdict.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(10, rusqlite::types::Type::Text, e.into())
+        })?,
+        judged_at: r.get(11)?,
+        found_in: r.get(12)?,
+        found_at: r.get(13)?,
+        latency_ms: r.get(14)?,
+        detail: r.get(15)?,
+        smtp_reply: r.get(16)?,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the ledger file and brings its schema up to date.
+    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let path = path.to_path_buf();
+        let conn = tokio::task::spawn_blocking(move || -> StoreResult<Connection> {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+            }
+            let mut conn = Connection::open(&path).map_err(|e| err(format!("cannot open {}: {e}", path.display())))?;
+            conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
+            conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+            conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+            conn.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
+            migrate(&mut conn)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(err)??;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// An in-memory ledger, for tests.
+    pub fn in_memory() -> StoreResult<SqliteStore> {
+        let mut conn = Connection::open_in_memory().map_err(err)?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| err("ledger connection poisoned by an earlier panic"))?;
+            f(&mut guard).map_err(err)
+        })
+        .await
+        .map_err(err)?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+    if version > MIGRATIONS.len() {
+        return Err(err(format!(
+            "the ledger's schema (version {version}) is newer than this postcanary knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(err)?;
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", i + 1).map_err(err)?;
+        tx.commit().map_err(err)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn meta_get_or_put(&self, key: &str, value: &str) -> StoreResult<String> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )?;
+            c.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
+        })
+        .await
+    }
+
+    async fn insert_probe(&self, p: &NewProbe) -> StoreResult<()> {
+        let p = p.clone();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO probes (id, token, channel, kind, expect, inbox, target, run_id, created_at, deadline) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    p.id,
+                    p.token,
+                    p.channel,
+                    p.kind,
+                    p.expect.as_str(),
+                    p.inbox,
+                    p.target,
+                    p.run_id,
+                    p.created_at,
+                    p.deadline
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO probe_events (probe_id, at, kind, detail) VALUES (?1, ?2, 'created', ?3)",
+                params![
+                    p.id,
+                    p.created_at,
+                    format!(
+                        "probe to {} created, deadline in {}s",
+                        p.target,
+                        (p.deadline - p.created_at) / 1000
+                    )
+                ],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn record_sent(&self, id: &str, sent_at: Millis, reply: &str) -> StoreResult<()> {
+        let (id, reply) = (id.to_string(), reply.to_string());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE probes SET sent_at = ?2, smtp_reply = ?3 WHERE id = ?1",
+                params![id, sent_at, reply],
+            )?;
+            tx.execute(
+                "INSERT INTO probe_events (probe_id, at, kind, detail) VALUES (?1, ?2, 'sent', ?3)",
+                params![id, sent_at, reply],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn add_event(&self, id: &str, at: Millis, kind: &str, detail: &str) -> StoreResult<()> {
+        let (id, kind, detail) = (id.to_string(), kind.to_string(), detail.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO probe_events (probe_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+                params![id, at, kind, detail],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn judge(&self, id: &str, j: &Judgement) -> StoreResult<bool> {
+        let id = id.to_string();
+        let j = j.clone();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let arrival = matches!(j.verdict, Verdict::Late | Verdict::Misrouted);
+            let (found_in, found_at) = match &j.found {
+                Some(f) => (Some(f.inbox.clone()), Some(f.at)),
+                None => (None, None),
+            };
+            let changed = tx.execute(
+                "UPDATE probes SET verdict = ?2, detail = ?3, judged_at = ?4, found_in = ?5, found_at = ?6, latency_ms = ?7 \
+                 WHERE id = ?1 AND (verdict = 'pending' OR (?8 AND verdict = 'missed'))",
+                params![id, j.verdict.as_str(), j.detail, j.at, found_in, found_at, j.latency_ms, arrival],
+            )?;
+            if changed == 1 {
+                tx.execute(
+                    "INSERT INTO probe_events (probe_id, at, kind, detail) VALUES (?1, ?2, 'verdict', ?3)",
+                    params![id, j.at, format!("{}: {}", j.verdict, j.detail)],
+                )?;
+            }
+            tx.commit()?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn sweep(&self, now: Millis, run_id: &str) -> StoreResult<Vec<ProbeRecord>> {
+        let run_id = run_id.to_string();
+        let (_, unsent) = swept_verdict(Expect::Deliver, false);
+        let (_, black_hole) = swept_verdict(Expect::Bounce, true);
+        let (_, missed) = swept_verdict(Expect::Deliver, true);
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let sql = format!(
+                "UPDATE probes SET \
+                   verdict = CASE WHEN sent_at IS NULL THEN 'error' ELSE 'missed' END, \
+                   detail = CASE WHEN sent_at IS NULL THEN ?3 WHEN expect = 'bounce' THEN ?4 ELSE ?5 END, \
+                   judged_at = ?1 \
+                 WHERE verdict = 'pending' AND deadline <= ?1 \
+                   AND (sent_at IS NOT NULL OR run_id <> ?2 OR deadline + {SEND_GRACE_MS} <= ?1) \
+                 RETURNING {PROBE_COLUMNS}"
+            );
+            let swept: Vec<ProbeRecord> = {
+                let mut stmt = tx.prepare(&sql)?;
+                let rows = stmt.query_map(params![now, run_id, unsent, black_hole, missed], row_to_probe)?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            for p in &swept {
+                tx.execute(
+                    "INSERT INTO probe_events (probe_id, at, kind, detail) VALUES (?1, ?2, 'verdict', ?3)",
+                    params![
+                        p.id,
+                        now,
+                        format!("{}: {}", p.verdict, p.detail.as_deref().unwrap_or(""))
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(swept)
+        })
+        .await
+    }
+
+    async fn probe(&self, id: &str) -> StoreResult<Option<ProbeRecord>> {
+        let id = id.to_string();
+        self.with(move |c| {
+            c.query_row(
+                &format!("SELECT {PROBE_COLUMNS} FROM probes WHERE id = ?1"),
+                params![id],
+                row_to_probe,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn probe_by_token(&self, token: &str) -> StoreResult<Option<ProbeRecord>> {
+        let token = token.to_string();
+        self.with(move |c| {
+            c.query_row(
+                &format!("SELECT {PROBE_COLUMNS} FROM probes WHERE token = ?1"),
+                params![token],
+                row_to_probe,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn pending(&self) -> StoreResult<Vec<ProbeRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {PROBE_COLUMNS} FROM probes WHERE verdict = 'pending' ORDER BY deadline"
+            ))?;
+            let rows = stmt.query_map([], row_to_probe)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn next_deadline(&self) -> StoreResult<Option<Millis>> {
+        self.with(|c| {
+            c.query_row("SELECT MIN(deadline) FROM probes WHERE verdict = 'pending'", [], |r| {
+                r.get(0)
+            })
+        })
+        .await
+    }
+
+    async fn recent_probes(&self, channel: &str, limit: usize) -> StoreResult<Vec<ProbeRecord>> {
+        let channel = channel.to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {PROBE_COLUMNS} FROM probes WHERE channel = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![channel, limit], row_to_probe)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn events(&self, id: &str) -> StoreResult<Vec<Event>> {
+        let id = id.to_string();
+        self.with(move |c| {
+            let mut stmt =
+                c.prepare("SELECT at, kind, detail FROM probe_events WHERE probe_id = ?1 ORDER BY at, rowid")?;
+            let rows = stmt.query_map(params![id], |r| {
+                Ok(Event {
+                    at: r.get(0)?,
+                    kind: r.get(1)?,
+                    detail: r.get(2)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn cursor(&self, inbox: &str) -> StoreResult<Option<Cursor>> {
+        let inbox = inbox.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT uid_validity, last_uid FROM inbox_cursors WHERE inbox = ?1",
+                params![inbox],
+                |r| {
+                    Ok(Cursor {
+                        uid_validity: r.get(0)?,
+                        last_uid: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn set_cursor(&self, inbox: &str, cur: Cursor) -> StoreResult<()> {
+        let inbox = inbox.to_string();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO inbox_cursors (inbox, uid_validity, last_uid) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (inbox) DO UPDATE SET uid_validity = excluded.uid_validity, last_uid = excluded.last_uid",
+                params![inbox, cur.uid_validity, cur.last_uid],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite_in_memory_meets_the_store_contract() {
+        crate::ledger::contract::run_all(Arc::new(SqliteStore::in_memory().unwrap())).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_file_meets_the_store_contract_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/ledger.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        crate::ledger::contract::run_all(Arc::new(store)).await;
+        // Reopening runs no migration twice and keeps the data.
+        let again = SqliteStore::open(&path).await.unwrap();
+        assert!(again.probe_by_token("pc-tok-1").await.unwrap().is_some());
+    }
+}

@@ -1,0 +1,12 @@
+//! postcanary: a synthetic end-to-end delivery prober for public mail and
+//! form channels. See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod inbox;
+pub mod ledger;
+pub mod probe;
+pub mod sender;
+pub mod token;
+pub mod verdict;

@@ -1,0 +1,104 @@
+//! Probes: one attempt on a channel. The shared part — token, ledger row
+//! written before anything leaves, evidence — lives here; each channel kind
+//! has its own file that only knows how to send or submit once.
+
+pub mod mail;
+
+use std::time::SystemTime;
+
+use crate::config::{Channel, ChannelKind, Config};
+use crate::ledger::{DynStore, NewProbe, StoreError};
+use crate::token::TokenKey;
+use crate::verdict::{now_millis, Judgement, Millis, Verdict};
+
+/// What a probe needs from the running system.
+#[derive(Clone)]
+pub struct ProbeContext {
+    pub store: DynStore,
+    pub key: TokenKey,
+    /// This process's run id (see [`NewProbe::run_id`]).
+    pub run_id: String,
+    pub verdicts: crate::engine::VerdictSink,
+}
+
+/// A probe that has been written to the ledger.
+#[derive(Clone, Debug)]
+pub struct Started {
+    pub id: String,
+    pub token: String,
+    pub channel: String,
+    pub deadline: Millis,
+}
+
+/// Writes the probe to the ledger, then sends it. Returns once the channel
+/// has accepted the message (the watchers and sweeper take it from there) or
+/// a verdict has been reached at send time. Never returns a probe failure as
+/// an error: a failed probe is a verdict. Only the ledger failing is an error.
+pub async fn run(ctx: &ProbeContext, config: &Config, channel: &Channel) -> Result<Started, StoreError> {
+    let now = SystemTime::now();
+    let token = ctx.key.issue(now);
+    let created_at = now_millis();
+    let deadline = created_at + i64::try_from(channel.deadline.as_millis()).unwrap_or(i64::MAX / 2);
+    let target = match &channel.kind {
+        ChannelKind::Mail { to, .. } => to.to_string(),
+    };
+    let started = Started {
+        id: token.id(),
+        token: token.to_string(),
+        channel: channel.id.clone(),
+        deadline,
+    };
+    ctx.store
+        .insert_probe(&NewProbe {
+            id: started.id.clone(),
+            token: started.token.clone(),
+            channel: channel.id.clone(),
+            kind: channel.kind.name().to_string(),
+            expect: channel.expect,
+            inbox: channel.inbox.clone(),
+            target,
+            created_at,
+            deadline,
+            run_id: ctx.run_id.clone(),
+        })
+        .await?;
+    tracing::info!(channel = %channel.id, token = %started.token, "probe started");
+    match &channel.kind {
+        ChannelKind::Mail { to, via } => {
+            let Some(sender) = config.sender(via) else {
+                // Validation guarantees the sender exists; be explicit anyway.
+                let j = Judgement {
+                    verdict: Verdict::Error,
+                    detail: format!("no sender named {via:?}"),
+                    at: now_millis(),
+                    found: None,
+                    latency_ms: None,
+                };
+                record(ctx, &started.id, &channel.id, j).await?;
+                return Ok(started);
+            };
+            mail::send(ctx, channel, sender, to, &started).await?;
+        }
+    }
+    Ok(started)
+}
+
+/// Records a verdict and, if it was the one that counted, reports it.
+pub async fn record(ctx: &ProbeContext, id: &str, channel: &str, j: Judgement) -> Result<bool, StoreError> {
+    record_with(&ctx.store, &ctx.verdicts, id, channel, j).await
+}
+
+/// [`record`] for callers that are not probes (watchers, the sweeper).
+pub async fn record_with(
+    store: &DynStore,
+    verdicts: &crate::engine::VerdictSink,
+    id: &str,
+    channel: &str,
+    j: Judgement,
+) -> Result<bool, StoreError> {
+    let changed = store.judge(id, &j).await?;
+    if changed {
+        verdicts.report(channel, id, j.verdict, &j.detail);
+    }
+    Ok(changed)
+}

@@ -1,0 +1,18 @@
+//! Senders hand a probe message to the mail system. One file per sender kind;
+//! the outcome of an attempt says whose fault a failure is.
+
+pub mod message;
+pub mod smtp;
+
+/// What one attempt to hand over a message came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Accepted; `reply` is the server's final answer (with its queue id).
+    Accepted { reply: String },
+    /// Permanently refused (5xx) for the recipient or the content: the channel refused.
+    Refused { reply: String },
+    /// Temporarily refused (4xx): try again while the deadline allows.
+    Deferred { reply: String },
+    /// The prober's own side failed: its relay unreachable, TLS, credentials.
+    OwnSide { error: String, retryable: bool },
+}

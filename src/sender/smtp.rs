@@ -1,0 +1,164 @@
+//! SMTP submission through a relay, one conversation per attempt, driven step
+//! by step so that each failure is attributed: a refusal of the recipient or
+//! the content is the channel's; a failure to reach, secure or log in to our
+//! own relay is ours.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::response::Response;
+use lettre::Address;
+
+use super::SendOutcome;
+use crate::config::{SenderConfig, Tls};
+
+/// Runs one SMTP conversation within the sender's timeout.
+pub async fn send(cfg: &SenderConfig, to: &Address, message: &[u8]) -> SendOutcome {
+    let from = cfg.from.email.clone();
+    match tokio::time::timeout(cfg.timeout, converse(cfg, &from, to, message)).await {
+        Ok(outcome) => outcome,
+        Err(_) => SendOutcome::OwnSide {
+            error: format!(
+                "SMTP conversation with relay {}:{} did not finish within {}s",
+                cfg.host,
+                cfg.port,
+                cfg.timeout.as_secs()
+            ),
+            retryable: true,
+        },
+    }
+}
+
+/// `550 5.1.1 <x@y>: Recipient address rejected` from a lettre error.
+fn reply_text(e: &lettre::transport::smtp::Error) -> String {
+    let text = e.source().map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
+    match e.status() {
+        Some(code) => format!("{code} {}", text.trim()),
+        None => text,
+    }
+}
+
+fn response_text(r: &Response) -> String {
+    format!("{} {}", r.code(), r.message().collect::<Vec<_>>().join(" "))
+        .trim()
+        .to_string()
+}
+
+fn own(what: String, e: &lettre::transport::smtp::Error, retryable: bool) -> SendOutcome {
+    SendOutcome::OwnSide {
+        error: format!("{what}: {}", reply_text(e)),
+        retryable,
+    }
+}
+
+/// A refusal at a step where the channel's server answers for itself.
+fn channel_refusal(e: &lettre::transport::smtp::Error, relay: &str) -> SendOutcome {
+    if e.is_permanent() {
+        SendOutcome::Refused { reply: reply_text(e) }
+    } else if e.is_transient() {
+        SendOutcome::Deferred { reply: reply_text(e) }
+    } else {
+        own(format!("connection to relay {relay} failed mid-transaction"), e, true)
+    }
+}
+
+fn tls_parameters(host: &str) -> Result<TlsParameters, lettre::transport::smtp::Error> {
+    TlsParameters::builder(host.to_string())
+        .set_min_tls_version(lettre::transport::smtp::client::TlsVersion::Tlsv12)
+        .build_rustls()
+}
+
+async fn converse(cfg: &SenderConfig, from: &Address, to: &Address, message: &[u8]) -> SendOutcome {
+    let relay = format!("{}:{}", cfg.host, cfg.port);
+    let hello = match &cfg.helo {
+        Some(h) => ClientId::Domain(h.clone()),
+        None => ClientId::default(),
+    };
+    let tls = match cfg.tls {
+        Tls::None => None,
+        Tls::Tls | Tls::Starttls => match tls_parameters(&cfg.host) {
+            Ok(p) => Some(p),
+            Err(e) => return own(format!("cannot set up TLS for relay {relay}"), &e, false),
+        },
+    };
+    let implicit = if cfg.tls == Tls::Tls { tls.clone() } else { None };
+    let connect_timeout = Some(cfg.timeout.min(Duration::from_secs(30)));
+    let mut conn = match AsyncSmtpConnection::connect_tokio1(
+        (cfg.host.as_str(), cfg.port),
+        connect_timeout,
+        &hello,
+        implicit,
+        None,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) if e.is_permanent() => return own(format!("relay {relay} refused the connection"), &e, false),
+        Err(e) => return own(format!("cannot connect to relay {relay}"), &e, true),
+    };
+
+    if cfg.tls == Tls::Starttls {
+        let Some(params) = tls else {
+            return SendOutcome::OwnSide {
+                error: "internal: missing TLS parameters".into(),
+                retryable: false,
+            };
+        };
+        if !conn.can_starttls() {
+            conn.abort().await;
+            return SendOutcome::OwnSide {
+                error: format!("relay {relay} does not offer STARTTLS, which tls = \"starttls\" requires"),
+                retryable: false,
+            };
+        }
+        if let Err(e) = conn.starttls(params, &hello).await {
+            conn.abort().await;
+            return own(format!("STARTTLS with relay {relay} failed"), &e, !e.is_permanent());
+        }
+    }
+
+    if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
+        let creds = Credentials::new(user.clone(), password.expose().to_string());
+        if let Err(e) = conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds).await {
+            conn.abort().await;
+            return own(
+                format!("relay {relay} refused authentication as {user}"),
+                &e,
+                e.is_transient(),
+            );
+        }
+    }
+
+    if let Err(e) = conn.command(Mail::new(Some(from.clone()), vec![])).await {
+        conn.abort().await;
+        if e.is_transient() {
+            return SendOutcome::Deferred { reply: reply_text(&e) };
+        }
+        return own(
+            format!("relay {relay} refused our sender {from}"),
+            &e,
+            !e.is_permanent(),
+        );
+    }
+    if let Err(e) = conn.command(Rcpt::new(to.clone(), vec![])).await {
+        conn.abort().await;
+        return channel_refusal(&e, &relay);
+    }
+    if let Err(e) = conn.command(Data).await {
+        conn.abort().await;
+        return channel_refusal(&e, &relay);
+    }
+    let outcome = match conn.message(message).await {
+        Ok(r) => SendOutcome::Accepted {
+            reply: response_text(&r),
+        },
+        Err(e) => channel_refusal(&e, &relay),
+    };
+    // The message is accepted or not by now; a failed QUIT changes nothing.
+    let _ = conn.quit().await;
+    outcome
+}

@@ -1,0 +1,280 @@
+//! Verdicts and the pure rules that produce them from what was observed.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::config::Expect;
+
+/// Milliseconds since the Unix epoch; the ledger's time unit.
+pub type Millis = i64;
+
+/// The current time in [`Millis`].
+pub fn now_millis() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The state of a probe. Everything but `Pending` is a verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pending,
+    Delivered,
+    Late,
+    Missed,
+    Bounced,
+    Rejected,
+    Misrouted,
+    Junked,
+    ExpectedBounce,
+    Error,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 10] = [
+        Verdict::Pending,
+        Verdict::Delivered,
+        Verdict::Late,
+        Verdict::Missed,
+        Verdict::Bounced,
+        Verdict::Rejected,
+        Verdict::Misrouted,
+        Verdict::Junked,
+        Verdict::ExpectedBounce,
+        Verdict::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pending => "pending",
+            Verdict::Delivered => "delivered",
+            Verdict::Late => "late",
+            Verdict::Missed => "missed",
+            Verdict::Bounced => "bounced",
+            Verdict::Rejected => "rejected",
+            Verdict::Misrouted => "misrouted",
+            Verdict::Junked => "junked",
+            Verdict::ExpectedBounce => "expected_bounce",
+            Verdict::Error => "error",
+        }
+    }
+
+    /// Only `delivered` and `expected_bounce` are success.
+    pub fn is_success(self) -> bool {
+        matches!(self, Verdict::Delivered | Verdict::ExpectedBounce)
+    }
+
+    pub fn is_final(self) -> bool {
+        self != Verdict::Pending
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Verdict {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Verdict::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown verdict {s:?}"))
+    }
+}
+
+/// A verdict to record, with what supports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub detail: String,
+    /// When the verdict was reached.
+    pub at: Millis,
+    /// Where and when the token was seen, for arrivals.
+    pub found: Option<Found>,
+    /// found − sent, for arrivals.
+    pub latency_ms: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub inbox: String,
+    pub at: Millis,
+}
+
+/// What the rules need to know about a probe.
+#[derive(Clone, Debug)]
+pub struct ProbeFacts<'a> {
+    pub verdict: Verdict,
+    pub expect: Expect,
+    pub inbox: Option<&'a str>,
+    pub sent_at: Option<Millis>,
+    pub created_at: Millis,
+    pub deadline: Millis,
+}
+
+/// The verdict for a probe whose token was just seen in `found_in` at
+/// `found_at`. `None` when the sighting changes nothing: the probe already has
+/// a verdict that an arrival cannot improve on (a second copy, say).
+///
+/// A pending or `missed` probe can still be judged by its arrival: in the
+/// right inbox before the deadline it is `delivered`, after it `late`; in any
+/// other watched inbox it is `misrouted`.
+pub fn judge_arrival(p: &ProbeFacts<'_>, found_in: &str, found_at: Millis) -> Option<Judgement> {
+    if !matches!(p.verdict, Verdict::Pending | Verdict::Missed) {
+        return None;
+    }
+    let sent = p.sent_at.unwrap_or(p.created_at);
+    let latency = (found_at - sent).max(0);
+    let late = found_at > p.deadline;
+    let found = Some(Found {
+        inbox: found_in.to_string(),
+        at: found_at,
+    });
+    let (verdict, detail) = match (p.expect, p.inbox) {
+        (Expect::Bounce, _) => (
+            Verdict::Misrouted,
+            format!("address should refuse or bounce mail, but the probe was delivered to inbox `{found_in}`"),
+        ),
+        (_, Some(expected)) if expected == found_in => {
+            if late {
+                (
+                    Verdict::Late,
+                    format!("arrived {} after the deadline", human_ms(found_at - p.deadline)),
+                )
+            } else {
+                (
+                    Verdict::Delivered,
+                    format!("arrived in `{found_in}` after {}", human_ms(latency)),
+                )
+            }
+        }
+        (_, expected) => (
+            Verdict::Misrouted,
+            format!(
+                "expected in `{}`, found in `{found_in}`{}",
+                expected.unwrap_or("?"),
+                if late { " (after the deadline)" } else { "" }
+            ),
+        ),
+    };
+    Some(Judgement {
+        verdict,
+        detail,
+        at: found_at,
+        found,
+        latency_ms: Some(latency),
+    })
+}
+
+/// Formats milliseconds for people: `850ms`, `3.2s`, `4m10s`.
+pub fn human_ms(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        let s = ms / 1000;
+        if s < 3600 {
+            format!("{}m{}s", s / 60, s % 60)
+        } else {
+            format!("{}h{}m", s / 3600, (s % 3600) / 60)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(verdict: Verdict, expect: Expect, inbox: Option<&str>) -> ProbeFacts<'_> {
+        ProbeFacts {
+            verdict,
+            expect,
+            inbox,
+            sent_at: Some(1_000),
+            created_at: 900,
+            deadline: 61_000,
+        }
+    }
+
+    #[test]
+    fn right_inbox_in_time_is_delivered_with_latency() {
+        let j = judge_arrival(
+            &facts(Verdict::Pending, Expect::Deliver, Some("social")),
+            "social",
+            3_500,
+        )
+        .unwrap();
+        assert_eq!(j.verdict, Verdict::Delivered);
+        assert_eq!(j.latency_ms, Some(2_500));
+        assert_eq!(
+            j.found,
+            Some(Found {
+                inbox: "social".into(),
+                at: 3_500
+            })
+        );
+    }
+
+    #[test]
+    fn right_inbox_after_deadline_is_late_even_if_already_missed() {
+        for v in [Verdict::Pending, Verdict::Missed] {
+            let j = judge_arrival(&facts(v, Expect::Deliver, Some("social")), "social", 70_000).unwrap();
+            assert_eq!(j.verdict, Verdict::Late);
+            assert_eq!(j.latency_ms, Some(69_000));
+        }
+    }
+
+    #[test]
+    fn other_inbox_is_misrouted() {
+        let j = judge_arrival(
+            &facts(Verdict::Pending, Expect::Forward, Some("social")),
+            "closed",
+            2_000,
+        )
+        .unwrap();
+        assert_eq!(j.verdict, Verdict::Misrouted);
+        assert!(j.detail.contains("`social`") && j.detail.contains("`closed`"));
+    }
+
+    #[test]
+    fn a_bounce_channel_that_delivers_is_misrouted() {
+        let j = judge_arrival(&facts(Verdict::Pending, Expect::Bounce, None), "closed", 2_000).unwrap();
+        assert_eq!(j.verdict, Verdict::Misrouted);
+    }
+
+    #[test]
+    fn judged_probes_are_not_judged_again() {
+        for v in [
+            Verdict::Delivered,
+            Verdict::Late,
+            Verdict::Misrouted,
+            Verdict::Rejected,
+            Verdict::Error,
+        ] {
+            assert!(
+                judge_arrival(&facts(v, Expect::Deliver, Some("social")), "social", 2_000).is_none(),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_delivered_and_expected_bounce_succeed() {
+        let ok: Vec<_> = Verdict::ALL.into_iter().filter(|v| v.is_success()).collect();
+        assert_eq!(ok, vec![Verdict::Delivered, Verdict::ExpectedBounce]);
+        for v in Verdict::ALL {
+            assert_eq!(v.as_str().parse::<Verdict>(), Ok(v));
+        }
+    }
+
+    #[test]
+    fn human_times() {
+        assert_eq!(human_ms(850), "850ms");
+        assert_eq!(human_ms(3_250), "3.2s");
+        assert_eq!(human_ms(250_000), "4m10s");
+    }
+}

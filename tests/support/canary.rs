@@ -1,0 +1,73 @@
+//! Extra helpers for the postcanary integration tests on top of the mail stack.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use super::mailstack::MailStack;
+
+fn script() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mailstack/mailstack.sh")
+}
+
+fn run_script(stack: &MailStack, sub: &str) {
+    let out = Command::new("bash").arg(script()).arg(sub).arg(stack.dir.path()).output().expect("run mailstack.sh");
+    assert!(
+        out.status.success(),
+        "mailstack.sh {sub} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub trait StackExt {
+    /// Stops Dovecot, runs `during`, starts Dovecot again.
+    fn restart_imap_with(&self, during: impl FnOnce());
+    /// Asks Postfix to retry its deferred mail now.
+    fn flush_queue(&self);
+}
+
+impl StackExt for MailStack {
+    fn restart_imap_with(&self, during: impl FnOnce()) {
+        run_script(self, "stop-imap");
+        during();
+        run_script(self, "start-imap");
+    }
+    fn flush_queue(&self) {
+        run_script(self, "flush");
+    }
+}
+
+/// Sends a raw message over plain SMTP on loopback, asserting it is accepted.
+pub fn send_raw_smtp(port: u16, to: &str, message: &str) {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect smtp");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut expect = |code: &str| {
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            assert!(line.starts_with(code), "expected {code}, got {line:?}");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                break;
+            }
+        }
+    };
+    expect("220");
+    for (cmd, code) in [
+        ("EHLO test.invalid".to_string(), "250"),
+        ("MAIL FROM:<tester@example.net>".to_string(), "250"),
+        (format!("RCPT TO:<{to}>"), "250"),
+        ("DATA".to_string(), "354"),
+    ] {
+        write!(w, "{cmd}\r\n").unwrap();
+        expect(code);
+    }
+    write!(w, "From: tester@example.net\r\nTo: {to}\r\n{message}\r\n.\r\n").unwrap();
+    expect("250");
+    write!(w, "QUIT\r\n").unwrap();
+}
