@@ -71,10 +71,14 @@ fn channel(id: &str, to: &str, extra: &str) -> String {
     format!("[[channel]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"mail\"\nto = \"{to}\"\nvia = \"relay\"\n{extra}\n\n")
 }
 
-async fn engine(s: &Setup) -> Engine {
+async fn start_engine(s: &Setup) -> Engine {
     let config = Config::load(&s.config).unwrap_or_else(|e| panic!("{e}"));
     let engine = Engine::start(config).await.unwrap();
-    assert!(engine.wait_watchers_connected(Duration::from_secs(15)).await, "{:?}", engine.watcher_states());
+    assert!(
+        engine.wait_watchers_connected(Duration::from_secs(15)).await,
+        "{:?}",
+        engine.watcher_states()
+    );
     engine
 }
 
@@ -87,15 +91,25 @@ async fn check_one(engine: &Engine, id: &str) -> ProbeRecord {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivered_probe_records_latency_and_queue_id() {
     let stack = MailStack::start();
-    let s = setup(&stack, &channel("social-mail", "social@kommune.example", "inbox = \"social\""));
-    let engine = engine(&s).await;
+    let s = setup(
+        &stack,
+        &channel("social-mail", "social@kommune.example", "inbox = \"social\""),
+    );
+    let engine = start_engine(&s).await;
     let p = check_one(&engine, "social-mail").await;
     assert_eq!(p.verdict, Verdict::Delivered, "{p:?}\n{}", stack.log_tail());
     let latency = p.latency_ms.unwrap();
     assert!((0..20_000).contains(&latency), "{latency}");
     assert!(p.smtp_reply.as_deref().unwrap_or("").contains("queued as"), "{p:?}");
     assert_eq!(p.found_in.as_deref(), Some("social"));
-    let kinds: Vec<String> = engine.store.events(&p.id).await.unwrap().into_iter().map(|e| e.kind).collect();
+    let kinds: Vec<String> = engine
+        .store
+        .events(&p.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
     assert_eq!(kinds, vec!["created", "sent", "verdict"]);
     engine.stop().await;
 }
@@ -103,27 +117,52 @@ async fn delivered_probe_records_latency_and_queue_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discarded_address_is_missed_at_the_deadline() {
     let stack = MailStack::start();
-    let s = setup(&stack, &channel("retired-mail", "retired@kommune.example", "inbox = \"social\"\ndeadline = \"4s\""));
-    let engine = engine(&s).await;
+    let s = setup(
+        &stack,
+        &channel(
+            "retired-mail",
+            "retired@kommune.example",
+            "inbox = \"social\"\ndeadline = \"4s\"",
+        ),
+    );
+    let engine = start_engine(&s).await;
     let t0 = Instant::now();
     let p = check_one(&engine, "retired-mail").await;
     let took = t0.elapsed();
     assert_eq!(p.verdict, Verdict::Missed, "{p:?}");
-    assert!(p.smtp_reply.as_deref().unwrap_or("").starts_with("250"), "accepted with 250: {p:?}");
-    assert!(took >= Duration::from_secs(4) && took < Duration::from_secs(7), "judged after {took:?}");
-    assert!(p.judged_at.unwrap() - p.deadline < 1_000, "swept within a second of the deadline: {p:?}");
+    assert!(
+        p.smtp_reply.as_deref().unwrap_or("").starts_with("250"),
+        "accepted with 250: {p:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(7),
+        "judged after {took:?}"
+    );
+    assert!(
+        p.judged_at.unwrap() - p.deadline < 1_000,
+        "swept within a second of the deadline: {p:?}"
+    );
     engine.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aliased_into_another_watched_mailbox_is_misrouted() {
     let stack = MailStack::start();
-    let s = setup(&stack, &channel("familie-mail", "familie@kommune.example", "inbox = \"social\""));
-    let engine = engine(&s).await;
+    let s = setup(
+        &stack,
+        &channel("familie-mail", "familie@kommune.example", "inbox = \"social\""),
+    );
+    let engine = start_engine(&s).await;
     let p = check_one(&engine, "familie-mail").await;
     assert_eq!(p.verdict, Verdict::Misrouted, "{p:?}");
     assert_eq!(p.found_in.as_deref(), Some("closed"));
-    assert!(p.detail.as_deref().unwrap_or("").contains("expected in `social`, found in `closed`"), "{p:?}");
+    assert!(
+        p.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("expected in `social`, found in `closed`"),
+        "{p:?}"
+    );
     engine.stop().await;
 }
 
@@ -133,11 +172,14 @@ async fn unknown_recipient_is_rejected_with_the_servers_words() {
     let channels = channel("unknown-mail", "unknown@kommune.example", "inbox = \"social\"")
         + &channel("unknown-bounce", "unknown@kommune.example", "expect = \"bounce\"");
     let s = setup(&stack, &channels);
-    let engine = engine(&s).await;
+    let engine = start_engine(&s).await;
     let p = check_one(&engine, "unknown-mail").await;
     assert_eq!(p.verdict, Verdict::Rejected, "{p:?}");
     let detail = p.detail.unwrap_or_default();
-    assert!(detail.contains("550") && detail.contains("unknown@kommune.example"), "{detail}");
+    assert!(
+        detail.contains("550") && detail.contains("unknown@kommune.example"),
+        "{detail}"
+    );
     let p = check_one(&engine, "unknown-bounce").await;
     assert_eq!(p.verdict, Verdict::ExpectedBounce, "{p:?}");
     engine.stop().await;
@@ -150,12 +192,12 @@ async fn relay_auth_refused_is_our_error_not_the_channels() {
               via = \"submission\"\ninbox = \"social\"\n";
     // Right password: delivered through the authenticated relay.
     let s = setup(&stack, ch);
-    let engine = engine(&s).await;
+    let engine = start_engine(&s).await;
     assert_eq!(check_one(&engine, "social-sub").await.verdict, Verdict::Delivered);
     engine.stop().await;
     // Wrong password: error, naming authentication, never the password.
     let s = setup_with(&stack, ch, "wrong-password-xyz", true, "30s");
-    let engine = engine(&s).await;
+    let engine = start_engine(&s).await;
     let p = check_one(&engine, "social-sub").await;
     assert_eq!(p.verdict, Verdict::Error, "{p:?}");
     let detail = p.detail.unwrap_or_default();
@@ -167,10 +209,19 @@ async fn relay_auth_refused_is_our_error_not_the_channels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_token_is_ignored() {
     let stack = MailStack::start();
-    let s = setup(&stack, &channel("retired-mail", "retired@kommune.example", "inbox = \"social\"\ndeadline = \"5s\""));
-    let engine = engine(&s).await;
+    let s = setup(
+        &stack,
+        &channel(
+            "retired-mail",
+            "retired@kommune.example",
+            "inbox = \"social\"\ndeadline = \"5s\"",
+        ),
+    );
+    let engine = start_engine(&s).await;
     let ch = engine.config.channel("retired-mail").unwrap().clone();
-    let started = postcanary::probe::run(&engine.probe_context(), &engine.config, &ch).await.unwrap();
+    let started = postcanary::probe::run(&engine.probe_context(), &engine.config, &ch)
+        .await
+        .unwrap();
     // Same ULID, forged tag, sent where the probe was expected to land.
     let forged = format!("{}0000000000000000", &started.token[..started.token.len() - 16]);
     assert_ne!(forged, started.token);
@@ -194,8 +245,15 @@ async fn spoofed_token_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imap_restart_while_pending_still_delivers() {
     let stack = MailStack::start();
-    let s = setup(&stack, &channel("social-mail", "social@kommune.example", "inbox = \"social\"\ndeadline = \"40s\""));
-    let engine = engine(&s).await;
+    let s = setup(
+        &stack,
+        &channel(
+            "social-mail",
+            "social@kommune.example",
+            "inbox = \"social\"\ndeadline = \"40s\"",
+        ),
+    );
+    let engine = start_engine(&s).await;
     let mut states = engine.watcher_states();
     assert!(states.iter().all(|(_, st)| st.is_connected()));
     let ch = engine.config.channel("social-mail").unwrap().clone();
@@ -283,12 +341,22 @@ async fn pending_probe_survives_kill_9_and_is_confirmed_after_restart() {
     let stack = MailStack::start();
     // Polling hourly, so the running daemon does not see the arrival: only the
     // catch-up of the restarted daemon can confirm it.
-    let channels = channel("social-mail", "social@kommune.example", "inbox = \"social\"\nschedule = \"every 3s\"\ndeadline = \"1m\"")
-        + &channel("retired-mail", "retired@kommune.example", "inbox = \"social\"\nschedule = \"every 3s\"\ndeadline = \"3s\"");
+    let channels = channel(
+        "social-mail",
+        "social@kommune.example",
+        "inbox = \"social\"\nschedule = \"every 3s\"\ndeadline = \"1m\"",
+    ) + &channel(
+        "retired-mail",
+        "retired@kommune.example",
+        "inbox = \"social\"\nschedule = \"every 3s\"\ndeadline = \"3s\"",
+    );
     let s = setup_with(&stack, &channels, &stack.password("canary"), false, "1h");
     let log = s.dir.path().join("daemon.log");
     let mut daemon = Daemon::start(&s.config, &log);
-    let store = wait_for("ledger", Duration::from_secs(10), async || SqliteStore::open(&s.ledger()).await.ok()).await;
+    let store = wait_for("ledger", Duration::from_secs(10), async || {
+        SqliteStore::open(&s.ledger()).await.ok()
+    })
+    .await;
     let probe = |channel: &'static str| {
         let store = &store;
         async move || -> Option<ProbeRecord> {
@@ -302,17 +370,30 @@ async fn pending_probe_survives_kill_9_and_is_confirmed_after_restart() {
     // While the daemon is dead, the social probe lands and the retired one's deadline passes.
     std::thread::sleep(Duration::from_secs(4));
     let before = store.probe(&first.id).await.unwrap().unwrap();
-    assert_eq!(before.verdict, Verdict::Pending, "nothing judged it while polling hourly: {before:?}");
+    assert_eq!(
+        before.verdict,
+        Verdict::Pending,
+        "nothing judged it while polling hourly: {before:?}"
+    );
 
     let mut daemon = Daemon::start(&s.config, &log);
-    let confirmed = wait_for("social probe confirmed after restart", Duration::from_secs(20), async || {
-        store.probe(&first.id).await.ok()?.filter(|p| p.verdict.is_final())
-    })
+    let confirmed = wait_for(
+        "social probe confirmed after restart",
+        Duration::from_secs(20),
+        async || store.probe(&first.id).await.ok()?.filter(|p| p.verdict.is_final()),
+    )
     .await;
-    assert_eq!(confirmed.verdict, Verdict::Delivered, "{confirmed:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-    let missed = wait_for("retired probe judged after restart", Duration::from_secs(10), async || {
-        store.probe(&retired.id).await.ok()?.filter(|p| p.verdict.is_final())
-    })
+    assert_eq!(
+        confirmed.verdict,
+        Verdict::Delivered,
+        "{confirmed:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let missed = wait_for(
+        "retired probe judged after restart",
+        Duration::from_secs(10),
+        async || store.probe(&retired.id).await.ok()?.filter(|p| p.verdict.is_final()),
+    )
     .await;
     assert_eq!(missed.verdict, Verdict::Missed, "{missed:?}");
     let status = daemon.terminate();
@@ -320,7 +401,10 @@ async fn pending_probe_survives_kill_9_and_is_confirmed_after_restart() {
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(log_text.contains("SIGTERM received"), "{log_text}");
     for name in ["social", "borger", "closed", "canary"] {
-        assert!(!log_text.contains(&stack.password(name)), "a password leaked into the log");
+        assert!(
+            !log_text.contains(&stack.password(name)),
+            "a password leaked into the log"
+        );
     }
 }
 
@@ -328,7 +412,11 @@ async fn pending_probe_survives_kill_9_and_is_confirmed_after_restart() {
 fn cli_check_prints_one_verdict_per_channel() {
     let stack = MailStack::start();
     let channels = channel("social-mail", "social@kommune.example", "inbox = \"social\"")
-        + &channel("retired-mail", "retired@kommune.example", "inbox = \"social\"\ndeadline = \"4s\"")
+        + &channel(
+            "retired-mail",
+            "retired@kommune.example",
+            "inbox = \"social\"\ndeadline = \"4s\"",
+        )
         + &channel("familie-mail", "familie@kommune.example", "inbox = \"social\"")
         + &channel("unknown-mail", "unknown@kommune.example", "inbox = \"social\"");
     let s = setup(&stack, &channels);
@@ -337,12 +425,22 @@ fn cli_check_prints_one_verdict_per_channel() {
         .arg(&s.config)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "a failing verdict exits 1: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failing verdict exits 1: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let verdicts: Vec<(String, String)> = lines
         .iter()
-        .map(|v| (v["channel"].as_str().unwrap().to_string(), v["verdict"].as_str().unwrap().to_string()))
+        .map(|v| {
+            (
+                v["channel"].as_str().unwrap().to_string(),
+                v["verdict"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         verdicts,
@@ -366,7 +464,10 @@ fn cli_check_prints_one_verdict_per_channel() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let table = String::from_utf8(out.stdout).unwrap();
-    assert!(table.starts_with("CHANNEL") && table.contains("social-mail") && table.contains("delivered"), "{table}");
+    assert!(
+        table.starts_with("CHANNEL") && table.contains("social-mail") && table.contains("delivered"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -374,7 +475,11 @@ fn validate_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[ledger]\nurl = \"sqlite://x.db\"\nbogus = 1\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_postcanary")).args(["validate", "-c"]).arg(&bad).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_postcanary"))
+        .args(["validate", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:3: key `ledger.bogus`"), "{err}");

@@ -118,6 +118,11 @@ impl SqliteStore {
         })
     }
 
+    /// [`SqliteStore::open`] taking its path by value (for spawned tasks).
+    pub async fn open_owned(path: std::path::PathBuf) -> StoreResult<SqliteStore> {
+        SqliteStore::open(&path).await
+    }
+
     /// An in-memory ledger, for tests.
     pub fn in_memory() -> StoreResult<SqliteStore> {
         let mut conn = Connection::open_in_memory().map_err(err)?;
@@ -145,20 +150,24 @@ impl SqliteStore {
 }
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
-    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+    // One IMMEDIATE transaction, with the version read inside it: two
+    // processes opening a new ledger at once (a `check` beside the daemon)
+    // apply each migration exactly once.
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(err)?;
+    let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
     if version > MIGRATIONS.len() {
         return Err(err(format!(
             "the ledger's schema (version {version}) is newer than this postcanary knows ({})",
             MIGRATIONS.len()
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = conn.transaction().map_err(err)?;
+    for sql in MIGRATIONS.iter().skip(version) {
         tx.execute_batch(sql).map_err(err)?;
-        tx.pragma_update(None, "user_version", i + 1).map_err(err)?;
-        tx.commit().map_err(err)?;
     }
-    Ok(())
+    tx.pragma_update(None, "user_version", MIGRATIONS.len()).map_err(err)?;
+    tx.commit().map_err(err)
 }
 
 #[async_trait]
@@ -420,6 +429,18 @@ mod tests {
     #[tokio::test]
     async fn sqlite_in_memory_meets_the_store_contract() {
         crate::ledger::contract::run_all(Arc::new(SqliteStore::in_memory().unwrap())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_first_opens_migrate_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        let opens: Vec<_> = (0..6)
+            .map(|_| tokio::spawn(SqliteStore::open_owned(path.clone())))
+            .collect();
+        for o in opens {
+            o.await.unwrap().unwrap();
+        }
     }
 
     #[tokio::test]

@@ -14,7 +14,12 @@ fn script() -> std::path::PathBuf {
 }
 
 fn run_script(stack: &MailStack, sub: &str) {
-    let out = Command::new("bash").arg(script()).arg(sub).arg(stack.dir.path()).output().expect("run mailstack.sh");
+    let out = Command::new("bash")
+        .arg(script())
+        .arg(sub)
+        .arg(stack.dir.path())
+        .output()
+        .expect("run mailstack.sh");
     assert!(
         out.status.success(),
         "mailstack.sh {sub} failed:\n{}\n{}",
@@ -47,14 +52,12 @@ pub fn send_raw_smtp(port: u16, to: &str, message: &str) {
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut w = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
-    let mut expect = |code: &str| {
-        loop {
-            let mut line = String::new();
-            r.read_line(&mut line).unwrap();
-            assert!(line.starts_with(code), "expected {code}, got {line:?}");
-            if line.as_bytes().get(3) != Some(&b'-') {
-                break;
-            }
+    let mut expect = |code: &str| loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with(code), "expected {code}, got {line:?}");
+        if line.as_bytes().get(3) != Some(&b'-') {
+            break;
         }
     };
     expect("220");

@@ -1,0 +1,2 @@
+pub mod canary;
+pub mod mailstack;
