@@ -58,9 +58,11 @@ const EXIT_CONFIG: u8 = 2;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `check` and `validate` print their results on stdout; failing verdicts
+    // are results there, not log noise. The daemon logs them.
     let default_level = match cli.command {
         Command::Run => "info",
-        _ => "warn",
+        _ => "error",
     };
     init_logging(cli.log_format, default_level);
     let path = config::default_path(cli.config.clone());

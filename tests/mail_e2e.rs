@@ -12,7 +12,7 @@ use postcanary::config::Config;
 use postcanary::engine::Engine;
 use postcanary::ledger::{ProbeRecord, SqliteStore, Store};
 use postcanary::verdict::Verdict;
-use support::canary::{send_raw_smtp, StackExt};
+use support::canary::{lmtp_deliver, send_raw_smtp, StackExt};
 use support::mailstack::MailStack;
 
 /// A config directory for one test: secrets in files, ledger inside.
@@ -282,6 +282,68 @@ async fn imap_restart_while_pending_still_delivers() {
     assert_eq!(p.verdict, Verdict::Delivered, "{p:?}\n{}", stack.log_tail());
     states = engine.watcher_states();
     assert!(states.iter().all(|(_, st)| st.is_connected()), "{states:?}");
+    engine.stop().await;
+}
+
+/// Back-to-back arrivals, each right after the previous verdict (while the
+/// watcher is still moving the last message away), are all seen by IDLE,
+/// not by the next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_arrivals_are_each_confirmed_promptly() {
+    let stack = MailStack::start();
+    let s = setup_with(
+        &stack,
+        &channel("social-mail", "social@kommune.example", "inbox = \"social\""),
+        "x",
+        true,
+        "1h",
+    );
+    let engine = start_engine(&s).await;
+    let ch = engine.config.channel("social-mail").unwrap().clone();
+    let mut verdicts = engine.verdicts.subscribe();
+    for i in 0..5 {
+        // A probe row as `probe::run` writes it, then the message straight into the mailbox.
+        let token = engine.key.issue(std::time::SystemTime::now());
+        let now = postcanary::verdict::now_millis();
+        engine
+            .store
+            .insert_probe(&postcanary::ledger::NewProbe {
+                id: token.id(),
+                token: token.to_string(),
+                channel: ch.id.clone(),
+                kind: "mail".into(),
+                expect: ch.expect,
+                inbox: ch.inbox.clone(),
+                target: "social@kommune.example".into(),
+                created_at: now,
+                deadline: now + 60_000,
+                run_id: engine.run_id.clone(),
+            })
+            .await
+            .unwrap();
+        engine.store.record_sent(&token.id(), now, "250 test").await.unwrap();
+        let port = stack.lmtp_port;
+        let msg = format!("Subject: {token}\r\n\r\n{token}\r\n");
+        tokio::task::spawn_blocking(move || lmtp_deliver(port, "social@kommune.example", &msg))
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        let v = loop {
+            let v = tokio::time::timeout(Duration::from_secs(10), verdicts.recv())
+                .await
+                .unwrap_or_else(|_| panic!("arrival {i} not confirmed within 10s (IDLE missed it)"))
+                .unwrap();
+            if v.probe_id == token.id() {
+                break v;
+            }
+        };
+        assert_eq!(v.verdict, Verdict::Delivered);
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "arrival {i} took {:?}",
+            t0.elapsed()
+        );
+    }
     engine.stop().await;
 }
 

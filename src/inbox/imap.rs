@@ -236,16 +236,27 @@ async fn run_session(
     let mut last_uid = starting_uid(cfg, matcher, &mut session, uid_validity, mailbox.uid_next).await?;
     let can_move = op("CAPABILITY", session.capabilities()).await?.has_str("MOVE");
 
+    // Mail that arrives after a catch-up's UID SEARCH but before IDLE starts
+    // is announced by an untagged EXISTS in the answer to some other command;
+    // async-imap files those here. Checking it before waiting closes that gap.
+    let unsolicited = session.unsolicited_responses.clone();
     loop {
         last_uid = catch_up(cfg, matcher, &mut session, uid_validity, last_uid, can_move).await?;
         if *shutdown.borrow() {
             let _ = op("LOGOUT", session.logout()).await;
             return Ok(());
         }
+        if maybe_new_mail(&unsolicited) {
+            continue;
+        }
         if use_idle {
             let _ = state.send(WatcherState::Idle);
             let mut handle = session.idle();
             op("IDLE", handle.init()).await?;
+            if maybe_new_mail(&unsolicited) {
+                session = op("DONE", handle.done()).await?;
+                continue;
+            }
             let stop = {
                 let (wait, stop) = handle.wait_with_timeout(cfg.poll_interval);
                 tokio::pin!(wait);
@@ -270,6 +281,18 @@ async fn run_session(
             op("NOOP", session.noop()).await?;
         }
     }
+}
+
+/// Drains the unsolicited responses; true if any could mean new mail (an
+/// EXISTS or RECENT), or if the queue was full and some may have been dropped.
+fn maybe_new_mail(rx: &async_channel::Receiver<async_imap::types::UnsolicitedResponse>) -> bool {
+    use async_imap::types::UnsolicitedResponse as U;
+    let full = rx.is_full();
+    let mut new = false;
+    while let Ok(r) = rx.try_recv() {
+        new |= matches!(r, U::Exists(_) | U::Recent(_));
+    }
+    new || full
 }
 
 /// Where to start reading: the kept cursor if the mailbox is the same

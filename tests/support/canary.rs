@@ -46,9 +46,20 @@ impl StackExt for MailStack {
     }
 }
 
+/// Delivers a message straight into a mailbox over Dovecot's LMTP; when this
+/// returns, the message is in the mailbox.
+pub fn lmtp_deliver(port: u16, rcpt: &str, message: &str) {
+    converse(port, "LHLO", rcpt, message);
+}
+
 /// Sends a raw message over plain SMTP on loopback, asserting it is accepted.
 pub fn send_raw_smtp(port: u16, to: &str, message: &str) {
-    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect smtp");
+    converse(port, "EHLO", to, message);
+}
+
+fn converse(port: u16, hello: &str, to: &str, message: &str) {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_nodelay(true).ok();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut w = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
@@ -62,7 +73,7 @@ pub fn send_raw_smtp(port: u16, to: &str, message: &str) {
     };
     expect("220");
     for (cmd, code) in [
-        ("EHLO test.invalid".to_string(), "250"),
+        (format!("{hello} test.invalid"), "250"),
         ("MAIL FROM:<tester@example.net>".to_string(), "250"),
         (format!("RCPT TO:<{to}>"), "250"),
         ("DATA".to_string(), "354"),
