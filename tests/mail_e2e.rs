@@ -12,7 +12,7 @@ use postcanary::config::Config;
 use postcanary::engine::Engine;
 use postcanary::ledger::{ProbeRecord, SqliteStore, Store};
 use postcanary::verdict::Verdict;
-use support::canary::{lmtp_deliver, send_raw_smtp, StackExt};
+use support::canary::{imap_count, lmtp_deliver, send_raw_smtp, StackExt};
 use support::mailstack::MailStack;
 
 /// A config directory for one test: secrets in files, ledger inside.
@@ -111,6 +111,13 @@ async fn delivered_probe_records_latency_and_queue_id() {
         .map(|e| e.kind)
         .collect();
     assert_eq!(kinds, vec!["created", "sent", "verdict"]);
+    // after_confirm = "move:Postcanary": the confirmed message left the inbox.
+    let pw = stack.password("social");
+    let moved = wait_for("the probe moved to Postcanary", Duration::from_secs(10), async || {
+        (imap_count(stack.imap_port, "social", &pw, "Postcanary") == 1).then_some(())
+    });
+    moved.await;
+    assert_eq!(imap_count(stack.imap_port, "social", &pw, "INBOX"), 0);
     engine.stop().await;
 }
 
@@ -353,7 +360,7 @@ impl Daemon {
     fn start(config: &Path, log: &Path) -> Daemon {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_postcanary"))
-            .args(["run", "-c"])
+            .args(["run", "--log-format", "json", "-c"])
             .arg(config)
             .env("RUST_LOG", "postcanary=debug")
             .stdout(Stdio::null())
@@ -462,6 +469,10 @@ async fn pending_probe_survives_kill_9_and_is_confirmed_after_restart() {
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(log_text.contains("SIGTERM received"), "{log_text}");
+    for line in log_text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some() && v.get("timestamp").is_some(), "{line}");
+    }
     for name in ["social", "borger", "closed", "canary"] {
         assert!(
             !log_text.contains(&stack.password(name)),

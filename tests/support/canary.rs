@@ -85,3 +85,34 @@ fn converse(port: u16, hello: &str, to: &str, message: &str) {
     expect("250");
     write!(w, "QUIT\r\n").unwrap();
 }
+
+/// Number of messages in `mailbox` of `user`, by IMAP STATUS over plain loopback.
+pub fn imap_count(port: u16, user: &str, password: &str, mailbox: &str) -> u32 {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect imap");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let mut count = None;
+    for (tag, cmd) in [
+        ("a", format!("LOGIN {user} {password}")),
+        ("b", format!("STATUS {mailbox} (MESSAGES)")),
+    ] {
+        write!(w, "{tag} {cmd}\r\n").unwrap();
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if let Some(rest) = line.strip_prefix("* STATUS ") {
+                let n = rest.split("MESSAGES ").nth(1).and_then(|t| t.split(')').next());
+                count = n.and_then(|n| n.trim().parse().ok());
+            }
+            if line.starts_with(&format!("{tag} ")) {
+                assert!(line.starts_with(&format!("{tag} OK")), "{cmd}: {line}");
+                break;
+            }
+        }
+    }
+    let _ = write!(w, "c LOGOUT\r\n");
+    count.expect("STATUS MESSAGES")
+}
