@@ -270,13 +270,21 @@ fn print_probes(probes: &[ProbeRecord], json: bool) {
 }
 
 async fn run(config: Config) -> ExitCode {
-    let engine = match Engine::start(config).await {
+    let mut engine = match Engine::start(config).await {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return ExitCode::from(EXIT_FAILED);
         }
     };
+    match crate::outbox::RealDelivery::new(std::sync::Arc::clone(&engine.config)) {
+        Ok(d) => engine.start_paging(std::sync::Arc::new(d)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start paging");
+            engine.stop().await;
+            return ExitCode::from(EXIT_FAILED);
+        }
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut verdicts = engine.verdicts.subscribe();
     tokio::spawn(async move {

@@ -4,6 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +66,8 @@ pub enum EngineError {
 /// The sweeper looks at least this often, so a probe is judged at most this
 /// late after its deadline.
 const SWEEP_TICK: Duration = Duration::from_millis(250);
+/// The scheduler wakes at least this often, to show it is alive.
+const SCHEDULER_LIVENESS: Duration = Duration::from_secs(5);
 /// At most this many probes are being sent at once.
 const MAX_CONCURRENT_SENDS: usize = 64;
 
@@ -77,6 +80,8 @@ pub struct Engine {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     watcher_states: HashMap<String, watch::Receiver<WatcherState>>,
+    /// When the scheduler loop last ran (ms), for the heartbeat.
+    scheduler_tick: Arc<AtomicI64>,
 }
 
 impl Engine {
@@ -102,6 +107,7 @@ impl Engine {
             shutdown,
             tasks: JoinSet::new(),
             watcher_states: HashMap::new(),
+            scheduler_tick: Arc::new(AtomicI64::new(now_millis())),
         };
         engine.start_watchers();
         engine.start_sweeper();
@@ -163,6 +169,47 @@ impl Engine {
                 }
             }
         });
+    }
+
+    /// Starts what `run` adds to `check`: the incident processor, one outbox
+    /// worker per notifier, and the heartbeat.
+    pub fn start_paging(&mut self, delivery: Arc<dyn crate::outbox::Deliver>) {
+        let wake = crate::outbox::Wake::default();
+        crate::outbox::spawn_workers(
+            &self.config,
+            &self.store,
+            delivery,
+            &wake,
+            &self.shutdown,
+            &mut self.tasks,
+        );
+        let processor = crate::incident::Processor {
+            config: Arc::clone(&self.config),
+            store: Arc::clone(&self.store),
+            source: hostname(),
+            outbox: wake,
+        };
+        self.tasks
+            .spawn(processor.run(self.verdicts.clone(), self.shutdown.subscribe()));
+        if let Some(hb) = self.config.heartbeat.clone() {
+            let watchers = self
+                .watcher_states
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let fut = crate::heartbeat::run(
+                hb,
+                Arc::clone(&self.scheduler_tick),
+                watchers,
+                self.shutdown.subscribe(),
+            );
+            self.tasks.spawn(fut);
+        }
+        for ch in &self.config.channels {
+            if ch.notify.is_empty() && !ch.control {
+                tracing::warn!(channel = %ch.id, "no notifier: failures of this channel are recorded but page nobody");
+            }
+        }
     }
 
     /// The state of each inbox watcher.
@@ -269,13 +316,18 @@ impl Engine {
                 let _ = stop.changed().await;
                 break;
             };
+            self.scheduler_tick.store(now_millis(), Ordering::Relaxed);
+            // Wake at least every few seconds so the heartbeat sees a live scheduler.
             let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(wait.min(SCHEDULER_LIVENESS)) => {}
                 _ = stop.changed() => break,
             }
             if *stop.borrow() {
                 break;
+            }
+            if Utc::now() < due {
+                continue;
             }
             queue.pop();
             let ch = &self.config.channels[i];
@@ -306,4 +358,13 @@ impl Engine {
             in_flight.abort_all();
         }
     }
+}
+
+/// This machine's name, for the `source` of pages.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "postcanary".to_string())
 }

@@ -4,8 +4,12 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod heartbeat;
 pub mod inbox;
+pub mod incident;
 pub mod ledger;
+pub mod notify;
+pub mod outbox;
 pub mod probe;
 pub mod sender;
 pub mod token;

@@ -4,7 +4,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use postcanary::config::Config;
 use postcanary::engine::Engine;
 use postcanary::ledger::{ProbeRecord, SqliteStore, Store};
 use postcanary::verdict::Verdict;
-use support::canary::{imap_count, lmtp_deliver, send_raw_smtp, StackExt};
+use support::canary::{imap_count, lmtp_deliver, send_raw_smtp, wait_for, Daemon, StackExt};
 use support::mailstack::MailStack;
 
 /// A config directory for one test: secrets in files, ledger inside.
@@ -354,57 +354,6 @@ async fn back_to_back_arrivals_are_each_confirmed_promptly() {
     engine.stop().await;
 }
 
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(config: &Path, log: &Path) -> Daemon {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_postcanary"))
-            .args(["run", "--log-format", "json", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "postcanary=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Daemon(child)
-    }
-    fn kill9(&mut self) {
-        // SIGKILL: no chance to clean up.
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < end, "daemon did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_for<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_probe_survives_kill_9_and_is_confirmed_after_restart() {
     let stack = MailStack::start();
@@ -565,6 +514,10 @@ fn validate_exit_codes() {
         .env("BORGER_IMAP_PASSWORD", "x")
         .env("CLOSED_IMAP_PASSWORD", "x")
         .env("POSTCANARY_TOKEN_KEY", "x")
+        .env("CANARY_IMAP_PASSWORD", "x")
+        .env("POSTCANARY_HEARTBEAT_URL", "https://hc.example/ping/x")
+        .env("PD_ROUTING_KEY", "x")
+        .env("SOCIAL_TEAMS_WEBHOOK_URL", "https://teams.example/x")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));

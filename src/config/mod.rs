@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::notify::{NotifierConfig, NotifierKind};
+
 pub use source::{ConfigError, ConfigErrors, SourceFile};
 pub use values::{AfterConfirm, Expect, HumanDuration, Schedule, Secret, SecretRef, Tls};
 
@@ -26,9 +28,16 @@ pub struct Config {
     pub senders: Vec<SenderConfig>,
     pub inboxes: Vec<InboxConfig>,
     pub channels: Vec<Channel>,
+    pub notifiers: Vec<NotifierConfig>,
+    pub paging: PagingConfig,
+    pub silences: Vec<Silence>,
+    pub heartbeat: Option<HeartbeatConfig>,
 }
 
 impl Config {
+    pub fn notifier(&self, name: &str) -> Option<&NotifierConfig> {
+        self.notifiers.iter().find(|n| n.name == name)
+    }
     pub fn sender(&self, name: &str) -> Option<&SenderConfig> {
         self.senders.iter().find(|s| s.name == name)
     }
@@ -38,6 +47,42 @@ impl Config {
     pub fn channel(&self, id: &str) -> Option<&Channel> {
         self.channels.iter().find(|c| c.id == id)
     }
+}
+
+/// Paging policy.
+#[derive(Debug, Clone)]
+pub struct PagingConfig {
+    /// Notifiers for pages about the prober itself and for channels that name none.
+    pub default_notify: Vec<String>,
+    /// Re-page an open incident this often; `None`: never.
+    pub reminder_interval: Option<Duration>,
+    /// Use a notifier's fallback once it has failed for this long.
+    pub fallback_after: Duration,
+}
+
+/// A maintenance window: failures are recorded but not paged until `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Silence {
+    pub channel: Option<String>,
+    pub owner: Option<String>,
+    pub from: Option<crate::verdict::Millis>,
+    pub until: crate::verdict::Millis,
+    pub reason: String,
+}
+
+impl Silence {
+    pub fn covers(&self, channel: &str, owner: &str, at: crate::verdict::Millis) -> bool {
+        let who = self.channel.as_deref() == Some(channel) || self.owner.as_deref() == Some(owner);
+        who && self.from.is_none_or(|f| f <= at) && at < self.until
+    }
+}
+
+/// Dead-man's switch: a request to `url` every `interval` while postcanary is healthy.
+#[derive(Debug, Clone)]
+pub struct HeartbeatConfig {
+    pub url: Secret,
+    pub interval: Duration,
+    pub post: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +149,11 @@ pub struct Channel {
     pub deadline: Duration,
     /// This channel's fixed offset from its schedule, derived from its id.
     pub jitter_offset: Duration,
+    /// Where this channel's pages go (channel, else owner, else defaults).
+    pub notify: Vec<String>,
+    /// A control channel: the prober's own mailbox through the same sender.
+    /// Its failure means postcanary itself is degraded.
+    pub control: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +186,62 @@ struct RawMain {
     inbox: Vec<RawInbox>,
     #[serde(default)]
     channel: Vec<RawChannel>,
+    #[serde(default)]
+    notifier: Vec<RawNotifier>,
+    #[serde(default)]
+    owner: Vec<RawOwner>,
+    #[serde(default)]
+    silence: Vec<RawSilence>,
+    paging: Option<RawPaging>,
+    heartbeat: Option<RawHeartbeat>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotifier {
+    name: String,
+    kind: NotifierKind,
+    url: Option<String>,
+    routing_key: Option<SecretRef>,
+    api_key: Option<SecretRef>,
+    secret: Option<SecretRef>,
+    via: Option<String>,
+    #[serde(default)]
+    to: Vec<String>,
+    fallback: Option<String>,
+    timeout: Option<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOwner {
+    name: String,
+    notify: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSilence {
+    channel: Option<String>,
+    owner: Option<String>,
+    from: Option<String>,
+    until: String,
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPaging {
+    reminder_interval: Option<HumanDuration>,
+    fallback_after: Option<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeartbeat {
+    url: SecretRef,
+    interval: Option<HumanDuration>,
+    method: Option<String>,
 }
 
 /// An included file may define senders, inboxes and channels.
@@ -170,6 +276,7 @@ struct RawDefaults {
     deadline: Option<HumanDuration>,
     jitter: Option<HumanDuration>,
     owner: Option<String>,
+    notify: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +343,8 @@ struct RawChannel {
     inbox: Option<String>,
     schedule: Option<Schedule>,
     deadline: Option<HumanDuration>,
+    notify: Option<Vec<String>>,
+    control: Option<bool>,
 }
 
 /// Where a table came from: its file and its index among that file's
@@ -382,19 +491,60 @@ impl Config {
         let inbox_names: Vec<String> = inboxes.iter().map(|(_, i)| i.name.clone()).collect();
         let senders = build_senders(&mut loader, senders);
         let inboxes = build_inboxes(&mut loader, inboxes);
+        let mut raw_notifiers = Vec::new();
+        push_indexed(&mut raw_notifiers, 0, main.notifier);
+        let notifiers = build_notifiers(&mut loader, raw_notifiers, &sender_names);
+        let notifier_names: Vec<String> = notifiers.iter().map(|n| n.name.clone()).collect();
+        let default_notify = defaults.notify.clone().unwrap_or_default();
+        for n in &default_notify {
+            if !notifier_names.contains(n) {
+                let line = loader.files[0].table_key_line("defaults", "notify");
+                let e = loader.files[0].error(line, Some("defaults.notify"), format!("no [[notifier]] named {n:?}"));
+                loader.errors.push(e);
+            }
+        }
+        let mut raw_owners = Vec::new();
+        push_indexed(&mut raw_owners, 0, main.owner);
+        let owner_routes = build_owners(&mut loader, raw_owners, &notifier_names);
         let defaults = ChannelDefaults {
             schedule: default_schedule,
             deadline: default_deadline,
             jitter,
             owner: default_owner,
+            notify: default_notify.clone(),
+            owner_routes,
+            notifiers: notifier_names,
         };
         let channels = build_channels(&mut loader, channels, &sender_names, &inbox_names, &defaults);
+        let mut raw_silences = Vec::new();
+        push_indexed(&mut raw_silences, 0, main.silence);
+        let silences = build_silences(&mut loader, raw_silences, &channels);
+        let paging = PagingConfig {
+            default_notify,
+            reminder_interval: main
+                .paging
+                .as_ref()
+                .and_then(|p| p.reminder_interval)
+                .map(HumanDuration::as_duration)
+                .filter(|d| !d.is_zero()),
+            fallback_after: main
+                .paging
+                .as_ref()
+                .and_then(|p| p.fallback_after)
+                .map(HumanDuration::as_duration)
+                .unwrap_or(Duration::from_secs(120)),
+        };
+        let heartbeat = build_heartbeat(&mut loader, main.heartbeat);
 
         if !loader.errors.is_empty() {
             return Err(ConfigErrors(loader.errors));
         }
         Ok(Config {
             path: path.to_path_buf(),
+            notifiers,
+            paging,
+            silences,
+            heartbeat,
             ledger,
             token,
             senders,
@@ -584,6 +734,216 @@ struct ChannelDefaults {
     deadline: Duration,
     jitter: Duration,
     owner: String,
+    notify: Vec<String>,
+    owner_routes: Vec<(String, Vec<String>)>,
+    notifiers: Vec<String>,
+}
+
+/// `url` may be a literal or a secret reference; webhook URLs of Slack and
+/// Teams carry their credential and must be a reference.
+fn notifier_url(loader: &mut Loader, origin: &Origin, kind: NotifierKind, raw: &str) -> Option<String> {
+    if raw.starts_with("env:") || raw.starts_with("file:") {
+        let r: SecretRef = match raw.parse() {
+            Ok(r) => r,
+            Err(m) => {
+                loader.err(origin, "notifier", "url", m);
+                return None;
+            }
+        };
+        return loader
+            .secret(origin, "notifier", "url", &r)
+            .map(|s| s.expose().to_string());
+    }
+    if matches!(kind, NotifierKind::Slack | NotifierKind::Teams) {
+        loader.err(
+            origin,
+            "notifier",
+            "url",
+            format!(
+                "a {} webhook URL carries its credential; give it as \"env:NAME\" or \"file:PATH\"",
+                kind.as_str()
+            ),
+        );
+        return None;
+    }
+    if !(raw.starts_with("http://") || raw.starts_with("https://")) {
+        loader.err(origin, "notifier", "url", format!("{raw:?} is not an http(s) URL"));
+        return None;
+    }
+    Some(raw.to_string())
+}
+
+fn build_notifiers(loader: &mut Loader, raw: Vec<(Origin, RawNotifier)>, senders: &[String]) -> Vec<NotifierConfig> {
+    const A: &str = "notifier";
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let names: Vec<String> = raw.iter().map(|(_, n)| n.name.clone()).collect();
+    for (origin, n) in raw {
+        check_name(loader, &mut seen, &origin, A, &n.name);
+        let url = n.url.as_deref().and_then(|u| notifier_url(loader, &origin, n.kind, u));
+        let mut secret = |key: &str, r: &Option<SecretRef>| r.as_ref().and_then(|r| loader.secret(&origin, A, key, r));
+        let routing_key = secret("routing_key", &n.routing_key);
+        let api_key = secret("api_key", &n.api_key);
+        let hmac = secret("secret", &n.secret);
+        let need = |present: bool, key: &str, loader: &mut Loader| {
+            if !present {
+                loader.err(&origin, A, key, format!("kind = \"{}\" needs `{key}`", n.kind.as_str()));
+            }
+        };
+        match n.kind {
+            NotifierKind::Pagerduty => need(n.routing_key.is_some(), "routing_key", loader),
+            NotifierKind::Opsgenie => need(n.api_key.is_some(), "api_key", loader),
+            NotifierKind::Teams | NotifierKind::Slack | NotifierKind::Webhook | NotifierKind::Alertmanager => {
+                need(n.url.is_some(), "url", loader)
+            }
+            NotifierKind::Email => {
+                need(!n.to.is_empty(), "to", loader);
+                match &n.via {
+                    None => need(false, "via", loader),
+                    Some(v) if !senders.contains(v) => {
+                        loader.err(&origin, A, "via", format!("no [[sender]] named {v:?}"))
+                    }
+                    Some(_) => {}
+                }
+                for t in &n.to {
+                    if t.parse::<lettre::Address>().is_err() {
+                        loader.err(&origin, A, "to", format!("invalid address {t:?}"));
+                    }
+                }
+            }
+        }
+        match &n.fallback {
+            Some(f) if f == &n.name => loader.err(&origin, A, "fallback", "a notifier cannot be its own fallback"),
+            Some(f) if !names.contains(f) => loader.err(&origin, A, "fallback", format!("no [[notifier]] named {f:?}")),
+            _ => {}
+        }
+        out.push(NotifierConfig {
+            name: n.name,
+            kind: n.kind,
+            url,
+            routing_key,
+            api_key,
+            secret: hmac,
+            via: n.via,
+            to: n.to,
+            fallback: n.fallback,
+            timeout: n
+                .timeout
+                .map(HumanDuration::as_duration)
+                .unwrap_or(Duration::from_secs(10)),
+        });
+    }
+    out
+}
+
+fn check_notify_list(loader: &mut Loader, origin: &Origin, array: &str, list: &[String], notifiers: &[String]) {
+    for n in list {
+        if !notifiers.contains(n) {
+            loader.err(origin, array, "notify", format!("no [[notifier]] named {n:?}"));
+        }
+    }
+}
+
+fn build_owners(loader: &mut Loader, raw: Vec<(Origin, RawOwner)>, notifiers: &[String]) -> Vec<(String, Vec<String>)> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (origin, o) in raw {
+        if !seen.insert(o.name.clone()) {
+            loader.err(
+                &origin,
+                "owner",
+                "name",
+                format!("owner {:?} is already defined", o.name),
+            );
+        }
+        check_notify_list(loader, &origin, "owner", &o.notify, notifiers);
+        out.push((o.name, o.notify));
+    }
+    out
+}
+
+fn parse_time(s: &str) -> Result<crate::verdict::Millis, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("invalid time {s:?}: {e} (use RFC 3339, e.g. \"2026-11-23T06:00:00+01:00\")"))
+}
+
+fn build_silences(loader: &mut Loader, raw: Vec<(Origin, RawSilence)>, channels: &[Channel]) -> Vec<Silence> {
+    const A: &str = "silence";
+    let mut out = Vec::new();
+    for (origin, r) in raw {
+        match (&r.channel, &r.owner) {
+            (None, None) | (Some(_), Some(_)) => loader.err(
+                &origin,
+                A,
+                "channel",
+                "a silence names exactly one of `channel` or `owner`",
+            ),
+            (Some(c), None) if !channels.iter().any(|ch| &ch.id == c) => {
+                loader.err(&origin, A, "channel", format!("no channel with id {c:?}"))
+            }
+            (None, Some(o)) if !channels.iter().any(|ch| &ch.owner == o) => {
+                loader.err(&origin, A, "owner", format!("no channel has owner {o:?}"))
+            }
+            _ => {}
+        }
+        let until = parse_time(&r.until)
+            .map_err(|m| loader.err(&origin, A, "until", m))
+            .ok();
+        let from = match &r.from {
+            Some(f) => match parse_time(f) {
+                Ok(t) => Some(t),
+                Err(m) => {
+                    loader.err(&origin, A, "from", m);
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(until) = until {
+            out.push(Silence {
+                channel: r.channel,
+                owner: r.owner,
+                from,
+                until,
+                reason: r.reason,
+            });
+        }
+    }
+    out
+}
+
+fn build_heartbeat(loader: &mut Loader, raw: Option<RawHeartbeat>) -> Option<HeartbeatConfig> {
+    let raw = raw?;
+    let base = base_dir(&loader.files[0].path);
+    let url = match raw.url.resolve(&base) {
+        Ok(u) => u,
+        Err(m) => {
+            let line = loader.files[0].table_key_line("heartbeat", "url");
+            let e = loader.files[0].error(line, Some("heartbeat.url"), m);
+            loader.errors.push(e);
+            return None;
+        }
+    };
+    let post = match raw.method.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("get") => false,
+        Some("post") => true,
+        Some(other) => {
+            let line = loader.files[0].table_key_line("heartbeat", "method");
+            let e = loader.files[0].error(
+                line,
+                Some("heartbeat.method"),
+                format!("method {other:?}: use \"get\" or \"post\""),
+            );
+            loader.errors.push(e);
+            false
+        }
+    };
+    let interval = raw
+        .interval
+        .map(HumanDuration::as_duration)
+        .unwrap_or(Duration::from_secs(60));
+    Some(HeartbeatConfig { url, interval, post })
 }
 
 fn valid_id(id: &str) -> bool {
@@ -689,11 +1049,31 @@ fn build_channels(
         }
         let schedule = c.schedule.unwrap_or_else(|| defaults.schedule.clone());
         let jitter_offset = jitter_offset(&c.id, defaults.jitter, schedule.nominal_interval());
+        let owner = c.owner.unwrap_or_else(|| defaults.owner.clone());
+        if let Some(list) = &c.notify {
+            check_notify_list(loader, &origin, A, list, &defaults.notifiers);
+        }
+        let notify = c
+            .notify
+            .or_else(|| {
+                defaults
+                    .owner_routes
+                    .iter()
+                    .find(|(o, _)| o == &owner)
+                    .map(|(_, n)| n.clone())
+            })
+            .unwrap_or_else(|| defaults.notify.clone());
+        let control = c.control.unwrap_or(false);
+        if control && expect != Expect::Deliver {
+            loader.err(&origin, A, "control", "a control channel must expect = \"deliver\"");
+        }
         if let Some(kind) = kind {
             out.push(Channel {
+                notify,
+                control,
                 id: c.id,
                 name: c.name,
-                owner: c.owner.unwrap_or_else(|| defaults.owner.clone()),
+                owner,
                 kind,
                 expect,
                 inbox: c.inbox,

@@ -313,3 +313,110 @@ fn missing_main_file() {
     let errs = Config::load(&d.0.path().join("nope.toml")).unwrap_err().0;
     assert!(errs[0].message.contains("cannot read config file"));
 }
+
+const PAGING: &str = r#"
+[defaults]
+notify = ["ops"]
+
+[paging]
+reminder_interval = "2h"
+fallback_after = "5m"
+
+[heartbeat]
+url = "env:POSTCANARY_TEST_PW"
+interval = "30s"
+
+[[notifier]]
+name = "ops"
+kind = "pagerduty"
+routing_key = "env:POSTCANARY_TEST_PW"
+fallback = "mail-ops"
+
+[[notifier]]
+name = "mail-ops"
+kind = "email"
+via = "relay"
+to = ["it-vagt@kommune.example"]
+
+[[owner]]
+name = "social"
+notify = ["mail-ops"]
+
+[[silence]]
+owner = "social"
+until = "2026-12-01T06:00:00+01:00"
+reason = "mailbox migration"
+"#;
+
+fn with_paging(main: &str) -> String {
+    // [defaults] of MAIN is replaced by the one in PAGING.
+    let without_defaults = main.replace(
+        "[defaults]\nschedule = \"every 10m\"\ndeadline = \"15m\"\nowner = \"it-drift\"\n",
+        "",
+    );
+    format!("{without_defaults}\n{PAGING}")
+}
+
+#[test]
+fn paging_sections_parse_and_route() {
+    set_pw();
+    let d = Dir::new();
+    let path = d.write("postcanary.toml", &with_paging(MAIN));
+    d.write(
+        "probes/kommune.toml",
+        &CHANNELS.replace("name = \"Social og Familie\"", "name = \"Social\"\nowner = \"social\""),
+    );
+    let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.notifiers.len(), 2);
+    assert_eq!(c.notifier("ops").unwrap().fallback.as_deref(), Some("mail-ops"));
+    assert_eq!(c.paging.reminder_interval, Some(Duration::from_secs(7200)));
+    assert_eq!(c.paging.fallback_after, Duration::from_secs(300));
+    assert_eq!(
+        c.channel("social-mail").unwrap().notify,
+        vec!["mail-ops"],
+        "owner route"
+    );
+    assert_eq!(c.channel("retired-mail").unwrap().notify, vec!["ops"], "defaults");
+    assert_eq!(c.silences.len(), 1);
+    assert!(c.heartbeat.is_some());
+}
+
+#[test]
+fn paging_errors_name_their_place() {
+    let main = with_paging(MAIN).replace("owner = \"social\"\nuntil", "channel = \"social-mail\"\nuntil");
+    let e = one_error(
+        &main.replace("fallback = \"mail-ops\"", "fallback = \"nobody\""),
+        CHANNELS,
+    );
+    assert_eq!(e.key.as_deref(), Some("notifier.fallback"));
+    assert!(e.message.contains("no [[notifier]] named \"nobody\""), "{e}");
+    let e = one_error(
+        &main.replace("routing_key = \"env:POSTCANARY_TEST_PW\"\n", ""),
+        CHANNELS,
+    );
+    assert_eq!(e.key.as_deref(), Some("notifier.routing_key"));
+    let e = one_error(
+        &main.replace("notify = [\"mail-ops\"]", "notify = [\"mail-opz\"]"),
+        CHANNELS,
+    );
+    assert_eq!(e.key.as_deref(), Some("owner.notify"));
+    let e = one_error(
+        &main.replace("until = \"2026-12-01T06:00:00+01:00\"", "until = \"next tuesday\""),
+        CHANNELS,
+    );
+    assert_eq!(e.key.as_deref(), Some("silence.until"));
+    let e = one_error(&main.replace("kind = \"email\"", "kind = \"pager\""), CHANNELS);
+    assert_eq!(e.key.as_deref(), Some("notifier.kind"));
+    let slack = main.replace(
+        "[[owner]]",
+        "[[notifier]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"https://hooks.slack.com/services/T0/B0/SECRETPART\"\n\n[[owner]]",
+    );
+    let e = one_error(&slack, CHANNELS);
+    assert_eq!(e.key.as_deref(), Some("notifier.url"));
+    assert!(!e.to_string().contains("SECRETPART"), "{e}");
+    let e = one_error(
+        MAIN,
+        &CHANNELS.replace("inbox = \"social\"", "inbox = \"social\"\nnotify = [\"ghost\"]"),
+    );
+    assert_eq!(e.key.as_deref(), Some("channel.notify"));
+}

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::config::{Expect, LedgerBackend};
+use crate::notify::Page;
 use crate::verdict::{Judgement, Millis, Verdict};
 
 pub use sqlite::SqliteStore;
@@ -85,6 +86,93 @@ pub struct Cursor {
     pub last_uid: u32,
 }
 
+/// An incident row.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Incident {
+    pub id: i64,
+    pub channel: String,
+    pub dedup_key: String,
+    pub opened_at: Millis,
+    pub opened_by: Option<String>,
+    /// The latest failing verdict and its detail.
+    pub verdict: String,
+    pub detail: String,
+    pub failures: i64,
+    pub last_failure_at: Millis,
+    /// Whether a trigger page has been queued.
+    pub paged: bool,
+    pub last_paged_at: Option<Millis>,
+    /// Why it was not paged when opened (a maintenance window).
+    pub silenced: Option<String>,
+    pub resolved_at: Option<Millis>,
+    pub resolved_by: Option<String>,
+}
+
+/// A page queued for one notifier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub incident_id: i64,
+    pub notifier: String,
+    pub event: String,
+    pub dedup_key: String,
+    pub page: Page,
+    pub created_at: Millis,
+    pub attempts: i64,
+    pub next_attempt_at: Millis,
+    pub first_failed_at: Option<Millis>,
+    pub fallback_done: bool,
+}
+
+/// Pages to queue: (notifier name, page). The incident id in each page is
+/// filled in by the store when it opens the incident.
+pub type Pages = Vec<(String, Page)>;
+
+/// What the incident logic decided for one verdict (or one reminder tick);
+/// applied by [`Store::apply_incident`] in one transaction.
+#[derive(Clone, Debug)]
+pub struct IncidentChange {
+    /// The probe whose verdict this handles; marked handled in the same transaction.
+    pub probe_id: Option<String>,
+    /// Turn that probe's verdict into `error` with this detail (prober degraded).
+    pub reclassify: Option<String>,
+    pub action: IncidentAction,
+}
+
+#[derive(Clone, Debug)]
+pub enum IncidentAction {
+    Nothing,
+    Open {
+        channel: String,
+        dedup_key: String,
+        verdict: String,
+        detail: String,
+        at: Millis,
+        silenced: Option<String>,
+        pages: Pages,
+    },
+    /// Another failure while open.
+    Update {
+        incident_id: i64,
+        verdict: String,
+        detail: String,
+        at: Millis,
+    },
+    /// Queue pages for an open incident (a reminder, or the trigger held back by a silence).
+    Page {
+        incident_id: i64,
+        at: Millis,
+        note: String,
+        pages: Pages,
+    },
+    Resolve {
+        incident_id: i64,
+        at: Millis,
+        detail: String,
+        pages: Pages,
+    },
+}
+
 /// The ledger's operations. One implementation per backend; the contract
 /// tests in `sqlite.rs` (`contract`) are written against this trait.
 #[async_trait]
@@ -121,6 +209,33 @@ pub trait Store: Send + Sync + 'static {
 
     async fn cursor(&self, inbox: &str) -> StoreResult<Option<Cursor>>;
     async fn set_cursor(&self, inbox: &str, c: Cursor) -> StoreResult<()>;
+
+    // --- incidents and the outbox
+
+    /// Judged probes whose verdict the incident logic has not handled yet, oldest first.
+    async fn unhandled_verdicts(&self, limit: usize) -> StoreResult<Vec<ProbeRecord>>;
+    /// Applies one incident decision atomically; returns the incident id it touched.
+    async fn apply_incident(&self, change: &IncidentChange) -> StoreResult<Option<i64>>;
+    async fn open_incident(&self, channel: &str) -> StoreResult<Option<Incident>>;
+    async fn open_incidents(&self) -> StoreResult<Vec<Incident>>;
+    async fn incident(&self, id: i64) -> StoreResult<Option<Incident>>;
+    async fn incident_events(&self, id: i64) -> StoreResult<Vec<Event>>;
+    /// The oldest unsent page for a notifier: pages go out in order.
+    async fn outbox_head(&self, notifier: &str) -> StoreResult<Option<OutboxEntry>>;
+    async fn page_sent(&self, id: i64, at: Millis) -> StoreResult<()>;
+    /// Records a failed attempt; `permanent` gives the page up (it will not be retried).
+    async fn page_failed(
+        &self,
+        id: i64,
+        at: Millis,
+        error: &str,
+        next_attempt_at: Millis,
+        permanent: bool,
+    ) -> StoreResult<()>;
+    /// Queues a copy of a page for the fallback notifier (once per page).
+    async fn page_fallback(&self, id: i64, fallback: &str, at: Millis) -> StoreResult<()>;
+    /// Pages waiting to be sent, per notifier.
+    async fn outbox_depth(&self) -> StoreResult<Vec<(String, i64)>>;
 }
 
 pub type DynStore = Arc<dyn Store>;

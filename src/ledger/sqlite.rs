@@ -8,13 +8,17 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{swept_verdict, Cursor, Event, NewProbe, ProbeRecord, Store, StoreError, StoreResult};
+use super::{
+    swept_verdict, Cursor, Event, Incident, IncidentAction, IncidentChange, NewProbe, OutboxEntry, Pages, ProbeRecord,
+    Store, StoreError, StoreResult,
+};
 use crate::config::Expect;
 use crate::verdict::{Judgement, Millis, Verdict};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
 /// Append only: a later change adds a new entry.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -53,7 +57,54 @@ CREATE TABLE inbox_cursors (
     uid_validity INTEGER NOT NULL,
     last_uid     INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE probes ADD COLUMN handled INTEGER NOT NULL DEFAULT 0;
+UPDATE probes SET handled = 1 WHERE verdict <> 'pending';
+CREATE INDEX probes_unhandled ON probes (handled, judged_at);
+CREATE TABLE incidents (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel         TEXT NOT NULL,
+    dedup_key       TEXT NOT NULL UNIQUE,
+    opened_at       INTEGER NOT NULL,
+    opened_by       TEXT,
+    verdict         TEXT NOT NULL,
+    detail          TEXT NOT NULL,
+    failures        INTEGER NOT NULL DEFAULT 1,
+    last_failure_at INTEGER NOT NULL,
+    paged           INTEGER NOT NULL DEFAULT 0,
+    last_paged_at   INTEGER,
+    silenced        TEXT,
+    resolved_at     INTEGER,
+    resolved_by     TEXT
+);
+CREATE UNIQUE INDEX incidents_one_open ON incidents (channel) WHERE resolved_at IS NULL;
+CREATE TABLE incident_events (
+    incident_id INTEGER NOT NULL REFERENCES incidents (id),
+    at          INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    detail      TEXT NOT NULL
+);
+CREATE INDEX incident_events_incident ON incident_events (incident_id, at);
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident_id     INTEGER NOT NULL REFERENCES incidents (id),
+    notifier        TEXT NOT NULL,
+    event           TEXT NOT NULL,
+    dedup_key       TEXT NOT NULL,
+    page            TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    state           TEXT NOT NULL DEFAULT 'pending',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    first_failed_at INTEGER,
+    last_error      TEXT,
+    fallback_done   INTEGER NOT NULL DEFAULT 0,
+    sent_at         INTEGER
+);
+CREATE INDEX outbox_pending ON outbox (notifier, state, id);
+"#,
+];
 
 /// A send not confirmed by its own process is given this long past its
 /// deadline before the sweeper calls it an error (covers the last attempt).
@@ -147,6 +198,178 @@ impl SqliteStore {
         .await
         .map_err(err)?
     }
+}
+
+const INCIDENT_COLUMNS: &str = "id, channel, dedup_key, opened_at, opened_by, verdict, detail, failures, \
+     last_failure_at, paged, last_paged_at, silenced, resolved_at, resolved_by";
+
+fn row_to_incident(r: &Row<'_>) -> rusqlite::Result<Incident> {
+    Ok(Incident {
+        id: r.get(0)?,
+        channel: r.get(1)?,
+        dedup_key: r.get(2)?,
+        opened_at: r.get(3)?,
+        opened_by: r.get(4)?,
+        verdict: r.get(5)?,
+        detail: r.get(6)?,
+        failures: r.get(7)?,
+        last_failure_at: r.get(8)?,
+        paged: r.get(9)?,
+        last_paged_at: r.get(10)?,
+        silenced: r.get(11)?,
+        resolved_at: r.get(12)?,
+        resolved_by: r.get(13)?,
+    })
+}
+
+fn incident_event(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    at: Millis,
+    kind: &str,
+    detail: &str,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO incident_events (incident_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![id, at, kind, detail],
+    )
+    .map(|_| ())
+}
+
+/// Queues pages for an incident, filling in its id; records each in the timeline.
+fn enqueue(tx: &rusqlite::Transaction<'_>, incident_id: i64, at: Millis, pages: &Pages) -> rusqlite::Result<()> {
+    for (notifier, page) in pages {
+        let mut page = page.clone();
+        page.incident_id = incident_id;
+        let json = serde_json::to_string(&page).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        tx.execute(
+            "INSERT INTO outbox (incident_id, notifier, event, dedup_key, page, created_at, next_attempt_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            params![incident_id, notifier, page.event.as_str(), page.dedup_key, json, at],
+        )?;
+        incident_event(
+            tx,
+            incident_id,
+            at,
+            "page-queued",
+            &format!("{} page queued for {notifier}", page.event.as_str()),
+        )?;
+    }
+    Ok(())
+}
+
+fn apply_change(tx: &rusqlite::Transaction<'_>, change: &IncidentChange) -> rusqlite::Result<Option<i64>> {
+    if let (Some(probe), Some(detail)) = (&change.probe_id, &change.reclassify) {
+        tx.execute(
+            "UPDATE probes SET verdict = 'error', detail = ?2 WHERE id = ?1",
+            params![probe, detail],
+        )?;
+        tx.execute(
+            "INSERT INTO probe_events (probe_id, at, kind, detail) \
+             VALUES (?1, (SELECT COALESCE(judged_at, created_at) FROM probes WHERE id = ?1), 'verdict', ?2)",
+            params![probe, format!("error: {detail}")],
+        )?;
+    }
+    if let Some(probe) = &change.probe_id {
+        tx.execute("UPDATE probes SET handled = 1 WHERE id = ?1", params![probe])?;
+    }
+    let touched = match &change.action {
+        IncidentAction::Nothing => None,
+        IncidentAction::Open {
+            channel,
+            dedup_key,
+            verdict,
+            detail,
+            at,
+            silenced,
+            pages,
+        } => {
+            tx.execute(
+                "INSERT INTO incidents (channel, dedup_key, opened_at, opened_by, verdict, detail, last_failure_at, paged, \
+                 last_paged_at, silenced) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?3, ?7, ?8, ?9)",
+                params![
+                    channel,
+                    dedup_key,
+                    at,
+                    change.probe_id,
+                    verdict,
+                    detail,
+                    !pages.is_empty(),
+                    (!pages.is_empty()).then_some(*at),
+                    silenced
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            incident_event(tx, id, *at, "opened", &format!("{verdict}: {detail}"))?;
+            if let Some(reason) = silenced {
+                incident_event(tx, id, *at, "silenced", &format!("not paged: {reason}"))?;
+            }
+            enqueue(tx, id, *at, pages)?;
+            Some(id)
+        }
+        IncidentAction::Update {
+            incident_id,
+            verdict,
+            detail,
+            at,
+        } => {
+            tx.execute(
+                "UPDATE incidents SET verdict = ?2, detail = ?3, failures = failures + 1, last_failure_at = ?4 \
+                 WHERE id = ?1 AND resolved_at IS NULL",
+                params![incident_id, verdict, detail, at],
+            )?;
+            incident_event(tx, *incident_id, *at, "failure", &format!("{verdict}: {detail}"))?;
+            Some(*incident_id)
+        }
+        IncidentAction::Page {
+            incident_id,
+            at,
+            note,
+            pages,
+        } => {
+            tx.execute(
+                "UPDATE incidents SET paged = 1, last_paged_at = ?2 WHERE id = ?1 AND resolved_at IS NULL",
+                params![incident_id, at],
+            )?;
+            incident_event(tx, *incident_id, *at, "page", note)?;
+            enqueue(tx, *incident_id, *at, pages)?;
+            Some(*incident_id)
+        }
+        IncidentAction::Resolve {
+            incident_id,
+            at,
+            detail,
+            pages,
+        } => {
+            tx.execute(
+                "UPDATE incidents SET resolved_at = ?2, resolved_by = ?3 WHERE id = ?1 AND resolved_at IS NULL",
+                params![incident_id, at, change.probe_id],
+            )?;
+            incident_event(tx, *incident_id, *at, "resolved", detail)?;
+            enqueue(tx, *incident_id, *at, pages)?;
+            Some(*incident_id)
+        }
+    };
+    Ok(touched)
+}
+
+fn row_to_outbox(r: &Row<'_>) -> rusqlite::Result<OutboxEntry> {
+    let json: String = r.get(5)?;
+    let page = serde_json::from_str(&json)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, Box::new(e)))?;
+    Ok(OutboxEntry {
+        id: r.get(0)?,
+        incident_id: r.get(1)?,
+        notifier: r.get(2)?,
+        event: r.get(3)?,
+        dedup_key: r.get(4)?,
+        page,
+        created_at: r.get(6)?,
+        attempts: r.get(7)?,
+        next_attempt_at: r.get(8)?,
+        first_failed_at: r.get(9)?,
+        fallback_done: r.get(10)?,
+    })
 }
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
@@ -404,6 +627,181 @@ impl Store for SqliteStore {
                 },
             )
             .optional()
+        })
+        .await
+    }
+
+    async fn unhandled_verdicts(&self, limit: usize) -> StoreResult<Vec<ProbeRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {PROBE_COLUMNS} FROM probes WHERE handled = 0 AND verdict <> 'pending' \
+                 ORDER BY judged_at, id LIMIT ?1"
+            ))?;
+            let rows = stmt.query_map(params![limit], row_to_probe)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn apply_incident(&self, change: &IncidentChange) -> StoreResult<Option<i64>> {
+        let change = change.clone();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let id = apply_change(&tx, &change)?;
+            tx.commit()?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn open_incident(&self, channel: &str) -> StoreResult<Option<Incident>> {
+        let channel = channel.to_string();
+        self.with(move |c| {
+            c.query_row(
+                &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE channel = ?1 AND resolved_at IS NULL"),
+                params![channel],
+                row_to_incident,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn open_incidents(&self) -> StoreResult<Vec<Incident>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE resolved_at IS NULL ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([], row_to_incident)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn incident(&self, id: i64) -> StoreResult<Option<Incident>> {
+        self.with(move |c| {
+            c.query_row(
+                &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?1"),
+                params![id],
+                row_to_incident,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn incident_events(&self, id: i64) -> StoreResult<Vec<Event>> {
+        self.with(move |c| {
+            let mut stmt =
+                c.prepare("SELECT at, kind, detail FROM incident_events WHERE incident_id = ?1 ORDER BY at, rowid")?;
+            let rows = stmt.query_map(params![id], |r| {
+                Ok(Event {
+                    at: r.get(0)?,
+                    kind: r.get(1)?,
+                    detail: r.get(2)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn outbox_head(&self, notifier: &str) -> StoreResult<Option<OutboxEntry>> {
+        let notifier = notifier.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT id, incident_id, notifier, event, dedup_key, page, created_at, attempts, next_attempt_at, \
+                 first_failed_at, fallback_done FROM outbox WHERE notifier = ?1 AND state = 'pending' ORDER BY id LIMIT 1",
+                params![notifier],
+                row_to_outbox,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn page_sent(&self, id: i64, at: Millis) -> StoreResult<()> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let (incident, notifier, event): (i64, String, String) = tx.query_row(
+                "UPDATE outbox SET state = 'sent', sent_at = ?2 WHERE id = ?1 RETURNING incident_id, notifier, event",
+                params![id, at],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            incident_event(
+                &tx,
+                incident,
+                at,
+                "page-accepted",
+                &format!("{event} page accepted by {notifier}"),
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn page_failed(&self, id: i64, at: Millis, error: &str, next: Millis, permanent: bool) -> StoreResult<()> {
+        let error = error.to_string();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let (incident, notifier, attempts): (i64, String, i64) = tx.query_row(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?3, next_attempt_at = ?4, \
+                 first_failed_at = COALESCE(first_failed_at, ?2), \
+                 state = CASE WHEN ?5 THEN 'failed' ELSE state END \
+                 WHERE id = ?1 RETURNING incident_id, notifier, attempts",
+                params![id, at, error, next, permanent],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            // The first failure and a final one go into the timeline; retries in between only to the log.
+            if attempts == 1 || permanent {
+                let what = if permanent { "page-rejected" } else { "page-failed" };
+                incident_event(&tx, incident, at, what, &format!("{notifier}: {error}"))?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn page_fallback(&self, id: i64, fallback: &str, at: Millis) -> StoreResult<()> {
+        let fallback = fallback.to_string();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let changed = tx.execute(
+                "UPDATE outbox SET fallback_done = 1 WHERE id = ?1 AND fallback_done = 0",
+                params![id],
+            )?;
+            if changed == 1 {
+                let (incident, notifier): (i64, String) = tx.query_row(
+                    "SELECT incident_id, notifier FROM outbox WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                tx.execute(
+                    "INSERT INTO outbox (incident_id, notifier, event, dedup_key, page, created_at, next_attempt_at) \
+                     SELECT incident_id, ?2, event, dedup_key, page, ?3, ?3 FROM outbox WHERE id = ?1",
+                    params![id, fallback, at],
+                )?;
+                incident_event(
+                    &tx,
+                    incident,
+                    at,
+                    "page-fallback",
+                    &format!("{notifier} keeps failing; sent to {fallback}"),
+                )?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn outbox_depth(&self) -> StoreResult<Vec<(String, i64)>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT notifier, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY notifier ORDER BY notifier",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
         })
         .await
     }

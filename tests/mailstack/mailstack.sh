@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # A private Postfix + Dovecot on loopback for postcanary's tests.
 #
-#   mailstack.sh install                      install postfix/dovecot if missing (apt-get), start no system service
+#   mailstack.sh install                      install postfix/dovecot if missing (apt-get), leave no system service running
 #   mailstack.sh start DIR SMTP SUB IMAP LMTP start a stack whose config, queue, mail and logs all live in DIR
 #   mailstack.sh stop DIR                     stop it (idempotent)
-#   mailstack.sh restart-imap DIR             stop and start Dovecot
+#   mailstack.sh restart-imap DIR             stop Dovecot completely and start it again
 #   mailstack.sh stop-imap DIR | start-imap DIR
 #   mailstack.sh reload DIR                   reload Postfix after editing its texthash: maps
 #   mailstack.sh flush DIR                    retry deferred mail now
+#
+# Layout of DIR: env (KEY=value: ports and PASS_<user>), postfix/ (main.cf,
+# master.cf, texthash maps vmailbox/virtual/transport, maillog), spool/ (the
+# Postfix queue), data/ (Postfix data), dovecot/ (dovecot.conf, users,
+# dovecot.log, run/ = base_dir, state/), mail/<user>/ (maildirs).
 #
 # The domain kommune.example has mailboxes social, borger, closed, canary, ops;
 # retired@ is accepted and discarded; familie@ is aliased to closed@; every other
@@ -17,37 +22,70 @@
 set -euo pipefail
 
 USERS="social borger closed canary ops"
+PACKAGES="postfix dovecot-imapd dovecot-lmtpd"
 WAIT_SECONDS=20
+# Unprivileged owner of the maildirs (Dovecot refuses uid 0 for mail).
+MAIL_USER=mail
 
 die() { echo "mailstack: $*" >&2; exit 1; }
 
-install() {
-  if command -v postfix >/dev/null && command -v dovecot >/dev/null \
-     && [ -x /usr/lib/dovecot/lmtp ] && [ -x /usr/lib/dovecot/imap ]; then
-    return 0
-  fi
-  local policy=/usr/sbin/policy-rc.d created_policy=
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' > "$policy"
-    chmod +x "$policy"
-    created_policy=1
-  fi
-  # shellcheck disable=SC2064
-  trap "[ -n '$created_policy' ] && rm -f '$policy'" EXIT
-  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q --no-install-recommends postfix dovecot-imapd dovecot-lmtpd >/dev/null 2>&1 || {
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends postfix dovecot-imapd dovecot-lmtpd >/dev/null
-  }
-  # If a package started the system instances anyway, stop them (not ours).
-  if [ -f /var/spool/postfix/pid/master.pid ]; then postfix stop >/dev/null 2>&1 || true; fi
-  if [ -f /run/dovecot/master.pid ]; then doveadm stop >/dev/null 2>&1 || true; fi
+# ---------------------------------------------------------------- install
+
+POLICY=/usr/sbin/policy-rc.d
+CREATED_POLICY=
+
+cleanup_policy() {
+  if [ -n "$CREATED_POLICY" ]; then rm -f "$POLICY"; fi
 }
 
-wait_port() { # port what
+installed() {
+  command -v postfix >/dev/null && command -v dovecot >/dev/null || return 1
+  local p
+  for p in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || return 1
+  done
+}
+
+stop_system_services() {
+  # The system instances (default config), never a test instance.
+  if [ -f /etc/postfix/main.cf ] && postfix status >/dev/null 2>&1; then
+    postfix stop >/dev/null 2>&1 || true
+  fi
+  local pid
+  if [ -f /run/dovecot/master.pid ]; then
+    pid=$(cat /run/dovecot/master.pid 2>/dev/null || true)
+    if running "$pid"; then
+      doveadm stop >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+    fi
+  fi
+}
+
+do_install() {
+  installed && return 0
+  if [ ! -e "$POLICY" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$POLICY"
+    chmod 755 "$POLICY"
+    CREATED_POLICY=1
+  fi
+  trap cleanup_policy EXIT
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  export DEBIAN_FRONTEND=noninteractive
+  # shellcheck disable=SC2086
+  if ! apt-get install -y -q --no-install-recommends $PACKAGES >/tmp/mailstack-apt.log 2>&1; then
+    apt-get update -q >>/tmp/mailstack-apt.log 2>&1 || true
+    # shellcheck disable=SC2086
+    apt-get install -y -q --no-install-recommends $PACKAGES >>/tmp/mailstack-apt.log 2>&1 \
+      || { cat /tmp/mailstack-apt.log >&2; die "apt-get install $PACKAGES failed"; }
+  fi
+  stop_system_services
+  installed || die "packages $PACKAGES still missing after apt-get install"
+}
+
+# ---------------------------------------------------------------- helpers
+
+wait_port() { # port
   local i
-  for i in $(seq 1 $((WAIT_SECONDS * 10))); do
+  for ((i = 0; i < WAIT_SECONDS * 10; i++)); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     sleep 0.1
   done
@@ -56,9 +94,62 @@ wait_port() { # port what
 
 show_logs() {
   local dir=$1
+  echo "---- start.log" >&2; tail -n 30 "$dir/start.log" >&2 2>/dev/null || true
   echo "---- postfix log" >&2; tail -n 30 "$dir/postfix/maillog" >&2 2>/dev/null || true
   echo "---- dovecot log" >&2; tail -n 30 "$dir/dovecot/dovecot.log" >&2 2>/dev/null || true
 }
+
+env_get() { sed -n "s/^$2=//p" "$1/env"; }
+
+running() { # pid: alive and not a zombie waiting to be reaped
+  local _pid _comm state
+  [ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 1
+  read -r _pid _comm state _ < "/proc/$1/stat" 2>/dev/null || return 1
+  [ "$state" != Z ] && [ "$state" != X ]
+}
+
+pid_alive() { # pidfile
+  [ -f "$1" ] || return 1
+  running "$(head -n 1 "$1" | tr -d ' ')"
+}
+
+kill_pidfile() { # pidfile [grace tenths]: TERM, wait, then KILL the daemon's whole process group
+  local pidfile=$1 grace=${2:-50} pid i
+  [ -f "$pidfile" ] || return 0
+  pid=$(head -n 1 "$pidfile" | tr -d ' ')
+  if running "$pid"; then
+    kill "$pid" 2>/dev/null || true
+    for ((i = 0; i < grace; i++)); do
+      running "$pid" || break
+      sleep 0.1
+    done
+    if running "$pid"; then
+      # Both masters are session leaders: their children share their process group.
+      kill -9 -- "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
+    fi
+  fi
+  # Wait (bounded) until no process of the group is left holding ports or files.
+  for ((i = 0; i < 50; i++)); do
+    group_alive "$pid" || break
+    sleep 0.1
+  done
+  rm -f "$pidfile"
+}
+
+group_alive() { # pgid: any live (non-zombie) process in that process group?
+  local f stat rest
+  [ -n "$1" ] || return 1
+  for f in /proc/[0-9]*/stat; do
+    { read -r stat < "$f"; } 2>/dev/null || continue
+    rest=${stat##*) }          # fields after "pid (comm) "
+    # rest = "state ppid pgrp ..."
+    set -- "$1" $rest
+    if [ "$4" = "$1" ] && [ "$2" != Z ] && [ "$2" != X ]; then return 0; fi
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------- config
 
 write_config() {
   local dir=$1 smtp=$2 sub=$3 imap=$4 lmtp=$5
@@ -68,11 +159,12 @@ write_config() {
   local p=$dir
   while [ "$p" != "/" ]; do chmod o+x "$p" 2>/dev/null || true; p=$(dirname "$p"); done
 
-  : > "$dir/env"
-  echo "SMTP_PORT=$smtp" >> "$dir/env"
-  echo "SUBMISSION_PORT=$sub" >> "$dir/env"
-  echo "IMAP_PORT=$imap" >> "$dir/env"
-  echo "LMTP_PORT=$lmtp" >> "$dir/env"
+  {
+    echo "SMTP_PORT=$smtp"
+    echo "SUBMISSION_PORT=$sub"
+    echo "IMAP_PORT=$imap"
+    echo "LMTP_PORT=$lmtp"
+  } > "$dir/env"
   : > "$dir/dovecot/users"
   : > "$dir/postfix/vmailbox"
   local u pw
@@ -87,12 +179,15 @@ write_config() {
   chgrp dovecot "$dir/dovecot/users"
   echo "familie@kommune.example closed@kommune.example" > "$dir/postfix/virtual"
   echo "retired@kommune.example discard:" > "$dir/postfix/transport"
-  chown -R mail:mail "$dir/mail"
+  chown -R "$MAIL_USER:$MAIL_USER" "$dir/mail"
+
+  local mail_uid
+  mail_uid=$(id -u "$MAIL_USER")
 
   cat > "$dir/postfix/main.cf" <<CF
 compatibility_level = 3.6
-queue_directory = $dir/postfix/queue
-data_directory = $dir/postfix/data
+queue_directory = $dir/spool
+data_directory = $dir/data
 command_directory = /usr/sbin
 daemon_directory = /usr/lib/postfix/sbin
 shlib_directory = /usr/lib/postfix
@@ -110,6 +205,8 @@ inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination
+smtpd_recipient_restrictions = reject_unlisted_recipient
+unknown_virtual_mailbox_reject_code = 550
 virtual_mailbox_domains = kommune.example
 virtual_mailbox_maps = texthash:$dir/postfix/vmailbox
 virtual_alias_maps = texthash:$dir/postfix/virtual
@@ -118,13 +215,21 @@ virtual_transport = lmtp:inet:127.0.0.1:$lmtp
 smtputf8_enable = no
 smtp_dns_support_level = disabled
 lmtp_dns_support_level = disabled
+smtp_host_lookup = native
+lmtp_host_lookup = native
+smtpd_peername_lookup = no
 smtpd_tls_security_level = none
 smtp_tls_security_level = none
+lmtp_tls_security_level = none
 smtpd_sasl_type = dovecot
 smtpd_sasl_path = $dir/dovecot/run/auth-client
 smtpd_sasl_auth_enable = no
 broken_sasl_auth_clients = no
 biff = no
+in_flow_delay = 0s
+smtpd_error_sleep_time = 0s
+# A daemon that died (e.g. submission while Dovecot auth was down) is retried at once.
+service_throttle_time = 1s
 queue_run_delay = 1s
 minimal_backoff_time = 1s
 maximal_backoff_time = 5s
@@ -132,9 +237,11 @@ maillog_file = $dir/postfix/maillog
 maillog_file_prefixes = $dir
 smtpd_banner = \$myhostname ESMTP postcanary-test
 CF
+  # chroot column (5th) is n everywhere: the services must reach DIR and Dovecot's socket.
   cat > "$dir/postfix/master.cf" <<CF
 127.0.0.1:$smtp inet n - n - - smtpd
 127.0.0.1:$sub inet n - n - - smtpd
+  -o syslog_name=postfix/submission
   -o smtpd_sasl_auth_enable=yes
   -o smtpd_client_restrictions=permit_sasl_authenticated,reject
   -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
@@ -172,18 +279,22 @@ disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_username_format = %Ln
 mail_location = maildir:$dir/mail/%n
-mail_uid = mail
-mail_gid = mail
-first_valid_uid = 8
-first_valid_gid = 8
+mail_uid = $MAIL_USER
+mail_gid = $MAIL_USER
+first_valid_uid = $mail_uid
+first_valid_gid = $mail_uid
 mail_max_userip_connections = 200
+# No stats connection: a process killed during its stats handshake stalls shutdown 5 s.
+stats_writer_socket_path =
+# Fast failures for wrong-password tests.
+auth_failure_delay = 0
 passdb {
   driver = passwd-file
   args = scheme=PLAIN username_format=%n $dir/dovecot/users
 }
 userdb {
   driver = static
-  args = uid=mail gid=mail home=$dir/mail/%n
+  args = uid=$MAIL_USER gid=$MAIL_USER home=$dir/mail/%n
 }
 namespace inbox {
   inbox = yes
@@ -211,81 +322,124 @@ service lmtp {
     port = $lmtp
   }
 }
-service auth {
-  unix_listener auth-client {
-    mode = 0666
+# No per-IP auth penalty (2..15 s growing delays after failed logins from 127.0.0.1).
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
   }
 }
-service stats {
-  unix_listener stats-reader {
-    mode = 0600
-  }
-  unix_listener stats-writer {
+service auth {
+  unix_listener auth-client {
     mode = 0666
   }
 }
 CF
 }
 
-env_get() { grep "^$2=" "$1/env" | cut -d= -f2; }
+# ---------------------------------------------------------------- start/stop
 
 start_imap() {
   local dir=$1
+  [ -f "$dir/dovecot/dovecot.conf" ] || die "no stack in $dir"
   # Daemons must not inherit our stdout/stderr: a caller reading them to EOF would hang.
   dovecot -c "$dir/dovecot/dovecot.conf" </dev/null >>"$dir/start.log" 2>&1 \
-    || { cat "$dir/start.log" >&2; show_logs "$dir"; die "dovecot did not start"; }
-  wait_port "$(env_get "$dir" IMAP_PORT)" && wait_port "$(env_get "$dir" LMTP_PORT)" \
-    || { show_logs "$dir"; die "dovecot ports did not open within ${WAIT_SECONDS}s"; }
+    || { show_logs "$dir"; die "dovecot did not start"; }
+  if ! { wait_port "$(env_get "$dir" IMAP_PORT)" && wait_port "$(env_get "$dir" LMTP_PORT)"; }; then
+    show_logs "$dir"; die "dovecot ports did not open within ${WAIT_SECONDS}s"
+  fi
+  pid_alive "$dir/dovecot/run/master.pid" || { show_logs "$dir"; die "dovecot exited after starting"; }
 }
 
 stop_imap() {
-  local dir=$1 pidfile=$1/dovecot/run/master.pid pid i
-  [ -f "$pidfile" ] || return 0
-  pid=$(cat "$pidfile")
-  kill "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
+  # Dovecot killed soon after starting can take ~5 s to wind down: 1.5 s grace, then KILL.
+  kill_pidfile "$1/dovecot/run/master.pid" 15
+}
+
+make_queue() { # the queue directories with the owners and modes of /etc/postfix/postfix-files
+  local q=$1/spool d
+  install -d -o root -g root -m 755 "$q" "$q/pid"
+  for d in active bounce corrupt defer deferred flush hold incoming private saved trace; do
+    install -d -o postfix -g root -m 700 "$q/$d"
   done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$pidfile"
+  install -d -o postfix -g postdrop -m 730 "$q/maildrop"
+  install -d -o postfix -g postdrop -m 710 "$q/public"
+  install -d -o postfix -g postfix -m 700 "$1/data"
+}
+
+start_postfix() {
+  local dir=$1
+  make_queue "$dir"
+  # The configuration must parse without a single warning.
+  if ! postconf -c "$dir/postfix" -n >/dev/null 2>"$dir/postconf.err" || [ -s "$dir/postconf.err" ]; then
+    cat "$dir/postconf.err" >&2; die "postfix configuration in $dir/postfix is broken"
+  fi
+  # The queue was just made as postfix-files says: skip `postfix start`'s 2 s
+  # integrity check (post-install create-missing, postsuper) via its quick-start
+  # flag. master -w still fails the start on a bad master.cf or a busy port.
+  touch "$dir/spool/quick-start"
+  postfix -c "$dir/postfix" start </dev/null >>"$dir/start.log" 2>&1 \
+    || { show_logs "$dir"; die "postfix did not start"; }
+  if ! { wait_port "$(env_get "$dir" SMTP_PORT)" && wait_port "$(env_get "$dir" SUBMISSION_PORT)"; }; then
+    show_logs "$dir"; die "postfix ports did not open within ${WAIT_SECONDS}s"
+  fi
+  pid_alive "$dir/spool/pid/master.pid" || { show_logs "$dir"; die "postfix exited after starting"; }
+}
+
+stop_postfix() {
+  kill_pidfile "$1/spool/pid/master.pid"
 }
 
 start() {
   [ $# -eq 5 ] || die "usage: start DIR SMTP_PORT SUBMISSION_PORT IMAP_PORT LMTP_PORT"
-  local dir smtp=$2 sub=$3 imap=$4 lmtp=$5
+  local dir smtp=$2 sub=$3 imap=$4 lmtp=$5 p
+  for p in "$smtp" "$sub" "$imap" "$lmtp"; do
+    [[ $p =~ ^[0-9]+$ ]] || die "bad port '$p'"
+  done
+  command -v postfix >/dev/null && command -v dovecot >/dev/null \
+    || die "postfix/dovecot not installed: run '$0 install' first"
   mkdir -p "$1"
   dir=$(cd "$1" && pwd)
+  # A restart in the same DIR (e.g. a retry with new ports) starts clean.
+  stop_postfix "$dir"
+  stop_imap "$dir"
+  : > "$dir/start.log"
   write_config "$dir" "$smtp" "$sub" "$imap" "$lmtp"
+  # Whatever fails from here on leaves nothing running.
+  trap 'rc=$?; if [ $rc -ne 0 ]; then stop "$dir"; fi; exit $rc' EXIT
   start_imap "$dir"
-  mkdir -p "$dir/postfix/queue" "$dir/postfix/data"
-  chown postfix:postfix "$dir/postfix/data"
-  postfix -c "$dir/postfix" post-install create-missing >/dev/null
-  postfix -c "$dir/postfix" check >/dev/null 2>&1 || postfix -c "$dir/postfix" check
-  postfix -c "$dir/postfix" start </dev/null >>"$dir/start.log" 2>&1 \
-    || { cat "$dir/start.log" >&2; show_logs "$dir"; die "postfix did not start"; }
-  wait_port "$smtp" && wait_port "$sub" || { show_logs "$dir"; die "postfix ports did not open within ${WAIT_SECONDS}s"; }
+  start_postfix "$dir"
+  trap - EXIT
 }
 
 stop() {
   local dir=$1
   [ -d "$dir" ] || return 0
-  if [ -f "$dir/postfix/queue/pid/master.pid" ]; then
-    postfix -c "$dir/postfix" stop >/dev/null 2>&1 || postfix -c "$dir/postfix" abort >/dev/null 2>&1 || true
-  fi
+  stop_postfix "$dir"
   stop_imap "$dir"
 }
+
+need_dir() { [ $# -ge 1 ] && [ -n "$1" ] || die "usage: $cmd DIR"; }
 
 cmd=${1:-}
 shift || true
 case "$cmd" in
-  install) install ;;
+  install) do_install ;;
   start) start "$@" ;;
-  stop) stop "$1" ;;
-  restart-imap) stop_imap "$1"; start_imap "$1" ;;
-  stop-imap) stop_imap "$1" ;;
-  start-imap) start_imap "$1" ;;
-  reload) postfix -c "$1/postfix" reload </dev/null >>"$1/start.log" 2>&1 ;;
-  flush) postqueue -c "$1/postfix" -f </dev/null >>"$1/start.log" 2>&1 ;;
+  stop) need_dir "$@"; stop "$1" ;;
+  restart-imap) need_dir "$@"; stop_imap "$1"; start_imap "$1" ;;
+  stop-imap) need_dir "$@"; stop_imap "$1" ;;
+  start-imap) need_dir "$@"; start_imap "$1" ;;
+  reload)
+    need_dir "$@"
+    postfix -c "$1/postfix" reload </dev/null >>"$1/start.log" 2>&1 \
+      || { show_logs "$1"; die "postfix reload failed"; }
+    # Idle daemons holding the old maps exit on reload; give them a moment.
+    sleep 0.3
+    ;;
+  flush)
+    need_dir "$@"
+    postqueue -c "$1/postfix" -f </dev/null >>"$1/start.log" 2>&1 \
+      || { show_logs "$1"; die "postqueue -f failed"; }
+    ;;
   *) die "unknown command '$cmd' (install|start|stop|restart-imap|stop-imap|start-imap|reload|flush)" ;;
 esac

@@ -4,8 +4,8 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::mailstack::MailStack;
 
@@ -115,4 +115,57 @@ pub fn imap_count(port: u16, user: &str, password: &str, mailbox: &str) -> u32 {
     }
     let _ = write!(w, "c LOGOUT\r\n");
     count.expect("STATUS MESSAGES")
+}
+
+/// `postcanary run` as a child process, logging JSON to a file.
+pub struct Daemon(Child);
+
+impl Daemon {
+    pub fn start(config: &Path, log: &Path) -> Daemon {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_postcanary"))
+            .args(["run", "--log-format", "json", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "postcanary=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Daemon(child)
+    }
+    pub fn kill9(&mut self) {
+        // SIGKILL: no chance to clean up.
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < end, "daemon did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` every 100 ms until it gives a value; panics after `limit`.
+pub async fn wait_for<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

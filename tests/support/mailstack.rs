@@ -2,11 +2,11 @@
 //! temp dir; stopped when dropped. See tests/mailstack/mailstack.sh.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
 pub struct MailStack {
     pub dir: tempfile::TempDir,
@@ -39,9 +39,25 @@ fn run(args: &[&str]) -> Result<(), String> {
     }
 }
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+/// Ports already handed to a stack in this process: never hand one out twice,
+/// even after the listener that found it free is closed.
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// Four distinct free loopback ports (bound together, then released).
+fn free_ports() -> [u16; 4] {
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let handed = handed.get_or_insert_with(HashSet::new);
+    let mut listeners = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < 4 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        if handed.insert(port) {
+            ports.push(port);
+        }
+        listeners.push(l);
+    }
+    [ports[0], ports[1], ports[2], ports[3]]
 }
 
 static INSTALL: Once = Once::new();
@@ -55,7 +71,7 @@ impl MailStack {
             .expect("temp dir");
         // Ports are picked free, then bound by the servers; retry on the rare collision.
         for attempt in 0..3 {
-            let ports = [free_port(), free_port(), free_port(), free_port()];
+            let ports = free_ports();
             let p: Vec<String> = ports.iter().map(u16::to_string).collect();
             let d = dir.path().to_string_lossy().to_string();
             match run(&["start", &d, &p[0], &p[1], &p[2], &p[3]]) {

@@ -1,2 +1,3 @@
 pub mod canary;
 pub mod mailstack;
+pub mod receiver;

@@ -1,0 +1,506 @@
+//! Incidents: one per failing channel, opened by its first failing verdict
+//! (paged at once), resolved by its next success. Failures on our own side
+//! (`error` verdicts, or a failing control channel) are grouped into one
+//! "postcanary degraded" incident per sender instead of paging every channel.
+//!
+//! The decisions are pure functions of (verdict, open incidents, config); the
+//! [`Processor`] feeds them from the ledger and applies each in one
+//! transaction that also marks the verdict handled, so a restart neither
+//! loses nor repeats a page.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::{Channel, ChannelKind, Config};
+use crate::engine::VerdictSink;
+use crate::ledger::{DynStore, Event, Incident, IncidentAction, IncidentChange, Pages, ProbeRecord, StoreError};
+use crate::notify::{Page, PageEvent, TimelineEntry};
+use crate::verdict::{now_millis, Millis, Verdict};
+
+/// The incident key of the prober's own degradation through one sender.
+pub fn degraded_key(sender: &str) -> String {
+    format!("postcanary:{sender}")
+}
+
+fn sender_of(ch: &Channel) -> &str {
+    match &ch.kind {
+        ChannelKind::Mail { via, .. } => via,
+    }
+}
+
+fn target_of(ch: &Channel) -> String {
+    match &ch.kind {
+        ChannelKind::Mail { to, .. } => to.to_string(),
+    }
+}
+
+fn timeline(events: &[Event]) -> Vec<TimelineEntry> {
+    events
+        .iter()
+        .map(|e| TimelineEntry {
+            at: e.at,
+            kind: e.kind.clone(),
+            detail: e.detail.clone(),
+        })
+        .collect()
+}
+
+/// Who an incident is about, for pages.
+struct Subject {
+    channel: String,
+    name: String,
+    owner: String,
+    target: String,
+    notify: Vec<String>,
+}
+
+impl Subject {
+    fn channel(ch: &Channel) -> Subject {
+        Subject {
+            channel: ch.id.clone(),
+            name: ch.name.clone(),
+            owner: ch.owner.clone(),
+            target: target_of(ch),
+            notify: ch.notify.clone(),
+        }
+    }
+
+    fn degraded(config: &Config, sender: &str) -> Subject {
+        Subject {
+            channel: "postcanary".into(),
+            name: format!("postcanary itself (sender `{sender}`)"),
+            owner: "postcanary".into(),
+            target: config
+                .sender(sender)
+                .map(|s| format!("{}:{}", s.host, s.port))
+                .unwrap_or_default(),
+            notify: config.paging.default_notify.clone(),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pages(
+    s: &Subject,
+    event: PageEvent,
+    dedup_key: &str,
+    incident_id: i64,
+    verdict: &str,
+    detail: &str,
+    opened_at: Millis,
+    at: Millis,
+    probe_token: Option<String>,
+    timeline: Vec<TimelineEntry>,
+    source: &str,
+) -> Pages {
+    let summary = format!("{}: {verdict} - {detail}", s.name);
+    s.notify
+        .iter()
+        .map(|n| {
+            (
+                n.clone(),
+                Page {
+                    event,
+                    dedup_key: dedup_key.to_string(),
+                    incident_id,
+                    channel: s.channel.clone(),
+                    channel_name: s.name.clone(),
+                    owner: s.owner.clone(),
+                    target: s.target.clone(),
+                    verdict: verdict.to_string(),
+                    detail: detail.to_string(),
+                    summary: summary.clone(),
+                    opened_at,
+                    at,
+                    probe_token: probe_token.clone(),
+                    timeline: timeline.clone(),
+                    source: source.to_string(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// What is known when a verdict is handled.
+pub struct VerdictFacts<'a> {
+    pub probe: &'a ProbeRecord,
+    /// The probe's evidence trail, for the trigger page's timeline.
+    pub probe_events: &'a [Event],
+    pub channel_incident: Option<&'a Incident>,
+    pub degraded_incident: Option<&'a Incident>,
+}
+
+/// Decides what one verdict means for incidents. Returns the changes to
+/// apply in order; the last one carries the probe id (marks it handled).
+pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, source: &str) -> Vec<IncidentChange> {
+    let p = f.probe;
+    let verdict = p.verdict;
+    let detail = p.detail.clone().unwrap_or_default();
+    let sender = sender_of(ch);
+    let mut changes = Vec::new();
+    let last = |action: IncidentAction, reclassify: Option<String>| IncidentChange {
+        probe_id: Some(p.id.clone()),
+        reclassify,
+        action,
+    };
+
+    if verdict.is_success() {
+        // A success through a sender proves the prober works through it.
+        if let Some(d) = f.degraded_incident {
+            let subject = Subject::degraded(config, sender);
+            changes.push(IncidentChange {
+                probe_id: None,
+                reclassify: None,
+                action: resolve(
+                    &subject,
+                    d,
+                    &format!("channel `{}` succeeded through `{sender}`", ch.id),
+                    now,
+                    source,
+                ),
+            });
+        }
+        let action = match f.channel_incident {
+            Some(open) => resolve(
+                &Subject::channel(ch),
+                open,
+                &format!("{verdict}: {detail}"),
+                now,
+                source,
+            ),
+            None => IncidentAction::Nothing,
+        };
+        changes.push(last(action, None));
+        return changes;
+    }
+
+    let ours = verdict == Verdict::Error || ch.control;
+    if ours {
+        let why = if ch.control {
+            format!("control channel `{}`: {verdict}: {detail}", ch.id)
+        } else {
+            format!("channel `{}`: {detail}", ch.id)
+        };
+        let action = match f.degraded_incident {
+            Some(d) => IncidentAction::Update {
+                incident_id: d.id,
+                verdict: verdict.to_string(),
+                detail: why,
+                at: now,
+            },
+            None => {
+                let subject = Subject::degraded(config, sender);
+                let key = format!("postcanary/degraded/{sender}/{}", p.id);
+                let tl = timeline(f.probe_events);
+                IncidentAction::Open {
+                    channel: degraded_key(sender),
+                    pages: pages(
+                        &subject,
+                        PageEvent::Trigger,
+                        &key,
+                        0,
+                        verdict.as_str(),
+                        &why,
+                        now,
+                        now,
+                        Some(p.token.clone()),
+                        tl,
+                        source,
+                    ),
+                    dedup_key: key,
+                    verdict: verdict.to_string(),
+                    detail: why,
+                    at: now,
+                    silenced: None,
+                }
+            }
+        };
+        changes.push(last(action, None));
+        return changes;
+    }
+
+    // A channel failure while the prober is degraded through the same sender
+    // is not the channel's: record it as our error under the degraded incident.
+    if let Some(d) = f.degraded_incident {
+        let note = format!("postcanary degraded ({}); channel saw {verdict}: {detail}", d.detail);
+        let action = IncidentAction::Update {
+            incident_id: d.id,
+            verdict: Verdict::Error.to_string(),
+            detail: format!("channel `{}` affected: {verdict}", ch.id),
+            at: now,
+        };
+        changes.push(last(action, Some(note)));
+        return changes;
+    }
+
+    let action = match f.channel_incident {
+        Some(open) => IncidentAction::Update {
+            incident_id: open.id,
+            verdict: verdict.to_string(),
+            detail,
+            at: now,
+        },
+        None => {
+            let subject = Subject::channel(ch);
+            let key = format!("postcanary/{}/{}", ch.id, p.id);
+            let silence = config.silences.iter().find(|s| s.covers(&ch.id, &ch.owner, now));
+            let pages = match silence {
+                Some(_) => Vec::new(),
+                None => pages(
+                    &subject,
+                    PageEvent::Trigger,
+                    &key,
+                    0,
+                    verdict.as_str(),
+                    &detail,
+                    now,
+                    now,
+                    Some(p.token.clone()),
+                    timeline(f.probe_events),
+                    source,
+                ),
+            };
+            IncidentAction::Open {
+                channel: ch.id.clone(),
+                dedup_key: key,
+                verdict: verdict.to_string(),
+                detail,
+                at: now,
+                silenced: silence.map(|s| {
+                    format!(
+                        "maintenance window until {}: {}",
+                        crate::notify::rfc3339(s.until),
+                        s.reason
+                    )
+                }),
+                pages,
+            }
+        }
+    };
+    changes.push(last(action, None));
+    changes
+}
+
+fn resolve(subject: &Subject, open: &Incident, detail: &str, now: Millis, source: &str) -> IncidentAction {
+    // Nobody was paged (a silence held it back): nobody needs the all-clear.
+    let pages = if open.paged {
+        pages(
+            subject,
+            PageEvent::Resolve,
+            &open.dedup_key,
+            open.id,
+            "resolved",
+            detail,
+            open.opened_at,
+            now,
+            None,
+            Vec::new(),
+            source,
+        )
+    } else {
+        Vec::new()
+    };
+    IncidentAction::Resolve {
+        incident_id: open.id,
+        at: now,
+        detail: detail.to_string(),
+        pages,
+    }
+}
+
+/// Reminders and held-back triggers for one open incident at `now`.
+pub fn due_page(
+    config: &Config,
+    open: &Incident,
+    events: &[Event],
+    now: Millis,
+    source: &str,
+) -> Option<IncidentChange> {
+    let (subject, silenced) = match config.channel(&open.channel) {
+        Some(ch) => {
+            let silenced = config.silences.iter().any(|s| s.covers(&ch.id, &ch.owner, now));
+            (Subject::channel(ch), silenced)
+        }
+        None => {
+            let sender = open.channel.strip_prefix("postcanary:")?;
+            (Subject::degraded(config, sender), false)
+        }
+    };
+    let (event, note) = if !open.paged {
+        if silenced {
+            return None;
+        }
+        (
+            PageEvent::Trigger,
+            "maintenance window over and still failing: paging".to_string(),
+        )
+    } else {
+        let every = config.paging.reminder_interval?;
+        let last = open.last_paged_at.unwrap_or(open.opened_at);
+        if now - last < i64::try_from(every.as_millis()).unwrap_or(i64::MAX) {
+            return None;
+        }
+        (
+            PageEvent::Reminder,
+            format!("still failing after {}", crate::verdict::human_ms(now - open.opened_at)),
+        )
+    };
+    let pages = pages(
+        &subject,
+        event,
+        &open.dedup_key,
+        open.id,
+        &open.verdict,
+        &open.detail,
+        open.opened_at,
+        now,
+        None,
+        timeline(events),
+        source,
+    );
+    Some(IncidentChange {
+        probe_id: None,
+        reclassify: None,
+        action: IncidentAction::Page {
+            incident_id: open.id,
+            at: now,
+            note,
+            pages,
+        },
+    })
+}
+
+/// How often reminders and ended maintenance windows are looked at.
+const TICK: Duration = Duration::from_secs(5);
+/// How often the ledger is polled for verdicts made elsewhere (e.g. `check`).
+const POLL: Duration = Duration::from_millis(500);
+
+/// Feeds verdicts from the ledger through [`decide`], and reminders through [`due_page`].
+pub struct Processor {
+    pub config: Arc<Config>,
+    pub store: DynStore,
+    pub source: String,
+    /// Woken when pages were queued.
+    pub outbox: crate::outbox::Wake,
+}
+
+impl Processor {
+    /// Handles every verdict not handled yet. Returns how many.
+    pub async fn drain(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        loop {
+            let batch = self.store.unhandled_verdicts(100).await?;
+            if batch.is_empty() {
+                return Ok(n);
+            }
+            for p in batch {
+                self.handle(&p).await?;
+                n += 1;
+            }
+        }
+    }
+
+    async fn handle(&self, p: &ProbeRecord) -> Result<(), StoreError> {
+        let Some(ch) = self.config.channel(&p.channel) else {
+            // The channel left the config; its old verdicts page nobody.
+            let change = IncidentChange {
+                probe_id: Some(p.id.clone()),
+                reclassify: None,
+                action: IncidentAction::Nothing,
+            };
+            self.store.apply_incident(&change).await?;
+            return Ok(());
+        };
+        let channel_incident = self.store.open_incident(&ch.id).await?;
+        let degraded_incident = self.store.open_incident(&degraded_key(sender_of(ch))).await?;
+        let probe_events = self.store.events(&p.id).await?;
+        let facts = VerdictFacts {
+            probe: p,
+            probe_events: &probe_events,
+            channel_incident: channel_incident.as_ref(),
+            degraded_incident: degraded_incident.as_ref(),
+        };
+        let mut queued = false;
+        for change in decide(&self.config, ch, &facts, now_millis(), &self.source) {
+            queued |= has_pages(&change.action);
+            if let Some(id) = self.store.apply_incident(&change).await? {
+                log_change(&change.action, id);
+            }
+        }
+        if queued {
+            self.outbox.all();
+        }
+        Ok(())
+    }
+
+    /// Queues reminders and held-back triggers that are due.
+    pub async fn tick(&self) -> Result<(), StoreError> {
+        let now = now_millis();
+        for open in self.store.open_incidents().await? {
+            let events = self.store.incident_events(open.id).await?;
+            if let Some(change) = due_page(&self.config, &open, &events, now, &self.source) {
+                self.store.apply_incident(&change).await?;
+                log_change(&change.action, open.id);
+                self.outbox.all();
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until `shutdown`: on every reported verdict, every [`POLL`], and
+    /// reminders every [`TICK`].
+    pub async fn run(self, verdicts: VerdictSink, mut shutdown: watch::Receiver<bool>) {
+        let mut rx = verdicts.subscribe();
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            if let Err(e) = self.drain().await {
+                tracing::error!(error = %e, "incident processor cannot use the ledger");
+            }
+            tokio::select! {
+                _ = rx.recv() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = tick.tick() => {
+                    if let Err(e) = self.tick().await {
+                        tracing::error!(error = %e, "incident reminders cannot use the ledger");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+fn has_pages(a: &IncidentAction) -> bool {
+    match a {
+        IncidentAction::Open { pages, .. }
+        | IncidentAction::Page { pages, .. }
+        | IncidentAction::Resolve { pages, .. } => !pages.is_empty(),
+        IncidentAction::Nothing | IncidentAction::Update { .. } => false,
+    }
+}
+
+fn log_change(a: &IncidentAction, id: i64) {
+    match a {
+        IncidentAction::Open {
+            channel,
+            verdict,
+            silenced,
+            pages,
+            ..
+        } => {
+            tracing::warn!(incident = id, %channel, %verdict, silenced = silenced.is_some(), pages = pages.len(), "incident opened")
+        }
+        IncidentAction::Resolve { pages, .. } => {
+            tracing::info!(incident = id, pages = pages.len(), "incident resolved")
+        }
+        IncidentAction::Page { note, pages, .. } => {
+            tracing::warn!(incident = id, %note, pages = pages.len(), "paging again")
+        }
+        IncidentAction::Update { .. } | IncidentAction::Nothing => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

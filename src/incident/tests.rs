@@ -1,0 +1,450 @@
+//! The incident rules, and the incident + outbox flow through a real store
+//! with an in-process notifier.
+
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::ledger::SqliteStore;
+use crate::outbox::{Deliver, DeliveryError, Wake, Worker};
+
+fn config(extra: &str) -> Config {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[defaults]
+notify = ["ops"]
+[paging]
+reminder_interval = "1h"
+[[sender]]
+name = "relay"
+kind = "smtp"
+host = "127.0.0.1"
+port = 2525
+tls = "none"
+from = "canary@kommune.example"
+[[notifier]]
+name = "ops"
+kind = "webhook"
+url = "http://127.0.0.1:9/ops"
+[[notifier]]
+name = "social-team"
+kind = "webhook"
+url = "http://127.0.0.1:9/social"
+fallback = "ops"
+[[owner]]
+name = "social"
+notify = ["social-team"]
+[[channel]]
+id = "social-mail"
+name = "Social"
+owner = "social"
+kind = "mail"
+to = "social@kommune.example"
+expect = "bounce"
+[[channel]]
+id = "borger-mail"
+name = "Borger"
+kind = "mail"
+to = "borger@kommune.example"
+expect = "bounce"
+notify = ["ops", "social-team"]
+[[channel]]
+id = "canary-self"
+name = "Control"
+kind = "mail"
+to = "canary@kommune.example"
+expect = "bounce"
+{extra}
+"#
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    // The control channel must expect delivery; the test config has no inbox, so set it here.
+    if let Some(ch) = c.channels.iter_mut().find(|c| c.id == "canary-self") {
+        ch.control = true;
+    }
+    c
+}
+
+fn probe(id: &str, channel: &str, verdict: Verdict) -> ProbeRecord {
+    ProbeRecord {
+        id: id.into(),
+        token: format!("pc-{id}"),
+        channel: channel.into(),
+        kind: "mail".into(),
+        expect: "deliver".into(),
+        inbox: Some("social".into()),
+        target: "x@kommune.example".into(),
+        created_at: 1_000,
+        sent_at: Some(1_100),
+        deadline: 61_000,
+        verdict,
+        judged_at: Some(61_000),
+        found_in: None,
+        found_at: None,
+        latency_ms: None,
+        detail: Some(format!("{verdict} detail")),
+        smtp_reply: Some("250 ok".into()),
+    }
+}
+
+fn facts<'a>(p: &'a ProbeRecord, ch: Option<&'a Incident>, d: Option<&'a Incident>) -> VerdictFacts<'a> {
+    VerdictFacts {
+        probe: p,
+        probe_events: &[],
+        channel_incident: ch,
+        degraded_incident: d,
+    }
+}
+
+fn incident(id: i64, channel: &str, paged: bool) -> Incident {
+    Incident {
+        id,
+        channel: channel.into(),
+        dedup_key: format!("postcanary/{channel}/x"),
+        opened_at: 50_000,
+        opened_by: Some("p0".into()),
+        verdict: "missed".into(),
+        detail: "d".into(),
+        failures: 1,
+        last_failure_at: 50_000,
+        paged,
+        last_paged_at: paged.then_some(50_000),
+        silenced: None,
+        resolved_at: None,
+        resolved_by: None,
+    }
+}
+
+#[test]
+fn first_failure_opens_and_pages_the_owners_notifiers() {
+    let c = config("");
+    let ch = c.channel("social-mail").unwrap();
+    let p = probe("p1", "social-mail", Verdict::Missed);
+    let changes = decide(&c, ch, &facts(&p, None, None), 70_000, "host");
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].probe_id.as_deref(), Some("p1"));
+    match &changes[0].action {
+        IncidentAction::Open {
+            channel,
+            dedup_key,
+            pages,
+            silenced,
+            ..
+        } => {
+            assert_eq!(channel, "social-mail");
+            assert_eq!(dedup_key, "postcanary/social-mail/p1");
+            assert!(silenced.is_none());
+            let to: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(to, vec!["social-team"], "owner route");
+            assert_eq!(pages[0].1.event, PageEvent::Trigger);
+            assert_eq!(pages[0].1.probe_token.as_deref(), Some("pc-p1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A channel's own notify list wins over its owner's and the defaults.
+    let ch = c.channel("borger-mail").unwrap();
+    let p = probe("p2", "borger-mail", Verdict::Rejected);
+    match &decide(&c, ch, &facts(&p, None, None), 70_000, "host")[0].action {
+        IncidentAction::Open { pages, .. } => assert_eq!(pages.len(), 2),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn further_failures_update_and_success_resolves_once() {
+    let c = config("");
+    let ch = c.channel("social-mail").unwrap();
+    let open = incident(3, "social-mail", true);
+    let p = probe("p2", "social-mail", Verdict::Misrouted);
+    assert!(matches!(
+        decide(&c, ch, &facts(&p, Some(&open), None), 80_000, "h")[0].action,
+        IncidentAction::Update { incident_id: 3, .. }
+    ));
+    let ok = probe("p3", "social-mail", Verdict::Delivered);
+    match &decide(&c, ch, &facts(&ok, Some(&open), None), 90_000, "h")[0].action {
+        IncidentAction::Resolve { incident_id, pages, .. } => {
+            assert_eq!(*incident_id, 3);
+            assert_eq!(pages.len(), 1);
+            assert_eq!(pages[0].1.event, PageEvent::Resolve);
+            assert_eq!(
+                pages[0].1.dedup_key, open.dedup_key,
+                "resolve uses the trigger's dedup key"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Success without an incident: nothing.
+    assert!(matches!(
+        decide(&c, ch, &facts(&ok, None, None), 90_000, "h")[0].action,
+        IncidentAction::Nothing
+    ));
+    // An incident nobody was paged for resolves silently.
+    let quiet = incident(4, "social-mail", false);
+    match &decide(&c, ch, &facts(&ok, Some(&quiet), None), 90_000, "h")[0].action {
+        IncidentAction::Resolve { pages, .. } => assert!(pages.is_empty()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn maintenance_window_records_without_paging_then_pages_when_over() {
+    let c =
+        config("[[silence]]\nowner = \"social\"\nuntil = \"2026-11-23T06:00:00Z\"\nreason = \"mailbox migration\"\n");
+    let ch = c.channel("social-mail").unwrap();
+    let during = chrono::DateTime::parse_from_rfc3339("2026-11-23T05:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    let after = during + 2 * 3_600_000;
+    let p = probe("p1", "social-mail", Verdict::Missed);
+    match &decide(&c, ch, &facts(&p, None, None), during, "h")[0].action {
+        IncidentAction::Open { pages, silenced, .. } => {
+            assert!(pages.is_empty());
+            assert!(silenced.as_deref().unwrap_or("").contains("mailbox migration"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut open = incident(5, "social-mail", false);
+    open.opened_at = during;
+    assert!(
+        due_page(&c, &open, &[], during + 60_000, "h").is_none(),
+        "still silenced"
+    );
+    match due_page(&c, &open, &[], after, "h").map(|c| c.action) {
+        Some(IncidentAction::Page { pages, .. }) => assert_eq!(pages[0].1.event, PageEvent::Trigger),
+        other => panic!("{other:?}"),
+    }
+    // A channel of another owner is not silenced.
+    let other = c.channel("borger-mail").unwrap();
+    let p = probe("p9", "borger-mail", Verdict::Missed);
+    assert!(
+        matches!(&decide(&c, other, &facts(&p, None, None), during, "h")[0].action, IncidentAction::Open { pages, .. } if !pages.is_empty())
+    );
+}
+
+#[test]
+fn reminders_follow_the_interval() {
+    let c = config("");
+    let open = incident(6, "social-mail", true);
+    assert!(due_page(&c, &open, &[], 50_000 + 3_599_000, "h").is_none());
+    match due_page(&c, &open, &[], 50_000 + 3_600_000, "h").map(|c| c.action) {
+        Some(IncidentAction::Page { pages, .. }) => assert_eq!(pages[0].1.event, PageEvent::Reminder),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn our_errors_and_control_failures_page_once_as_degraded() {
+    let c = config("");
+    let ch = c.channel("social-mail").unwrap();
+    let p = probe("p1", "social-mail", Verdict::Error);
+    match &decide(&c, ch, &facts(&p, None, None), 70_000, "h")[0].action {
+        IncidentAction::Open { channel, pages, .. } => {
+            assert_eq!(channel, &degraded_key("relay"));
+            assert_eq!(
+                pages.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                vec!["ops"],
+                "defaults.notify"
+            );
+            assert_eq!(pages[0].1.channel, "postcanary");
+        }
+        other => panic!("{other:?}"),
+    }
+    let control = c.channel("canary-self").unwrap();
+    let p = probe("c1", "canary-self", Verdict::Missed);
+    assert!(
+        matches!(&decide(&c, control, &facts(&p, None, None), 70_000, "h")[0].action, IncidentAction::Open { channel, .. } if channel == &degraded_key("relay"))
+    );
+
+    // While degraded, a channel's miss becomes our error under the degraded incident.
+    let degraded = incident(7, &degraded_key("relay"), true);
+    let p = probe("p2", "borger-mail", Verdict::Missed);
+    let ch = c.channel("borger-mail").unwrap();
+    let changes = decide(&c, ch, &facts(&p, None, Some(&degraded)), 80_000, "h");
+    assert_eq!(changes.len(), 1);
+    assert!(changes[0]
+        .reclassify
+        .as_deref()
+        .unwrap_or("")
+        .contains("postcanary degraded"));
+    assert!(matches!(
+        changes[0].action,
+        IncidentAction::Update { incident_id: 7, .. }
+    ));
+
+    // A success through the sender resolves the degradation.
+    let ok = probe("p3", "borger-mail", Verdict::Delivered);
+    let changes = decide(&c, ch, &facts(&ok, None, Some(&degraded)), 90_000, "h");
+    assert_eq!(changes.len(), 2);
+    assert!(matches!(
+        changes[0].action,
+        IncidentAction::Resolve { incident_id: 7, .. }
+    ));
+    assert_eq!(changes[0].probe_id, None);
+    assert_eq!(changes[1].probe_id.as_deref(), Some("p3"));
+}
+
+/// Records deliveries; fails while `down` is set.
+#[derive(Default)]
+struct Recorder {
+    sent: Mutex<Vec<(String, PageEvent, String)>>,
+    down: Mutex<bool>,
+}
+
+#[async_trait::async_trait]
+impl Deliver for Recorder {
+    async fn deliver(&self, n: &crate::notify::NotifierConfig, page: &Page) -> Result<(), DeliveryError> {
+        if *self.down.lock().unwrap() {
+            return Err(DeliveryError {
+                message: "HTTP 503".into(),
+                retryable: true,
+            });
+        }
+        self.sent
+            .lock()
+            .unwrap()
+            .push((n.name.clone(), page.event, page.dedup_key.clone()));
+        Ok(())
+    }
+}
+
+async fn judged(store: &crate::ledger::DynStore, id: &str, channel: &str, verdict: Verdict) {
+    store
+        .insert_probe(&crate::ledger::NewProbe {
+            id: id.into(),
+            token: format!("pc-{id}"),
+            channel: channel.into(),
+            kind: "mail".into(),
+            expect: crate::config::Expect::Deliver,
+            inbox: None,
+            target: "x@y".into(),
+            created_at: 1,
+            deadline: 2,
+            run_id: "r".into(),
+        })
+        .await
+        .unwrap();
+    store.record_sent(id, 1, "250 ok").await.unwrap();
+    let j = crate::verdict::Judgement {
+        verdict,
+        detail: "d".into(),
+        at: now_millis(),
+        found: None,
+        latency_ms: None,
+    };
+    assert!(store.judge(id, &j).await.unwrap());
+}
+
+#[tokio::test]
+async fn pages_go_out_once_in_order_after_an_outage() {
+    let config = Arc::new(config(""));
+    let store: crate::ledger::DynStore = Arc::new(SqliteStore::in_memory().unwrap());
+    let wake = Wake::default();
+    let processor = Processor {
+        config: Arc::clone(&config),
+        store: Arc::clone(&store),
+        source: "h".into(),
+        outbox: wake.clone(),
+    };
+    let rec = Arc::new(Recorder::default());
+    *rec.down.lock().unwrap() = true;
+    let worker = Worker {
+        notifier: config.notifier("social-team").unwrap().clone(),
+        store: Arc::clone(&store),
+        delivery: rec.clone(),
+        fallback_after: std::time::Duration::from_secs(3600),
+        notified: wake.register(),
+        wake: wake.clone(),
+    };
+    // Fail, recover, fail again: trigger, resolve, trigger.
+    judged(&store, "a", "social-mail", Verdict::Missed).await;
+    processor.drain().await.unwrap();
+    judged(&store, "b", "social-mail", Verdict::Delivered).await;
+    processor.drain().await.unwrap();
+    judged(&store, "c", "social-mail", Verdict::Rejected).await;
+    assert_eq!(processor.drain().await.unwrap(), 1);
+    assert_eq!(processor.drain().await.unwrap(), 0, "each verdict handled once");
+
+    // Notifier down: nothing leaves, nothing is lost.
+    assert!(worker.step().await.is_some());
+    assert!(rec.sent.lock().unwrap().is_empty());
+    assert_eq!(
+        store.outbox_depth().await.unwrap(),
+        vec![("social-team".to_string(), 3)]
+    );
+
+    *rec.down.lock().unwrap() = false;
+    for _ in 0..50 {
+        match worker.step().await {
+            None => break,
+            Some(wait) => tokio::time::sleep(wait.min(std::time::Duration::from_millis(600))).await,
+        }
+    }
+    let sent = rec.sent.lock().unwrap().clone();
+    let events: Vec<PageEvent> = sent.iter().map(|s| s.1).collect();
+    assert_eq!(events, vec![PageEvent::Trigger, PageEvent::Resolve, PageEvent::Trigger]);
+    assert_eq!(sent[0].2, sent[1].2, "trigger and resolve share the dedup key");
+    assert_ne!(sent[0].2, sent[2].2, "a new incident has a new key");
+    assert!(store.outbox_depth().await.unwrap().is_empty());
+
+    // The incident's timeline has the whole story.
+    let first = store.incident(1).await.unwrap().unwrap();
+    let kinds: Vec<String> = store
+        .incident_events(first.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "opened",
+            "page-queued",
+            "resolved",
+            "page-queued",
+            "page-failed",
+            "page-accepted",
+            "page-accepted"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failing_notifier_hands_over_to_its_fallback() {
+    let config = Arc::new(config(""));
+    let store: crate::ledger::DynStore = Arc::new(SqliteStore::in_memory().unwrap());
+    let wake = Wake::default();
+    let processor = Processor {
+        config: Arc::clone(&config),
+        store: Arc::clone(&store),
+        source: "h".into(),
+        outbox: wake.clone(),
+    };
+    let rec = Arc::new(Recorder::default());
+    *rec.down.lock().unwrap() = true;
+    let primary = Worker {
+        notifier: config.notifier("social-team").unwrap().clone(),
+        store: Arc::clone(&store),
+        delivery: rec.clone(),
+        fallback_after: std::time::Duration::ZERO,
+        notified: wake.register(),
+        wake: wake.clone(),
+    };
+    judged(&store, "a", "social-mail", Verdict::Missed).await;
+    processor.drain().await.unwrap();
+    primary.step().await;
+    primary.step().await;
+    assert_eq!(
+        store.outbox_depth().await.unwrap(),
+        vec![("ops".to_string(), 1), ("social-team".to_string(), 1)]
+    );
+    // The fallback copy is queued once, however often the primary fails.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    primary.step().await;
+    assert_eq!(
+        store.outbox_depth().await.unwrap(),
+        vec![("ops".to_string(), 1), ("social-team".to_string(), 1)]
+    );
+}
