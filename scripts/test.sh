@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Runs every test. Installs what the tests need (Postfix, Dovecot) with
+# Runs every test. Installs what the tests need (Postfix, Dovecot, Chromium) with
 # apt-get when missing; the tests start their own private instances on
 # loopback from temp dirs and never touch the system's mail services.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash tests/mailstack/mailstack.sh install
+# Debian's Chromium, for the status-page test in a real browser.
+if ! command -v chromium >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null
+  }
+fi
 cargo test --all-targets "$@"

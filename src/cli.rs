@@ -285,6 +285,11 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     }
+    if let Err(e) = engine.start_server().await {
+        tracing::error!(error = %e, "cannot start the HTTP server");
+        engine.stop().await;
+        return ExitCode::from(EXIT_FAILED);
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut verdicts = engine.verdicts.subscribe();
     tokio::spawn(async move {

@@ -212,6 +212,34 @@ impl Engine {
         }
     }
 
+    /// Binds and starts the HTTP server if `[server]` is configured; returns
+    /// the bound address. A bind failure is an error: the operator asked for it.
+    pub async fn start_server(&mut self) -> Result<Option<std::net::SocketAddr>, String> {
+        let Some(server) = self.config.server.clone() else {
+            return Ok(None);
+        };
+        let listener = tokio::net::TcpListener::bind(server.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", server.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let state = crate::server::AppState {
+            config: Arc::clone(&self.config),
+            server: Arc::new(server),
+            store: Arc::clone(&self.store),
+            watchers: Arc::new(
+                self.watcher_states
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            scheduler_tick: Arc::clone(&self.scheduler_tick),
+        };
+        self.tasks
+            .spawn(crate::server::serve(listener, state, self.shutdown.subscribe()));
+        tracing::info!(%addr, "status page and API listening");
+        Ok(Some(addr))
+    }
+
     /// The state of each inbox watcher.
     pub fn watcher_states(&self) -> Vec<(String, WatcherState)> {
         let mut v: Vec<_> = self

@@ -12,5 +12,6 @@ pub mod notify;
 pub mod outbox;
 pub mod probe;
 pub mod sender;
+pub mod server;
 pub mod token;
 pub mod verdict;

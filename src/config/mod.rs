@@ -32,6 +32,8 @@ pub struct Config {
     pub paging: PagingConfig,
     pub silences: Vec<Silence>,
     pub heartbeat: Option<HeartbeatConfig>,
+    /// The HTTP server of `run` (status page, API, metrics); none if absent.
+    pub server: Option<ServerConfig>,
 }
 
 impl Config {
@@ -46,6 +48,36 @@ impl Config {
     }
     pub fn channel(&self, id: &str) -> Option<&Channel> {
         self.channels.iter().find(|c| c.id == id)
+    }
+}
+
+/// Labels of the status page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    Da,
+    En,
+}
+
+/// The HTTP server: status page, JSON API, `/metrics`, `/healthz`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: std::net::SocketAddr,
+    pub language: Language,
+    pub title: String,
+    /// Accepted `Authorization: Bearer` tokens.
+    pub bearer_tokens: Vec<Secret>,
+    /// Accepted HTTP basic credentials.
+    pub basic: Option<(String, Secret)>,
+    /// `/healthz` without credentials (default true).
+    pub public_healthz: bool,
+    /// `/metrics` without credentials (default false).
+    pub public_metrics: bool,
+}
+
+impl ServerConfig {
+    pub fn has_auth(&self) -> bool {
+        !self.bearer_tokens.is_empty() || self.basic.is_some()
     }
 }
 
@@ -194,6 +226,21 @@ struct RawMain {
     silence: Vec<RawSilence>,
     paging: Option<RawPaging>,
     heartbeat: Option<RawHeartbeat>,
+    server: Option<RawServer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    language: Option<Language>,
+    title: Option<String>,
+    #[serde(default)]
+    bearer_tokens: Vec<SecretRef>,
+    basic_user: Option<String>,
+    basic_password: Option<SecretRef>,
+    public_healthz: Option<bool>,
+    public_metrics: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -535,6 +582,7 @@ impl Config {
                 .unwrap_or(Duration::from_secs(120)),
         };
         let heartbeat = build_heartbeat(&mut loader, main.heartbeat);
+        let server = build_server(&mut loader, main.server);
 
         if !loader.errors.is_empty() {
             return Err(ConfigErrors(loader.errors));
@@ -545,6 +593,7 @@ impl Config {
             paging,
             silences,
             heartbeat,
+            server,
             ledger,
             token,
             senders,
@@ -911,6 +960,72 @@ fn build_silences(loader: &mut Loader, raw: Vec<(Origin, RawSilence)>, channels:
         }
     }
     out
+}
+
+fn build_server(loader: &mut Loader, raw: Option<RawServer>) -> Option<ServerConfig> {
+    let raw = raw?;
+    let base = base_dir(&loader.files[0].path);
+    let err = |loader: &mut Loader, key: &str, msg: String| {
+        let line = loader.files[0].table_key_line("server", key);
+        let e = loader.files[0].error(line, Some(&format!("server.{key}")), msg);
+        loader.errors.push(e);
+    };
+    let listen: Option<std::net::SocketAddr> = match raw.listen.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            err(
+                loader,
+                "listen",
+                format!("{:?} is not an address:port such as \"127.0.0.1:8080\"", raw.listen),
+            );
+            None
+        }
+    };
+    let mut tokens = Vec::new();
+    for r in &raw.bearer_tokens {
+        match r.resolve(&base) {
+            Ok(s) => tokens.push(s),
+            Err(m) => err(loader, "bearer_tokens", m),
+        }
+    }
+    let basic = match (&raw.basic_user, &raw.basic_password) {
+        (Some(u), Some(p)) => match p.resolve(&base) {
+            Ok(s) => Some((u.clone(), s)),
+            Err(m) => {
+                err(loader, "basic_password", m);
+                None
+            }
+        },
+        (None, None) => None,
+        _ => {
+            err(
+                loader,
+                "basic_user",
+                "basic_user and basic_password must be given together".into(),
+            );
+            None
+        }
+    };
+    let cfg = ServerConfig {
+        listen: listen?,
+        language: raw.language.unwrap_or(Language::En),
+        title: raw.title.unwrap_or_else(|| "postcanary".into()),
+        bearer_tokens: tokens,
+        basic,
+        public_healthz: raw.public_healthz.unwrap_or(true),
+        public_metrics: raw.public_metrics.unwrap_or(false),
+    };
+    if !cfg.listen.ip().is_loopback() && !cfg.has_auth() {
+        err(
+            loader,
+            "listen",
+            format!(
+                "the status page on {} would be open to anyone: set bearer_tokens or basic_user/basic_password",
+                cfg.listen
+            ),
+        );
+    }
+    Some(cfg)
 }
 
 fn build_heartbeat(loader: &mut Loader, raw: Option<RawHeartbeat>) -> Option<HeartbeatConfig> {

@@ -173,6 +173,19 @@ pub enum IncidentAction {
     },
 }
 
+/// What the status page, API and metrics need to know about one channel.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChannelStatus {
+    pub channel: String,
+    /// Newest judged probes, newest first (at most the requested number).
+    pub recent: Vec<ProbeRecord>,
+    /// (judged, successful) probes created in the last 24 h, 7 d and 30 d.
+    pub window_24h: (i64, i64),
+    pub window_7d: (i64, i64),
+    pub window_30d: (i64, i64),
+    pub pending: i64,
+}
+
 /// The ledger's operations. One implementation per backend; the contract
 /// tests in `sqlite.rs` (`contract`) are written against this trait.
 #[async_trait]
@@ -236,6 +249,20 @@ pub trait Store: Send + Sync + 'static {
     async fn page_fallback(&self, id: i64, fallback: &str, at: Millis) -> StoreResult<()>;
     /// Pages waiting to be sent, per notifier.
     async fn outbox_depth(&self) -> StoreResult<Vec<(String, i64)>>;
+
+    // --- readers (status page, API, metrics)
+
+    /// A status snapshot per channel; `recent` holds up to `recent` judged probes.
+    async fn channel_status(&self, channels: &[String], now: Millis, recent: usize) -> StoreResult<Vec<ChannelStatus>>;
+    /// Probes of a channel created at or after `since`, oldest first.
+    async fn probes_since(&self, channel: &str, since: Millis, limit: usize) -> StoreResult<Vec<ProbeRecord>>;
+    /// The newest incidents, open or resolved, newest first.
+    async fn recent_incidents(&self, limit: usize) -> StoreResult<Vec<Incident>>;
+    /// Judged probes per (channel, verdict), all time.
+    async fn verdict_counts(&self) -> StoreResult<Vec<(String, String, i64)>>;
+    /// Latencies (ms) of delivered probes, all time, for the histogram: counts
+    /// of latencies ≤ each bound, plus (count, sum).
+    async fn latency_histogram(&self, bounds_ms: &[i64]) -> StoreResult<(Vec<i64>, i64, i64)>;
 }
 
 pub type DynStore = Arc<dyn Store>;

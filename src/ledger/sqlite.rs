@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    swept_verdict, Cursor, Event, Incident, IncidentAction, IncidentChange, NewProbe, OutboxEntry, Pages, ProbeRecord,
-    Store, StoreError, StoreResult,
+    swept_verdict, ChannelStatus, Cursor, Event, Incident, IncidentAction, IncidentChange, NewProbe, OutboxEntry,
+    Pages, ProbeRecord, Store, StoreError, StoreResult,
 };
 use crate::config::Expect;
 use crate::verdict::{Judgement, Millis, Verdict};
@@ -802,6 +802,99 @@ impl Store for SqliteStore {
             )?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
+        })
+        .await
+    }
+
+    async fn channel_status(&self, channels: &[String], now: Millis, recent: usize) -> StoreResult<Vec<ChannelStatus>> {
+        let channels = channels.to_vec();
+        let recent = i64::try_from(recent).unwrap_or(i64::MAX);
+        self.with(move |c| {
+            let mut last = c.prepare_cached(&format!(
+                "SELECT {PROBE_COLUMNS} FROM probes WHERE channel = ?1 AND verdict <> 'pending' \
+                 ORDER BY created_at DESC, id DESC LIMIT ?2"
+            ))?;
+            let mut window = c.prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(verdict IN ('delivered', 'expected_bounce')), 0) FROM probes \
+                 WHERE channel = ?1 AND verdict <> 'pending' AND created_at >= ?2",
+            )?;
+            let mut pending =
+                c.prepare_cached("SELECT COUNT(*) FROM probes WHERE channel = ?1 AND verdict = 'pending'")?;
+            let mut out = Vec::with_capacity(channels.len());
+            for ch in channels {
+                let recent: Vec<ProbeRecord> = last
+                    .query_map(params![ch, recent], row_to_probe)?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut w = |ms: i64| window.query_row(params![ch, now - ms], |r| Ok((r.get(0)?, r.get(1)?)));
+                let (window_24h, window_7d, window_30d) = (w(86_400_000)?, w(7 * 86_400_000)?, w(30 * 86_400_000)?);
+                let pending: i64 = pending.query_row(params![ch], |r| r.get(0))?;
+                out.push(ChannelStatus {
+                    channel: ch,
+                    recent,
+                    window_24h,
+                    window_7d,
+                    window_30d,
+                    pending,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn probes_since(&self, channel: &str, since: Millis, limit: usize) -> StoreResult<Vec<ProbeRecord>> {
+        let channel = channel.to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {PROBE_COLUMNS} FROM probes WHERE channel = ?1 AND created_at >= ?2 ORDER BY created_at, id LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![channel, since, limit], row_to_probe)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn recent_incidents(&self, limit: usize) -> StoreResult<Vec<Incident>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {INCIDENT_COLUMNS} FROM incidents ORDER BY id DESC LIMIT ?1"
+            ))?;
+            let rows = stmt.query_map(params![limit], row_to_incident)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn verdict_counts(&self) -> StoreResult<Vec<(String, String, i64)>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT channel, verdict, COUNT(*) FROM probes WHERE verdict <> 'pending' \
+                 GROUP BY channel, verdict ORDER BY channel, verdict",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn latency_histogram(&self, bounds_ms: &[i64]) -> StoreResult<(Vec<i64>, i64, i64)> {
+        let bounds = bounds_ms.to_vec();
+        self.with(move |c| {
+            let mut counts = Vec::with_capacity(bounds.len());
+            let mut stmt = c.prepare_cached(
+                "SELECT COUNT(*) FROM probes WHERE verdict = 'delivered' AND latency_ms IS NOT NULL AND latency_ms <= ?1",
+            )?;
+            for b in &bounds {
+                counts.push(stmt.query_row(params![b], |r| r.get(0))?);
+            }
+            let (n, sum) = c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(latency_ms), 0) FROM probes WHERE verdict = 'delivered' AND latency_ms IS NOT NULL",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok((counts, n, sum))
         })
         .await
     }

@@ -1,0 +1,276 @@
+//! The JSON API (documented in docs/openapi.json, served at /api/openapi.json)
+//! and the channel views the status page is drawn from.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{store_error, AppState};
+use crate::config::{Channel, ChannelKind};
+use crate::ledger::{Event, Incident, ProbeRecord, StoreError};
+use crate::verdict::now_millis;
+
+/// Judged probes kept per channel for the sparkline and recent failures.
+pub(super) const RECENT: usize = 30;
+
+#[derive(Serialize, Clone)]
+pub(super) struct LastView {
+    pub verdict: String,
+    pub at: i64,
+    pub latency_ms: Option<i64>,
+    pub detail: String,
+}
+
+#[derive(Serialize, Clone)]
+pub(super) struct Uptime {
+    /// Percent of judged probes that succeeded; `None` without probes.
+    pub h24: Option<f64>,
+    pub d7: Option<f64>,
+    pub d30: Option<f64>,
+}
+
+#[derive(Serialize, Clone)]
+pub(super) struct IncidentView {
+    pub id: i64,
+    pub dedup_key: String,
+    pub opened_at: i64,
+    pub verdict: String,
+    pub detail: String,
+    pub failures: i64,
+    pub paged: bool,
+    pub silenced: Option<String>,
+    pub resolved_at: Option<i64>,
+    pub timeline: Vec<Event>,
+}
+
+#[derive(Serialize, Clone)]
+pub(super) struct Point {
+    pub at: i64,
+    pub verdict: String,
+    pub latency_ms: Option<i64>,
+}
+
+#[derive(Serialize, Clone)]
+pub(super) struct ChannelView {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub kind: String,
+    pub target: String,
+    pub expect: String,
+    pub inbox: Option<String>,
+    pub schedule: String,
+    pub deadline_ms: i64,
+    pub control: bool,
+    /// `ok`, `failing` or `unknown` (never probed yet).
+    pub state: String,
+    pub last: Option<LastView>,
+    pub uptime: Uptime,
+    pub pending: i64,
+    pub open_incident: Option<IncidentView>,
+    /// Newest judged probes, oldest first (for sparklines).
+    pub recent: Vec<Point>,
+}
+
+fn percent((total, ok): (i64, i64)) -> Option<f64> {
+    (total > 0).then(|| (ok as f64) * 100.0 / (total as f64))
+}
+
+fn target(ch: &Channel) -> String {
+    match &ch.kind {
+        ChannelKind::Mail { to, .. } => to.to_string(),
+    }
+}
+
+pub(super) async fn incident_view(s: &AppState, i: &Incident) -> Result<IncidentView, StoreError> {
+    Ok(IncidentView {
+        id: i.id,
+        dedup_key: i.dedup_key.clone(),
+        opened_at: i.opened_at,
+        verdict: i.verdict.clone(),
+        detail: i.detail.clone(),
+        failures: i.failures,
+        paged: i.paged,
+        silenced: i.silenced.clone(),
+        resolved_at: i.resolved_at,
+        timeline: s.store.incident_events(i.id).await?,
+    })
+}
+
+/// Views of the given channels (all when `only` is `None`), in config order.
+pub(super) async fn views(s: &AppState, only: Option<&str>) -> Result<Vec<ChannelView>, StoreError> {
+    let channels: Vec<&Channel> = s
+        .config
+        .channels
+        .iter()
+        .filter(|c| only.is_none_or(|id| c.id == id))
+        .collect();
+    let ids: Vec<String> = channels.iter().map(|c| c.id.clone()).collect();
+    let statuses = s.store.channel_status(&ids, now_millis(), RECENT).await?;
+    let mut open: HashMap<String, Incident> = s
+        .store
+        .open_incidents()
+        .await?
+        .into_iter()
+        .map(|i| (i.channel.clone(), i))
+        .collect();
+    let mut out = Vec::with_capacity(channels.len());
+    for (ch, st) in channels.into_iter().zip(statuses) {
+        let incident = match open.remove(&ch.id) {
+            Some(i) => Some(incident_view(s, &i).await?),
+            None => None,
+        };
+        let last = st.recent.first().map(|p| LastView {
+            verdict: p.verdict.to_string(),
+            at: p.judged_at.unwrap_or(p.created_at),
+            latency_ms: p.latency_ms,
+            detail: p.detail.clone().unwrap_or_default(),
+        });
+        let state = match (&incident, st.recent.first()) {
+            (Some(_), _) => "failing",
+            (None, Some(p)) if p.verdict.is_success() => "ok",
+            (None, Some(_)) => "failing",
+            (None, None) => "unknown",
+        };
+        out.push(ChannelView {
+            id: ch.id.clone(),
+            name: ch.name.clone(),
+            owner: ch.owner.clone(),
+            kind: ch.kind.name().to_string(),
+            target: target(ch),
+            expect: ch.expect.as_str().to_string(),
+            inbox: ch.inbox.clone(),
+            schedule: ch.schedule.to_string(),
+            deadline_ms: i64::try_from(ch.deadline.as_millis()).unwrap_or(i64::MAX),
+            control: ch.control,
+            state: state.to_string(),
+            last,
+            uptime: Uptime {
+                h24: percent(st.window_24h),
+                d7: percent(st.window_7d),
+                d30: percent(st.window_30d),
+            },
+            pending: st.pending,
+            open_incident: incident,
+            recent: st
+                .recent
+                .iter()
+                .rev()
+                .map(|p| Point {
+                    at: p.created_at,
+                    verdict: p.verdict.to_string(),
+                    latency_ms: p.latency_ms,
+                })
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+fn not_found(id: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": format!("no channel {id:?}") })),
+    )
+        .into_response()
+}
+
+pub(super) async fn channels(State(s): State<AppState>) -> Response {
+    match views(&s, None).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+pub(super) async fn channel(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    match views(&s, Some(&id)).await {
+        Ok(mut v) if !v.is_empty() => Json(v.remove(0)).into_response(),
+        Ok(_) => not_found(&id),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct Since {
+    /// RFC 3339 time or milliseconds since the epoch; default: 24 hours ago.
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A probe as the API shows it.
+#[derive(Serialize)]
+struct ProbeView<'a> {
+    #[serde(flatten)]
+    probe: &'a ProbeRecord,
+    events: Vec<Event>,
+}
+
+pub(super) async fn probes(State(s): State<AppState>, Path(id): Path<String>, Query(q): Query<Since>) -> Response {
+    if s.config.channel(&id).is_none() {
+        return not_found(&id);
+    }
+    let since = match q.since.as_deref() {
+        None => now_millis() - 86_400_000,
+        Some(t) => match t.parse::<i64>() {
+            Ok(ms) => ms,
+            Err(_) => match chrono::DateTime::parse_from_rfc3339(t) {
+                Ok(d) => d.timestamp_millis(),
+                Err(_) => {
+                    let msg =
+                        format!("since={t:?}: use RFC 3339 (2026-11-22T10:00:00Z) or milliseconds since the epoch");
+                    return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": msg }))).into_response();
+                }
+            },
+        },
+    };
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let probes = match s.store.probes_since(&id, since, limit).await {
+        Ok(p) => p,
+        Err(e) => return store_error(e),
+    };
+    let mut out = Vec::with_capacity(probes.len());
+    for p in &probes {
+        match s.store.events(&p.id).await {
+            Ok(events) => out.push(ProbeView { probe: p, events }),
+            Err(e) => return store_error(e),
+        }
+    }
+    Json(out).into_response()
+}
+
+pub(super) async fn incidents(State(s): State<AppState>) -> Response {
+    let list = match s.store.recent_incidents(100).await {
+        Ok(l) => l,
+        Err(e) => return store_error(e),
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for i in &list {
+        match incident_view(&s, i).await {
+            Ok(view) => out.push(IncidentListItem {
+                channel: i.channel.clone(),
+                open: i.resolved_at.is_none(),
+                view,
+            }),
+            Err(e) => return store_error(e),
+        }
+    }
+    Json(out).into_response()
+}
+
+#[derive(Serialize)]
+struct IncidentListItem {
+    channel: String,
+    open: bool,
+    #[serde(flatten)]
+    view: IncidentView,
+}
+
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+pub(super) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}

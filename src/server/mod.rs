@@ -1,0 +1,131 @@
+//! The HTTP server of `postcanary run`: the staff status page, the JSON API,
+//! Prometheus `/metrics` and `/healthz`. Everything here only reads the
+//! ledger and the watchers' states; nothing here judges a probe.
+
+mod api;
+mod metrics;
+mod page;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use base64::Engine as _;
+use tokio::sync::watch;
+
+use crate::config::{Config, ServerConfig};
+use crate::inbox::imap::WatcherState;
+use crate::ledger::DynStore;
+use crate::verdict::now_millis;
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub server: Arc<ServerConfig>,
+    pub store: DynStore,
+    pub watchers: Arc<Vec<(String, watch::Receiver<WatcherState>)>>,
+    pub scheduler_tick: Arc<AtomicI64>,
+}
+
+impl AppState {
+    fn watcher_states(&self) -> Vec<(String, WatcherState)> {
+        self.watchers
+            .iter()
+            .map(|(n, rx)| (n.clone(), rx.borrow().clone()))
+            .collect()
+    }
+}
+
+/// The router with every route and the access check.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(page::index))
+        .route("/channels/{id}", get(page::channel))
+        .route("/api/channels", get(api::channels))
+        .route("/api/channels/{id}", get(api::channel))
+        .route("/api/channels/{id}/probes", get(api::probes))
+        .route("/api/incidents", get(api::incidents))
+        .route("/api/openapi.json", get(api::openapi))
+        .route("/metrics", get(metrics::metrics))
+        .route("/healthz", get(healthz))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let app = router(state);
+    let stop = async move {
+        let _ = shutdown.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    match crate::heartbeat::unhealthy(
+        s.scheduler_tick.load(Ordering::Relaxed),
+        now_millis(),
+        &s.watcher_states(),
+    ) {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")).into_response(),
+    }
+}
+
+/// Equal-time comparison, so a token cannot be guessed byte by byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(server: &ServerConfig, headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return server
+            .bearer_tokens
+            .iter()
+            .any(|t| same(t.expose().as_bytes(), token.trim().as_bytes()));
+    }
+    if let (Some(b64), Some((user, password))) = (value.strip_prefix("Basic "), &server.basic) {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+            return false;
+        };
+        let expected = format!("{user}:{}", password.expose());
+        return same(&decoded, expected.as_bytes());
+    }
+    false
+}
+
+async fn access(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let public = (path == "/healthz" && s.server.public_healthz) || (path == "/metrics" && s.server.public_metrics);
+    if public || !s.server.has_auth() || authorized(&s.server, req.headers()) {
+        return next.run(req).await;
+    }
+    let mut resp = (StatusCode::UNAUTHORIZED, "authentication required\n").into_response();
+    if s.server.basic.is_some() {
+        if let Ok(v) = header::HeaderValue::from_str("Basic realm=\"postcanary\", charset=\"UTF-8\"") {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+    }
+    resp
+}
+
+/// A ledger failure as a response; the message names the ledger, never a secret.
+fn store_error(e: crate::ledger::StoreError) -> Response {
+    tracing::error!(error = %e, "HTTP handler cannot read the ledger");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the ledger cannot be read right now\n",
+    )
+        .into_response()
+}
