@@ -7,7 +7,7 @@
 //! (`POST {base}/v2/alerts/{alias}/close?identifierType=alias`). The API key
 //! travels only in the `Authorization: GenieKey <key>` header.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 
 use super::pagerduty::{missing, truncate};
 use super::{rfc3339, NotifierConfig, Page, PageEvent, Request};
@@ -104,6 +104,7 @@ mod tests {
     use super::*;
     use crate::notify::fixtures::{notifier, page};
     use crate::notify::NotifierKind;
+    use serde_json::Value;
 
     fn body(req: &Request) -> Value {
         serde_json::from_slice(&req.body).unwrap()

@@ -4,7 +4,7 @@
 //! `<!channel>` or `<http://evil|click>` shows as typed instead of pinging or
 //! linking. The webhook URL is the credential; it appears nowhere else.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::pagerduty::{missing, truncate};
 use super::teams::title;
@@ -95,6 +95,7 @@ mod tests {
     use super::*;
     use crate::notify::fixtures::{notifier, page};
     use crate::notify::{NotifierKind, PageEvent};
+    use serde_json::Value;
 
     const SUMMARY: &str = "Social og Familie (e-mail): missed - nothing arrived before the deadline";
 

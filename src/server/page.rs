@@ -358,7 +358,7 @@ pub(super) fn render_index(title: &str, lang: Language, views: &[ChannelView]) -
                 .map(move |p| (v, p))
         })
         .collect();
-    failures.sort_by(|a, b| b.1.at.cmp(&a.1.at));
+    failures.sort_by_key(|f| std::cmp::Reverse(f.1.at));
     if failures.is_empty() {
         let _ = write!(out, "<p class=\"muted\">{}</p>", l.none_failed);
     } else {

@@ -105,7 +105,7 @@ fn handle(conn: TcpStream, status: &AtomicU16, log: &Mutex<Vec<Received>>) {
         Err(_) => return,
     };
     let mut r = BufReader::new(conn);
-    loop {
+    {
         let mut line = String::new();
         if r.read_line(&mut line).unwrap_or(0) == 0 {
             return;
@@ -157,6 +157,5 @@ fn handle(conn: TcpStream, status: &AtomicU16, log: &Mutex<Vec<Received>>) {
             "HTTP/1.1 {code} X\r\nContent-Length: 2\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{{}}"
         );
         let _ = w.write_all(resp.as_bytes());
-        return;
     }
 }
