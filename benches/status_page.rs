@@ -18,13 +18,23 @@ use postcanary::ledger::NewProbe;
 use postcanary::verdict::{now_millis, Judgement, Verdict};
 
 fn chromium_ms(url: &str) -> Option<f64> {
-    let bin = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| std::path::Path::new(p).exists())?;
+    let bin = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
     let mut best = f64::MAX;
     for _ in 0..3 {
         let profile = tempfile::tempdir().ok()?;
         let t = Instant::now();
         let out = std::process::Command::new(bin)
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run", "--disable-component-update", "--disable-sync"])
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--no-first-run",
+                "--disable-component-update",
+                "--disable-sync",
+            ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("--dump-dom")
             .arg(url)
@@ -39,8 +49,14 @@ fn chromium_ms(url: &str) -> Option<f64> {
 }
 
 fn main() {
-    let n: usize = std::env::var("POSTCANARY_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let n: usize = std::env::var("POSTCANARY_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async move {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut toml = String::from(
