@@ -19,12 +19,8 @@ use postcanary::engine::Engine;
 use postcanary::ledger::NewProbe;
 use postcanary::verdict::{now_millis, Verdict};
 use support::canary::lmtp_deliver;
+use support::canary::percentile;
 use support::mailstack::MailStack;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
 
 fn summary(name: &str, mut v: Vec<f64>) -> String {
     v.sort_by(|a, b| a.total_cmp(b));

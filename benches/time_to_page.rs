@@ -17,13 +17,9 @@ use std::time::Duration;
 use postcanary::config::Config;
 use postcanary::engine::Engine;
 use postcanary::outbox::RealDelivery;
+use support::canary::percentile;
 use support::mailstack::MailStack;
 use support::receiver::Receiver;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
 
 fn main() {
     let n: usize = std::env::var("POSTCANARY_BENCH_N")

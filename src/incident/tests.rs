@@ -336,8 +336,9 @@ async fn judged(store: &crate::ledger::DynStore, id: &str, channel: &str, verdic
     assert!(store.judge(id, &j).await.unwrap());
 }
 
-#[tokio::test]
-async fn pages_go_out_once_in_order_after_an_outage() {
+/// A store, the incident processor, a notifier that is down, and the
+/// `social-team` worker using it.
+fn harness(fallback_after: std::time::Duration) -> (crate::ledger::DynStore, Processor, Arc<Recorder>, Worker) {
     let config = Arc::new(config(""));
     let store: crate::ledger::DynStore = Arc::new(SqliteStore::in_memory().unwrap());
     let wake = Wake::default();
@@ -353,10 +354,16 @@ async fn pages_go_out_once_in_order_after_an_outage() {
         notifier: config.notifier("social-team").unwrap().clone(),
         store: Arc::clone(&store),
         delivery: rec.clone(),
-        fallback_after: std::time::Duration::from_secs(3600),
+        fallback_after,
         notified: wake.register(),
         wake: wake.clone(),
     };
+    (store, processor, rec, worker)
+}
+
+#[tokio::test]
+async fn pages_go_out_once_in_order_after_an_outage() {
+    let (store, processor, rec, worker) = harness(std::time::Duration::from_secs(3600));
     // Fail, recover, fail again: trigger, resolve, trigger.
     judged(&store, "a", "social-mail", Verdict::Missed).await;
     processor.drain().await.unwrap();
@@ -413,25 +420,7 @@ async fn pages_go_out_once_in_order_after_an_outage() {
 
 #[tokio::test]
 async fn a_failing_notifier_hands_over_to_its_fallback() {
-    let config = Arc::new(config(""));
-    let store: crate::ledger::DynStore = Arc::new(SqliteStore::in_memory().unwrap());
-    let wake = Wake::default();
-    let processor = Processor {
-        config: Arc::clone(&config),
-        store: Arc::clone(&store),
-        source: "h".into(),
-        outbox: wake.clone(),
-    };
-    let rec = Arc::new(Recorder::default());
-    *rec.down.lock().unwrap() = true;
-    let primary = Worker {
-        notifier: config.notifier("social-team").unwrap().clone(),
-        store: Arc::clone(&store),
-        delivery: rec.clone(),
-        fallback_after: std::time::Duration::ZERO,
-        notified: wake.register(),
-        wake: wake.clone(),
-    };
+    let (store, processor, _down, primary) = harness(std::time::Duration::ZERO);
     judged(&store, "a", "social-mail", Verdict::Missed).await;
     processor.drain().await.unwrap();
     primary.step().await;

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
 use super::{
     swept_verdict, ChannelStatus, Cursor, Event, Incident, IncidentAction, IncidentChange, NewProbe, OutboxEntry,
@@ -121,6 +122,23 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
 }
 
+fn row_to_event(r: &Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        at: r.get(0)?,
+        kind: r.get(1)?,
+        detail: r.get(2)?,
+    })
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_string())
+}
+
+/// A LIMIT argument (SQLite takes a signed 64-bit integer).
+fn limit_arg(limit: usize) -> Value {
+    Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX))
+}
+
 fn row_to_probe(r: &Row<'_>) -> rusqlite::Result<ProbeRecord> {
     let verdict: String = r.get(10)?;
     Ok(ProbeRecord {
@@ -172,6 +190,32 @@ impl SqliteStore {
     /// [`SqliteStore::open`] taking its path by value (for spawned tasks).
     pub async fn open_owned(path: std::path::PathBuf) -> StoreResult<SqliteStore> {
         SqliteStore::open(&path).await
+    }
+
+    /// Runs a query for at most one row.
+    async fn one<T: Send + 'static>(
+        &self,
+        sql: String,
+        args: Vec<Value>,
+        map: fn(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> StoreResult<Option<T>> {
+        self.with(move |c| c.query_row(&sql, params_from_iter(args), map).optional())
+            .await
+    }
+
+    /// Runs a query for every row.
+    async fn all<T: Send + 'static>(
+        &self,
+        sql: String,
+        args: Vec<Value>,
+        map: fn(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> StoreResult<Vec<T>> {
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params_from_iter(args), map)?;
+            rows.collect()
+        })
+        .await
     }
 
     /// An in-memory ledger, for tests.
@@ -538,40 +582,26 @@ impl Store for SqliteStore {
     }
 
     async fn probe(&self, id: &str) -> StoreResult<Option<ProbeRecord>> {
-        let id = id.to_string();
-        self.with(move |c| {
-            c.query_row(
-                &format!("SELECT {PROBE_COLUMNS} FROM probes WHERE id = ?1"),
-                params![id],
-                row_to_probe,
-            )
-            .optional()
-        })
+        self.one(
+            format!("SELECT {PROBE_COLUMNS} FROM probes WHERE id = ?1"),
+            vec![text(id)],
+            row_to_probe,
+        )
         .await
     }
 
     async fn probe_by_token(&self, token: &str) -> StoreResult<Option<ProbeRecord>> {
-        let token = token.to_string();
-        self.with(move |c| {
-            c.query_row(
-                &format!("SELECT {PROBE_COLUMNS} FROM probes WHERE token = ?1"),
-                params![token],
-                row_to_probe,
-            )
-            .optional()
-        })
+        self.one(
+            format!("SELECT {PROBE_COLUMNS} FROM probes WHERE token = ?1"),
+            vec![text(token)],
+            row_to_probe,
+        )
         .await
     }
 
     async fn pending(&self) -> StoreResult<Vec<ProbeRecord>> {
-        self.with(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {PROBE_COLUMNS} FROM probes WHERE verdict = 'pending' ORDER BY deadline"
-            ))?;
-            let rows = stmt.query_map([], row_to_probe)?;
-            rows.collect()
-        })
-        .await
+        let sql = format!("SELECT {PROBE_COLUMNS} FROM probes WHERE verdict = 'pending' ORDER BY deadline");
+        self.all(sql, vec![], row_to_probe).await
     }
 
     async fn next_deadline(&self) -> StoreResult<Option<Millis>> {
@@ -584,33 +614,14 @@ impl Store for SqliteStore {
     }
 
     async fn recent_probes(&self, channel: &str, limit: usize) -> StoreResult<Vec<ProbeRecord>> {
-        let channel = channel.to_string();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with(move |c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {PROBE_COLUMNS} FROM probes WHERE channel = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2"
-            ))?;
-            let rows = stmt.query_map(params![channel, limit], row_to_probe)?;
-            rows.collect()
-        })
-        .await
+        let sql =
+            format!("SELECT {PROBE_COLUMNS} FROM probes WHERE channel = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2");
+        self.all(sql, vec![text(channel), limit_arg(limit)], row_to_probe).await
     }
 
     async fn events(&self, id: &str) -> StoreResult<Vec<Event>> {
-        let id = id.to_string();
-        self.with(move |c| {
-            let mut stmt =
-                c.prepare("SELECT at, kind, detail FROM probe_events WHERE probe_id = ?1 ORDER BY at, rowid")?;
-            let rows = stmt.query_map(params![id], |r| {
-                Ok(Event {
-                    at: r.get(0)?,
-                    kind: r.get(1)?,
-                    detail: r.get(2)?,
-                })
-            })?;
-            rows.collect()
-        })
-        .await
+        let sql = "SELECT at, kind, detail FROM probe_events WHERE probe_id = ?1 ORDER BY at, rowid";
+        self.all(sql.into(), vec![text(id)], row_to_event).await
     }
 
     async fn cursor(&self, inbox: &str) -> StoreResult<Option<Cursor>> {
@@ -656,55 +667,27 @@ impl Store for SqliteStore {
     }
 
     async fn open_incident(&self, channel: &str) -> StoreResult<Option<Incident>> {
-        let channel = channel.to_string();
-        self.with(move |c| {
-            c.query_row(
-                &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE channel = ?1 AND resolved_at IS NULL"),
-                params![channel],
-                row_to_incident,
-            )
-            .optional()
-        })
-        .await
+        let sql = format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE channel = ?1 AND resolved_at IS NULL");
+        self.one(sql, vec![text(channel)], row_to_incident).await
     }
 
     async fn open_incidents(&self) -> StoreResult<Vec<Incident>> {
-        self.with(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE resolved_at IS NULL ORDER BY id"
-            ))?;
-            let rows = stmt.query_map([], row_to_incident)?;
-            rows.collect()
-        })
-        .await
+        let sql = format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE resolved_at IS NULL ORDER BY id");
+        self.all(sql, vec![], row_to_incident).await
     }
 
     async fn incident(&self, id: i64) -> StoreResult<Option<Incident>> {
-        self.with(move |c| {
-            c.query_row(
-                &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?1"),
-                params![id],
-                row_to_incident,
-            )
-            .optional()
-        })
+        self.one(
+            format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?1"),
+            vec![Value::Integer(id)],
+            row_to_incident,
+        )
         .await
     }
 
     async fn incident_events(&self, id: i64) -> StoreResult<Vec<Event>> {
-        self.with(move |c| {
-            let mut stmt =
-                c.prepare("SELECT at, kind, detail FROM incident_events WHERE incident_id = ?1 ORDER BY at, rowid")?;
-            let rows = stmt.query_map(params![id], |r| {
-                Ok(Event {
-                    at: r.get(0)?,
-                    kind: r.get(1)?,
-                    detail: r.get(2)?,
-                })
-            })?;
-            rows.collect()
-        })
-        .await
+        let sql = "SELECT at, kind, detail FROM incident_events WHERE incident_id = ?1 ORDER BY at, rowid";
+        self.all(sql.into(), vec![Value::Integer(id)], row_to_event).await
     }
 
     async fn outbox_head(&self, notifier: &str) -> StoreResult<Option<OutboxEntry>> {
@@ -843,28 +826,16 @@ impl Store for SqliteStore {
     }
 
     async fn probes_since(&self, channel: &str, since: Millis, limit: usize) -> StoreResult<Vec<ProbeRecord>> {
-        let channel = channel.to_string();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with(move |c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {PROBE_COLUMNS} FROM probes WHERE channel = ?1 AND created_at >= ?2 ORDER BY created_at, id LIMIT ?3"
-            ))?;
-            let rows = stmt.query_map(params![channel, since, limit], row_to_probe)?;
-            rows.collect()
-        })
-        .await
+        let sql = format!(
+            "SELECT {PROBE_COLUMNS} FROM probes WHERE channel = ?1 AND created_at >= ?2 ORDER BY created_at, id LIMIT ?3"
+        );
+        self.all(sql, vec![text(channel), since.into(), limit_arg(limit)], row_to_probe)
+            .await
     }
 
     async fn recent_incidents(&self, limit: usize) -> StoreResult<Vec<Incident>> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with(move |c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {INCIDENT_COLUMNS} FROM incidents ORDER BY id DESC LIMIT ?1"
-            ))?;
-            let rows = stmt.query_map(params![limit], row_to_incident)?;
-            rows.collect()
-        })
-        .await
+        let sql = format!("SELECT {INCIDENT_COLUMNS} FROM incidents ORDER BY id DESC LIMIT ?1");
+        self.all(sql, vec![limit_arg(limit)], row_to_incident).await
     }
 
     async fn verdict_counts(&self) -> StoreResult<Vec<(String, String, i64)>> {

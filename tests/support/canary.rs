@@ -46,6 +46,12 @@ impl StackExt for MailStack {
     }
 }
 
+/// The `p`-quantile (0..=1) of sorted values, nearest rank; for benchmarks.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len().saturating_sub(1))]
+}
+
 /// Delivers a message straight into a mailbox over Dovecot's LMTP; when this
 /// returns, the message is in the mailbox.
 pub fn lmtp_deliver(port: u16, rcpt: &str, message: &str) {
