@@ -13,4 +13,7 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null
   }
 fi
-cargo test --all-targets "$@"
+# --all-targets also runs the benchmarks (harness = false) once each, as a
+# smoke test with a small size; the figures in docs/benchmarks.md come from
+# `cargo bench` at full size.
+POSTCANARY_BENCH_N=${POSTCANARY_BENCH_N:-10} cargo test --all-targets "$@"
