@@ -54,7 +54,7 @@ pub struct TimelineEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Page {
     pub event: PageEvent,
-    /// Stable for the whole incident: `postcanary/<channel>/<incident id>`.
+    /// Stable for the whole incident: `postcanary/<channel>/<id of the probe that opened it>` (for the prober's own degradation `postcanary/degraded/<sender>/<probe id>`).
     pub dedup_key: String,
     pub incident_id: i64,
     /// The channel id, or `postcanary` for the prober's own degradation.
