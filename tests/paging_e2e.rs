@@ -285,8 +285,25 @@ async fn heartbeat_pings_while_healthy_and_stops_when_an_inbox_is_lost() {
     .await;
     assert!(hb.accepted().iter().all(|r| r.method == "GET" && r.path == "/ping/abc"));
     // Dovecot goes away: the watcher cannot connect, so postcanary is not healthy.
+    let log_path = dir.path().join("daemon.log");
+    let disconnects = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .matches("IMAP watcher disconnected")
+            .count()
+    };
+    let seen = disconnects();
     support::canary::StackExt::restart_imap_with(&stack, || {
-        std::thread::sleep(Duration::from_secs(3));
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while disconnects() == seen {
+            assert!(
+                std::time::Instant::now() < end,
+                "the watcher never noticed Dovecot going away"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // A ping whose health check passed just before may still be on its way.
+        std::thread::sleep(Duration::from_millis(1500));
         let before = hb.accepted().len();
         std::thread::sleep(Duration::from_secs(4));
         assert_eq!(
