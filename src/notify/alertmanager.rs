@@ -11,7 +11,7 @@
 
 use serde_json::{json, Map};
 
-use super::pagerduty::missing;
+use super::missing;
 use super::{rfc3339, NotifierConfig, Page, PageEvent, Request};
 
 pub fn request(n: &NotifierConfig, page: &Page) -> Result<Request, String> {

@@ -1,7 +1,7 @@
 //! Pages by e-mail: a subject line and a plain-text body. Sending goes through
 //! the notifier's `via` sender (see `outbox`); this file only writes the text.
 
-use super::pagerduty::truncate;
+use super::truncate;
 use super::{rfc3339, Page, PageEvent};
 
 /// Longest subject, in characters.

@@ -152,6 +152,46 @@ pub fn build_request(n: &NotifierConfig, page: &Page) -> Result<Request, String>
     }
 }
 
+// Helpers shared by the payload builders.
+
+/// The incident's timeline as JSON: `[{"at": rfc3339, "kind", "detail"}]`.
+pub(crate) fn timeline(page: &Page) -> serde_json::Value {
+    serde_json::Value::Array(
+        page.timeline
+            .iter()
+            .map(|e| serde_json::json!({ "at": rfc3339(e.at), "kind": e.kind, "detail": e.detail }))
+            .collect(),
+    )
+}
+
+/// The error for a config value a notifier needs but does not have.
+pub(crate) fn missing(n: &NotifierConfig, key: &str) -> String {
+    format!("{} notifier `{}`: missing {key}", n.kind.as_str(), n.name)
+}
+
+/// `s` cut to at most `max` characters (not bytes), on a character boundary;
+/// a cut text ends in `…` (counted in `max`).
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some(_) if max == 0 => String::new(),
+        Some(_) => {
+            // max >= 1 here: keep max - 1 characters and the ellipsis.
+            let end = s.char_indices().nth(max - 1).map_or(s.len(), |(i, _)| i);
+            format!("{}…", &s[..end])
+        }
+    }
+}
+
+/// The title line: an emoji by event, then the summary.
+pub(crate) fn title(page: &Page) -> String {
+    match page.event {
+        PageEvent::Trigger => format!("🔴 {}", page.summary),
+        PageEvent::Reminder => format!("🔁 Still failing: {}", page.summary),
+        PageEvent::Resolve => format!("✅ Resolved: {}", page.summary),
+    }
+}
+
 /// Milliseconds since the epoch as RFC 3339 UTC, e.g. `2026-11-22T18:42:21.123Z`.
 pub fn rfc3339(ms: Millis) -> String {
     chrono::DateTime::from_timestamp_millis(ms)

@@ -9,7 +9,7 @@
 
 use serde_json::{json, Map};
 
-use super::pagerduty::{missing, truncate};
+use super::{missing, truncate};
 use super::{rfc3339, NotifierConfig, Page, PageEvent, Request};
 
 /// The public (US) API; EU accounts use `https://api.eu.opsgenie.com`.

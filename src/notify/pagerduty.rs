@@ -6,9 +6,9 @@
 //!
 //! This file also holds two small helpers the other notifier kinds share.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{rfc3339, NotifierConfig, Page, PageEvent, Request};
+use super::{missing, rfc3339, timeline, truncate, NotifierConfig, Page, PageEvent, Request};
 
 /// The public Events API v2 endpoint.
 pub const DEFAULT_URL: &str = "https://events.pagerduty.com/v2/enqueue";
@@ -60,40 +60,12 @@ pub fn request(n: &NotifierConfig, page: &Page) -> Result<Request, String> {
     })
 }
 
-/// The incident's timeline as JSON: `[{"at": rfc3339, "kind", "detail"}]`.
-pub(super) fn timeline(page: &Page) -> Value {
-    Value::Array(
-        page.timeline
-            .iter()
-            .map(|e| json!({ "at": rfc3339(e.at), "kind": e.kind, "detail": e.detail }))
-            .collect(),
-    )
-}
-
-/// The error for a config value a notifier needs but does not have.
-pub(super) fn missing(n: &NotifierConfig, key: &str) -> String {
-    format!("{} notifier `{}`: missing {key}", n.kind.as_str(), n.name)
-}
-
-/// `s` cut to at most `max` characters (not bytes), on a character boundary;
-/// a cut text ends in `…` (counted in `max`).
-pub(super) fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        None => s.to_string(),
-        Some(_) if max == 0 => String::new(),
-        Some(_) => {
-            // max >= 1 here: keep max - 1 characters and the ellipsis.
-            let end = s.char_indices().nth(max - 1).map_or(s.len(), |(i, _)| i);
-            format!("{}…", &s[..end])
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::notify::fixtures::{notifier, page};
     use crate::notify::NotifierKind;
+    use serde_json::Value;
 
     fn body(req: &Request) -> Value {
         serde_json::from_slice(&req.body).unwrap()

@@ -6,8 +6,8 @@
 
 use serde_json::json;
 
-use super::pagerduty::{missing, truncate};
-use super::teams::title;
+use super::title;
+use super::{missing, truncate};
 use super::{rfc3339, NotifierConfig, Page, Request};
 
 // Block Kit limits, in characters.

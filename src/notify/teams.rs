@@ -5,8 +5,8 @@
 
 use serde_json::{json, Value};
 
-use super::pagerduty::{missing, truncate};
-use super::{rfc3339, NotifierConfig, Page, PageEvent, Request};
+use super::{missing, truncate};
+use super::{rfc3339, title, NotifierConfig, Page, Request};
 
 /// Keeps a very long detail from pushing the card over the Workflows payload
 /// limit (about 28 KB).
@@ -28,15 +28,6 @@ pub fn request(n: &NotifierConfig, page: &Page) -> Result<Request, String> {
         headers: Vec::new(),
         body,
     })
-}
-
-/// The title line: an emoji by event, then the summary.
-pub(super) fn title(page: &Page) -> String {
-    match page.event {
-        PageEvent::Trigger => format!("🔴 {}", page.summary),
-        PageEvent::Reminder => format!("🔁 Still failing: {}", page.summary),
-        PageEvent::Resolve => format!("✅ Resolved: {}", page.summary),
-    }
 }
 
 fn card(page: &Page) -> Value {
@@ -77,7 +68,7 @@ fn card(page: &Page) -> Value {
 mod tests {
     use super::*;
     use crate::notify::fixtures::{notifier, page};
-    use crate::notify::NotifierKind;
+    use crate::notify::{NotifierKind, PageEvent};
 
     fn expected(title: &str, verdict: &str) -> Value {
         json!({

@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 
-use super::pagerduty::{missing, timeline};
+use super::{missing, timeline};
 use super::{rfc3339, NotifierConfig, Page, Request};
 
 /// The version of the body schema; bumped only on incompatible changes.
