@@ -34,8 +34,11 @@ die() { echo "mailstack: $*" >&2; exit 1; }
 POLICY=/usr/sbin/policy-rc.d
 CREATED_POLICY=
 
-cleanup_policy() {
+APT_LOG=
+
+cleanup_install() {
   if [ -n "$CREATED_POLICY" ]; then rm -f "$POLICY"; fi
+  if [ -n "$APT_LOG" ]; then rm -f "$APT_LOG"; fi
 }
 
 installed() {
@@ -62,20 +65,21 @@ stop_system_services() {
 
 do_install() {
   installed && return 0
+  trap cleanup_install EXIT
   if [ ! -e "$POLICY" ]; then
     printf '#!/bin/sh\nexit 101\n' > "$POLICY"
     chmod 755 "$POLICY"
     CREATED_POLICY=1
   fi
-  trap cleanup_policy EXIT
+  APT_LOG=$(mktemp)
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   export DEBIAN_FRONTEND=noninteractive
   # shellcheck disable=SC2086
-  if ! apt-get install -y -q --no-install-recommends $PACKAGES >/tmp/mailstack-apt.log 2>&1; then
-    apt-get update -q >>/tmp/mailstack-apt.log 2>&1 || true
+  if ! apt-get install -y -q --no-install-recommends $PACKAGES >"$APT_LOG" 2>&1; then
+    apt-get update -q >>"$APT_LOG" 2>&1 || true
     # shellcheck disable=SC2086
-    apt-get install -y -q --no-install-recommends $PACKAGES >>/tmp/mailstack-apt.log 2>&1 \
-      || { cat /tmp/mailstack-apt.log >&2; die "apt-get install $PACKAGES failed"; }
+    apt-get install -y -q --no-install-recommends $PACKAGES >>"$APT_LOG" 2>&1 \
+      || { cat "$APT_LOG" >&2; die "apt-get install $PACKAGES failed"; }
   fi
   stop_system_services
   installed || die "packages $PACKAGES still missing after apt-get install"
@@ -104,7 +108,7 @@ env_get() { sed -n "s/^$2=//p" "$1/env"; }
 running() { # pid: alive and not a zombie waiting to be reaped
   local _pid _comm state
   [ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 1
-  read -r _pid _comm state _ < "/proc/$1/stat" 2>/dev/null || return 1
+  { read -r _pid _comm state _ < "/proc/$1/stat"; } 2>/dev/null || return 1
   [ "$state" != Z ] && [ "$state" != X ]
 }
 
@@ -113,7 +117,7 @@ pid_alive() { # pidfile
   running "$(head -n 1 "$1" | tr -d ' ')"
 }
 
-kill_pidfile() { # pidfile [grace tenths]: TERM, wait, then KILL the daemon's whole process group
+kill_pidfile() { # pidfile [grace tenths]: TERM the master, wait, then KILL what is left of its session
   local pidfile=$1 grace=${2:-50} pid i
   [ -f "$pidfile" ] || return 0
   pid=$(head -n 1 "$pidfile" | tr -d ' ')
@@ -123,30 +127,21 @@ kill_pidfile() { # pidfile [grace tenths]: TERM, wait, then KILL the daemon's wh
       running "$pid" || break
       sleep 0.1
     done
-    if running "$pid"; then
-      # Both masters are session leaders: their children share their process group.
-      kill -9 -- "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
-    fi
   fi
-  # Wait (bounded) until no process of the group is left holding ports or files.
-  for ((i = 0; i < 50; i++)); do
-    group_alive "$pid" || break
-    sleep 0.1
-  done
+  # Both masters are session leaders (setsid): their children share the session
+  # and would otherwise linger for seconds (Dovecot's log and auth processes).
+  if [ -n "$pid" ] && session_alive "$pid"; then
+    kill -9 -- "-$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+      session_alive "$pid" || break
+      sleep 0.1
+    done
+  fi
   rm -f "$pidfile"
 }
 
-group_alive() { # pgid: any live (non-zombie) process in that process group?
-  local f stat rest
-  [ -n "$1" ] || return 1
-  for f in /proc/[0-9]*/stat; do
-    { read -r stat < "$f"; } 2>/dev/null || continue
-    rest=${stat##*) }          # fields after "pid (comm) "
-    # rest = "state ppid pgrp ..."
-    set -- "$1" $rest
-    if [ "$4" = "$1" ] && [ "$2" != Z ] && [ "$2" != X ]; then return 0; fi
-  done
-  return 1
+session_alive() { # sid: any live (non-zombie) process left in that session?
+  ps -o stat= -s "$1" 2>/dev/null | grep -qv '^[ZX]'
 }
 
 # ---------------------------------------------------------------- config
@@ -414,8 +409,10 @@ start() {
 stop() {
   local dir=$1
   [ -d "$dir" ] || return 0
-  stop_postfix "$dir"
+  # Both wind down in parallel (each takes about a second).
+  stop_postfix "$dir" &
   stop_imap "$dir"
+  wait
 }
 
 need_dir() { [ $# -ge 1 ] && [ -n "$1" ] || die "usage: $cmd DIR"; }
