@@ -64,35 +64,61 @@ pub fn main() -> ExitCode {
         Command::Run => "info",
         _ => "error",
     };
-    init_logging(cli.log_format, default_level);
     let path = config::default_path(cli.config.clone());
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(errors) => {
+            init_logging(cli.log_format, default_level, None);
             report_config_errors(&errors);
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match cli.command {
+    // Telemetry is set up before the runtime starts: its exporters run on their own threads.
+    let (telemetry, tracer) = match (&cli.command, &config.telemetry) {
+        (Command::Run | Command::Check { .. }, Some(t)) => match crate::telemetry::Telemetry::init(t) {
+            Ok((tel, tracer)) => (Some(tel), Some(tracer)),
+            Err(e) => {
+                eprintln!("{}: [telemetry]: {e}", config.path.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        _ => (None, None),
+    };
+    init_logging(cli.log_format, default_level, tracer);
+    let code = match cli.command {
         Command::Validate => {
             print_channels(&config);
             ExitCode::SUCCESS
         }
         Command::Check { channels, json } => with_runtime(check(config, channels, json)),
         Command::Run => with_runtime(run(config)),
+    };
+    if let Some(t) = telemetry {
+        t.shutdown();
     }
+    code
 }
 
-fn init_logging(format: LogFormat, default_level: &str) {
+fn init_logging(format: LogFormat, default_level: &str, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let fmt = match format {
+        LogFormat::Human => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    };
+    let otel = tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init();
 }
 
 fn report_config_errors(errors: &ConfigErrors) {

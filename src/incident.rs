@@ -403,6 +403,15 @@ impl Processor {
     }
 
     async fn handle(&self, p: &ProbeRecord) -> Result<(), StoreError> {
+        // Once per verdict (the `handled` mark makes it so across restarts).
+        crate::telemetry::record_verdict(
+            &p.channel,
+            &p.token,
+            p.verdict,
+            p.created_at,
+            p.judged_at.unwrap_or_else(now_millis),
+            p.latency_ms,
+        );
         let Some(ch) = self.config.channel(&p.channel) else {
             // The channel left the config; its old verdicts page nobody.
             let change = IncidentChange {

@@ -13,5 +13,6 @@ pub mod outbox;
 pub mod probe;
 pub mod sender;
 pub mod server;
+pub mod telemetry;
 pub mod token;
 pub mod verdict;

@@ -34,6 +34,7 @@ pub struct Config {
     pub heartbeat: Option<HeartbeatConfig>,
     /// The HTTP server of `run` (status page, API, metrics); none if absent.
     pub server: Option<ServerConfig>,
+    pub telemetry: Option<TelemetryConfig>,
 }
 
 impl Config {
@@ -49,6 +50,15 @@ impl Config {
     pub fn channel(&self, id: &str) -> Option<&Channel> {
         self.channels.iter().find(|c| c.id == id)
     }
+}
+
+/// OpenTelemetry export.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318` (`/v1/traces` and `/v1/metrics` are appended).
+    pub otlp_endpoint: String,
+    pub service_name: String,
+    pub export_interval: Duration,
 }
 
 /// Labels of the status page.
@@ -227,6 +237,15 @@ struct RawMain {
     paging: Option<RawPaging>,
     heartbeat: Option<RawHeartbeat>,
     server: Option<RawServer>,
+    telemetry: Option<RawTelemetry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    otlp_endpoint: String,
+    service_name: Option<String>,
+    export_interval: Option<HumanDuration>,
 }
 
 #[derive(Deserialize)]
@@ -583,6 +602,29 @@ impl Config {
         };
         let heartbeat = build_heartbeat(&mut loader, main.heartbeat);
         let server = build_server(&mut loader, main.server);
+        let telemetry = main.telemetry.and_then(|t| {
+            if !(t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://")) {
+                let line = loader.files[0].table_key_line("telemetry", "otlp_endpoint");
+                let e = loader.files[0].error(
+                    line,
+                    Some("telemetry.otlp_endpoint"),
+                    format!(
+                        "{:?} is not an http(s) URL (OTLP over HTTP, e.g. \"http://127.0.0.1:4318\")",
+                        t.otlp_endpoint
+                    ),
+                );
+                loader.errors.push(e);
+                return None;
+            }
+            Some(TelemetryConfig {
+                otlp_endpoint: t.otlp_endpoint,
+                service_name: t.service_name.unwrap_or_else(|| "postcanary".into()),
+                export_interval: t
+                    .export_interval
+                    .map(HumanDuration::as_duration)
+                    .unwrap_or(Duration::from_secs(60)),
+            })
+        });
 
         if !loader.errors.is_empty() {
             return Err(ConfigErrors(loader.errors));
@@ -594,6 +636,7 @@ impl Config {
             silences,
             heartbeat,
             server,
+            telemetry,
             ledger,
             token,
             senders,

@@ -405,6 +405,7 @@ fn uid_set(uids: &[u32]) -> String {
 
 /// Fetches the messages of one batch: whole messages up to
 /// [`MAX_BODY_BYTES`], only the header of larger ones.
+#[tracing::instrument(name = "imap_fetch", level = "info", skip_all, fields(messages = uids.len()))]
 async fn fetch_batch(session: &mut ImapSession, uids: &[u32]) -> Result<Vec<(u32, Vec<u8>)>, WatchError> {
     let set = uid_set(uids);
     let sizes: Vec<(u32, u32)> = {
