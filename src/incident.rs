@@ -405,6 +405,7 @@ impl Processor {
     async fn handle(&self, p: &ProbeRecord) -> Result<(), StoreError> {
         // Once per verdict (the `handled` mark makes it so across restarts).
         crate::telemetry::record_verdict(
+            &p.id,
             &p.channel,
             &p.token,
             p.verdict,

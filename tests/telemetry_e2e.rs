@@ -64,11 +64,44 @@ deadline = "20s"
             .map(|r| String::from_utf8_lossy(&r.body).into_owned())
             .collect()
     };
-    let traces = wait_for("a probe span", Duration::from_secs(40), async || {
-        let t = body_of("/v1/traces");
-        (t.contains("\"probe\"") && t.contains("postcanary.verdict") && t.contains("\"smtp\"")).then_some(t)
-    })
+    // Every span exported so far, as (name, span id, parent span id, trace id).
+    let spans = || -> Vec<(String, String, String, String)> {
+        let mut out = Vec::new();
+        for r in otlp.received().iter().filter(|r| r.path == "/v1/traces") {
+            let v = r.json();
+            for rs in v["resourceSpans"].as_array().into_iter().flatten() {
+                for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                    for sp in ss["spans"].as_array().into_iter().flatten() {
+                        let f = |k: &str| sp[k].as_str().unwrap_or("").to_string();
+                        out.push((f("name"), f("spanId"), f("parentSpanId"), f("traceId")));
+                    }
+                }
+            }
+        }
+        out
+    };
+    let (probe, all) = wait_for(
+        "a finished probe span with its steps",
+        Duration::from_secs(40),
+        async || {
+            let all = spans();
+            let probe = all
+                .iter()
+                .find(|s| s.0 == "probe" && all.iter().any(|c| c.0 == "token_found" && c.2 == s.1))?;
+            Some((probe.clone(), all))
+        },
+    )
     .await;
+    let children: Vec<&(String, String, String, String)> = all.iter().filter(|s| s.2 == probe.1).collect();
+    let send = children
+        .iter()
+        .find(|s| s.0 == "probe_send")
+        .expect("probe_send is a child of probe");
+    assert!(
+        all.iter().any(|s| s.0 == "smtp" && s.2 == send.1 && s.3 == probe.3),
+        "the SMTP conversation is inside the probe's trace: {all:?}"
+    );
+    let traces = body_of("/v1/traces");
     assert!(traces.contains("postcanary-test"), "service name as resource attribute");
     assert!(traces.contains("delivered"), "{traces}");
     let metrics = wait_for("the probe counter", Duration::from_secs(20), async || {

@@ -83,6 +83,14 @@ impl Matcher {
             return Ok(TokenFate::AlreadyJudged);
         };
         let verdict = j.verdict;
+        crate::telemetry::probe_step(
+            &probe.id,
+            "token_found",
+            vec![
+                opentelemetry::KeyValue::new("postcanary.inbox", inbox.to_string()),
+                opentelemetry::KeyValue::new("postcanary.verdict", verdict.as_str()),
+            ],
+        );
         let changed = record_with(&self.store, &self.verdicts, &probe.id, &probe.channel, j).await?;
         if changed {
             tracing::info!(inbox, channel = %probe.channel, token = %token, %verdict, "token found");

@@ -6,6 +6,8 @@ pub mod mail;
 
 use std::time::SystemTime;
 
+use tracing::Instrument;
+
 use crate::config::{Channel, ChannelKind, Config};
 use crate::ledger::{DynStore, NewProbe, StoreError};
 use crate::token::TokenKey;
@@ -63,6 +65,15 @@ pub async fn run(ctx: &ProbeContext, config: &Config, channel: &Channel) -> Resu
         })
         .await?;
     tracing::info!(channel = %channel.id, token = %started.token, "probe started");
+    // The send runs inside the probe's trace: its SMTP spans become children of the `probe` span.
+    let cx = crate::telemetry::start_probe(&started.id, &channel.id, &started.token);
+    let send_span = tracing::info_span!("probe_send", channel = %channel.id);
+    let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&send_span, cx);
+    send(ctx, config, channel, &started).instrument(send_span).await?;
+    Ok(started)
+}
+
+async fn send(ctx: &ProbeContext, config: &Config, channel: &Channel, started: &Started) -> Result<(), StoreError> {
     match &channel.kind {
         ChannelKind::Mail { to, via } => {
             let Some(sender) = config.sender(via) else {
@@ -75,12 +86,11 @@ pub async fn run(ctx: &ProbeContext, config: &Config, channel: &Channel) -> Resu
                     latency_ms: None,
                 };
                 record(ctx, &started.id, &channel.id, j).await?;
-                return Ok(started);
+                return Ok(());
             };
-            mail::send(ctx, channel, sender, to, &started).await?;
+            mail::send(ctx, channel, sender, to, started).await
         }
     }
-    Ok(started)
 }
 
 /// Records a verdict and, if it was the one that counted, reports it.
