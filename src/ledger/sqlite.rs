@@ -174,7 +174,22 @@ impl SqliteStore {
             }
             let mut conn = Connection::open(&path).map_err(|e| err(format!("cannot open {}: {e}", path.display())))?;
             conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
-            conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+            // Switching a new database to WAL takes an exclusive lock and SQLite
+            // does not wait for it, so processes opening a fresh ledger at once
+            // (a `check` beside the daemon) retry for a while instead of failing.
+            let mut tries = 0;
+            loop {
+                match conn.pragma_update(None, "journal_mode", "WAL") {
+                    Ok(()) => break,
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code == rusqlite::ErrorCode::DatabaseBusy && tries < 100 =>
+                    {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(err(e)),
+                }
+            }
             conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
             conn.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
             migrate(&mut conn)?;
