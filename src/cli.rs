@@ -152,6 +152,7 @@ fn print_channels(config: &Config) {
         .map(|c| {
             let target = match &c.kind {
                 config::ChannelKind::Mail { to, via } => format!("{to} via {via}"),
+                config::ChannelKind::Form { steps } => format!("{} ({} steps)", c.kind.target(), steps.len()),
             };
             vec![
                 c.id.clone(),

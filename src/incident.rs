@@ -24,16 +24,21 @@ pub fn degraded_key(sender: &str) -> String {
     format!("postcanary:{sender}")
 }
 
+/// The path out that a channel's probes share with others: its mail sender,
+/// or, for forms, the prober's own web access (one "degraded" incident when
+/// postcanary itself cannot submit forms).
 fn sender_of(ch: &Channel) -> &str {
     match &ch.kind {
         ChannelKind::Mail { via, .. } => via,
+        ChannelKind::Form { .. } => FORMS_PATH,
     }
 }
 
+/// The pseudo-sender of form channels.
+pub const FORMS_PATH: &str = "web";
+
 fn target_of(ch: &Channel) -> String {
-    match &ch.kind {
-        ChannelKind::Mail { to, .. } => to.to_string(),
-    }
+    ch.kind.target()
 }
 
 fn timeline(events: &[Event]) -> Vec<TimelineEntry> {
@@ -70,7 +75,11 @@ impl Subject {
     fn degraded(config: &Config, sender: &str) -> Subject {
         Subject {
             channel: "postcanary".into(),
-            name: format!("postcanary itself (sender `{sender}`)"),
+            name: if sender == FORMS_PATH {
+                "postcanary itself (form submissions)".to_string()
+            } else {
+                format!("postcanary itself (sender `{sender}`)")
+            },
             owner: "postcanary".into(),
             target: config
                 .sender(sender)

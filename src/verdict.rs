@@ -26,11 +26,13 @@ pub enum Verdict {
     Misrouted,
     Junked,
     ExpectedBounce,
+    /// A login hand-off that was checked and found right (`expect = "handoff"`).
+    HandedOff,
     Error,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 10] = [
+    pub const ALL: [Verdict; 11] = [
         Verdict::Pending,
         Verdict::Delivered,
         Verdict::Late,
@@ -40,6 +42,7 @@ impl Verdict {
         Verdict::Misrouted,
         Verdict::Junked,
         Verdict::ExpectedBounce,
+        Verdict::HandedOff,
         Verdict::Error,
     ];
 
@@ -54,13 +57,14 @@ impl Verdict {
             Verdict::Misrouted => "misrouted",
             Verdict::Junked => "junked",
             Verdict::ExpectedBounce => "expected_bounce",
+            Verdict::HandedOff => "handed_off",
             Verdict::Error => "error",
         }
     }
 
-    /// Only `delivered` and `expected_bounce` are success.
+    /// Only `delivered`, `expected_bounce` and `handed_off` are success.
     pub fn is_success(self) -> bool {
-        matches!(self, Verdict::Delivered | Verdict::ExpectedBounce)
+        matches!(self, Verdict::Delivered | Verdict::ExpectedBounce | Verdict::HandedOff)
     }
 
     pub fn is_final(self) -> bool {
@@ -263,9 +267,9 @@ mod tests {
     }
 
     #[test]
-    fn only_delivered_and_expected_bounce_succeed() {
+    fn only_delivered_expected_bounce_and_handed_off_succeed() {
         let ok: Vec<_> = Verdict::ALL.into_iter().filter(|v| v.is_success()).collect();
-        assert_eq!(ok, vec![Verdict::Delivered, Verdict::ExpectedBounce]);
+        assert_eq!(ok, vec![Verdict::Delivered, Verdict::ExpectedBounce, Verdict::HandedOff]);
         for v in Verdict::ALL {
             assert_eq!(v.as_str().parse::<Verdict>(), Ok(v));
         }

@@ -3,6 +3,7 @@
 //! reference resolved. The result is a [`Config`] in which every reference
 //! (a channel's sender and inbox) is known to exist.
 
+pub mod form;
 mod source;
 pub mod values;
 
@@ -28,6 +29,7 @@ pub struct Config {
     pub senders: Vec<SenderConfig>,
     pub inboxes: Vec<InboxConfig>,
     pub channels: Vec<Channel>,
+    pub logins: Vec<form::LoginConfig>,
     pub notifiers: Vec<NotifierConfig>,
     pub paging: PagingConfig,
     pub silences: Vec<Silence>,
@@ -46,6 +48,9 @@ impl Config {
     }
     pub fn inbox(&self, name: &str) -> Option<&InboxConfig> {
         self.inboxes.iter().find(|i| i.name == name)
+    }
+    pub fn login(&self, name: &str) -> Option<&form::LoginConfig> {
+        self.logins.iter().find(|l| l.name == name)
     }
     pub fn channel(&self, id: &str) -> Option<&Channel> {
         self.channels.iter().find(|c| c.id == id)
@@ -201,12 +206,31 @@ pub struct Channel {
 #[derive(Debug, Clone)]
 pub enum ChannelKind {
     Mail { to: lettre::Address, via: String },
+    /// A web form, submitted by following `steps`.
+    Form { steps: Vec<form::Step> },
 }
 
 impl ChannelKind {
     pub fn name(&self) -> &'static str {
         match self {
             ChannelKind::Mail { .. } => "mail",
+            ChannelKind::Form { .. } => "form",
+        }
+    }
+
+    /// What is probed, for the ledger and the status page: the address, or
+    /// the form's first URL.
+    pub fn target(&self) -> String {
+        match self {
+            ChannelKind::Mail { to, .. } => to.to_string(),
+            ChannelKind::Form { steps } => steps
+                .iter()
+                .find_map(|s| match &s.action {
+                    form::Action::Get(t) | form::Action::Post(t) => Some(t.0.clone()),
+                    form::Action::Login(l) | form::Action::Handoff(l) => Some(format!("login {l}")),
+                    form::Action::Submit(_) => None,
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -228,6 +252,8 @@ struct RawMain {
     inbox: Vec<RawInbox>,
     #[serde(default)]
     channel: Vec<RawChannel>,
+    #[serde(default)]
+    login: Vec<form::RawLogin>,
     #[serde(default)]
     notifier: Vec<RawNotifier>,
     #[serde(default)]
@@ -320,6 +346,8 @@ struct RawInclude {
     inbox: Vec<RawInbox>,
     #[serde(default)]
     channel: Vec<RawChannel>,
+    #[serde(default)]
+    login: Vec<form::RawLogin>,
 }
 
 #[derive(Deserialize)]
@@ -394,6 +422,7 @@ struct RawInbox {
 #[serde(rename_all = "lowercase")]
 enum RawChannelKind {
     Mail,
+    Form,
 }
 
 #[derive(Deserialize)]
@@ -411,6 +440,8 @@ struct RawChannel {
     deadline: Option<HumanDuration>,
     notify: Option<Vec<String>>,
     control: Option<bool>,
+    #[serde(default)]
+    step: Vec<form::RawStep>,
 }
 
 /// Where a table came from: its file and its index among that file's
@@ -436,6 +467,13 @@ impl Loader {
     fn err(&mut self, origin: &Origin, array: &str, key: &str, message: impl Into<String>) {
         let (file, line) = self.at(origin, array, key);
         let e = self.files[file].error(line, Some(&format!("{array}.{key}")), message);
+        self.errors.push(e);
+    }
+
+    /// An error in the `step`-th `[[channel.step]]` of a channel.
+    fn err_step(&mut self, origin: &Origin, step: usize, key: &str, message: impl Into<String>) {
+        let line = self.files[origin.file].sub_array_key_line("channel", origin.index, "step", step, key);
+        let e = self.files[origin.file].error(line, Some(&format!("channel.step[{}].{key}", step + 1)), message);
         self.errors.push(e);
     }
 
@@ -487,6 +525,8 @@ impl Config {
         push_indexed(&mut senders, 0, main.sender);
         push_indexed(&mut inboxes, 0, main.inbox);
         push_indexed(&mut channels, 0, main.channel);
+        let mut logins: Vec<(Origin, form::RawLogin)> = Vec::new();
+        push_indexed(&mut logins, 0, main.login);
 
         let base = base_dir(path);
         let line = loader.files[0].top_key_line("include");
@@ -520,6 +560,7 @@ impl Config {
                         push_indexed(&mut senders, idx, inc.sender);
                         push_indexed(&mut inboxes, idx, inc.inbox);
                         push_indexed(&mut channels, idx, inc.channel);
+                        push_indexed(&mut logins, idx, inc.login);
                         loader.files.push(src);
                     }
                     Err(e) => loader.errors.push(e),
@@ -581,7 +622,14 @@ impl Config {
             owner_routes,
             notifiers: notifier_names,
         };
-        let channels = build_channels(&mut loader, channels, &sender_names, &inbox_names, &defaults);
+        let logins = form::build_logins(&mut loader, logins);
+        let login_names: Vec<String> = logins.iter().map(|l| l.name.clone()).collect();
+        let names = Names {
+            senders: &sender_names,
+            inboxes: &inbox_names,
+            logins: &login_names,
+        };
+        let channels = build_channels(&mut loader, channels, &names, &defaults);
         let mut raw_silences = Vec::new();
         push_indexed(&mut raw_silences, 0, main.silence);
         let silences = build_silences(&mut loader, raw_silences, &channels);
@@ -642,8 +690,16 @@ impl Config {
             senders,
             inboxes,
             channels,
+            logins,
         })
     }
+}
+
+/// Every declared name a channel may refer to.
+struct Names<'a> {
+    senders: &'a [String],
+    inboxes: &'a [String],
+    logins: &'a [String],
 }
 
 fn push_indexed<T>(out: &mut Vec<(Origin, T)>, file: usize, items: Vec<T>) {
@@ -1128,13 +1184,13 @@ pub fn jitter_offset(id: &str, jitter: Duration, interval: Duration) -> Duration
 fn build_channels(
     loader: &mut Loader,
     raw: Vec<(Origin, RawChannel)>,
-    senders: &[String],
-    inboxes: &[String],
+    names: &Names,
     defaults: &ChannelDefaults,
 ) -> Vec<Channel> {
+    let (senders, inboxes) = (names.senders, names.inboxes);
     let mut out = Vec::new();
     let mut seen = HashSet::new();
-    for (origin, c) in raw {
+    for (origin, mut c) in raw {
         const A: &str = "channel";
         if !valid_id(&c.id) {
             loader.err(
@@ -1147,8 +1203,27 @@ fn build_channels(
             loader.err(&origin, A, "id", format!("channel id {:?} is already defined", c.id));
         }
         let expect = c.expect.unwrap_or(Expect::Deliver);
+        if c.kind != RawChannelKind::Form && !c.step.is_empty() {
+            loader.err(&origin, A, "kind", "[[channel.step]] is for kind = \"form\"");
+        }
         let kind = match c.kind {
+            RawChannelKind::Form => {
+                for (key, set) in [("to", c.to.is_some()), ("via", c.via.is_some())] {
+                    if set {
+                        loader.err(&origin, A, key, format!("`{key}` is for mail channels; a form is reached by its steps"));
+                    }
+                }
+                if expect == Expect::Bounce {
+                    loader.err(&origin, A, "expect", "a form cannot bounce: use deliver, forward or handoff");
+                }
+                let steps = std::mem::take(&mut c.step);
+                form::build_steps(loader, &origin, steps, names.logins, expect == Expect::Handoff)
+                    .map(|steps| ChannelKind::Form { steps })
+            }
             RawChannelKind::Mail => {
+                if expect == Expect::Handoff {
+                    loader.err(&origin, A, "expect", "expect = \"handoff\" is for form channels with a login");
+                }
                 let to = match &c.to {
                     None => {
                         loader.err(&origin, A, "to", "kind = \"mail\" needs `to`, the address to probe");

@@ -156,6 +156,32 @@ impl SourceFile {
         self.key_line_after(header, key).or(Some(header))
     }
 
+    /// Line where `key` is set inside the `sub_index`-th `[[array.sub]]` table
+    /// of the `index`-th `[[array]]`, or that sub-table's header line.
+    pub fn sub_array_key_line(&self, array: &str, index: usize, sub: &str, sub_index: usize, key: &str) -> Option<usize> {
+        let header = self.array_header_line(array, index)?;
+        let full = format!("{array}.{sub}");
+        let sub_header = self
+            .text
+            .lines()
+            .enumerate()
+            .skip(header)
+            .take_while(|(_, l)| {
+                let t = l.trim();
+                !(t.starts_with("[[") && header_of(t).as_deref() == Some(array))
+            })
+            .filter(|(_, l)| {
+                let t = l.trim();
+                t.starts_with("[[") && header_of(t).as_deref() == Some(full.as_str())
+            })
+            .nth(sub_index)
+            .map(|(i, _)| i + 1);
+        match sub_header {
+            Some(h) => self.key_line_after(h, key).or(Some(h)),
+            None => Some(header),
+        }
+    }
+
     /// Line where `key` is set in the single `[table]`.
     pub fn table_key_line(&self, table: &str, key: &str) -> Option<usize> {
         let header = self.text.lines().position(|l| {
@@ -231,6 +257,15 @@ mod tests {
         assert_eq!(s.array_key_line("channel", 1, "via"), Some(9));
         assert_eq!(s.array_key_line("channel", 0, "via"), Some(4));
         assert_eq!(s.table_key_line("defaults", "deadline"), Some(2));
+    }
+
+    #[test]
+    fn finds_keys_in_nested_array_tables() {
+        let s = src("[[channel]]\nid = \"a\"\n[[channel.step]]\nget = \"x\"\n[[channel]]\nid = \"b\"\n[[channel.step]]\nget = \"y\"\n[[channel.step]]\nsubmit = \"form\"\n");
+        assert_eq!(s.sub_array_key_line("channel", 1, "step", 1, "submit"), Some(10));
+        assert_eq!(s.sub_array_key_line("channel", 1, "step", 0, "get"), Some(8));
+        assert_eq!(s.sub_array_key_line("channel", 0, "step", 0, "get"), Some(4));
+        assert_eq!(s.sub_array_key_line("channel", 0, "step", 0, "fields"), Some(3));
     }
 
     #[test]

@@ -342,6 +342,9 @@ pub enum Expect {
     Bounce,
     /// Must arrive in `inbox`, a different mailbox than the address suggests.
     Forward,
+    /// A form whose login cannot be automated (production MitID): the hand-off
+    /// to the IdP must be right. Nothing is submitted.
+    Handoff,
 }
 
 impl Expect {
@@ -350,6 +353,7 @@ impl Expect {
             Expect::Deliver => "deliver",
             Expect::Bounce => "bounce",
             Expect::Forward => "forward",
+            Expect::Handoff => "handoff",
         }
     }
 }
@@ -361,6 +365,7 @@ impl FromStr for Expect {
             "deliver" => Ok(Expect::Deliver),
             "bounce" => Ok(Expect::Bounce),
             "forward" => Ok(Expect::Forward),
+            "handoff" => Ok(Expect::Handoff),
             _ => Err(format!("unknown expectation {s:?}")),
         }
     }

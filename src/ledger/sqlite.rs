@@ -812,10 +812,17 @@ impl Store for SqliteStore {
                 "SELECT {PROBE_COLUMNS} FROM probes WHERE channel = ?1 AND verdict <> 'pending' \
                  ORDER BY created_at DESC, id DESC LIMIT ?2"
             ))?;
-            let mut window = c.prepare_cached(
-                "SELECT COUNT(*), COALESCE(SUM(verdict IN ('delivered', 'expected_bounce')), 0) FROM probes \
-                 WHERE channel = ?1 AND verdict <> 'pending' AND created_at >= ?2",
-            )?;
+            // The success verdicts come from `Verdict::is_success`, the one place that defines them.
+            let ok = Verdict::ALL
+                .iter()
+                .filter(|v| v.is_success())
+                .map(|v| format!("'{}'", v.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut window = c.prepare_cached(&format!(
+                "SELECT COUNT(*), COALESCE(SUM(verdict IN ({ok})), 0) FROM probes \
+                 WHERE channel = ?1 AND verdict <> 'pending' AND created_at >= ?2"
+            ))?;
             let mut pending =
                 c.prepare_cached("SELECT COUNT(*) FROM probes WHERE channel = ?1 AND verdict = 'pending'")?;
             let mut out = Vec::with_capacity(channels.len());

@@ -2,6 +2,9 @@
 //! written before anything leaves, evidence — lives here; each channel kind
 //! has its own file that only knows how to send or submit once.
 
+pub mod form;
+pub mod handoff;
+pub mod http;
 pub mod mail;
 
 use std::time::SystemTime;
@@ -41,9 +44,7 @@ pub async fn run(ctx: &ProbeContext, config: &Config, channel: &Channel) -> Resu
     let token = ctx.key.issue(now);
     let created_at = now_millis();
     let deadline = created_at + i64::try_from(channel.deadline.as_millis()).unwrap_or(i64::MAX / 2);
-    let target = match &channel.kind {
-        ChannelKind::Mail { to, .. } => to.to_string(),
-    };
+    let target = channel.kind.target();
     let started = Started {
         id: token.id(),
         token: token.to_string(),
@@ -90,6 +91,7 @@ async fn send(ctx: &ProbeContext, config: &Config, channel: &Channel, started: &
             };
             mail::send(ctx, channel, sender, to, started).await
         }
+        ChannelKind::Form { steps } => form::submit(ctx, config, channel, steps, started).await,
     }
 }
 

@@ -10,7 +10,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{store_error, AppState};
-use crate::config::{Channel, ChannelKind};
+use crate::config::Channel;
 use crate::ledger::{Event, Incident, ProbeRecord, StoreError};
 use crate::verdict::now_millis;
 
@@ -81,9 +81,7 @@ fn percent((total, ok): (i64, i64)) -> Option<f64> {
 }
 
 fn target(ch: &Channel) -> String {
-    match &ch.kind {
-        ChannelKind::Mail { to, .. } => to.to_string(),
-    }
+    ch.kind.target()
 }
 
 pub(super) async fn incident_view(s: &AppState, i: &Incident) -> Result<IncidentView, StoreError> {

@@ -123,11 +123,18 @@ fn labels(l: Language) -> &'static Labels {
     }
 }
 
+fn is_success(verdict: &str) -> bool {
+    verdict
+        .parse::<crate::verdict::Verdict>()
+        .is_ok_and(crate::verdict::Verdict::is_success)
+}
+
 /// A verdict in the page's language.
 fn verdict_text(l: Language, v: &str) -> &str {
     if l == Language::En {
         return match v {
             "expected_bounce" => "expected bounce",
+            "handed_off" => "handed off to IdP",
             other => other,
         };
     }
@@ -140,6 +147,7 @@ fn verdict_text(l: Language, v: &str) -> &str {
         "misrouted" => "fejlsendt",
         "junked" => "endt som spam",
         "expected_bounce" => "afvist som forventet",
+        "handed_off" => "sendt videre til login",
         "error" => "fejl hos postcanary",
         "pending" => "afventer",
         other => other,
@@ -173,7 +181,7 @@ pub(super) fn sparkline(points: &[Point]) -> String {
     let mut dots = String::new();
     for (i, p) in points.iter().enumerate() {
         let x = i as f64 * step;
-        let ok = matches!(p.verdict.as_str(), "delivered" | "expected_bounce");
+        let ok = is_success(&p.verdict);
         match (ok, p.latency_ms) {
             (true, Some(l)) => {
                 let y = H - 2.0 - (l as f64 / max) * (H - 4.0);
@@ -354,7 +362,7 @@ pub(super) fn render_index(title: &str, lang: Language, views: &[ChannelView]) -
         .flat_map(|v| {
             v.recent
                 .iter()
-                .filter(|p| !matches!(p.verdict.as_str(), "delivered" | "expected_bounce"))
+                .filter(|p| !is_success(&p.verdict))
                 .map(move |p| (v, p))
         })
         .collect();

@@ -1,0 +1,492 @@
+//! Form probes: walk a channel's steps in one browser-like session, put the
+//! token into the submission, and hand over to the inbox watchers. A form's
+//! "thank you" page proves nothing; the probe is only delivered when its
+//! token reaches the inbox. A failing step is `rejected` (the site refused
+//! or misbehaved) or `error` (our side), named in the verdict.
+
+use std::collections::BTreeMap;
+
+use reqwest::Method;
+use scraper::ElementRef;
+use tracing::Instrument;
+
+use crate::config::form::{Action, Extract, LoginConfig, LoginKind, Step};
+use crate::config::{Channel, Config, Expect};
+use crate::ledger::StoreError;
+use crate::verdict::{now_millis, Judgement, Verdict};
+
+use super::http::{read_form, sel, show_url, submit_request, Body, Fail, Page, Session};
+use super::{record, ProbeContext, Started};
+
+/// How a walk through the steps ended when nothing failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The form was accepted; the token is on its way to the inbox.
+    Submitted { reply: String },
+    /// The hand-off to the IdP was checked and is right.
+    HandedOff { detail: String },
+}
+
+pub async fn submit(
+    ctx: &ProbeContext,
+    config: &Config,
+    channel: &Channel,
+    steps: &[Step],
+    p: &Started,
+) -> Result<(), StoreError> {
+    let mut vars = BTreeMap::new();
+    vars.insert("token".to_string(), p.token.clone());
+    vars.insert("channel".to_string(), channel.id.clone());
+    vars.insert("probe_id".to_string(), p.id.clone());
+    vars.insert("now".to_string(), chrono::Utc::now().to_rfc3339());
+    let (result, evidence) = walk(config, channel, steps, vars).await;
+    for (at, line) in &evidence {
+        ctx.store.add_event(&p.id, *at, "step", line).await?;
+    }
+    let now = now_millis();
+    let j = |verdict, detail| Judgement {
+        verdict,
+        detail,
+        at: now,
+        found: None,
+        latency_ms: None,
+    };
+    match result {
+        Ok(Outcome::Submitted { reply }) => {
+            ctx.store.record_sent(&p.id, now, &reply).await?;
+            tracing::info!(channel = %channel.id, token = %p.token, %reply, "form submitted");
+        }
+        Ok(Outcome::HandedOff { detail }) => {
+            tracing::info!(channel = %channel.id, %detail, "hand-off checked");
+            record(ctx, &p.id, &channel.id, j(Verdict::HandedOff, detail)).await?;
+        }
+        Err(f) => {
+            tracing::warn!(channel = %channel.id, token = %p.token, verdict = %f.verdict, detail = %f.detail, "form probe failed");
+            record(ctx, &p.id, &channel.id, j(f.verdict, f.detail)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the steps; returns the outcome and the evidence trail (which is kept
+/// whatever the outcome).
+pub async fn walk(
+    config: &Config,
+    channel: &Channel,
+    steps: &[Step],
+    vars: BTreeMap<String, String>,
+) -> (Result<Outcome, Fail>, Vec<(i64, String)>) {
+    let mut session = match Session::new(vars) {
+        Ok(s) => s,
+        Err(f) => return (Err(f), Vec::new()),
+    };
+    let mut last = String::new();
+    for (i, step) in steps.iter().enumerate() {
+        let label = format!("step {} {:?}", i + 1, step.name);
+        session.note(format!("{label}: {}", step.action.verb()));
+        let span = tracing::info_span!("form_step", channel = %channel.id, step = %step.name, action = step.action.verb());
+        let result = run_step(config, &mut session, step).instrument(span).await;
+        match result {
+            Ok(StepDone::Page) => {
+                if let Some(page) = &session.page {
+                    last = format!("HTTP {} at {}", page.status.as_u16(), show_url(&page.url));
+                }
+            }
+            Ok(StepDone::HandedOff(detail)) if channel.expect == Expect::Handoff => {
+                return (Ok(Outcome::HandedOff { detail }), session.evidence);
+            }
+            Ok(StepDone::HandedOff(detail)) => last = detail,
+            Err(mut f) => {
+                f.detail = format!("{label} ({}): {}", step.action.verb(), f.detail);
+                session.note(format!("failed: {}", f.detail));
+                return (Err(f), session.evidence);
+            }
+        }
+    }
+    let mut reply = format!("form submitted: {last}");
+    if let Some(r) = session.vars.get("receipt") {
+        reply.push_str(&format!("; receipt {r}"));
+    }
+    (Ok(Outcome::Submitted { reply }), session.evidence)
+}
+
+enum StepDone {
+    Page,
+    HandedOff(String),
+}
+
+async fn run_step(config: &Config, s: &mut Session, step: &Step) -> Result<StepDone, Fail> {
+    let mut headers = Vec::new();
+    for (k, v) in &step.headers {
+        headers.push((k.clone(), s.render(v)?));
+    }
+    let mut fields = Vec::new();
+    for (k, v) in &step.fields {
+        fields.push((k.clone(), s.render(v)?));
+    }
+    match &step.action {
+        Action::Get(t) => {
+            let url = s.resolve(&s.render(t)?)?;
+            s.fetch(
+                Method::GET,
+                url,
+                Body::None,
+                &headers,
+                step.follow_redirects,
+                step.auto_submit,
+                step.timeout,
+            )
+            .await?;
+        }
+        Action::Post(t) => {
+            let url = s.resolve(&s.render(t)?)?;
+            let body = if step.multipart {
+                Body::Multipart {
+                    fields,
+                    files: super::http::render_files(s, &step.files)?,
+                }
+            } else {
+                Body::Form(fields)
+            };
+            s.fetch(
+                Method::POST,
+                url,
+                body,
+                &headers,
+                step.follow_redirects,
+                step.auto_submit,
+                step.timeout,
+            )
+            .await?;
+        }
+        Action::Submit(selector) => {
+            // The parsed page is not Send: build the request in a block that ends before the await.
+            let (method, url, body) = {
+                let page = current(s)?;
+                let html = page.html();
+                let Some(form) = html.select(&sel(selector)).next() else {
+                    return Err(Fail::refused(format!(
+                        "no form matching {selector:?} at {} (HTTP {})",
+                        show_url(&page.url),
+                        page.status.as_u16()
+                    )));
+                };
+                if form.value().name() != "form" {
+                    return Err(Fail::refused(format!(
+                        "{selector:?} matches a <{}>, not a <form>",
+                        form.value().name()
+                    )));
+                }
+                submit_request(s, &form, &fields, &step.files, step.multipart)?
+            };
+            s.fetch(
+                method,
+                url,
+                body,
+                &headers,
+                step.follow_redirects,
+                step.auto_submit,
+                step.timeout,
+            )
+            .await?;
+        }
+        Action::Login(name) => {
+            let login = config
+                .login(name)
+                .ok_or_else(|| Fail::ours(format!("no [[login]] named {name:?}")))?;
+            login_flow(s, login).await.map_err(|mut f| {
+                f.detail = format!("login {name:?} ({}): {}", login.kind.as_str(), f.detail);
+                f
+            })?;
+        }
+        Action::Handoff(name) => {
+            let login = config
+                .login(name)
+                .ok_or_else(|| Fail::ours(format!("no [[login]] named {name:?}")))?;
+            let detail = super::handoff::check(s, login).await.map_err(|mut f| {
+                f.detail = format!("hand-off {name:?}: {}", f.detail);
+                f
+            })?;
+            return Ok(StepDone::HandedOff(detail));
+        }
+    }
+    check_page(s, step)?;
+    Ok(StepDone::Page)
+}
+
+fn current(s: &Session) -> Result<&Page, Fail> {
+    s.page.as_ref().ok_or_else(|| Fail::ours("no page yet: this step needs a `get` before it"))
+}
+
+/// The step's assertions and extractions on the page it ended at.
+fn check_page(s: &mut Session, step: &Step) -> Result<(), Fail> {
+    let page = current(s)?;
+    let status = page.status.as_u16();
+    let at = show_url(&page.url);
+    let status_ok = if step.expect_status.is_empty() {
+        page.status.is_success() || (!step.follow_redirects && page.status.is_redirection())
+    } else {
+        step.expect_status.contains(&status)
+    };
+    if !status_ok {
+        let want = if step.expect_status.is_empty() {
+            "2xx".to_string()
+        } else {
+            format!("{:?}", step.expect_status)
+        };
+        return Err(Fail::refused(format!("HTTP {status} at {at}, expected {want}")));
+    }
+    if let Some(u) = &step.expect_url {
+        if !page.url.as_str().contains(u.as_str()) {
+            return Err(Fail::refused(format!("ended at {at}, expected a URL containing {u:?}")));
+        }
+    }
+    let needs_text = step.expect_text.is_some() || step.refuse_text.is_some();
+    let text = if needs_text { page.text() } else { String::new() };
+    if let Some(t) = &step.refuse_text {
+        if text.contains(t.as_str()) {
+            return Err(Fail::refused(format!("the page at {at} says {t:?}")));
+        }
+    }
+    if let Some(t) = &step.expect_text {
+        if !text.contains(t.as_str()) {
+            return Err(Fail::refused(format!("{t:?} not found on the page at {at} (HTTP {status})")));
+        }
+    }
+    let mut found = Vec::new();
+    for (name, ex) in &step.extract {
+        match extract(page, ex) {
+            Some(v) => found.push((name.clone(), v)),
+            None => {
+                return Err(Fail::refused(format!(
+                    "could not extract {name:?} ({}) from the page at {at}",
+                    describe(ex)
+                )))
+            }
+        }
+    }
+    if let Some(ex) = &step.receipt {
+        match extract(page, ex) {
+            Some(v) => found.push(("receipt".to_string(), v)),
+            None => {
+                return Err(Fail::refused(format!(
+                    "no receipt number ({}) on the page at {at}",
+                    describe(ex)
+                )))
+            }
+        }
+    }
+    for (k, v) in found {
+        // Values are evidence only by name: a hidden field may be a session secret.
+        if k == "receipt" {
+            s.note(format!("receipt {v}"));
+        }
+        s.vars.insert(k, v);
+    }
+    Ok(())
+}
+
+fn describe(ex: &Extract) -> String {
+    match ex {
+        Extract::Css { selector, attr: Some(a) } => format!("{selector} @{a}"),
+        Extract::Css { selector, attr: None } => selector.clone(),
+        Extract::Header(h) => format!("header {h}"),
+        Extract::Regex(r) => format!("regex {}", r.as_str()),
+    }
+}
+
+/// A value from the page; `None` if it is not there (or empty).
+pub fn extract(page: &Page, ex: &Extract) -> Option<String> {
+    let v = match ex {
+        Extract::Header(h) => page.headers.get(h.as_str())?.to_str().ok()?.to_string(),
+        Extract::Regex(r) => {
+            let text = page.text();
+            let c = r.captures(&text)?;
+            c.get(1).or_else(|| c.get(0))?.as_str().to_string()
+        }
+        Extract::Css { selector, attr } => {
+            let html = page.html();
+            let el = html.select(&sel(selector)).next()?;
+            match attr {
+                Some(a) => el.value().attr(a)?.to_string(),
+                None => el.text().collect::<String>(),
+            }
+        }
+    };
+    let v = v.trim().to_string();
+    (!v.is_empty()).then_some(v)
+}
+
+/// Whether `url` is at or under the configured IdP prefix.
+pub fn under(url: &url::Url, prefix: &str) -> bool {
+    url.as_str().starts_with(prefix)
+        || url::Url::parse(prefix).is_ok_and(|p| {
+            p.origin() == url.origin() && url.path().starts_with(p.path().trim_end_matches('/'))
+        })
+}
+
+/// SP-initiated login: start at the service, arrive at the configured IdP,
+/// fill its login form, come back with a SAMLResponse / authorization code.
+async fn login_flow(s: &mut Session, login: &LoginConfig) -> Result<(), Fail> {
+    let start = s.resolve(&s.render(&login.start)?)?;
+    let first_hop = s.hops.len();
+    s.fetch(Method::GET, start, Body::None, &[], true, true, login.timeout)
+        .await
+        .map_err(|f| Fail {
+            detail: format!("to the IdP: {}", f.detail),
+            ..f
+        })?;
+    let page = current(s)?;
+    if !under(&page.url, &login.idp) {
+        return Err(Fail::refused(format!(
+            "login path changed: the service sent the login to {} (HTTP {}), expected the IdP at {}",
+            show_url(&page.url),
+            page.status.as_u16(),
+            login.idp
+        )));
+    }
+    let hops_in = &s.hops[first_hop..];
+    let asked = match login.kind {
+        LoginKind::Saml => hops_in
+            .iter()
+            .any(|h| has_param(&h.url, "SAMLRequest") || h.sent_fields.iter().any(|f| f == "SAMLRequest")),
+        LoginKind::Oidc => hops_in
+            .iter()
+            .any(|h| has_param(&h.url, "response_type") && has_param(&h.url, "client_id")),
+        LoginKind::Password => true,
+    };
+    if !asked {
+        let what = match login.kind {
+            LoginKind::Saml => "a SAML AuthnRequest",
+            _ => "an OpenID Connect authorization request",
+        };
+        return Err(Fail::refused(format!(
+            "reached {} without {what} on the way",
+            show_url(&page.url)
+        )));
+    }
+    if !page.status.is_success() {
+        return Err(Fail::refused(format!(
+            "the IdP answered HTTP {} at {}",
+            page.status.as_u16(),
+            show_url(&page.url)
+        )));
+    }
+    // The IdP's login form.
+    let (method, url, body) = {
+        let page = current(s)?;
+        let html = page.html();
+        let form = find_login_form(&html, login).ok_or_else(|| {
+            Fail::refused(format!("IdP login form: no login form at {}", show_url(&page.url)))
+        })?;
+        let filled = read_form(&form);
+        let mut fields: Vec<(String, String)> = Vec::new();
+        if let Some(user) = &login.username {
+            let name = login
+                .username_field
+                .clone()
+                .or_else(|| filled.text_fields.first().cloned())
+                .ok_or_else(|| Fail::refused(format!("IdP login form: no username field at {}", show_url(&page.url))))?;
+            fields.push((name, user.expose().to_string()));
+        }
+        if let Some(pw) = &login.password {
+            let name = login
+                .password_field
+                .clone()
+                .or_else(|| filled.password_fields.first().cloned())
+                .ok_or_else(|| Fail::refused(format!("IdP login form: no password field at {}", show_url(&page.url))))?;
+            fields.push((name, pw.expose().to_string()));
+        }
+        for (k, v) in &login.fields {
+            fields.push((k.clone(), s.render(v)?));
+        }
+        submit_request(s, &form, &fields, &[], false)?
+    };
+    let sent_from = s.hops.len();
+    s.fetch(method, url, body, &[], true, true, login.timeout)
+        .await
+        .map_err(|f| Fail {
+            detail: format!("IdP login: {}", f.detail),
+            ..f
+        })?;
+    // Consent or "continue" pages: a form with nothing to fill, a few at most.
+    for _ in 0..3 {
+        let page = current(s)?;
+        if !under(&page.url, &login.idp) {
+            break;
+        }
+        let next = {
+            let html = page.html();
+            let forms: Vec<ElementRef> = html.select(&sel("form")).collect();
+            if forms.iter().any(|f| !read_form(f).password_fields.is_empty()) {
+                return Err(Fail::refused(format!(
+                    "the IdP did not accept the login: still at its login form ({}, HTTP {})",
+                    show_url(&page.url),
+                    page.status.as_u16()
+                )));
+            }
+            match forms.as_slice() {
+                [only] if read_form(only).visible_inputs == 0 => Some(submit_request(s, only, &[], &[], false)?),
+                _ => None,
+            }
+        };
+        let Some((method, url, body)) = next else {
+            let page = current(s)?;
+            return Err(Fail::refused(format!(
+                "stuck at the IdP: {} (HTTP {})",
+                show_url(&page.url),
+                page.status.as_u16()
+            )));
+        };
+        s.note("confirming at the IdP (consent)".into());
+        s.fetch(method, url, body, &[], true, true, login.timeout).await?;
+    }
+    let page = current(s)?;
+    if under(&page.url, &login.idp) {
+        return Err(Fail::refused(format!("never left the IdP: at {}", show_url(&page.url))));
+    }
+    let back = &s.hops[sent_from..];
+    let answered = match login.kind {
+        LoginKind::Saml => back.iter().any(|h| h.sent_fields.iter().any(|f| f == "SAMLResponse")),
+        LoginKind::Oidc => back
+            .iter()
+            .any(|h| has_param(&h.url, "code") || h.sent_fields.iter().any(|f| f == "code")),
+        LoginKind::Password => true,
+    };
+    if !answered {
+        return Err(Fail::refused(format!(
+            "back at {} without a {} from the IdP",
+            show_url(&page.url),
+            if login.kind == LoginKind::Saml {
+                "SAMLResponse"
+            } else {
+                "authorization code"
+            }
+        )));
+    }
+    if !page.status.is_success() {
+        return Err(Fail::refused(format!(
+            "back at the service: it refused the login with HTTP {} at {}",
+            page.status.as_u16(),
+            show_url(&page.url)
+        )));
+    }
+    s.note(format!("logged in, at {}", show_url(&page.url)));
+    Ok(())
+}
+
+fn find_login_form<'a>(html: &'a scraper::Html, login: &LoginConfig) -> Option<ElementRef<'a>> {
+    if let Some(selector) = &login.form {
+        return html.select(&sel(selector)).next();
+    }
+    let forms: Vec<ElementRef> = html.select(&sel("form")).collect();
+    forms
+        .iter()
+        .find(|f| !read_form(f).password_fields.is_empty())
+        .or_else(|| forms.first())
+        .copied()
+}
+
+pub fn has_param(u: &url::Url, name: &str) -> bool {
+    u.query_pairs().any(|(k, _)| k == name)
+}

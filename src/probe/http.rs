@@ -1,0 +1,606 @@
+//! A browser-like HTTP session for one form probe: its own cookie jar,
+//! redirects followed by hand (each hop is evidence, and login checks need
+//! to see every URL on the way), HTML forms read and filled the way a
+//! browser would, and pages that only auto-submit a form (SAML HTTP-POST
+//! binding, OIDC form_post) submitted for it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use scraper::{ElementRef, Html, Selector};
+use url::Url;
+
+use crate::config::form::{FileContent, FileField, Template};
+use crate::verdict::{now_millis, Millis, Verdict};
+
+/// Largest page body read; a probe reads forms, not downloads.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Redirects and auto-submits followed for one request.
+const MAX_HOPS: usize = 20;
+
+/// Why a step failed, and whose side it is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fail {
+    /// `rejected` (the channel refused or misbehaved) or `error` (ours).
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+impl Fail {
+    pub fn refused(detail: impl Into<String>) -> Fail {
+        Fail {
+            verdict: Verdict::Rejected,
+            detail: detail.into(),
+        }
+    }
+    pub fn ours(detail: impl Into<String>) -> Fail {
+        Fail {
+            verdict: Verdict::Error,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A fetched page.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub url: Url,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    pub fn html(&self) -> Html {
+        Html::parse_document(&self.body)
+    }
+
+    /// The text a reader sees (markup stripped), for `expect_text` and regexes.
+    pub fn text(&self) -> String {
+        let html = self.html();
+        let mut out = String::with_capacity(self.body.len() / 2);
+        for t in html.root_element().text() {
+            out.push_str(t);
+        }
+        out
+    }
+}
+
+/// One hop of a request: what was asked, what came back.
+#[derive(Debug, Clone)]
+pub struct Hop {
+    pub method: Method,
+    pub url: Url,
+    pub status: u16,
+    /// Form fields sent with it (names only are evidence; values may be secret).
+    pub sent_fields: Vec<String>,
+}
+
+/// A request body.
+#[derive(Debug, Clone)]
+pub enum Body {
+    None,
+    Form(Vec<(String, String)>),
+    Multipart {
+        fields: Vec<(String, String)>,
+        files: Vec<(String, String, String, Vec<u8>)>,
+    },
+}
+
+impl Body {
+    fn field_names(&self) -> Vec<String> {
+        match self {
+            Body::None => Vec::new(),
+            Body::Form(f) | Body::Multipart { fields: f, .. } => f.iter().map(|(k, _)| k.clone()).collect(),
+        }
+    }
+    fn field(&self, name: &str) -> Option<&str> {
+        match self {
+            Body::None => None,
+            Body::Form(f) | Body::Multipart { fields: f, .. } => {
+                f.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+            }
+        }
+    }
+}
+
+/// A URL as evidence: no query or fragment, which can carry codes and SAML messages.
+pub fn show_url(u: &Url) -> String {
+    let mut s = format!("{}://{}", u.scheme(), u.host_str().unwrap_or(""));
+    if let Some(p) = u.port() {
+        s.push_str(&format!(":{p}"));
+    }
+    s.push_str(u.path());
+    if u.query().is_some() {
+        s.push_str("?…");
+    }
+    s
+}
+
+/// One probe's browser.
+pub struct Session {
+    client: reqwest::Client,
+    pub page: Option<Page>,
+    /// Every hop so far, in order.
+    pub hops: Vec<Hop>,
+    /// Evidence lines: (when, text).
+    pub evidence: Vec<(Millis, String)>,
+    pub vars: BTreeMap<String, String>,
+}
+
+impl Session {
+    pub fn new(vars: BTreeMap<String, String>) -> Result<Session, Fail> {
+        let jar = Arc::new(reqwest::cookie::Jar::default());
+        let client = reqwest::Client::builder()
+            .cookie_provider(jar)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("postcanary/", env!("CARGO_PKG_VERSION"), " (synthetic delivery probe)"))
+            .build()
+            .map_err(|e| Fail::ours(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Session {
+            client,
+            page: None,
+            hops: Vec::new(),
+            evidence: Vec::new(),
+            vars,
+        })
+    }
+
+    pub fn render(&self, t: &Template) -> Result<String, Fail> {
+        t.render(&self.vars).map_err(Fail::ours)
+    }
+
+    pub fn note(&mut self, line: String) {
+        self.evidence.push((now_millis(), line));
+    }
+
+    /// Resolves a (possibly relative) URL against the current page.
+    pub fn resolve(&self, target: &str) -> Result<Url, Fail> {
+        let parsed = match &self.page {
+            Some(p) => p.url.join(target),
+            None => Url::parse(target),
+        };
+        let u = parsed.map_err(|e| Fail::refused(format!("bad URL {target:?}: {e}")))?;
+        match u.scheme() {
+            "http" | "https" => Ok(u),
+            s => Err(Fail::refused(format!("{}: scheme {s:?} is not http(s)", show_url(&u)))),
+        }
+    }
+
+    /// Sends one request and, if asked, follows redirects and auto-submit
+    /// pages, returning the last page (also kept as the current page).
+    pub async fn fetch(
+        &mut self,
+        method: Method,
+        url: Url,
+        body: Body,
+        headers: &[(String, String)],
+        follow: bool,
+        auto_submit: bool,
+        timeout: Duration,
+    ) -> Result<&Page, Fail> {
+        let (mut method, mut url, mut body) = (method, url, body);
+        for hop in 0..=MAX_HOPS {
+            if hop == MAX_HOPS {
+                return Err(Fail::refused(format!(
+                    "more than {MAX_HOPS} redirects, last {}",
+                    show_url(&url)
+                )));
+            }
+            let page = self.send_once(&method, &url, &body, headers, timeout).await?;
+            let status = page.status;
+            self.page = Some(page);
+            if follow && status.is_redirection() {
+                let Some(location) = self
+                    .page
+                    .as_ref()
+                    .and_then(|p| p.headers.get(reqwest::header::LOCATION))
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+                else {
+                    return Err(Fail::refused(format!("HTTP {status} without a Location at {}", show_url(&url))));
+                };
+                let next = self.resolve(&location)?;
+                // 307/308 repeat the request; the others turn into a GET.
+                if !matches!(status.as_u16(), 307 | 308) {
+                    method = Method::GET;
+                    body = Body::None;
+                }
+                url = next;
+                continue;
+            }
+            if auto_submit && status.is_success() {
+                if let Some((m, u, b)) = self.auto_submit_form()? {
+                    self.note(format!("auto-submitting the form to {}", show_url(&u)));
+                    (method, url, body) = (m, u, b);
+                    continue;
+                }
+            }
+            break;
+        }
+        self.page.as_ref().ok_or_else(|| Fail::ours("no page"))
+    }
+
+    async fn send_once(
+        &mut self,
+        method: &Method,
+        url: &Url,
+        body: &Body,
+        headers: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<Page, Fail> {
+        let mut req = self.client.request(method.clone(), url.clone()).timeout(timeout);
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        req = match body {
+            Body::None => req,
+            Body::Form(fields) => req.form(fields),
+            Body::Multipart { fields, files } => {
+                let mut form = reqwest::multipart::Form::new();
+                for (k, v) in fields {
+                    form = form.text(k.clone(), v.clone());
+                }
+                for (field, name, ctype, bytes) in files {
+                    let part = reqwest::multipart::Part::bytes(bytes.clone())
+                        .file_name(name.clone())
+                        .mime_str(ctype)
+                        .map_err(|e| Fail::ours(format!("file {name:?}: content type {ctype:?}: {e}")))?;
+                    form = form.part(field.clone(), part);
+                }
+                req.multipart(form)
+            }
+        };
+        let started = Instant::now();
+        let mut resp = req.send().await.map_err(|e| {
+            let what = if e.is_timeout() { "timed out" } else { "could not reach" };
+            Fail::refused(format!("{what} {} {}: {}", method, show_url(url), error_chain(&e)))
+        })?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let mut bytes: Vec<u8> = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if bytes.len() + chunk.len() > MAX_BODY {
+                        return Err(Fail::refused(format!(
+                            "{} answered with more than {} MiB",
+                            show_url(url),
+                            MAX_BODY / 1024 / 1024
+                        )));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(Fail::refused(format!(
+                        "reading {} failed: {}",
+                        show_url(url),
+                        error_chain(&e)
+                    )))
+                }
+            }
+        }
+        let ms = started.elapsed().as_millis();
+        self.note(format!("{method} {} → {} ({ms} ms)", show_url(url), status.as_u16()));
+        self.hops.push(Hop {
+            method: method.clone(),
+            url: url.clone(),
+            status: status.as_u16(),
+            sent_fields: body.field_names(),
+        });
+        if let Some(v) = body.field("SAMLResponse") {
+            self.vars.insert("_saml_response".into(), v.to_string());
+        }
+        Ok(Page {
+            url: url.clone(),
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    }
+
+    /// If the current page is only a form that submits itself (hidden inputs,
+    /// nothing to fill), the request it makes.
+    fn auto_submit_form(&self) -> Result<Option<(Method, Url, Body)>, Fail> {
+        let Some(page) = &self.page else { return Ok(None) };
+        let html = page.html();
+        let forms: Vec<ElementRef> = html.select(&sel("form")).collect();
+        let [form] = forms.as_slice() else { return Ok(None) };
+        let filled = read_form(form);
+        if filled.visible_inputs > 0 {
+            return Ok(None);
+        }
+        const PROTOCOL: [&str; 6] = ["SAMLResponse", "SAMLRequest", "RelayState", "code", "id_token", "state"];
+        let protocol = filled.fields.iter().any(|(k, _)| PROTOCOL.contains(&k.as_str()));
+        let lower = page.body.to_ascii_lowercase();
+        let scripted = lower.contains(".submit()") || lower.contains("onload");
+        if !(protocol || (scripted && !filled.fields.is_empty())) {
+            return Ok(None);
+        }
+        let url = self.resolve(form.value().attr("action").unwrap_or(""))?;
+        let method = if filled.method_post { Method::POST } else { Method::GET };
+        Ok(Some(form_request(method, url, filled.fields)))
+    }
+}
+
+/// A GET form puts its fields in the query; a POST form in the body.
+fn form_request(method: Method, mut url: Url, fields: Vec<(String, String)>) -> (Method, Url, Body) {
+    if method == Method::GET {
+        url.query_pairs_mut().clear().extend_pairs(fields.iter());
+        (method, url, Body::None)
+    } else {
+        (method, url, Body::Form(fields))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+/// A selector known to be valid.
+pub fn sel(s: &str) -> Selector {
+    // Only called with literals and selectors checked when the config was loaded.
+    Selector::parse(s).unwrap_or_else(|_| Selector::parse("*").unwrap_or_else(|_| unreachable!()))
+}
+
+/// A form as a browser would submit it untouched.
+#[derive(Debug, Default)]
+pub struct FilledForm {
+    pub fields: Vec<(String, String)>,
+    pub method_post: bool,
+    pub multipart: bool,
+    /// Text-like inputs a person would type into (text, email, password, textarea, ...).
+    pub visible_inputs: usize,
+    pub password_fields: Vec<String>,
+    pub text_fields: Vec<String>,
+    pub file_fields: Vec<String>,
+}
+
+/// Reads a form's successful controls: hidden and prefilled inputs, checked
+/// boxes, selected options, textareas, and the first named submit button.
+/// Empty visible inputs stay empty — which is how a honeypot stays unfilled.
+pub fn read_form(form: &ElementRef) -> FilledForm {
+    let mut out = FilledForm {
+        method_post: form
+            .value()
+            .attr("method")
+            .is_some_and(|m| m.eq_ignore_ascii_case("post")),
+        multipart: form
+            .value()
+            .attr("enctype")
+            .is_some_and(|e| e.eq_ignore_ascii_case("multipart/form-data")),
+        ..FilledForm::default()
+    };
+    let mut button_taken = false;
+    for el in form.select(&sel("input, textarea, select, button")) {
+        let v = el.value();
+        if v.attr("disabled").is_some() {
+            continue;
+        }
+        let name = v.attr("name").unwrap_or("").to_string();
+        match v.name() {
+            "textarea" => {
+                out.visible_inputs += 1;
+                out.text_fields.push(name.clone());
+                if !name.is_empty() {
+                    out.fields.push((name, el.text().collect()));
+                }
+            }
+            "select" => {
+                out.visible_inputs += 1;
+                let chosen = el
+                    .select(&sel("option[selected]"))
+                    .next()
+                    .or_else(|| el.select(&sel("option")).next());
+                if let (false, Some(o)) = (name.is_empty(), chosen) {
+                    let value = o
+                        .value()
+                        .attr("value")
+                        .map(str::to_string)
+                        .unwrap_or_else(|| o.text().collect::<String>().trim().to_string());
+                    out.fields.push((name, value));
+                }
+            }
+            "button" => {
+                let t = v.attr("type").unwrap_or("submit").to_ascii_lowercase();
+                if t == "submit" && !button_taken {
+                    button_taken = true;
+                    if !name.is_empty() {
+                        out.fields.push((name, v.attr("value").unwrap_or("").to_string()));
+                    }
+                }
+            }
+            _ => {
+                let t = v.attr("type").unwrap_or("text").to_ascii_lowercase();
+                let value = v.attr("value").unwrap_or("").to_string();
+                match t.as_str() {
+                    "submit" | "image" => {
+                        if !button_taken {
+                            button_taken = true;
+                            if !name.is_empty() {
+                                out.fields.push((name, value));
+                            }
+                        }
+                    }
+                    "button" | "reset" => {}
+                    "file" => {
+                        out.visible_inputs += 1;
+                        out.file_fields.push(name);
+                    }
+                    "checkbox" | "radio" => {
+                        if v.attr("checked").is_some() && !name.is_empty() {
+                            let value = if value.is_empty() { "on".to_string() } else { value };
+                            out.fields.push((name, value));
+                        }
+                    }
+                    "hidden" => {
+                        if !name.is_empty() {
+                            out.fields.push((name, value));
+                        }
+                    }
+                    other => {
+                        out.visible_inputs += 1;
+                        if other == "password" {
+                            out.password_fields.push(name.clone());
+                        } else if matches!(other, "text" | "email" | "tel" | "search" | "") {
+                            out.text_fields.push(name.clone());
+                        }
+                        if !name.is_empty() {
+                            out.fields.push((name, value));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Sets a field's value, replacing what the form had or adding it.
+pub fn set_field(fields: &mut Vec<(String, String)>, name: &str, value: String) {
+    if let Some(slot) = fields.iter_mut().find(|(k, _)| k == name) {
+        slot.1 = value;
+    } else {
+        fields.push((name.to_string(), value));
+    }
+}
+
+/// Builds the request that submits `form` on the current page with `fields`
+/// overriding its own values, and `files` attached.
+pub fn submit_request(
+    session: &Session,
+    form: &ElementRef,
+    fields: &[(String, String)],
+    files: &[(String, FileField)],
+    force_multipart: bool,
+) -> Result<(Method, Url, Body), Fail> {
+    let mut filled = read_form(form);
+    for (k, v) in fields {
+        set_field(&mut filled.fields, k, v.clone());
+    }
+    let url = session.resolve(form.value().attr("action").unwrap_or(""))?;
+    let method = if filled.method_post { Method::POST } else { Method::GET };
+    if filled.multipart || force_multipart || !files.is_empty() {
+        if method != Method::POST {
+            return Err(Fail::ours("files can only be sent with a POST form"));
+        }
+        let files = render_files(session, files)?;
+        return Ok((
+            method,
+            url,
+            Body::Multipart {
+                fields: filled.fields,
+                files,
+            },
+        ));
+    }
+    Ok(form_request(method, url, filled.fields))
+}
+
+pub fn render_files(
+    session: &Session,
+    files: &[(String, FileField)],
+) -> Result<Vec<(String, String, String, Vec<u8>)>, Fail> {
+    files
+        .iter()
+        .map(|(field, f)| {
+            let bytes = match &f.content {
+                FileContent::Text(t) => session.render(t)?.into_bytes(),
+                FileContent::Bytes(b) => b.clone(),
+            };
+            Ok((field.clone(), f.file_name.clone(), f.content_type.clone(), bytes))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DRUPAL: &str = r#"<html><body>
+<form id="webform-submission-kontakt-form" action="/kontakt?x=1" method="post" enctype="multipart/form-data">
+  <input type="text" name="name" value="">
+  <input type="email" name="email">
+  <textarea name="message">pre</textarea>
+  <select name="topic"><option value="a">A</option><option value="b" selected>B</option></select>
+  <input type="checkbox" name="consent" value="1" checked>
+  <input type="checkbox" name="newsletter" value="1">
+  <input type="radio" name="r" value="x"><input type="radio" name="r" value="y" checked>
+  <div style="display:none"><input type="text" name="url" value=""></div>
+  <input type="file" name="files[attachment]">
+  <input type="hidden" name="form_build_id" value="form-abc">
+  <input type="hidden" name="form_id" value="webform_submission_kontakt_form">
+  <input type="text" name="disabled" value="x" disabled>
+  <input type="submit" name="op" value="Send">
+  <input type="submit" name="op2" value="Other">
+</form></body></html>"#;
+
+    #[test]
+    fn reads_a_form_like_a_browser() {
+        let html = Html::parse_document(DRUPAL);
+        let form = html.select(&sel("form")).next().expect("form");
+        let f = read_form(&form);
+        assert!(f.method_post && f.multipart);
+        let get = |k: &str| f.fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("form_build_id"), Some("form-abc"));
+        assert_eq!(get("message"), Some("pre"));
+        assert_eq!(get("topic"), Some("b"));
+        assert_eq!(get("consent"), Some("1"));
+        assert_eq!(get("newsletter"), None);
+        assert_eq!(get("r"), Some("y"));
+        assert_eq!(get("url"), Some(""), "the honeypot is sent empty");
+        assert_eq!(get("op"), Some("Send"));
+        assert_eq!(get("op2"), None, "only the first submit button counts");
+        assert_eq!(get("disabled"), None);
+        assert_eq!(f.file_fields, vec!["files[attachment]".to_string()]);
+        assert!(f.password_fields.is_empty());
+    }
+
+    #[test]
+    fn urls_shown_without_query() {
+        let u = Url::parse("https://idp.example:8443/sso?SAMLRequest=abc#frag").expect("url");
+        assert_eq!(show_url(&u), "https://idp.example:8443/sso?…");
+    }
+
+    #[test]
+    fn spots_auto_submit_pages_only() {
+        let mut s = Session::new(BTreeMap::new()).expect("session");
+        let page = |body: &str| Page {
+            url: Url::parse("http://127.0.0.1/x").expect("url"),
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: body.to_string(),
+        };
+        s.page = Some(page(
+            r#"<body onload="document.forms[0].submit()"><form method="post" action="http://127.0.0.1/acs">
+            <input type="hidden" name="SAMLResponse" value="PHNhbWw+"><input type="hidden" name="RelayState" value="/k">
+            <noscript><input type="submit" value="Continue"></noscript></form></body>"#,
+        ));
+        match s.auto_submit_form() {
+            Ok(Some((m, u, Body::Form(f)))) => {
+                assert_eq!(m, Method::POST);
+                assert_eq!(u.as_str(), "http://127.0.0.1/acs");
+                assert_eq!(f[0], ("SAMLResponse".to_string(), "PHNhbWw+".to_string()));
+            }
+            other => panic!("{other:?}"),
+        }
+        s.page = Some(page(DRUPAL));
+        assert!(matches!(s.auto_submit_form(), Ok(None)));
+        s.page = Some(page("<form><input type=hidden name=a value=b></form>"));
+        assert!(matches!(s.auto_submit_form(), Ok(None)), "a hidden field alone is not a protocol form");
+    }
+}
