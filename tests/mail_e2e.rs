@@ -518,9 +518,12 @@ fn validate_exit_codes() {
         .env("POSTCANARY_HEARTBEAT_URL", "https://hc.example/ping/x")
         .env("PD_ROUTING_KEY", "x")
         .env("SOCIAL_TEAMS_WEBHOOK_URL", "https://teams.example/x")
+        .env("MITID_TEST_USER", "x")
+        .env("MITID_TEST_PASSWORD", "x")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("social-family-mail"), "{text}");
+    assert!(text.contains("erhverv-kontakt-mitid"), "{text}");
 }

@@ -308,7 +308,8 @@ pub(super) struct RawLogin {
     acs: Option<String>,
     loa: Option<String>,
     require_signed: Option<bool>,
-    sp_certificate: Option<SecretRef>,
+    /// A path (relative to the config file): the certificate is public, not a secret.
+    sp_certificate: Option<String>,
     metadata: Option<String>,
     cert_min_days: Option<u32>,
     timeout: Option<HumanDuration>,
@@ -400,11 +401,14 @@ pub(super) fn build_logins(loader: &mut Loader, raw: Vec<(Origin, RawLogin)>) ->
             .password
             .as_ref()
             .and_then(|s| loader.secret(&origin, A, "password", s));
-        let sp_certificate = r
-            .sp_certificate
-            .as_ref()
-            .and_then(|s| loader.secret(&origin, A, "sp_certificate", s))
-            .map(|s| s.expose().as_bytes().to_vec());
+        let base = base_dir(&loader.files[origin.file].path);
+        let sp_certificate = r.sp_certificate.as_ref().and_then(|p| match std::fs::read(base.join(p)) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                loader.err(&origin, A, "sp_certificate", format!("cannot read {p:?}: {e}"));
+                None
+            }
+        });
         if let Some(pem) = &sp_certificate {
             if crate::probe::handoff::public_key_from_pem(pem).is_err() {
                 loader.err(

@@ -420,3 +420,91 @@ fn paging_errors_name_their_place() {
     );
     assert_eq!(e.key.as_deref(), Some("channel.notify"));
 }
+
+const FORMS: &str = r#"[[login]]
+name = "mitid"
+kind = "saml"
+start = "https://selvbetjening.kommune.example/mitid/kontakt"
+idp = "https://idp.nemlog-in.example/"
+acs = "https://selvbetjening.kommune.example/saml/acs"
+loa = "https://data.gov.dk/concept/core/nsis/loa/Substantial"
+
+[[channel]]
+id = "kontakt-form"
+name = "Kontaktformular"
+kind = "form"
+inbox = "social"
+[[channel.step]]
+get = "https://www.kommune.example/kontakt"
+extract = { build = "input[name=form_build_id] @value" }
+[[channel.step]]
+submit = "form#kontakt"
+fields = { message = "Test {{token}} {{build}}" }
+receipt = "regex:Kvittering: (\\S+)"
+
+[[channel]]
+id = "mitid-handoff"
+name = "MitID (produktion)"
+kind = "form"
+expect = "handoff"
+[[channel.step]]
+handoff = "mitid"
+"#;
+
+#[test]
+fn form_channels_and_logins_load() {
+    set_pw();
+    let d = Dir::new();
+    let path = d.write("postcanary.toml", MAIN);
+    d.write("probes/kommune.toml", FORMS);
+    let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let ChannelKind::Form { steps } = &c.channel("kontakt-form").unwrap().kind else {
+        panic!("form")
+    };
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[1].name, "step 2 (submit)");
+    assert_eq!(c.channel("mitid-handoff").unwrap().expect, Expect::Handoff);
+    assert_eq!(c.login("mitid").unwrap().cert_min_days, 30);
+    assert!(c.login("mitid").unwrap().require_signed);
+}
+
+#[test]
+fn form_step_errors_name_the_step_and_line() {
+    // An unknown variable: `{{build}}` is extracted by step 1 only if it comes first.
+    let swapped = FORMS.replace("{{token}} {{build}}", "{{token}} {{receipt_no}}");
+    let e = one_error(MAIN, &swapped);
+    assert_eq!(file_name(&e), "kommune.toml");
+    assert_eq!(e.key.as_deref(), Some("channel.step[2].fields"));
+    assert_eq!(e.line, Some(19));
+    assert!(e.message.contains("`{{receipt_no}}` is neither built in"), "{}", e.message);
+
+    let e = one_error(MAIN, &FORMS.replace("form#kontakt", "form[[kontakt"));
+    assert_eq!(e.key.as_deref(), Some("channel.step[2].submit"));
+    assert_eq!(e.line, Some(18));
+    assert!(e.message.contains("invalid CSS selector"), "{}", e.message);
+
+    let e = one_error(MAIN, &FORMS.replace("handoff = \"mitid\"", "handoff = \"mitid-erhverv\""));
+    assert_eq!(e.key.as_deref(), Some("channel.step[1].handoff"));
+    assert!(e.message.contains("no [[login]] named \"mitid-erhverv\""), "{}", e.message);
+
+    let e = one_error(
+        MAIN,
+        &FORMS.replace("get = \"https://www.kommune.example/kontakt\"", "get = \"http://www.kommune.example/kontakt\""),
+    );
+    assert!(e.message.contains("plain http is allowed only for loopback"), "{}", e.message);
+
+    let both = FORMS.replace("submit = \"form#kontakt\"", "submit = \"form#kontakt\"\nget = \"https://x.example/\"");
+    let e = one_error(MAIN, &both);
+    assert!(e.message.contains("a step does one thing"), "{}", e.message);
+
+    let errs = errors_of(MAIN, &FORMS.replace("expect = \"handoff\"\n", ""));
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("must be the last step of an expect = \"handoff\" channel")),
+        "{errs:?}"
+    );
+
+    let e = one_error(MAIN, &FORMS.replace("idp = \"https://idp.nemlog-in.example/\"", "idp = \"nemlog-in\""));
+    assert_eq!(e.key.as_deref(), Some("login.idp"));
+    assert_eq!(e.line, Some(5));
+}
