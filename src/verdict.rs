@@ -269,7 +269,10 @@ mod tests {
     #[test]
     fn only_delivered_expected_bounce_and_handed_off_succeed() {
         let ok: Vec<_> = Verdict::ALL.into_iter().filter(|v| v.is_success()).collect();
-        assert_eq!(ok, vec![Verdict::Delivered, Verdict::ExpectedBounce, Verdict::HandedOff]);
+        assert_eq!(
+            ok,
+            vec![Verdict::Delivered, Verdict::ExpectedBounce, Verdict::HandedOff]
+        );
         for v in Verdict::ALL {
             assert_eq!(v.as_str().parse::<Verdict>(), Ok(v));
         }

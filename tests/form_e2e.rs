@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use postcanary::config::Config;
 use postcanary::engine::Engine;
-use postcanary::ledger::{ProbeRecord, Store};
+use postcanary::ledger::ProbeRecord;
 use postcanary::verdict::Verdict;
 use support::formsite::{FormSite, OidcRp, Options, SamlSp};
+use support::idp::{OidcProvider, SamlIdp};
 use support::mailstack::MailStack;
 
 const SUBSTANTIAL: &str = "https://data.gov.dk/concept/core/nsis/loa/Substantial";
@@ -103,14 +104,20 @@ async fn evidence(engine: &Engine, p: &ProbeRecord) -> String {
 async fn anonymous_webform_is_delivered_and_a_dropping_handler_is_missed() {
     let stack = MailStack::start();
     let site = FormSite::start(options(&stack)).await;
-    let first = format!("[[channel.step]]\nname = \"open the form\"\nget = \"{}\"\n", site.url("/kontakt"));
+    let first = format!(
+        "[[channel.step]]\nname = \"open the form\"\nget = \"{}\"\n",
+        site.url("/kontakt")
+    );
     let s = setup(&stack, &webform_channel("webform", &first, "deadline = \"10s\""));
     let engine = start(&s).await;
 
     let p = check(&engine, "webform").await;
     let ev = evidence(&engine, &p).await;
     assert_eq!(p.verdict, Verdict::Delivered, "{p:?}\n{ev}\n{:?}", site.refused());
-    assert!(p.smtp_reply.as_deref().unwrap_or("").contains("receipt KS-000001"), "{p:?}");
+    assert!(
+        p.smtp_reply.as_deref().unwrap_or("").contains("receipt KS-000001"),
+        "{p:?}"
+    );
     assert!(ev.contains("POST http://127.0.0.1"), "{ev}");
     assert!(ev.contains("/kontakt → 303"), "{ev}");
     // The site got the token in the message, the honeypot empty, and Drupal's hidden fields.
@@ -125,7 +132,10 @@ async fn anonymous_webform_is_delivered_and_a_dropping_handler_is_missed() {
     site.set_drop_submissions(true);
     let p = check(&engine, "webform").await;
     assert_eq!(p.verdict, Verdict::Missed, "{p:?}");
-    assert!(p.smtp_reply.as_deref().unwrap_or("").contains("receipt KS-000002"), "{p:?}");
+    assert!(
+        p.smtp_reply.as_deref().unwrap_or("").contains("receipt KS-000002"),
+        "{p:?}"
+    );
     engine.stop().await;
 }
 
@@ -152,15 +162,20 @@ expect_text = "Tak for din henvendelse"
         url = site.url("/kontakt")
     );
     let first = format!("[[channel.step]]\nget = \"{}\"\n", site.url("/kontakt"));
-    let honeypot = webform_channel("honeypot", &first, "")
-        .replace("message = \"Automatisk", "url = \"http://spam.example\", message = \"Automatisk");
+    let honeypot = webform_channel("honeypot", &first, "").replace(
+        "message = \"Automatisk",
+        "url = \"http://spam.example\", message = \"Automatisk",
+    );
     let s = setup(&stack, &format!("{stale}{honeypot}"));
     let engine = start(&s).await;
 
     let p = check(&engine, "stale").await;
     assert_eq!(p.verdict, Verdict::Rejected, "{p:?}");
     let d = p.detail.clone().unwrap_or_default();
-    assert!(d.starts_with("step 2 \"post with an old build id\" (post): \"Tak for din henvendelse\" not found"), "{d}");
+    assert!(
+        d.starts_with("step 2 \"post with an old build id\" (post): \"Tak for din henvendelse\" not found"),
+        "{d}"
+    );
     let p = check(&engine, "honeypot").await;
     assert_eq!(p.verdict, Verdict::Rejected, "{p:?}");
     assert!(p.detail.unwrap_or_default().contains("step 2 \"send the form\""));
@@ -184,7 +199,11 @@ async fn simulator_login_delivers_and_a_wrong_password_is_rejected_at_the_login(
     let stack = MailStack::start();
     let site = FormSite::start(options(&stack)).await;
     let ok = webform_channel("sim-form", "[[channel.step]]\nlogin = \"sim\"\n", "");
-    let bad = webform_channel("sim-bad", "[[channel.step]]\nname = \"log in\"\nlogin = \"sim-wrong\"\n", "");
+    let bad = webform_channel(
+        "sim-bad",
+        "[[channel.step]]\nname = \"log in\"\nlogin = \"sim-wrong\"\n",
+        "",
+    );
     let rest = format!(
         "{}{}{ok}{bad}",
         sim_login(&site, "sim", "sim.pw"),
@@ -196,7 +215,10 @@ async fn simulator_login_delivers_and_a_wrong_password_is_rejected_at_the_login(
     let ev = evidence(&engine, &p).await;
     assert_eq!(p.verdict, Verdict::Delivered, "{p:?}\n{ev}");
     assert!(ev.contains("logged in, at http://127.0.0.1"), "{ev}");
-    assert!(!ev.contains("Hemmelig-123") && !ev.contains("testbruger1"), "secrets in evidence: {ev}");
+    assert!(
+        !ev.contains("Hemmelig-123") && !ev.contains("testbruger1"),
+        "secrets in evidence: {ev}"
+    );
 
     let p = check(&engine, "sim-bad").await;
     assert_eq!(p.verdict, Verdict::Rejected, "{p:?}");
@@ -205,5 +227,212 @@ async fn simulator_login_delivers_and_a_wrong_password_is_rejected_at_the_login(
         d.contains("step 1 \"log in\" (login): login \"sim-wrong\" (password): the IdP did not accept the login"),
         "{d}"
     );
+    engine.stop().await;
+}
+
+/// Binds the form site's port first: the IdP must know the ACS URL.
+async fn bind() -> (tokio::net::TcpListener, std::net::SocketAddr) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = l.local_addr().expect("addr");
+    (l, a)
+}
+
+fn saml_sp(idp: &SamlIdp, signing_key: Option<Vec<u8>>) -> SamlSp {
+    SamlSp {
+        idp_sso_url: idp.sso_url.clone(),
+        idp_entity_id: idp.entity_id.clone(),
+        sp_entity_id: "https://selvbetjening.kommune.example/saml".into(),
+        signing_key,
+        loa: SUBSTANTIAL.into(),
+    }
+}
+
+fn saml_login(name: &str, site: &str, idp: &SamlIdp, extra: &str) -> String {
+    format!(
+        "[[login]]\nname = \"{name}\"\nkind = \"saml\"\nstart = \"{site}/mitid/kontakt\"\nidp = \"{}/\"\n{extra}\n",
+        idp.base_url
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saml_login_through_saml_idp_delivers_and_a_moved_login_path_is_caught() {
+    support::idp::install().expect("npm identity providers");
+    let stack = MailStack::start();
+    let (listener, addr) = bind().await;
+    let site_url = format!("http://{addr}");
+    let sp_entity = "https://selvbetjening.kommune.example/saml";
+    let idp = SamlIdp::start(&format!("{site_url}/saml/acs"), sp_entity).expect("saml-idp");
+    let other = SamlIdp::start(&format!("{site_url}/saml/acs"), sp_entity).expect("second saml-idp");
+    let mut opts = options(&stack);
+    opts.saml = Some(saml_sp(&idp, None));
+    let site = FormSite::start_on(listener, addr, opts).await;
+    let rest = format!(
+        "{}{}{}",
+        saml_login("mitid", &site_url, &idp, ""),
+        webform_channel(
+            "mitid-form",
+            "[[channel.step]]\nname = \"MitID\"\nlogin = \"mitid\"\n",
+            ""
+        ),
+        "[[channel]]\nid = \"mitid-handoff\"\nname = \"h\"\nkind = \"form\"\nexpect = \"handoff\"\n\
+         [[channel.step]]\nhandoff = \"mitid\"\n\n",
+    )
+    .replace(
+        "[[login]]\nname = \"mitid\"",
+        "[[login]]\nname = \"mitid\"\nrequire_signed = false",
+    );
+    let s = setup(&stack, &rest);
+    let engine = start(&s).await;
+
+    let p = check(&engine, "mitid-form").await;
+    let ev = evidence(&engine, &p).await;
+    assert_eq!(p.verdict, Verdict::Delivered, "{p:?}\n{ev}\n{}", idp.log());
+    assert!(ev.contains("auto-submitting the form to http://127.0.0.1"), "{ev}");
+    assert!(
+        !ev.contains("SAMLResponse="),
+        "protocol messages stay out of the evidence: {ev}"
+    );
+    let p = check(&engine, "mitid-handoff").await;
+    assert_eq!(p.verdict, Verdict::HandedOff, "{p:?}");
+
+    // The vendor moves the login to another IdP: both the login and the hand-off check fail, naming it.
+    site.set_saml_idp(&other.sso_url);
+    let p = check(&engine, "mitid-form").await;
+    assert_eq!(p.verdict, Verdict::Rejected, "{p:?}");
+    let d = p.detail.unwrap_or_default();
+    assert!(
+        d.contains("step 1 \"MitID\" (login): login \"mitid\" (saml): login path changed"),
+        "{d}"
+    );
+    assert!(d.contains(&other.base_url), "{d}");
+    let p = check(&engine, "mitid-handoff").await;
+    assert_eq!(p.verdict, Verdict::Rejected, "{p:?}");
+    assert!(p.detail.unwrap_or_default().contains("login path changed"));
+    engine.stop().await;
+}
+
+/// An RSA key (PKCS#8 DER) and its self-signed certificate (PEM file).
+fn sp_key(dir: &std::path::Path) -> (Vec<u8>, PathBuf) {
+    let key = dir.join("sp-key.pem");
+    let cert = dir.join("sp-cert.pem");
+    let der = dir.join("sp-key.der");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (k, c, d) = (key.to_string_lossy(), cert.to_string_lossy(), der.to_string_lossy());
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &k,
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-x509",
+        "-key",
+        &k,
+        "-out",
+        &c,
+        "-days",
+        "400",
+        "-subj",
+        "/CN=selvbetjening",
+    ]);
+    run(&["pkcs8", "-topk8", "-nocrypt", "-in", &k, "-outform", "DER", "-out", &d]);
+    (std::fs::read(&der).expect("der"), cert)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_check_verifies_signature_acs_loa_and_idp_metadata() {
+    support::idp::install().expect("npm identity providers");
+    let stack = MailStack::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key_der, cert) = sp_key(keys.path());
+    let (listener, addr) = bind().await;
+    let site_url = format!("http://{addr}");
+    let idp = SamlIdp::start(
+        &format!("{site_url}/saml/acs"),
+        "https://selvbetjening.kommune.example/saml",
+    )
+    .expect("saml-idp");
+    let mut opts = options(&stack);
+    opts.saml = Some(saml_sp(&idp, Some(key_der)));
+    let site = FormSite::start_on(listener, addr, opts).await;
+    let checks = |name: &str, days: u32| {
+        format!(
+            "acs = \"{site_url}/saml/acs\"\nloa = \"{SUBSTANTIAL}\"\nmetadata = \"{}\"\nsp_certificate = \"{}\"\n\
+             cert_min_days = {days}\n\n[[channel]]\nid = \"{name}\"\nname = \"{name}\"\nkind = \"form\"\n\
+             expect = \"handoff\"\n[[channel.step]]\nhandoff = \"{name}\"\n",
+            idp.metadata_url,
+            cert.display()
+        )
+    };
+    // saml-idp's throwaway certificate lives two days: 1 day of margin passes, 30 fails.
+    let rest = format!(
+        "{}{}",
+        saml_login("handoff", &site_url, &idp, &checks("handoff", 1)),
+        saml_login("strict", &site_url, &idp, &checks("strict", 30)),
+    );
+    let s = setup(&stack, &rest);
+    let engine = start(&s).await;
+    let p = check(&engine, "handoff").await;
+    assert_eq!(p.verdict, Verdict::HandedOff, "{p:?}\n{}", evidence(&engine, &p).await);
+    let d = p.detail.unwrap_or_default();
+    for fact in [
+        "signature verified",
+        "ACS as configured",
+        "LoA Substantial",
+        "SSO endpoint in IdP metadata",
+    ] {
+        assert!(d.contains(fact), "{fact}: {d}");
+    }
+    let p = check(&engine, "strict").await;
+    assert_eq!(p.verdict, Verdict::Rejected, "{p:?}");
+    assert!(p.detail.unwrap_or_default().contains("the IdP's signing certificate"));
+    site.set_loa("https://data.gov.dk/concept/core/nsis/loa/Low");
+    let p = check(&engine, "handoff").await;
+    assert_eq!(p.verdict, Verdict::Rejected, "{p:?}");
+    assert!(p
+        .detail
+        .unwrap_or_default()
+        .contains("asks for https://data.gov.dk/concept/core/nsis/loa/Low"));
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_login_through_oidc_provider_delivers() {
+    support::idp::install().expect("npm identity providers");
+    let stack = MailStack::start();
+    let (listener, addr) = bind().await;
+    let site_url = format!("http://{addr}");
+    let op = OidcProvider::start(&format!("{site_url}/oidc/callback")).expect("oidc-provider");
+    let mut opts = options(&stack);
+    opts.oidc = Some(OidcRp {
+        authorization_endpoint: op.authorization_endpoint.clone(),
+        token_endpoint: op.token_endpoint.clone(),
+        client_id: op.client_id.clone(),
+        client_secret: op.client_secret.clone(),
+    });
+    let _site = FormSite::start_on(listener, addr, opts).await;
+    let rest = format!(
+        "[[login]]\nname = \"erhverv\"\nkind = \"oidc\"\nstart = \"{site_url}/erhverv/kontakt\"\nidp = \"{}/\"\n\
+         username = \"file:sim.user\"\npassword = \"file:sim.pw\"\n\n{}",
+        op.issuer,
+        webform_channel("erhverv-form", "[[channel.step]]\nlogin = \"erhverv\"\n", "")
+    );
+    let s = setup(&stack, &rest);
+    let engine = start(&s).await;
+    let p = check(&engine, "erhverv-form").await;
+    let ev = evidence(&engine, &p).await;
+    assert_eq!(p.verdict, Verdict::Delivered, "{p:?}\n{ev}\n{}", op.log());
+    assert!(ev.contains("confirming at the IdP (consent)"), "{ev}");
     engine.stop().await;
 }

@@ -326,7 +326,9 @@ pub fn check_url(u: &str) -> Result<url::Url, String> {
     match parsed.scheme() {
         "https" => Ok(parsed),
         "http" if is_loopback_host(&parsed) => Ok(parsed),
-        "http" => Err(format!("{u:?}: plain http is allowed only for loopback hosts; use https")),
+        "http" => Err(format!(
+            "{u:?}: plain http is allowed only for loopback hosts; use https"
+        )),
         s => Err(format!("{u:?}: scheme {s:?} is not http(s)")),
     }
 }
@@ -386,7 +388,12 @@ pub(super) fn build_logins(loader: &mut Loader, raw: Vec<(Origin, RawLogin)>) ->
             match template_vars(&v) {
                 Ok(vars) => {
                     if let Some(bad) = vars.iter().find(|v| !BUILTIN_VARS.contains(&v.as_str())) {
-                        loader.err(&origin, A, "fields", format!("field {k:?}: unknown variable `{{{{{bad}}}}}`"));
+                        loader.err(
+                            &origin,
+                            A,
+                            "fields",
+                            format!("field {k:?}: unknown variable `{{{{{bad}}}}}`"),
+                        );
                     }
                 }
                 Err(m) => loader.err(&origin, A, "fields", format!("field {k:?}: {m}")),
@@ -402,13 +409,16 @@ pub(super) fn build_logins(loader: &mut Loader, raw: Vec<(Origin, RawLogin)>) ->
             .as_ref()
             .and_then(|s| loader.secret(&origin, A, "password", s));
         let base = base_dir(&loader.files[origin.file].path);
-        let sp_certificate = r.sp_certificate.as_ref().and_then(|p| match std::fs::read(base.join(p)) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                loader.err(&origin, A, "sp_certificate", format!("cannot read {p:?}: {e}"));
-                None
-            }
-        });
+        let sp_certificate = r
+            .sp_certificate
+            .as_ref()
+            .and_then(|p| match std::fs::read(base.join(p)) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    loader.err(&origin, A, "sp_certificate", format!("cannot read {p:?}: {e}"));
+                    None
+                }
+            });
         if let Some(pem) = &sp_certificate {
             if crate::probe::handoff::public_key_from_pem(pem).is_err() {
                 loader.err(
@@ -436,7 +446,10 @@ pub(super) fn build_logins(loader: &mut Loader, raw: Vec<(Origin, RawLogin)>) ->
             sp_certificate,
             metadata: r.metadata,
             cert_min_days: r.cert_min_days.unwrap_or(30),
-            timeout: r.timeout.map(HumanDuration::as_duration).unwrap_or(DEFAULT_STEP_TIMEOUT),
+            timeout: r
+                .timeout
+                .map(HumanDuration::as_duration)
+                .unwrap_or(DEFAULT_STEP_TIMEOUT),
         });
     }
     out
@@ -462,7 +475,12 @@ pub(super) fn build_steps(
         return None;
     }
     if raw.len() > MAX_STEPS {
-        loader.err(origin, "channel", "kind", format!("at most {MAX_STEPS} steps per channel"));
+        loader.err(
+            origin,
+            "channel",
+            "kind",
+            format!("at most {MAX_STEPS} steps per channel"),
+        );
     }
     let base = base_dir(&loader.files[origin.file].path);
     let mut known: Vec<String> = BUILTIN_VARS.iter().map(|s| s.to_string()).collect();
@@ -493,7 +511,11 @@ pub(super) fn build_steps(
             }
             _ => {
                 let names: Vec<&str> = actions.iter().map(|(n, _)| *n).collect();
-                err(loader, names[1], format!("a step does one thing; found {}", names.join(" and ")));
+                err(
+                    loader,
+                    names[1],
+                    format!("a step does one thing; found {}", names.join(" and ")),
+                );
                 None
             }
         };
@@ -507,7 +529,10 @@ pub(super) fn build_steps(
                             origin,
                             i,
                             key,
-                            format!("{what}: `{{{{{v}}}}}` is neither built in ({}) nor extracted by an earlier step", BUILTIN_VARS.join(", ")),
+                            format!(
+                                "{what}: `{{{{{v}}}}}` is neither built in ({}) nor extracted by an earlier step",
+                                BUILTIN_VARS.join(", ")
+                            ),
                         );
                     }
                 }
@@ -528,7 +553,11 @@ pub(super) fn build_steps(
                     err(loader, "submit", m);
                 }
                 if !has_page {
-                    err(loader, "submit", "`submit` needs a page: put a `get` (or a login) before it".into());
+                    err(
+                        loader,
+                        "submit",
+                        "`submit` needs a page: put a `get` (or a login) before it".into(),
+                    );
                 }
             }
             Action::Login(name) | Action::Handoff(name) => {
@@ -585,7 +614,11 @@ pub(super) fn build_steps(
                     }
                 },
                 _ => {
-                    err(loader, "files", format!("file {k:?}: give exactly one of `content` or `path`"));
+                    err(
+                        loader,
+                        "files",
+                        format!("file {k:?}: give exactly one of `content` or `path`"),
+                    );
                     None
                 }
             };
@@ -652,7 +685,10 @@ pub(super) fn build_steps(
             expect_text: r.expect_text,
             refuse_text: r.refuse_text,
             receipt,
-            timeout: r.timeout.map(HumanDuration::as_duration).unwrap_or(DEFAULT_STEP_TIMEOUT),
+            timeout: r
+                .timeout
+                .map(HumanDuration::as_duration)
+                .unwrap_or(DEFAULT_STEP_TIMEOUT),
         });
     }
     (loader.errors.len() == before).then_some(steps)
@@ -701,7 +737,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(Extract::parse("header:Location"), Ok(Extract::Header(h)) if h == "location"));
-        assert!(matches!(Extract::parse("regex:Kvittering: (\\S+)"), Ok(Extract::Regex(_))));
+        assert!(matches!(
+            Extract::parse("regex:Kvittering: (\\S+)"),
+            Ok(Extract::Regex(_))
+        ));
         assert!(Extract::parse("regex:(").is_err());
         assert!(Extract::parse("div[[").is_err());
     }

@@ -205,9 +205,14 @@ pub struct Channel {
 
 #[derive(Debug, Clone)]
 pub enum ChannelKind {
-    Mail { to: lettre::Address, via: String },
+    Mail {
+        to: lettre::Address,
+        via: String,
+    },
     /// A web form, submitted by following `steps`.
-    Form { steps: Vec<form::Step> },
+    Form {
+        steps: Vec<form::Step>,
+    },
 }
 
 impl ChannelKind {
@@ -1210,11 +1215,21 @@ fn build_channels(
             RawChannelKind::Form => {
                 for (key, set) in [("to", c.to.is_some()), ("via", c.via.is_some())] {
                     if set {
-                        loader.err(&origin, A, key, format!("`{key}` is for mail channels; a form is reached by its steps"));
+                        loader.err(
+                            &origin,
+                            A,
+                            key,
+                            format!("`{key}` is for mail channels; a form is reached by its steps"),
+                        );
                     }
                 }
                 if expect == Expect::Bounce {
-                    loader.err(&origin, A, "expect", "a form cannot bounce: use deliver, forward or handoff");
+                    loader.err(
+                        &origin,
+                        A,
+                        "expect",
+                        "a form cannot bounce: use deliver, forward or handoff",
+                    );
                 }
                 let steps = std::mem::take(&mut c.step);
                 form::build_steps(loader, &origin, steps, names.logins, expect == Expect::Handoff)
@@ -1222,7 +1237,12 @@ fn build_channels(
             }
             RawChannelKind::Mail => {
                 if expect == Expect::Handoff {
-                    loader.err(&origin, A, "expect", "expect = \"handoff\" is for form channels with a login");
+                    loader.err(
+                        &origin,
+                        A,
+                        "expect",
+                        "expect = \"handoff\" is for form channels with a login",
+                    );
                 }
                 let to = match &c.to {
                     None => {

@@ -158,7 +158,14 @@ impl SourceFile {
 
     /// Line where `key` is set inside the `sub_index`-th `[[array.sub]]` table
     /// of the `index`-th `[[array]]`, or that sub-table's header line.
-    pub fn sub_array_key_line(&self, array: &str, index: usize, sub: &str, sub_index: usize, key: &str) -> Option<usize> {
+    pub fn sub_array_key_line(
+        &self,
+        array: &str,
+        index: usize,
+        sub: &str,
+        sub_index: usize,
+        key: &str,
+    ) -> Option<usize> {
         let header = self.array_header_line(array, index)?;
         let full = format!("{array}.{sub}");
         let sub_header = self

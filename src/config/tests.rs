@@ -476,35 +476,60 @@ fn form_step_errors_name_the_step_and_line() {
     assert_eq!(file_name(&e), "kommune.toml");
     assert_eq!(e.key.as_deref(), Some("channel.step[2].fields"));
     assert_eq!(e.line, Some(19));
-    assert!(e.message.contains("`{{receipt_no}}` is neither built in"), "{}", e.message);
+    assert!(
+        e.message.contains("`{{receipt_no}}` is neither built in"),
+        "{}",
+        e.message
+    );
 
     let e = one_error(MAIN, &FORMS.replace("form#kontakt", "form[[kontakt"));
     assert_eq!(e.key.as_deref(), Some("channel.step[2].submit"));
     assert_eq!(e.line, Some(18));
     assert!(e.message.contains("invalid CSS selector"), "{}", e.message);
 
-    let e = one_error(MAIN, &FORMS.replace("handoff = \"mitid\"", "handoff = \"mitid-erhverv\""));
+    let e = one_error(
+        MAIN,
+        &FORMS.replace("handoff = \"mitid\"", "handoff = \"mitid-erhverv\""),
+    );
     assert_eq!(e.key.as_deref(), Some("channel.step[1].handoff"));
-    assert!(e.message.contains("no [[login]] named \"mitid-erhverv\""), "{}", e.message);
+    assert!(
+        e.message.contains("no [[login]] named \"mitid-erhverv\""),
+        "{}",
+        e.message
+    );
 
     let e = one_error(
         MAIN,
-        &FORMS.replace("get = \"https://www.kommune.example/kontakt\"", "get = \"http://www.kommune.example/kontakt\""),
+        &FORMS.replace(
+            "get = \"https://www.kommune.example/kontakt\"",
+            "get = \"http://www.kommune.example/kontakt\"",
+        ),
     );
-    assert!(e.message.contains("plain http is allowed only for loopback"), "{}", e.message);
+    assert!(
+        e.message.contains("plain http is allowed only for loopback"),
+        "{}",
+        e.message
+    );
 
-    let both = FORMS.replace("submit = \"form#kontakt\"", "submit = \"form#kontakt\"\nget = \"https://x.example/\"");
+    let both = FORMS.replace(
+        "submit = \"form#kontakt\"",
+        "submit = \"form#kontakt\"\nget = \"https://x.example/\"",
+    );
     let e = one_error(MAIN, &both);
     assert!(e.message.contains("a step does one thing"), "{}", e.message);
 
     let errs = errors_of(MAIN, &FORMS.replace("expect = \"handoff\"\n", ""));
     assert!(
-        errs.iter()
-            .any(|e| e.message.contains("must be the last step of an expect = \"handoff\" channel")),
+        errs.iter().any(|e| e
+            .message
+            .contains("must be the last step of an expect = \"handoff\" channel")),
         "{errs:?}"
     );
 
-    let e = one_error(MAIN, &FORMS.replace("idp = \"https://idp.nemlog-in.example/\"", "idp = \"nemlog-in\""));
+    let e = one_error(
+        MAIN,
+        &FORMS.replace("idp = \"https://idp.nemlog-in.example/\"", "idp = \"nemlog-in\""),
+    );
     assert_eq!(e.key.as_deref(), Some("login.idp"));
     assert_eq!(e.line, Some(5));
 }

@@ -15,7 +15,7 @@ use crate::config::{Channel, Config, Expect};
 use crate::ledger::StoreError;
 use crate::verdict::{now_millis, Judgement, Verdict};
 
-use super::http::{read_form, sel, show_url, submit_request, Body, Fail, Page, Session};
+use super::http::{login_opts, read_form, sel, show_url, submit_request, Body, Fail, FetchOpts, Page, Session};
 use super::{record, ProbeContext, Started};
 
 /// How a walk through the steps ended when nothing failed.
@@ -84,7 +84,8 @@ pub async fn walk(
     for (i, step) in steps.iter().enumerate() {
         let label = format!("step {} {:?}", i + 1, step.name);
         session.note(format!("{label}: {}", step.action.verb()));
-        let span = tracing::info_span!("form_step", channel = %channel.id, step = %step.name, action = step.action.verb());
+        let span =
+            tracing::info_span!("form_step", channel = %channel.id, step = %step.name, action = step.action.verb());
         let result = run_step(config, &mut session, step).instrument(span).await;
         match result {
             Ok(StepDone::Page) => {
@@ -127,16 +128,7 @@ async fn run_step(config: &Config, s: &mut Session, step: &Step) -> Result<StepD
     match &step.action {
         Action::Get(t) => {
             let url = s.resolve(&s.render(t)?)?;
-            s.fetch(
-                Method::GET,
-                url,
-                Body::None,
-                &headers,
-                step.follow_redirects,
-                step.auto_submit,
-                step.timeout,
-            )
-            .await?;
+            s.fetch(Method::GET, url, Body::None, &headers, step_opts(step)).await?;
         }
         Action::Post(t) => {
             let url = s.resolve(&s.render(t)?)?;
@@ -148,16 +140,7 @@ async fn run_step(config: &Config, s: &mut Session, step: &Step) -> Result<StepD
             } else {
                 Body::Form(fields)
             };
-            s.fetch(
-                Method::POST,
-                url,
-                body,
-                &headers,
-                step.follow_redirects,
-                step.auto_submit,
-                step.timeout,
-            )
-            .await?;
+            s.fetch(Method::POST, url, body, &headers, step_opts(step)).await?;
         }
         Action::Submit(selector) => {
             // The parsed page is not Send: build the request in a block that ends before the await.
@@ -179,16 +162,7 @@ async fn run_step(config: &Config, s: &mut Session, step: &Step) -> Result<StepD
                 }
                 submit_request(s, &form, &fields, &step.files, step.multipart)?
             };
-            s.fetch(
-                method,
-                url,
-                body,
-                &headers,
-                step.follow_redirects,
-                step.auto_submit,
-                step.timeout,
-            )
-            .await?;
+            s.fetch(method, url, body, &headers, step_opts(step)).await?;
         }
         Action::Login(name) => {
             let login = config
@@ -214,8 +188,18 @@ async fn run_step(config: &Config, s: &mut Session, step: &Step) -> Result<StepD
     Ok(StepDone::Page)
 }
 
+fn step_opts(step: &Step) -> FetchOpts {
+    FetchOpts {
+        follow: step.follow_redirects,
+        auto_submit: step.auto_submit,
+        timeout: step.timeout,
+    }
+}
+
 fn current(s: &Session) -> Result<&Page, Fail> {
-    s.page.as_ref().ok_or_else(|| Fail::ours("no page yet: this step needs a `get` before it"))
+    s.page
+        .as_ref()
+        .ok_or_else(|| Fail::ours("no page yet: this step needs a `get` before it"))
 }
 
 /// The step's assertions and extractions on the page it ended at.
@@ -250,7 +234,9 @@ fn check_page(s: &mut Session, step: &Step) -> Result<(), Fail> {
     }
     if let Some(t) = &step.expect_text {
         if !text.contains(t.as_str()) {
-            return Err(Fail::refused(format!("{t:?} not found on the page at {at} (HTTP {status})")));
+            return Err(Fail::refused(format!(
+                "{t:?} not found on the page at {at} (HTTP {status})"
+            )));
         }
     }
     let mut found = Vec::new();
@@ -288,7 +274,10 @@ fn check_page(s: &mut Session, step: &Step) -> Result<(), Fail> {
 
 fn describe(ex: &Extract) -> String {
     match ex {
-        Extract::Css { selector, attr: Some(a) } => format!("{selector} @{a}"),
+        Extract::Css {
+            selector,
+            attr: Some(a),
+        } => format!("{selector} @{a}"),
         Extract::Css { selector, attr: None } => selector.clone(),
         Extract::Header(h) => format!("header {h}"),
         Extract::Regex(r) => format!("regex {}", r.as_str()),
@@ -320,9 +309,8 @@ pub fn extract(page: &Page, ex: &Extract) -> Option<String> {
 /// Whether `url` is at or under the configured IdP prefix.
 pub fn under(url: &url::Url, prefix: &str) -> bool {
     url.as_str().starts_with(prefix)
-        || url::Url::parse(prefix).is_ok_and(|p| {
-            p.origin() == url.origin() && url.path().starts_with(p.path().trim_end_matches('/'))
-        })
+        || url::Url::parse(prefix)
+            .is_ok_and(|p| p.origin() == url.origin() && url.path().starts_with(p.path().trim_end_matches('/')))
 }
 
 /// SP-initiated login: start at the service, arrive at the configured IdP,
@@ -330,7 +318,7 @@ pub fn under(url: &url::Url, prefix: &str) -> bool {
 async fn login_flow(s: &mut Session, login: &LoginConfig) -> Result<(), Fail> {
     let start = s.resolve(&s.render(&login.start)?)?;
     let first_hop = s.hops.len();
-    s.fetch(Method::GET, start, Body::None, &[], true, true, login.timeout)
+    s.fetch(Method::GET, start, Body::None, &[], login_opts(login, true, true))
         .await
         .map_err(|f| Fail {
             detail: format!("to the IdP: {}", f.detail),
@@ -376,9 +364,8 @@ async fn login_flow(s: &mut Session, login: &LoginConfig) -> Result<(), Fail> {
     let (method, url, body) = {
         let page = current(s)?;
         let html = page.html();
-        let form = find_login_form(&html, login).ok_or_else(|| {
-            Fail::refused(format!("IdP login form: no login form at {}", show_url(&page.url)))
-        })?;
+        let form = find_login_form(&html, login)
+            .ok_or_else(|| Fail::refused(format!("IdP login form: no login form at {}", show_url(&page.url))))?;
         let filled = read_form(&form);
         let mut fields: Vec<(String, String)> = Vec::new();
         if let Some(user) = &login.username {
@@ -386,7 +373,9 @@ async fn login_flow(s: &mut Session, login: &LoginConfig) -> Result<(), Fail> {
                 .username_field
                 .clone()
                 .or_else(|| filled.text_fields.first().cloned())
-                .ok_or_else(|| Fail::refused(format!("IdP login form: no username field at {}", show_url(&page.url))))?;
+                .ok_or_else(|| {
+                    Fail::refused(format!("IdP login form: no username field at {}", show_url(&page.url)))
+                })?;
             fields.push((name, user.expose().to_string()));
         }
         if let Some(pw) = &login.password {
@@ -394,7 +383,9 @@ async fn login_flow(s: &mut Session, login: &LoginConfig) -> Result<(), Fail> {
                 .password_field
                 .clone()
                 .or_else(|| filled.password_fields.first().cloned())
-                .ok_or_else(|| Fail::refused(format!("IdP login form: no password field at {}", show_url(&page.url))))?;
+                .ok_or_else(|| {
+                    Fail::refused(format!("IdP login form: no password field at {}", show_url(&page.url)))
+                })?;
             fields.push((name, pw.expose().to_string()));
         }
         for (k, v) in &login.fields {
@@ -403,7 +394,7 @@ async fn login_flow(s: &mut Session, login: &LoginConfig) -> Result<(), Fail> {
         submit_request(s, &form, &fields, &[], false)?
     };
     let sent_from = s.hops.len();
-    s.fetch(method, url, body, &[], true, true, login.timeout)
+    s.fetch(method, url, body, &[], login_opts(login, true, true))
         .await
         .map_err(|f| Fail {
             detail: format!("IdP login: {}", f.detail),
@@ -439,7 +430,7 @@ async fn login_flow(s: &mut Session, login: &LoginConfig) -> Result<(), Fail> {
             )));
         };
         s.note("confirming at the IdP (consent)".into());
-        s.fetch(method, url, body, &[], true, true, login.timeout).await?;
+        s.fetch(method, url, body, &[], login_opts(login, true, true)).await?;
     }
     let page = current(s)?;
     if under(&page.url, &login.idp) {
@@ -480,9 +471,12 @@ fn find_login_form<'a>(html: &'a scraper::Html, login: &LoginConfig) -> Option<E
         return html.select(&sel(selector)).next();
     }
     let forms: Vec<ElementRef> = html.select(&sel("form")).collect();
+    // The form with a password field; else the first that posts somewhere
+    // (IdP pages also carry search boxes and modal forms); else the first.
     forms
         .iter()
         .find(|f| !read_form(f).password_fields.is_empty())
+        .or_else(|| forms.iter().find(|f| read_form(f).method_post))
         .or_else(|| forms.first())
         .copied()
 }

@@ -15,7 +15,7 @@ use url::Url;
 use crate::config::form::{LoginConfig, LoginKind};
 
 use super::form::{has_param, under};
-use super::http::{read_form, sel, show_url, Body, Fail, Session};
+use super::http::{login_opts, read_form, sel, show_url, Body, Fail, Session};
 
 /// Hops followed on the service's side before the hand-off.
 const MAX_SP_HOPS: usize = 10;
@@ -58,19 +58,30 @@ pub async fn check(s: &mut Session, login: &LoginConfig) -> Result<String, Fail>
                 .request_xml
                 .as_deref()
                 .ok_or_else(|| Fail::refused("no SAMLRequest in the hand-off"))?;
-            facts.extend(inspect_authn_request(xml, target, login, chrono::Utc::now().timestamp())?);
+            facts.extend(inspect_authn_request(
+                xml,
+                target,
+                login,
+                chrono::Utc::now().timestamp(),
+            )?);
             facts.push(check_signature(&handoff, xml, login)?);
         }
         LoginKind::Oidc => facts.extend(inspect_authorization_request(target, login)?),
         LoginKind::Password => {}
     }
     // The IdP must answer the hand-off; a 5xx there fails citizens as surely as a wrong address.
-    s.fetch(Method::GET, target.clone(), Body::None, &[], true, false, login.timeout)
-        .await
-        .map_err(|f| Fail {
-            detail: format!("the IdP: {}", f.detail),
-            ..f
-        })?;
+    s.fetch(
+        Method::GET,
+        target.clone(),
+        Body::None,
+        &[],
+        login_opts(login, true, false),
+    )
+    .await
+    .map_err(|f| Fail {
+        detail: format!("the IdP: {}", f.detail),
+        ..f
+    })?;
     if let Some(page) = &s.page {
         if page.status.is_server_error() || page.status.as_u16() == 404 {
             return Err(Fail::refused(format!(
@@ -81,11 +92,15 @@ pub async fn check(s: &mut Session, login: &LoginConfig) -> Result<String, Fail>
         }
     }
     if let Some(pem) = &login.sp_certificate {
-        facts.push(cert_days_left("the service's signing certificate", pem_der(pem)?.as_slice(), login)?);
+        facts.push(cert_days_left(
+            "the service's signing certificate",
+            pem_der(pem)?.as_slice(),
+            login,
+        )?);
     }
     if let Some(md) = &login.metadata {
         let url = s.resolve(md)?;
-        s.fetch(Method::GET, url, Body::None, &[], true, false, login.timeout)
+        s.fetch(Method::GET, url, Body::None, &[], login_opts(login, true, false))
             .await
             .map_err(|f| Fail {
                 detail: format!("IdP metadata: {}", f.detail),
@@ -112,7 +127,13 @@ pub async fn check(s: &mut Session, login: &LoginConfig) -> Result<String, Fail>
 async fn find_handoff(s: &mut Session, url: &mut Url, login: &LoginConfig) -> Result<Handoff, Fail> {
     for _ in 0..MAX_SP_HOPS {
         let page = s
-            .fetch(Method::GET, url.clone(), Body::None, &[], false, false, login.timeout)
+            .fetch(
+                Method::GET,
+                url.clone(),
+                Body::None,
+                &[],
+                login_opts(login, false, false),
+            )
             .await?;
         let status = page.status;
         if status.is_redirection() {

@@ -86,7 +86,7 @@ pub enum Body {
     Form(Vec<(String, String)>),
     Multipart {
         fields: Vec<(String, String)>,
-        files: Vec<(String, String, String, Vec<u8>)>,
+        files: Vec<Upload>,
     },
 }
 
@@ -120,6 +120,32 @@ pub fn show_url(u: &Url) -> String {
     s
 }
 
+/// How far one fetch goes.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchOpts {
+    pub follow: bool,
+    pub auto_submit: bool,
+    pub timeout: Duration,
+}
+
+/// The fetch options of a login flow's requests.
+pub fn login_opts(login: &crate::config::form::LoginConfig, follow: bool, auto_submit: bool) -> FetchOpts {
+    FetchOpts {
+        follow,
+        auto_submit,
+        timeout: login.timeout,
+    }
+}
+
+/// A file to upload: field, file name, content type, bytes.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub field: String,
+    pub file_name: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
 /// One probe's browser.
 pub struct Session {
     client: reqwest::Client,
@@ -137,7 +163,11 @@ impl Session {
         let client = reqwest::Client::builder()
             .cookie_provider(jar)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("postcanary/", env!("CARGO_PKG_VERSION"), " (synthetic delivery probe)"))
+            .user_agent(concat!(
+                "postcanary/",
+                env!("CARGO_PKG_VERSION"),
+                " (synthetic delivery probe)"
+            ))
             .build()
             .map_err(|e| Fail::ours(format!("cannot build the HTTP client: {e}")))?;
         Ok(Session {
@@ -178,10 +208,13 @@ impl Session {
         url: Url,
         body: Body,
         headers: &[(String, String)],
-        follow: bool,
-        auto_submit: bool,
-        timeout: Duration,
+        opts: FetchOpts,
     ) -> Result<&Page, Fail> {
+        let FetchOpts {
+            follow,
+            auto_submit,
+            timeout,
+        } = opts;
         let (mut method, mut url, mut body) = (method, url, body);
         for hop in 0..=MAX_HOPS {
             if hop == MAX_HOPS {
@@ -201,7 +234,10 @@ impl Session {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string)
                 else {
-                    return Err(Fail::refused(format!("HTTP {status} without a Location at {}", show_url(&url))));
+                    return Err(Fail::refused(format!(
+                        "HTTP {status} without a Location at {}",
+                        show_url(&url)
+                    )));
                 };
                 let next = self.resolve(&location)?;
                 // 307/308 repeat the request; the others turn into a GET.
@@ -244,12 +280,17 @@ impl Session {
                 for (k, v) in fields {
                     form = form.text(k.clone(), v.clone());
                 }
-                for (field, name, ctype, bytes) in files {
-                    let part = reqwest::multipart::Part::bytes(bytes.clone())
-                        .file_name(name.clone())
-                        .mime_str(ctype)
-                        .map_err(|e| Fail::ours(format!("file {name:?}: content type {ctype:?}: {e}")))?;
-                    form = form.part(field.clone(), part);
+                for f in files {
+                    let part = reqwest::multipart::Part::bytes(f.bytes.clone())
+                        .file_name(f.file_name.clone())
+                        .mime_str(&f.content_type)
+                        .map_err(|e| {
+                            Fail::ours(format!(
+                                "file {:?}: content type {:?}: {e}",
+                                f.file_name, f.content_type
+                            ))
+                        })?;
+                    form = form.part(f.field.clone(), part);
                 }
                 req.multipart(form)
             }
@@ -511,10 +552,7 @@ pub fn submit_request(
     Ok(form_request(method, url, filled.fields))
 }
 
-pub fn render_files(
-    session: &Session,
-    files: &[(String, FileField)],
-) -> Result<Vec<(String, String, String, Vec<u8>)>, Fail> {
+pub fn render_files(session: &Session, files: &[(String, FileField)]) -> Result<Vec<Upload>, Fail> {
     files
         .iter()
         .map(|(field, f)| {
@@ -522,7 +560,12 @@ pub fn render_files(
                 FileContent::Text(t) => session.render(t)?.into_bytes(),
                 FileContent::Bytes(b) => b.clone(),
             };
-            Ok((field.clone(), f.file_name.clone(), f.content_type.clone(), bytes))
+            Ok(Upload {
+                field: field.clone(),
+                file_name: f.file_name.clone(),
+                content_type: f.content_type.clone(),
+                bytes,
+            })
         })
         .collect()
 }
@@ -601,6 +644,9 @@ mod tests {
         s.page = Some(page(DRUPAL));
         assert!(matches!(s.auto_submit_form(), Ok(None)));
         s.page = Some(page("<form><input type=hidden name=a value=b></form>"));
-        assert!(matches!(s.auto_submit_form(), Ok(None)), "a hidden field alone is not a protocol form");
+        assert!(
+            matches!(s.auto_submit_form(), Ok(None)),
+            "a hidden field alone is not a protocol form"
+        );
     }
 }

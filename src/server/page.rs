@@ -359,12 +359,7 @@ pub(super) fn render_index(title: &str, lang: Language, views: &[ChannelView]) -
     let _ = write!(out, "<h2>{}</h2>", l.recent_failures);
     let mut failures: Vec<(&ChannelView, &Point)> = views
         .iter()
-        .flat_map(|v| {
-            v.recent
-                .iter()
-                .filter(|p| !is_success(&p.verdict))
-                .map(move |p| (v, p))
-        })
+        .flat_map(|v| v.recent.iter().filter(|p| !is_success(&p.verdict)).map(move |p| (v, p)))
         .collect();
     failures.sort_by_key(|f| std::cmp::Reverse(f.1.at));
     if failures.is_empty() {

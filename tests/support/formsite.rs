@@ -95,7 +95,9 @@ impl Drop for FormSite {
 
 impl FormSite {
     pub async fn start(opts: Options) -> FormSite {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind form site");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind form site");
         let addr = listener.local_addr().expect("addr");
         FormSite::start_on(listener, addr, opts).await
     }
@@ -231,7 +233,10 @@ async fn form_page(State(app): State<App>, uri: axum::http::Uri, headers: Header
     if let Some(s) = inner.sessions.get_mut(&sid) {
         s.build_ids.push(build_id.clone());
     }
-    let form_id = format!("webform_submission_{}_form", path.trim_start_matches('/').replace('/', "_"));
+    let form_id = format!(
+        "webform_submission_{}_form",
+        path.trim_start_matches('/').replace('/', "_")
+    );
     let token = form_token(&sid, &form_id);
     let page = format!(
         r#"<!DOCTYPE html><html lang="da"><head><title>Kontakt</title>
@@ -331,7 +336,10 @@ async fn thanks(Query(q): Query<HashMap<String, String>>) -> Html<String> {
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 async fn submit(State(app): State<App>, uri: axum::http::Uri, headers: HeaderMap, mut mp: Multipart) -> Response {
@@ -347,12 +355,21 @@ async fn submit(State(app): State<App>, uri: axum::http::Uri, headers: HeaderMap
             _ => fields.push((name, String::from_utf8_lossy(&bytes).into_owned())),
         }
     }
-    let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    let get = |k: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
     let (sid, opts, refuse) = {
         let mut inner = app.0.lock().expect("lock");
         let sid = session_id(&headers).unwrap_or_default();
         let g = guard(&path);
-        let form_id = format!("webform_submission_{}_form", path.trim_start_matches('/').replace('/', "_"));
+        let form_id = format!(
+            "webform_submission_{}_form",
+            path.trim_start_matches('/').replace('/', "_")
+        );
         let refuse = match inner.sessions.get_mut(&sid) {
             None => Some("no session (cookies off?)".to_string()),
             Some(s) if g.is_some_and(|g| !logged_in(s, g)) => Some("not logged in".into()),
@@ -385,8 +402,10 @@ async fn submit(State(app): State<App>, uri: axum::http::Uri, headers: HeaderMap
         } else {
             "Formularen er udløbet eller ugyldig. Genindlæs siden og prøv igen."
         };
-        return Html(format!("<html><body><div class=\"messages messages--error\">{text}</div></body></html>"))
-            .into_response();
+        return Html(format!(
+            "<html><body><div class=\"messages messages--error\">{text}</div></body></html>"
+        ))
+        .into_response();
     }
     let (drop, receipt) = {
         let mut inner = app.0.lock().expect("lock");
@@ -415,7 +434,11 @@ async fn submit(State(app): State<App>, uri: axum::http::Uri, headers: HeaderMap
 async fn mail(opts: &Options, subject: &str, body: &str) -> Result<(), String> {
     use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
     let msg = Message::builder()
-        .from("Selvbetjening <noreply@kommune.example>".parse().map_err(|e| format!("{e}"))?)
+        .from(
+            "Selvbetjening <noreply@kommune.example>"
+                .parse()
+                .map_err(|e| format!("{e}"))?,
+        )
         .to(opts.recipient.parse().map_err(|e| format!("{e}"))?)
         .subject(subject)
         .body(body.to_string())
@@ -462,7 +485,10 @@ async fn saml_acs(State(app): State<App>, headers: HeaderMap, body: String) -> R
         .to_string();
     s.saml_user = Some(name_id);
     s.saml_pending = None;
-    let relay = form.get("RelayState").cloned().unwrap_or_else(|| "/mitid/kontakt".into());
+    let relay = form
+        .get("RelayState")
+        .cloned()
+        .unwrap_or_else(|| "/mitid/kontakt".into());
     Redirect::to(&relay).into_response()
 }
 
@@ -537,7 +563,10 @@ async fn sim_login(State(app): State<App>, headers: HeaderMap, body: String) -> 
     let (sid, cookie) = with_session(&mut inner, &headers);
     let ok = get("username") == inner.opts.simulator_user && get("password") == inner.opts.simulator_password;
     if !ok {
-        return respond(cookie, Html(sim_form(&get("return"), Some("Forkert brugernavn eller adgangskode"))));
+        return respond(
+            cookie,
+            Html(sim_form(&get("return"), Some("Forkert brugernavn eller adgangskode"))),
+        );
     }
     if let Some(s) = inner.sessions.get_mut(&sid) {
         s.sim_user = Some(get("username"));

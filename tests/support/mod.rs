@@ -1,4 +1,4 @@
 pub mod canary;
+pub mod formsite;
 pub mod mailstack;
 pub mod receiver;
-pub mod formsite;

@@ -56,13 +56,23 @@ fn a_right_request_passes() {
 fn wrong_acs_loa_age_and_shape_are_refused() {
     let l = login();
     let t = target();
-    let e = inspect_authn_request(&request("https://old.kommune.example/acs", SUBSTANTIAL, INSTANT), &t, &l, NOW)
-        .expect_err("acs");
+    let e = inspect_authn_request(
+        &request("https://old.kommune.example/acs", SUBSTANTIAL, INSTANT),
+        &t,
+        &l,
+        NOW,
+    )
+    .expect_err("acs");
     assert!(e.detail.contains("expected ACS"), "{}", e.detail);
     assert_eq!(e.verdict, crate::verdict::Verdict::Rejected);
     let low = "https://data.gov.dk/concept/core/nsis/loa/Low";
     let e = inspect_authn_request(&request(ACS, low, INSTANT), &t, &l, NOW).expect_err("loa");
-    assert!(e.detail.contains("asks for https://data.gov.dk/concept/core/nsis/loa/Low"), "{}", e.detail);
+    assert!(
+        e.detail
+            .contains("asks for https://data.gov.dk/concept/core/nsis/loa/Low"),
+        "{}",
+        e.detail
+    );
     let e = inspect_authn_request(&request(ACS, SUBSTANTIAL, "2026-11-01T00:00:00Z"), &t, &l, NOW).expect_err("old");
     assert!(e.detail.contains("minutes off"), "{}", e.detail);
     let e = inspect_authn_request("<LogoutRequest/>", &t, &l, NOW).expect_err("shape");
@@ -118,7 +128,10 @@ fn metadata_lists_the_endpoint_and_certificates_last() {
     let l = login();
     let ok = metadata("https://idp.nemlog-in.example/sso", "2030-01-01T00:00:00Z");
     let facts = check_metadata(&ok, &target(), &l, NOW).expect("ok");
-    assert!(facts.iter().any(|f| f.starts_with("IdP signing certificate valid")), "{facts:?}");
+    assert!(
+        facts.iter().any(|f| f.starts_with("IdP signing certificate valid")),
+        "{facts:?}"
+    );
 
     let moved = metadata("https://idp.nemlog-in.example/sso2", "2030-01-01T00:00:00Z");
     let e = check_metadata(&moved, &target(), &l, NOW).expect_err("moved");
@@ -134,6 +147,10 @@ fn metadata_lists_the_endpoint_and_certificates_last() {
         ..login()
     };
     let e = check_metadata(&ok, &target(), &strict, NOW).expect_err("soon");
-    assert!(e.detail.contains("CN=sp.kommune.example") && e.detail.contains("days"), "{}", e.detail);
+    assert!(
+        e.detail.contains("CN=sp.kommune.example") && e.detail.contains("days"),
+        "{}",
+        e.detail
+    );
     assert!(check_metadata("<x", &target(), &l, NOW).is_err());
 }
