@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test. Installs what the tests need (Postfix, Dovecot, Chromium) with
-# apt-get when missing; the tests start their own private instances on
+# Runs every test. Installs what the tests need (Postfix, Dovecot, Chromium,
+# OpenSSL's CLI, Node.js and the npm identity providers saml-idp and
+# oidc-provider) when missing; the tests start their own private instances on
 # loopback from temp dirs and never touch the system's mail services.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,15 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null
   }
 fi
+# openssl makes throwaway keys and certificates for the SAML tests.
+if ! command -v openssl >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssl >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssl >/dev/null
+  }
+fi
+# Node.js (apt-get when missing) and the pinned npm identity providers.
+bash tests/idp/idp.sh install
 # --all-targets also runs the benchmarks (harness = false) once each, as a
 # smoke test with a small size; the figures in docs/benchmarks.md come from
 # `cargo bench` at full size.

@@ -614,6 +614,23 @@ mod tests {
     }
 
     #[test]
+    fn broken_html_is_read_without_panics() {
+        let broken = "<form method=post action='/x'><input type=hidden name=a value=1><input name=b \
+                      <select name=c><option>one<textarea name=d>open<form><<<>>&#xZZ;\u{0}</p></div>";
+        let html = Html::parse_document(broken);
+        let form = html.select(&sel("form")).next().expect("form");
+        let f = read_form(&form);
+        assert!(f.method_post);
+        assert!(f.fields.iter().any(|(k, v)| k == "a" && v == "1"), "{:?}", f.fields);
+        for cut in (0..broken.len()).filter(|i| broken.is_char_boundary(*i)) {
+            let html = Html::parse_document(&broken[..cut]);
+            for form in html.select(&sel("form")) {
+                let _ = read_form(&form);
+            }
+        }
+    }
+
+    #[test]
     fn urls_shown_without_query() {
         let u = Url::parse("https://idp.example:8443/sso?SAMLRequest=abc#frag").expect("url");
         assert_eq!(show_url(&u), "https://idp.example:8443/sso?…");
