@@ -1,3 +1,4 @@
 pub mod canary;
+pub mod idp;
 pub mod mailstack;
 pub mod receiver;
