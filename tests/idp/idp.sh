@@ -54,11 +54,21 @@ up_to_date() {
     && [ ! "$DIR/package.json" -nt "$STAMP" ]
 }
 
+# npm older than 10 (Debian 12's npm is 9.2) cannot read the "overrides" entry
+# that replaces saml-idp's git dependency on samlp; such an npm runs this
+# registry-published npm instead.
+BOOTSTRAP_NPM=npm@10.9.9
+
 npm_ci() {
   LOG=$(mktemp)
-  if ! (cd "$DIR" && npm ci --no-audit --no-fund --loglevel=error) >"$LOG" 2>&1; then
-    cat "$LOG" >&2
-    die "npm ci in $DIR failed"
+  local args=(ci --no-audit --no-fund --loglevel=error --prefix "$DIR")
+  if ! (cd "$DIR" && npm "${args[@]}") >"$LOG" 2>&1; then
+    # Run from elsewhere: npm exec must not read this project's package.json.
+    echo "---- retrying with $BOOTSTRAP_NPM" >>"$LOG"
+    if ! (cd "${TMPDIR:-/tmp}" && npm exec --yes --package="$BOOTSTRAP_NPM" -- npm "${args[@]}") >>"$LOG" 2>&1; then
+      cat "$LOG" >&2
+      die "npm ci in $DIR failed"
+    fi
   fi
   rm -f "$LOG"; LOG=
   touch "$STAMP"
