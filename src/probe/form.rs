@@ -368,25 +368,22 @@ async fn login_flow(s: &mut Session, login: &LoginConfig) -> Result<(), Fail> {
             .ok_or_else(|| Fail::refused(format!("IdP login form: no login form at {}", show_url(&page.url))))?;
         let filled = read_form(&form);
         let mut fields: Vec<(String, String)> = Vec::new();
-        if let Some(user) = &login.username {
-            let name = login
-                .username_field
+        let credentials = [
+            ("username", &login.username, &login.username_field, &filled.text_fields),
+            (
+                "password",
+                &login.password,
+                &login.password_field,
+                &filled.password_fields,
+            ),
+        ];
+        for (what, secret, configured, found) in credentials {
+            let Some(secret) = secret else { continue };
+            let name = configured
                 .clone()
-                .or_else(|| filled.text_fields.first().cloned())
-                .ok_or_else(|| {
-                    Fail::refused(format!("IdP login form: no username field at {}", show_url(&page.url)))
-                })?;
-            fields.push((name, user.expose().to_string()));
-        }
-        if let Some(pw) = &login.password {
-            let name = login
-                .password_field
-                .clone()
-                .or_else(|| filled.password_fields.first().cloned())
-                .ok_or_else(|| {
-                    Fail::refused(format!("IdP login form: no password field at {}", show_url(&page.url)))
-                })?;
-            fields.push((name, pw.expose().to_string()));
+                .or_else(|| found.first().cloned())
+                .ok_or_else(|| Fail::refused(format!("IdP login form: no {what} field at {}", show_url(&page.url))))?;
+            fields.push((name, secret.expose().to_string()));
         }
         for (k, v) in &login.fields {
             fields.push((k.clone(), s.render(v)?));
