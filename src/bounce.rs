@@ -128,7 +128,7 @@ pub fn parse(raw: &[u8]) -> Option<Bounce> {
         .and_then(|ct| ct.attribute("report-type"))
         .map(str::to_ascii_lowercase);
 
-    let parts = Parts::collect(&msg);
+    let parts = Parts::collect(&msg, raw);
     let mut tokens = crate::inbox::tokens_in_message(raw);
     for extra in &parts.returned_raw {
         add_tokens(&mut tokens, crate::inbox::tokens_in_message(extra));
@@ -196,7 +196,7 @@ struct Parts {
 }
 
 impl Parts {
-    fn collect(msg: &mail_parser::Message<'_>) -> Parts {
+    fn collect<'a>(msg: &'a mail_parser::Message<'a>, top_raw: &'a [u8]) -> Parts {
         let mut out = Parts::default();
         for part in &msg.parts {
             let (ctype, subtype) = part
@@ -211,11 +211,17 @@ impl Parts {
             match (&part.body, ctype.as_str(), subtype.as_str()) {
                 (_, "message", "delivery-status" | "global-delivery-status") => {
                     if out.dsn.is_none() {
-                        out.dsn = Some(lossy_capped(part.contents()));
+                        out.dsn = Some(lossy_capped(part_bytes(part, top_raw)));
                     }
                 }
                 (PartType::Message(m), _, _) => {
-                    let raw = m.raw_message();
+                    // raw_message() indexes parts[0], which a broken nested
+                    // message may lack: fall back to the part's own bytes.
+                    let raw = if m.parts.is_empty() {
+                        top_raw.get(part.offset_body..part.offset_end).unwrap_or_default()
+                    } else {
+                        m.raw_message()
+                    };
                     if out.returned_headers.is_none() {
                         out.returned_headers = Some(Fields::parse(header_block(raw)));
                     }
@@ -224,7 +230,7 @@ impl Parts {
                     }
                 }
                 (_, "text", "rfc822-headers") | (_, "message", "rfc822-headers") => {
-                    let raw = part.contents();
+                    let raw = part_bytes(part, top_raw);
                     if out.returned_headers.is_none() {
                         out.returned_headers = Some(Fields::parse(raw));
                     }
@@ -241,6 +247,17 @@ impl Parts {
             }
         }
         out
+    }
+}
+
+/// A part's decoded body, without the panic of `contents()` on an empty
+/// nested message.
+fn part_bytes<'a>(part: &'a mail_parser::MessagePart<'a>, top_raw: &'a [u8]) -> &'a [u8] {
+    match &part.body {
+        PartType::Message(m) if m.parts.is_empty() => {
+            top_raw.get(part.offset_body..part.offset_end).unwrap_or_default()
+        }
+        _ => part.contents(),
     }
 }
 
@@ -582,7 +599,7 @@ fn overall_kind(recipients: &[RecipientStatus]) -> Option<BounceKind> {
 // Free-text bounces (qmail, Exim, old Sendmail, and the human part of DSNs)
 
 /// Phrases that only mail systems write, lower-case.
-const TEXT_MARKERS: &[&str] = &[
+const MTA_MARKERS: &[&str] = &[
     "this is the mail system at host",
     "this message was created automatically by mail delivery software",
     "this is the qmail-send program at",
@@ -590,6 +607,10 @@ const TEXT_MARKERS: &[&str] = &[
     "the following addresses had permanent fatal errors",
     "the following addresses had transient non-fatal errors",
     "delivery has failed to these recipients or groups",
+];
+
+/// Phrases of bounces that a person might write too, lower-case.
+const GENERIC_MARKERS: &[&str] = &[
     "couldn't be delivered",
     "address not found",
     "delivery to the following recipient failed",
@@ -640,8 +661,11 @@ fn free_text_signals(top: &Fields, subject: &str, text_lower: &str, dsn_report: 
     let daemon = is_daemon_sender(top);
     let bounce_subject = BOUNCE_SUBJECTS.iter().any(|s| subject.contains(s));
     let null_sender = top.get("return-path").is_some_and(|r| r.replace(' ', "") == "<>");
-    let marker = TEXT_MARKERS.iter().any(|m| text_lower.contains(m));
-    (marker && (daemon || bounce_subject || null_sender)) || (daemon && bounce_subject)
+    let mta_marker = MTA_MARKERS.iter().any(|m| text_lower.contains(m));
+    let generic_marker = GENERIC_MARKERS.iter().any(|m| text_lower.contains(m));
+    (mta_marker && (daemon || bounce_subject || null_sender))
+        || (generic_marker && (daemon || null_sender))
+        || (daemon && bounce_subject)
 }
 
 /// Lines after which a free-text bounce quotes the original, lower-case.
