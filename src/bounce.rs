@@ -168,10 +168,8 @@ pub fn parse(raw: &[u8]) -> Option<Bounce> {
             }
         }
         b
-    } else if let Some(b) = auto_reply(&top, &subject) {
-        b
     } else {
-        return None;
+        auto_reply(&top, &subject)?
     };
     tokens.truncate(MAX_TOKENS);
     bounce.tokens = tokens;
@@ -210,18 +208,11 @@ impl Parts {
                 .unwrap_or_else(|| ("text".into(), "plain".into()));
             match (&part.body, ctype.as_str(), subtype.as_str()) {
                 (_, "message", "delivery-status" | "global-delivery-status") => {
-                    if out.dsn.is_none() {
-                        out.dsn = Some(lossy_capped(part_bytes(part, top_raw)));
-                    }
+                    // Only the first report counts; a second is not read as text either.
+                    out.dsn.get_or_insert_with(|| lossy_capped(part_bytes(part, top_raw)));
                 }
-                (PartType::Message(m), _, _) => {
-                    // raw_message() indexes parts[0], which a broken nested
-                    // message may lack: fall back to the part's own bytes.
-                    let raw = if m.parts.is_empty() {
-                        top_raw.get(part.offset_body..part.offset_end).unwrap_or_default()
-                    } else {
-                        m.raw_message()
-                    };
+                (PartType::Message(_), _, _) => {
+                    let raw = part_bytes(part, top_raw);
                     if out.returned_headers.is_none() {
                         out.returned_headers = Some(Fields::parse(header_block(raw)));
                     }
@@ -250,8 +241,8 @@ impl Parts {
     }
 }
 
-/// A part's decoded body, without the panic of `contents()` on an empty
-/// nested message.
+/// A part's decoded body. `contents()` indexes parts[0] of a nested message,
+/// which a broken one may lack: then the part's raw bytes stand in.
 fn part_bytes<'a>(part: &'a mail_parser::MessagePart<'a>, top_raw: &'a [u8]) -> &'a [u8] {
     match &part.body {
         PartType::Message(m) if m.parts.is_empty() => {
@@ -301,7 +292,10 @@ fn add_tokens(out: &mut Vec<String>, found: Vec<String>) {
 fn header_block(raw: &[u8]) -> &[u8] {
     let mut start = 0;
     while start < raw.len() {
-        let end = raw[start..].iter().position(|&b| b == b'\n').map_or(raw.len(), |p| start + p);
+        let end = raw[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(raw.len(), |p| start + p);
         // Only a truly empty line ends the block; blank-looking lines with
         // spaces are (obsolete) folding.
         if raw[start..end].iter().all(|&b| b == b'\r') {
@@ -382,7 +376,11 @@ fn clean_address(v: &str) -> String {
 fn clean_host(v: &str) -> Option<String> {
     let v = untyped(v);
     let v = v.split_whitespace().next().unwrap_or_default();
-    let v = v.split('[').next().unwrap_or_default().trim_end_matches(['.', ':', ',']);
+    let v = v
+        .split('[')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(['.', ':', ',']);
     (!v.is_empty()).then(|| v.to_ascii_lowercase())
 }
 
@@ -443,7 +441,9 @@ fn find_status(s: &str) -> Option<String> {
             continue;
         }
         j += d2;
-        if b.get(j).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'.' && b.get(j + 1).is_some_and(u8::is_ascii_digit)) {
+        if b.get(j)
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'.' && b.get(j + 1).is_some_and(u8::is_ascii_digit))
+        {
             continue;
         }
         return s.get(i..j).map(str::to_string);
@@ -497,8 +497,16 @@ fn from_dsn(text: &str) -> Bounce {
         for (name, value) in fields.0 {
             let is_rcpt_field = matches!(
                 name.as_str(),
-                "final-recipient" | "original-recipient" | "action" | "status" | "diagnostic-code" | "remote-mta"
-                    | "last-attempt-date" | "will-retry-until" | "x-actual-recipient" | "final-log-id"
+                "final-recipient"
+                    | "original-recipient"
+                    | "action"
+                    | "status"
+                    | "diagnostic-code"
+                    | "remote-mta"
+                    | "last-attempt-date"
+                    | "will-retry-until"
+                    | "x-actual-recipient"
+                    | "final-log-id"
             );
             if !is_rcpt_field {
                 if per_message.0.len() < MAX_FIELDS {
@@ -588,7 +596,10 @@ fn split_blocks(text: &str) -> Vec<String> {
 /// Failed if any recipient failed, else delayed if any is, else the first
 /// positive action.
 fn overall_kind(recipients: &[RecipientStatus]) -> Option<BounceKind> {
-    let kinds: Vec<BounceKind> = recipients.iter().filter_map(|r| BounceKind::from_action(&r.action)).collect();
+    let kinds: Vec<BounceKind> = recipients
+        .iter()
+        .filter_map(|r| BounceKind::from_action(&r.action))
+        .collect();
     [BounceKind::Failed, BounceKind::Delayed]
         .into_iter()
         .find(|k| kinds.contains(k))
@@ -716,10 +727,15 @@ impl TextReport {
         ]
         .iter()
         .any(|m| body_lower.contains(m));
-        let kind = if delayed { BounceKind::Delayed } else { BounceKind::Failed };
+        let kind = if delayed {
+            BounceKind::Delayed
+        } else {
+            BounceKind::Failed
+        };
         let action = if delayed { "delayed" } else { "failed" };
 
         let mut recipients: Vec<RecipientStatus> = Vec::new();
+        let mut loose_diag: Option<String> = None;
         let lines: Vec<&str> = body.lines().collect();
         let mut i = 0;
         while i < lines.len() {
@@ -785,7 +801,13 @@ impl TextReport {
                             }
                             k += 1;
                         }
-                        add_rcpt(&mut recipients, action, addr, (!detail.is_empty()).then(|| detail.join(" ")), remote);
+                        add_rcpt(
+                            &mut recipients,
+                            action,
+                            addr,
+                            (!detail.is_empty()).then(|| detail.join(" ")),
+                            remote,
+                        );
                         j = k;
                         continue;
                     }
@@ -805,7 +827,13 @@ impl TextReport {
                     }
                     if let Some(r) = l.strip_prefix("(reason:") {
                         if let Some(a) = last.take() {
-                            add_rcpt(&mut recipients, action, a, Some(r.trim_end_matches(')').to_string()), None);
+                            add_rcpt(
+                                &mut recipients,
+                                action,
+                                a,
+                                Some(r.trim_end_matches(')').to_string()),
+                                None,
+                            );
                         }
                     } else if l.contains('@') {
                         if let Some(a) = last.replace(l.to_string()) {
@@ -821,12 +849,19 @@ impl TextReport {
                 continue;
             }
             // Gmail, Exchange: the address named in a sentence.
-            for marker in ["wasn't delivered to ", "your message to ", "delivery to the following recipient"] {
+            for marker in [
+                "wasn't delivered to ",
+                "your message to ",
+                "delivery to the following recipient",
+            ] {
                 if let Some(p) = tl.find(marker) {
                     let rest = trimmed.get(p + marker.len()..).unwrap_or_default();
                     let next = lines.get(i + 1).copied().unwrap_or_default();
                     let next2 = lines.get(i + 2).copied().unwrap_or_default();
-                    if let Some(a) = first_email(rest).or_else(|| first_email(next)).or_else(|| first_email(next2)) {
+                    if let Some(a) = first_email(rest)
+                        .or_else(|| first_email(next))
+                        .or_else(|| first_email(next2))
+                    {
                         add_rcpt(&mut recipients, action, a, None, None);
                     }
                 }
@@ -840,6 +875,10 @@ impl TextReport {
                     }
                     j += 1;
                 }
+            }
+            // Exchange, Office 365 and Gmail quote the remote's reply in prose.
+            if loose_diag.is_none() {
+                loose_diag = quoted_reply(trimmed, &tl, lines.get(i + 1).copied());
             }
             // Sendmail transcript: the remote host it talked to.
             if let Some(p) = tl.find("while talking to ") {
@@ -857,6 +896,14 @@ impl TextReport {
                 add_rcpt(&mut recipients, action, a.to_string(), None, None);
             }
         }
+        // A reply quoted in prose belongs to the recipient only when there is
+        // just one to give it to.
+        if let (Some(d), [r]) = (loose_diag, recipients.as_mut_slice()) {
+            if r.diagnostic.is_none() {
+                r.status = r.status.take().or_else(|| find_status(&d));
+                r.diagnostic = Some(d);
+            }
+        }
 
         let reporting_mta = ["this is the mail system at host ", "this is the qmail-send program at "]
             .iter()
@@ -871,6 +918,27 @@ impl TextReport {
             returned,
         }
     }
+}
+
+/// A remote reply quoted in prose: `Remote Server returned '550 ...'`,
+/// `Reported error: 550 ...`, `#550 5.1.1 ... ##`, or Gmail's line after
+/// "The response from the remote server was:".
+fn quoted_reply(line: &str, lower: &str, next: Option<&str>) -> Option<String> {
+    let rest = if let Some(p) = lower.find("remote server returned ") {
+        line.get(p + "remote server returned ".len()..)?
+            .trim()
+            .trim_matches(['\'', '"', '<', '>'])
+    } else if let Some(p) = lower.find("reported error: ") {
+        line.get(p + "reported error: ".len()..)?.trim()
+    } else if lower.starts_with('#') && lower.ends_with("##") {
+        line.trim_matches(['#', ' '])
+    } else if lower.contains("the response from the remote server was:") {
+        next?.trim()
+    } else {
+        return None;
+    };
+    let rest = from_reply_code(rest);
+    (rest.len() > 3 && matches!(rest.as_bytes().first(), Some(b'4' | b'5'))).then(|| collapse_ws(rest))
 }
 
 /// Adds a recipient found in free text, or completes one already found.
@@ -969,7 +1037,9 @@ fn auto_reply(top: &Fields, subject: &str) -> Option<Bounce> {
         || top.get("x-autoreply").is_some_and(|v| !v.eq_ignore_ascii_case("no"))
         || top.has("x-autorespond")
         || top.has("x-autoresponder")
-        || top.get("precedence").is_some_and(|v| v.eq_ignore_ascii_case("auto_reply"))
+        || top
+            .get("precedence")
+            .is_some_and(|v| v.eq_ignore_ascii_case("auto_reply"))
         || AUTO_SUBJECTS.iter().any(|p| subj.starts_with(p));
     let weak = [
         auto_submitted.starts_with("auto-generated") || auto_submitted.starts_with("auto-notified"),
@@ -1008,7 +1078,11 @@ fn auto_reply(top: &Fields, subject: &str) -> Option<Bounce> {
 
 fn reason_for(b: &Bounce, subject: &str) -> String {
     let line = if b.kind == BounceKind::AutoReply {
-        let who = b.recipients.first().map(|r| format!(" from {}", r.address)).unwrap_or_default();
+        let who = b
+            .recipients
+            .first()
+            .map(|r| format!(" from {}", r.address))
+            .unwrap_or_default();
         format!("auto-reply{who}: {}", collapse_ws(subject))
     } else {
         // The recipient that decided the kind speaks for the report.

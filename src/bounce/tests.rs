@@ -52,7 +52,11 @@ fn rcpts(b: &Bounce) -> Vec<(&str, &str, Option<&str>)> {
 
 /// Every bounce of the corpus is tied to the probe by token and Message-ID.
 fn assert_tied(name: &str, b: &Bounce) {
-    assert!(b.tokens.iter().any(|t| t == TOKEN), "{name}: token missing: {:?}", b.tokens);
+    assert!(
+        b.tokens.iter().any(|t| t == TOKEN),
+        "{name}: token missing: {:?}",
+        b.tokens
+    );
     assert_eq!(b.original_message_id.as_deref(), Some(MSG_ID), "{name}");
 }
 
@@ -82,7 +86,10 @@ fn postfix_delayed_is_not_a_failure() {
     let b = get("postfix-delayed");
     assert_eq!(b.kind, BounceKind::Delayed);
     assert!(!b.is_failure());
-    assert_eq!(rcpts(&b), vec![("borgerservice@kommune.example", "delayed", Some("4.4.1"))]);
+    assert_eq!(
+        rcpts(&b),
+        vec![("borgerservice@kommune.example", "delayed", Some("4.4.1"))]
+    );
     assert_eq!(
         b.reason,
         "connect to mx.kommune.example[192.0.2.25]:25: Connection timed out (reported by mail.example.net)"
@@ -97,7 +104,10 @@ fn postfix_success_dsn_is_relayed() {
     assert_eq!(b.kind, BounceKind::Relayed);
     assert!(!b.is_failure());
     assert_eq!(rcpts(&b), vec![("social@kommune.example", "relayed", Some("2.0.0"))]);
-    assert_eq!(b.reason, "250 2.0.0 Ok: queued as 7F3A21C0042 (reported by mx.kommune.example)");
+    assert_eq!(
+        b.reason,
+        "250 2.0.0 Ok: queued as 7F3A21C0042 (reported by mx.kommune.example)"
+    );
     assert_tied("postfix-relayed", &b);
 }
 
@@ -119,8 +129,14 @@ fn exim_rfc3464() {
     let b = get("exim-dsn");
     assert_eq!(b.kind, BounceKind::Failed);
     // Exim writes Action before Final-Recipient: still one recipient.
-    assert_eq!(rcpts(&b), vec![("borgerservice@kommune.example", "failed", Some("5.0.0"))]);
-    assert_eq!(b.reason, "554 5.7.1 Message rejected as spam (reported by mx2.kommune.example)");
+    assert_eq!(
+        rcpts(&b),
+        vec![("borgerservice@kommune.example", "failed", Some("5.0.0"))]
+    );
+    assert_eq!(
+        b.reason,
+        "554 5.7.1 Message rejected as spam (reported by mx2.kommune.example)"
+    );
     assert_tied("exim-dsn", &b);
 }
 
@@ -129,7 +145,10 @@ fn exchange_on_premises_ndr() {
     let b = get("exchange-ndr");
     assert_eq!(b.kind, BounceKind::Failed);
     assert_eq!(b.reporting_mta.as_deref(), Some("exch01.kommune.example"));
-    assert_eq!(rcpts(&b), vec![("sagsbehandler@kommune.example", "failed", Some("5.1.1"))]);
+    assert_eq!(
+        rcpts(&b),
+        vec![("sagsbehandler@kommune.example", "failed", Some("5.1.1"))]
+    );
     assert_eq!(
         b.reason,
         "550 5.1.1 RESOLVER.ADR.RecipNotFound; not found (reported by exch01.kommune.example)"
@@ -156,12 +175,52 @@ fn office365_access_denied_with_base64_report() {
     assert_eq!(b.kind, BounceKind::Failed);
     assert_eq!(rcpts(&b), vec![("post@kommune.example", "failed", Some("5.4.1"))]);
     assert!(
-        b.reason.starts_with("550 5.4.1 Recipient address rejected: Access denied. AS(201806281)"),
+        b.reason
+            .starts_with("550 5.4.1 Recipient address rejected: Access denied. AS(201806281)"),
         "{}",
         b.reason
     );
-    assert!(b.reason.ends_with("(reported by db9eur01ft012.mail.protection.outlook.com)"));
+    assert!(b
+        .reason
+        .ends_with("(reported by db9eur01ft012.mail.protection.outlook.com)"));
     assert_tied("office365-access-denied", &b);
+}
+
+#[test]
+fn ndr_prose_alone_is_enough() {
+    // Without the machine-readable part, the human text still gives the facts.
+    for (name, addr, reply) in [
+        (
+            "office365-recipient-not-found",
+            "social@kommune.example",
+            "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+        ),
+        (
+            "office365-access-denied",
+            "post@kommune.example",
+            "550 5.4.1 Recipient address rejected: Access denied.",
+        ),
+        (
+            "exchange-ndr",
+            "sagsbehandler@kommune.example",
+            "550 5.1.1 RESOLVER.ADR.RecipNotFound; not found",
+        ),
+        (
+            "gmail-address-not-found",
+            "nobody@kommune.example",
+            "550 5.1.1 <nobody@kommune.example>: Recipient address rejected: User unknown in virtual mailbox table",
+        ),
+    ] {
+        let raw = FIXTURES.iter().find(|f| f.0 == name).map(|f| f.1).unwrap_or_default();
+        let stripped = String::from_utf8_lossy(raw).replace("message/delivery-status", "application/x-stripped");
+        let b = parse(stripped.as_bytes()).unwrap_or_else(|| panic!("{name}: not recognised"));
+        assert_eq!(b.kind, BounceKind::Failed, "{name}");
+        assert_eq!(b.recipients.len(), 1, "{name}: {:?}", b.recipients);
+        assert_eq!(b.recipients[0].address, addr, "{name}");
+        assert_eq!(b.recipients[0].diagnostic.as_deref(), Some(reply), "{name}");
+        assert!(b.reason.starts_with(reply), "{name}: {}", b.reason);
+        assert!(b.tokens.iter().any(|t| t == TOKEN), "{name}");
+    }
 }
 
 #[test]
@@ -197,7 +256,10 @@ fn sendmail_with_dsn() {
     let b = get("sendmail-dsn");
     assert_eq!(b.kind, BounceKind::Failed);
     assert_eq!(rcpts(&b), vec![("info@kommune.example", "failed", Some("5.1.1"))]);
-    assert_eq!(b.reason, "550 5.1.1 <info@kommune.example>... User unknown (reported by mx.kommune.example)");
+    assert_eq!(
+        b.reason,
+        "550 5.1.1 <info@kommune.example>... User unknown (reported by mx.kommune.example)"
+    );
     assert_tied("sendmail-dsn", &b);
 }
 
@@ -207,7 +269,10 @@ fn sendmail_classic_text() {
     assert_eq!(b.kind, BounceKind::Failed);
     assert_eq!(rcpts(&b), vec![("post@kommune.example", "failed", Some("5.1.1"))]);
     assert_eq!(b.recipients[0].remote_mta.as_deref(), Some("mx.kommune.example"));
-    assert_eq!(b.reason, "550 5.1.1 <post@kommune.example>... User unknown (reported by mx.kommune.example)");
+    assert_eq!(
+        b.reason,
+        "550 5.1.1 <post@kommune.example>... User unknown (reported by mx.kommune.example)"
+    );
     assert_tied("sendmail-classic", &b);
 }
 
@@ -237,7 +302,11 @@ fn auto_replies() {
         let b = get(name);
         assert_eq!(b.kind, BounceKind::AutoReply, "{name}");
         assert!(!b.is_failure());
-        assert_eq!(rcpts(&b), vec![("social@kommune.example", "auto-replied", None)], "{name}");
+        assert_eq!(
+            rcpts(&b),
+            vec![("social@kommune.example", "auto-replied", None)],
+            "{name}"
+        );
         assert_tied(name, &b);
     }
     let b = get("autoreply-exchange");
@@ -251,15 +320,38 @@ fn auto_replies() {
     assert_eq!(b.kind, BounceKind::AutoReply);
     assert_eq!(b.tokens, vec![TOKEN.to_string()]);
     assert_eq!(b.original_message_id, None);
-    assert!(b.reason.starts_with("auto-reply from borgerservice@kommune.example: Fraværende:"), "{}", b.reason);
+    assert!(
+        b.reason
+            .starts_with("auto-reply from borgerservice@kommune.example: Fraværende:"),
+        "{}",
+        b.reason
+    );
 }
 
 #[test]
 fn ordinary_mail_is_not_a_bounce() {
-    assert_eq!(parse(FIXTURES.iter().find(|f| f.0 == "ordinary-mentions-bounce").map(|f| f.1).unwrap_or_default()), None);
+    assert_eq!(
+        parse(
+            FIXTURES
+                .iter()
+                .find(|f| f.0 == "ordinary-mentions-bounce")
+                .map(|f| f.1)
+                .unwrap_or_default()
+        ),
+        None
+    );
     // The probe itself (Auto-Submitted: auto-generated, X-Auto-Response-Suppress)
     // arriving somewhere is a delivery, not an auto-reply.
-    assert_eq!(parse(FIXTURES.iter().find(|f| f.0 == "probe-delivered").map(|f| f.1).unwrap_or_default()), None);
+    assert_eq!(
+        parse(
+            FIXTURES
+                .iter()
+                .find(|f| f.0 == "probe-delivered")
+                .map(|f| f.1)
+                .unwrap_or_default()
+        ),
+        None
+    );
     let plain = b"From: a@example.net\r\nTo: b@example.net\r\nSubject: Undeliverable parcels\r\n\r\nThe parcel couldn't be delivered.\r\n";
     assert_eq!(parse(plain), None);
 }
@@ -306,7 +398,8 @@ fn hostile_input_gives_none_or_partial() {
         b"\xff\xfe\x00garbage".to_vec(),
         b"\r\n\r\n".to_vec(),
         b"Content-Type: multipart/report; report-type=delivery-status; boundary=\"\"\r\n\r\n--\r\n--\r\n".to_vec(),
-        b"From: MAILER-DAEMON@x\r\nSubject: Undelivered Mail\r\nX-Failed-Recipients: \xff@\xfe, ,,<>\r\n\r\n\xc3".to_vec(),
+        b"From: MAILER-DAEMON@x\r\nSubject: Undelivered Mail\r\nX-Failed-Recipients: \xff@\xfe, ,,<>\r\n\r\n\xc3"
+            .to_vec(),
     ];
     // Deeply nested multiparts and nested message/rfc822.
     cases.push(
