@@ -775,7 +775,10 @@ impl TextReport {
                 continue;
             }
             // Exim: indented addresses, each followed by more-indented detail.
-            if tl.contains("following address(es) failed") || tl.contains("following address(es) still") {
+            if tl.contains("following address(es) failed")
+                || tl.contains("following address(es) still")
+                || tl.contains("address(es) that have not yet been delivered")
+            {
                 let mut j = i + 1;
                 while j < lines.len() {
                     let l = lines[j];
@@ -796,6 +799,10 @@ impl TextReport {
                             let d = lines[k].trim();
                             if let Some(h) = d.strip_prefix("host ") {
                                 remote = remote.or_else(|| clean_host(h));
+                                // "host mx [ip]: Connection timed out" carries the error itself.
+                                if let Some((_, err)) = h.split_once("]: ") {
+                                    detail.push(err);
+                                }
                             } else {
                                 detail.push(d);
                             }

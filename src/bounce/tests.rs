@@ -125,6 +125,31 @@ fn exim_classic_text() {
 }
 
 #[test]
+fn exim_delay_warning() {
+    let raw = format!(
+        "From: Mail Delivery System <Mailer-Daemon@mail.example.net>\nTo: bounce@example.net\n\
+         Auto-Submitted: auto-replied\nSubject: Warning: message 1tAbCd-000Q2x-1a delayed 24 hours\n\n\
+         This message was created automatically by mail delivery software.\n\
+         A message that you sent has not yet been delivered to one or more of its\n\
+         recipients after more than 24 hours on the queue on mail.example.net.\n\n\
+         The message identifier is:     1tAbCd-000Q2x-1a\n\
+         The subject of the message is: [postcanary test] Automatisk test / automated test - {TOKEN}\n\n\
+         The address(es) that have not yet been delivered are:\n\n\
+         \x20 social@kommune.example\n\
+         \x20   host mx.kommune.example [192.0.2.25]: Connection timed out\n\n\
+         No action is required on your part. Delivery attempts will continue for\n\
+         some time, and this warning may be repeated at intervals if the message\n\
+         remains undelivered.\n"
+    );
+    let b = parse(raw.as_bytes()).unwrap_or_else(|| panic!("not recognised"));
+    assert_eq!(b.kind, BounceKind::Delayed);
+    assert!(!b.is_failure());
+    assert_eq!(rcpts(&b), vec![("social@kommune.example", "delayed", None)]);
+    assert_eq!(b.reason, "Connection timed out (reported by mx.kommune.example)");
+    assert_eq!(b.tokens, vec![TOKEN.to_string()]);
+}
+
+#[test]
 fn exim_rfc3464() {
     let b = get("exim-dsn");
     assert_eq!(b.kind, BounceKind::Failed);
