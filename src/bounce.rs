@@ -129,10 +129,8 @@ pub fn parse(raw: &[u8]) -> Option<Bounce> {
         .map(str::to_ascii_lowercase);
 
     let parts = Parts::collect(&msg, raw);
-    let mut tokens = crate::inbox::tokens_in_message(raw);
-    for extra in &parts.returned_raw {
-        add_tokens(&mut tokens, crate::inbox::tokens_in_message(extra));
-    }
+    // Tokens of an inline-quoted original (free-text bounces), found below.
+    let mut quoted_tokens = Vec::new();
 
     let dsn_report = report_type.as_deref().is_some_and(|t| t.contains("delivery-status"));
     let text_lower = parts.text.to_ascii_lowercase();
@@ -164,14 +162,20 @@ pub fn parse(raw: &[u8]) -> Option<Bounce> {
             .or_else(|| reply_target(&top));
         if let Some(f) = text.returned.as_ref() {
             for v in f.values() {
-                add_tokens(&mut tokens, find_candidates(v.as_bytes()));
+                add_tokens(&mut quoted_tokens, find_candidates(v.as_bytes()));
             }
         }
         b
     } else {
         auto_reply(&top, &subject)?
     };
+    // Only now that it is ours to report: the token search decodes every part.
+    let mut tokens = crate::inbox::tokens_in_message(raw);
     tokens.truncate(MAX_TOKENS);
+    for extra in &parts.returned_raw {
+        add_tokens(&mut tokens, crate::inbox::tokens_in_message(extra));
+    }
+    add_tokens(&mut tokens, quoted_tokens);
     bounce.tokens = tokens;
     if bounce.reason.is_empty() {
         bounce.reason = reason_for(&bounce, &subject);
