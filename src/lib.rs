@@ -1,6 +1,7 @@
 //! postcanary: a synthetic end-to-end delivery prober for public mail and
 //! form channels. See ARCHITECTURE.md for the map.
 
+pub mod bounce;
 pub mod cli;
 pub mod config;
 pub mod engine;
