@@ -107,7 +107,11 @@ impl Matcher {
 /// or hostile content just yields fewer candidates.
 pub fn tokens_in_message(raw: &[u8]) -> Vec<String> {
     let mut out = find_candidates(raw);
-    if let Some(msg) = mail_parser::MessageParser::default().parse(raw) {
+    // mail-parser's accessors index parts[0]; a broken message may have none.
+    if let Some(msg) = mail_parser::MessageParser::default()
+        .parse(raw)
+        .filter(|m| !m.parts.is_empty())
+    {
         let mut add = |text: &str| {
             for c in find_candidates(text.as_bytes()) {
                 if !out.contains(&c) {
