@@ -130,10 +130,17 @@ impl Engine {
             max_age: self.config.token.max_age,
             verdicts: self.verdicts.clone(),
         };
-        for inbox in &self.config.inboxes {
+        // One watcher per inbox, and one more for its junk folder when it has one.
+        let watchers: Vec<_> = self
+            .config
+            .inboxes
+            .iter()
+            .flat_map(|i| std::iter::once(i.clone()).chain(i.junk_watcher()))
+            .collect();
+        for inbox in watchers {
             let (tx, rx) = watch::channel(WatcherState::Connecting);
-            self.watcher_states.insert(inbox.name.clone(), rx);
-            let fut = crate::inbox::imap::watch(inbox.clone(), matcher.clone(), self.shutdown.subscribe(), tx);
+            self.watcher_states.insert(inbox.watcher_name(), rx);
+            let fut = crate::inbox::imap::watch(inbox, matcher.clone(), self.shutdown.subscribe(), tx);
             self.tasks.spawn(fut);
         }
     }

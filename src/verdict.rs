@@ -126,8 +126,31 @@ pub struct ProbeFacts<'a> {
 /// right inbox before the deadline it is `delivered`, after it `late`; in any
 /// other watched inbox it is `misrouted`.
 pub fn judge_arrival(p: &ProbeFacts<'_>, found_in: &str, found_at: Millis) -> Option<Judgement> {
+    judge_arrival_in(p, found_in, None, found_at)
+}
+
+/// [`judge_arrival`] for a message found in a folder of `found_in`: with
+/// `junk` set (the junk folder's name), a delivery there is `junked` — the
+/// mail arrived, but nobody reads that folder.
+pub fn judge_arrival_in(p: &ProbeFacts<'_>, found_in: &str, junk: Option<&str>, found_at: Millis) -> Option<Judgement> {
     if !matches!(p.verdict, Verdict::Pending | Verdict::Missed) {
         return None;
+    }
+    if let (Some(folder), false) = (junk, p.expect == Expect::Bounce) {
+        let sent = p.sent_at.unwrap_or(p.created_at);
+        return Some(Judgement {
+            verdict: Verdict::Junked,
+            detail: format!(
+                "arrived in the junk folder `{folder}` of `{found_in}` after {}",
+                human_ms(found_at - sent)
+            ),
+            at: found_at,
+            found: Some(Found {
+                inbox: found_in.to_string(),
+                at: found_at,
+            }),
+            latency_ms: Some((found_at - sent).max(0)),
+        });
     }
     let sent = p.sent_at.unwrap_or(p.created_at);
     let latency = (found_at - sent).max(0);
@@ -172,6 +195,27 @@ pub fn judge_arrival(p: &ProbeFacts<'_>, found_in: &str, found_at: Millis) -> Op
     })
 }
 
+/// A bounce (DSN) for a probe: `expected_bounce` for an address that must
+/// bounce, else `bounced` with the remote reason — at once, without waiting
+/// for the deadline. A bounce also replaces a `missed` on a deliver probe (it
+/// says why); a bounce that comes after a must-bounce probe was already
+/// judged a black hole does not undo that.
+pub fn judge_bounce(p: &ProbeFacts<'_>, reason: &str, at: Millis) -> Option<Judgement> {
+    let (verdict, detail) = match (p.expect, p.verdict) {
+        (Expect::Bounce, Verdict::Pending) => (Verdict::ExpectedBounce, format!("bounced as expected: {reason}")),
+        (Expect::Bounce, _) => return None,
+        (_, Verdict::Pending | Verdict::Missed) => (Verdict::Bounced, format!("bounced: {reason}")),
+        _ => return None,
+    };
+    Some(Judgement {
+        verdict,
+        detail,
+        at,
+        found: None,
+        latency_ms: None,
+    })
+}
+
 /// Formats milliseconds for people: `850ms`, `3.2s`, `4m10s`.
 pub fn human_ms(ms: i64) -> String {
     let ms = ms.max(0);
@@ -202,6 +246,60 @@ mod tests {
             created_at: 900,
             deadline: 61_000,
         }
+    }
+
+    #[test]
+    fn junk_folder_arrivals_are_junked_even_after_a_miss() {
+        for v in [Verdict::Pending, Verdict::Missed] {
+            let j = judge_arrival_in(
+                &facts(v, Expect::Deliver, Some("social")),
+                "social",
+                Some("Junk"),
+                3_000,
+            )
+            .expect("judged");
+            assert_eq!(j.verdict, Verdict::Junked);
+            assert_eq!(j.detail, "arrived in the junk folder `Junk` of `social` after 2.0s");
+            assert_eq!(j.latency_ms, Some(2_000));
+        }
+        let j = judge_arrival_in(
+            &facts(Verdict::Pending, Expect::Bounce, None),
+            "social",
+            Some("Junk"),
+            3_000,
+        )
+        .expect("judged");
+        assert_eq!(
+            j.verdict,
+            Verdict::Misrouted,
+            "a must-bounce address that delivers anywhere is a failure"
+        );
+        assert!(judge_arrival_in(
+            &facts(Verdict::Delivered, Expect::Deliver, Some("social")),
+            "social",
+            Some("Junk"),
+            3_000
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn bounces_end_probes_and_explain_misses() {
+        let r = "550 5.1.1 unknown (reported by mx)";
+        let j = judge_bounce(&facts(Verdict::Pending, Expect::Deliver, Some("social")), r, 5).expect("judged");
+        assert_eq!(
+            (j.verdict, j.detail.as_str()),
+            (Verdict::Bounced, "bounced: 550 5.1.1 unknown (reported by mx)")
+        );
+        let j = judge_bounce(&facts(Verdict::Missed, Expect::Forward, Some("social")), r, 5).expect("judged");
+        assert_eq!(j.verdict, Verdict::Bounced);
+        let j = judge_bounce(&facts(Verdict::Pending, Expect::Bounce, None), r, 5).expect("judged");
+        assert_eq!(j.verdict, Verdict::ExpectedBounce);
+        assert!(
+            judge_bounce(&facts(Verdict::Missed, Expect::Bounce, None), r, 5).is_none(),
+            "a black hole stays one"
+        );
+        assert!(judge_bounce(&facts(Verdict::Delivered, Expect::Deliver, Some("social")), r, 5).is_none());
     }
 
     #[test]

@@ -181,6 +181,39 @@ pub struct InboxConfig {
     pub poll_interval: Duration,
     /// Use IMAP IDLE when the server offers it.
     pub idle: bool,
+    /// The junk folder to watch as well (a second watcher): probes found there are `junked`.
+    pub junk: Option<String>,
+    /// Which folder this watcher reads; `Junk` only for the junk watcher made by [`InboxConfig::junk_watcher`].
+    pub folder: crate::inbox::Folder,
+}
+
+impl InboxConfig {
+    /// The config of the second watcher that reads the junk folder.
+    pub fn junk_watcher(&self) -> Option<InboxConfig> {
+        let junk = self.junk.clone()?;
+        Some(InboxConfig {
+            mailbox: junk.clone(),
+            junk: None,
+            folder: crate::inbox::Folder::Junk(junk),
+            ..self.clone()
+        })
+    }
+
+    /// The key of this watcher's read cursor in the ledger.
+    pub fn cursor_key(&self) -> String {
+        match &self.folder {
+            crate::inbox::Folder::Main => self.name.clone(),
+            crate::inbox::Folder::Junk(f) => format!("{}#{f}", self.name),
+        }
+    }
+
+    /// The name of this watcher, for states and logs.
+    pub fn watcher_name(&self) -> String {
+        match &self.folder {
+            crate::inbox::Folder::Main => self.name.clone(),
+            crate::inbox::Folder::Junk(f) => format!("{} ({f})", self.name),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -421,6 +454,7 @@ struct RawInbox {
     after_confirm: Option<AfterConfirm>,
     poll_interval: Option<HumanDuration>,
     idle: Option<bool>,
+    junk: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -876,6 +910,8 @@ fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<Inbox
                 after_confirm: i.after_confirm.unwrap_or(AfterConfirm::Keep),
                 poll_interval,
                 idle: i.idle.unwrap_or(true),
+                junk: i.junk.filter(|j| !j.is_empty()),
+                folder: crate::inbox::Folder::Main,
             });
         }
     }

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::{tokens_in_message, Matcher};
+use super::{consider_message, Matcher};
 use crate::config::{AfterConfirm, InboxConfig, Tls};
 use crate::ledger::Cursor;
 use crate::verdict::now_millis;
@@ -208,7 +208,7 @@ pub async fn watch(
                 if connected {
                     backoff = BACKOFF_START;
                 }
-                tracing::warn!(inbox = %cfg.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "IMAP watcher disconnected");
+                tracing::warn!(inbox = %cfg.watcher_name(), error = %e, retry_in_ms = backoff.as_millis() as u64, "IMAP watcher disconnected");
                 let _ = state.send(WatcherState::Backoff(e.to_string()));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -231,7 +231,7 @@ async fn run_session(
     let (mut session, mailbox, can_idle) = open(cfg).await?;
     *connected = true;
     let use_idle = can_idle && cfg.idle;
-    tracing::info!(inbox = %cfg.name, idle = use_idle, exists = mailbox.exists, "IMAP watcher connected");
+    tracing::info!(inbox = %cfg.watcher_name(), idle = use_idle, exists = mailbox.exists, "IMAP watcher connected");
     let uid_validity = mailbox.uid_validity.unwrap_or(0);
     let mut last_uid = starting_uid(cfg, matcher, &mut session, uid_validity, mailbox.uid_next).await?;
     let can_move = op("CAPABILITY", session.capabilities()).await?.has_str("MOVE");
@@ -306,7 +306,7 @@ async fn starting_uid(
     uid_next: Option<u32>,
 ) -> Result<u32, WatchError> {
     let store_err = |e: crate::ledger::StoreError| WatchError(e.to_string());
-    if let Some(c) = matcher.store.cursor(&cfg.name).await.map_err(store_err)? {
+    if let Some(c) = matcher.store.cursor(&cfg.cursor_key()).await.map_err(store_err)? {
         if c.uid_validity == uid_validity {
             return Ok(c.last_uid);
         }
@@ -335,7 +335,7 @@ async fn starting_uid(
     matcher
         .store
         .set_cursor(
-            &cfg.name,
+            &cfg.cursor_key(),
             Cursor {
                 uid_validity,
                 last_uid: start,
@@ -370,12 +370,7 @@ async fn catch_up(
         let messages = fetch_batch(session, batch).await?;
         let mut ours = Vec::new();
         for (uid, raw) in &messages {
-            let candidates = tokens_in_message(raw);
-            if candidates.is_empty() {
-                continue;
-            }
-            let fates = matcher
-                .consider(&cfg.name, &candidates, seen_at)
+            let fates = consider_message(matcher, &cfg.name, &cfg.folder, raw, seen_at)
                 .await
                 .map_err(|e| WatchError(e.to_string()))?;
             if fates.iter().any(|f| f.is_ours()) {
@@ -387,7 +382,7 @@ async fn catch_up(
         matcher
             .store
             .set_cursor(
-                &cfg.name,
+                &cfg.cursor_key(),
                 Cursor {
                     uid_validity,
                     last_uid: last,

@@ -8,10 +8,41 @@ pub mod imap;
 
 use std::time::{Duration, SystemTime};
 
+use crate::bounce::{Bounce, BounceKind};
 use crate::ledger::{DynStore, StoreError};
 use crate::probe::record_with;
 use crate::token::{find_candidates, TokenError, TokenKey};
-use crate::verdict::{judge_arrival, Millis, ProbeFacts, Verdict};
+use crate::verdict::{judge_arrival_in, judge_bounce, Judgement, Millis, ProbeFacts, Verdict};
+
+/// Which folder of an inbox a watcher reads.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Folder {
+    /// The folder people work from (`mailbox`).
+    #[default]
+    Main,
+    /// The junk folder, by name: a probe found here is `junked`.
+    Junk(String),
+}
+
+/// What one message means: a bounce or auto-reply about probes, or an
+/// arrival. A bounce carries the original probe (and its token) inside; it
+/// must never count as that probe arriving.
+pub async fn consider_message(
+    matcher: &Matcher,
+    inbox: &str,
+    folder: &Folder,
+    raw: &[u8],
+    seen_at: Millis,
+) -> Result<Vec<TokenFate>, StoreError> {
+    if let Some(b) = crate::bounce::parse(raw) {
+        return matcher.consider_report(inbox, &b, seen_at).await;
+    }
+    let candidates = tokens_in_message(raw);
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    matcher.consider_in(inbox, folder, &candidates, seen_at).await
+}
 
 /// What became of one token-shaped string found in a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,14 +82,122 @@ impl Matcher {
         candidates: &[String],
         seen_at: Millis,
     ) -> Result<Vec<TokenFate>, StoreError> {
+        self.consider_in(inbox, &Folder::Main, candidates, seen_at).await
+    }
+
+    /// [`Matcher::consider`] for a message found in a given folder of `inbox`.
+    pub async fn consider_in(
+        &self,
+        inbox: &str,
+        folder: &Folder,
+        candidates: &[String],
+        seen_at: Millis,
+    ) -> Result<Vec<TokenFate>, StoreError> {
         let mut fates = Vec::with_capacity(candidates.len());
         for c in candidates {
-            fates.push(self.consider_one(inbox, c, seen_at).await?);
+            fates.push(self.consider_one(inbox, folder, c, seen_at).await?);
         }
         Ok(fates)
     }
 
-    async fn consider_one(&self, inbox: &str, candidate: &str, seen_at: Millis) -> Result<TokenFate, StoreError> {
+    /// A bounce, delay notice or auto-reply: a failure report ends its
+    /// probes at once (`bounced`, or `expected_bounce` for an address that
+    /// must bounce); the others are kept as evidence only.
+    pub async fn consider_report(
+        &self,
+        inbox: &str,
+        b: &Bounce,
+        seen_at: Millis,
+    ) -> Result<Vec<TokenFate>, StoreError> {
+        let mut fates = Vec::new();
+        for candidate in &b.tokens {
+            let Some((token, probe)) = self.lookup(inbox, candidate).await? else {
+                continue;
+            };
+            let facts = ProbeFacts {
+                verdict: probe.verdict,
+                expect: probe.expect(),
+                inbox: probe.inbox.as_deref(),
+                sent_at: probe.sent_at,
+                created_at: probe.created_at,
+                deadline: probe.deadline,
+            };
+            let judged = match b.kind {
+                BounceKind::Failed => judge_bounce(&facts, &b.reason, seen_at),
+                other => {
+                    let kind = match other {
+                        BounceKind::AutoReply => "auto-reply",
+                        BounceKind::Delayed => "dsn-delayed",
+                        _ => "dsn",
+                    };
+                    self.store.add_event(&probe.id, seen_at, kind, &b.reason).await?;
+                    tracing::info!(inbox, channel = %probe.channel, token = %token, kind, reason = %b.reason, "report about a probe");
+                    fates.push(TokenFate::AlreadyJudged);
+                    continue;
+                }
+            };
+            fates.push(self.record_judgement(inbox, &probe, token.as_str(), judged).await?);
+        }
+        Ok(fates)
+    }
+
+    /// Verifies a candidate and finds its probe; `None` (logged) if it is not ours.
+    async fn lookup(
+        &self,
+        inbox: &str,
+        candidate: &str,
+    ) -> Result<Option<(crate::token::Token, crate::ledger::ProbeRecord)>, StoreError> {
+        let token = match self.key.verify(candidate, SystemTime::now(), self.max_age) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(inbox, candidate, reason = %e, "ignoring token that is not ours");
+                return Ok(None);
+            }
+        };
+        match self.store.probe_by_token(token.as_str()).await? {
+            Some(p) => Ok(Some((token, p))),
+            None => {
+                tracing::info!(inbox, token = %token, "token verifies but is not in this ledger");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn record_judgement(
+        &self,
+        inbox: &str,
+        probe: &crate::ledger::ProbeRecord,
+        token: &str,
+        judged: Option<Judgement>,
+    ) -> Result<TokenFate, StoreError> {
+        let Some(j) = judged else {
+            return Ok(TokenFate::AlreadyJudged);
+        };
+        let verdict = j.verdict;
+        crate::telemetry::probe_step(
+            &probe.id,
+            "token_found",
+            vec![
+                opentelemetry::KeyValue::new("postcanary.inbox", inbox.to_string()),
+                opentelemetry::KeyValue::new("postcanary.verdict", verdict.as_str()),
+            ],
+        );
+        let changed = record_with(&self.store, &self.verdicts, &probe.id, &probe.channel, j).await?;
+        if changed {
+            tracing::info!(inbox, channel = %probe.channel, token, %verdict, "token found");
+            Ok(TokenFate::Judged(verdict))
+        } else {
+            Ok(TokenFate::AlreadyJudged)
+        }
+    }
+
+    async fn consider_one(
+        &self,
+        inbox: &str,
+        folder: &Folder,
+        candidate: &str,
+        seen_at: Millis,
+    ) -> Result<TokenFate, StoreError> {
         let token = match self.key.verify(candidate, SystemTime::now(), self.max_age) {
             Ok(t) => t,
             Err(e) => {
@@ -79,25 +218,12 @@ impl Matcher {
             created_at: probe.created_at,
             deadline: probe.deadline,
         };
-        let Some(j) = judge_arrival(&facts, inbox, seen_at) else {
-            return Ok(TokenFate::AlreadyJudged);
+        let junk = match folder {
+            Folder::Main => None,
+            Folder::Junk(name) => Some(name.as_str()),
         };
-        let verdict = j.verdict;
-        crate::telemetry::probe_step(
-            &probe.id,
-            "token_found",
-            vec![
-                opentelemetry::KeyValue::new("postcanary.inbox", inbox.to_string()),
-                opentelemetry::KeyValue::new("postcanary.verdict", verdict.as_str()),
-            ],
-        );
-        let changed = record_with(&self.store, &self.verdicts, &probe.id, &probe.channel, j).await?;
-        if changed {
-            tracing::info!(inbox, channel = %probe.channel, token = %token, %verdict, "token found");
-            Ok(TokenFate::Judged(verdict))
-        } else {
-            Ok(TokenFate::AlreadyJudged)
-        }
+        let judged = judge_arrival_in(&facts, inbox, junk, seen_at);
+        self.record_judgement(inbox, &probe, token.as_str(), judged).await
     }
 }
 

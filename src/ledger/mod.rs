@@ -203,7 +203,7 @@ pub trait Store: Send + Sync + 'static {
     async fn add_event(&self, id: &str, at: Millis, kind: &str, detail: &str) -> StoreResult<()>;
 
     /// Records a verdict if the probe is still pending — or, for an arrival
-    /// (`late`/`misrouted`), if it was `missed`. Returns whether it changed.
+    /// (`late`/`misrouted`/`junked`) or a bounce, if it was `missed`. Returns whether it changed.
     async fn judge(&self, id: &str, j: &Judgement) -> StoreResult<bool>;
 
     /// Turns every pending probe whose deadline is at or before `now` into a

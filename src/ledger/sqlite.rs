@@ -537,7 +537,12 @@ impl Store for SqliteStore {
         let j = j.clone();
         self.with(move |c| {
             let tx = c.transaction()?;
-            let arrival = matches!(j.verdict, Verdict::Late | Verdict::Misrouted);
+            // Verdicts that can still correct a `missed`: the message turned up after
+            // all (late, elsewhere, in junk), or a bounce explains where it went.
+            let arrival = matches!(
+                j.verdict,
+                Verdict::Late | Verdict::Misrouted | Verdict::Junked | Verdict::Bounced
+            );
             let (found_in, found_at) = match &j.found {
                 Some(f) => (Some(f.inbox.clone()), Some(f.at)),
                 None => (None, None),

@@ -15,8 +15,9 @@
 # dovecot.log, run/ = base_dir, state/), mail/<user>/ (maildirs).
 #
 # The domain kommune.example has mailboxes social, borger, closed, canary, ops;
-# retired@ is accepted and discarded; familie@ is aliased to closed@; every other
-# recipient is refused at RCPT time. SMTP needs no auth from loopback; SUB requires
+# retired@ is accepted and discarded; familie@ is aliased to closed@;
+# spamfiltered@ lands in social's Junk folder (user+Folder@ addressing); every
+# other recipient is refused at RCPT time. SMTP needs no auth from loopback; SUB requires
 # SASL AUTH (PLAIN/LOGIN, through Dovecot). Nothing under /etc is changed and no
 # system service is started.
 set -euo pipefail
@@ -172,7 +173,11 @@ write_config() {
   echo "retired@kommune.example OK" >> "$dir/postfix/vmailbox"
   chmod 640 "$dir/dovecot/users"
   chgrp dovecot "$dir/dovecot/users"
-  echo "familie@kommune.example closed@kommune.example" > "$dir/postfix/virtual"
+  {
+    echo "familie@kommune.example closed@kommune.example"
+    # What a server-side spam filter does to a message: files it in Junk.
+    echo "spamfiltered@kommune.example social+Junk@kommune.example"
+  } > "$dir/postfix/virtual"
   echo "retired@kommune.example discard:" > "$dir/postfix/transport"
   chown -R "$MAIL_USER:$MAIL_USER" "$dir/mail"
 
@@ -207,6 +212,8 @@ virtual_mailbox_maps = texthash:$dir/postfix/vmailbox
 virtual_alias_maps = texthash:$dir/postfix/virtual
 transport_maps = texthash:$dir/postfix/transport
 virtual_transport = lmtp:inet:127.0.0.1:$lmtp
+# user+Folder@ looks up user@ and Dovecot files it into Folder (spam-filter stand-in).
+recipient_delimiter = +
 smtputf8_enable = no
 smtp_dns_support_level = disabled
 lmtp_dns_support_level = disabled
@@ -279,6 +286,8 @@ mail_gid = $MAIL_USER
 first_valid_uid = $mail_uid
 first_valid_gid = $mail_uid
 mail_max_userip_connections = 200
+recipient_delimiter = +
+lmtp_save_to_detail_mailbox = yes
 # No stats connection: a process killed during its stats handshake stalls shutdown 5 s.
 stats_writer_socket_path =
 # Fast failures for wrong-password tests.
