@@ -21,6 +21,20 @@ if ! command -v openssl >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssl >/dev/null
   }
 fi
+# dnsmasq (the binary only, no system service) as the tests' authoritative DNS server.
+if ! command -v dnsmasq >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dnsmasq-base >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dnsmasq-base >/dev/null
+  }
+fi
+# The peer benchmark's check_email_delivery (Nagios plugin) and its Perl IMAP client.
+if [ ! -x /usr/lib/nagios/plugins/check_email_delivery ] || ! perl -MMail::IMAPClient -e1 2>/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends monitoring-plugins-contrib libmail-imapclient-perl >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends monitoring-plugins-contrib libmail-imapclient-perl >/dev/null
+  }
+fi
 # Node.js (apt-get when missing) and the pinned npm identity providers.
 bash tests/idp/idp.sh install
 # --all-targets also runs the benchmarks (harness = false) once each, as a

@@ -51,6 +51,13 @@ enum Command {
     },
     /// Run the daemon: scheduler, inbox watchers, deadline sweeper.
     Run,
+    /// Show the DNS routing records of every probed domain against the
+    /// accepted baseline; `--accept` makes the current records the baseline.
+    Dns {
+        /// Domain whose current records to accept (repeatable).
+        #[arg(long = "accept")]
+        accept: Vec<String>,
+    },
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -92,6 +99,7 @@ pub fn main() -> ExitCode {
         }
         Command::Check { channels, json } => with_runtime(check(config, channels, json)),
         Command::Run => with_runtime(run(config)),
+        Command::Dns { accept } => with_runtime(dns(config, accept)),
     };
     if let Some(t) = telemetry {
         t.shutdown();
@@ -125,6 +133,90 @@ fn report_config_errors(errors: &ConfigErrors) {
     eprintln!("invalid config:");
     for e in &errors.0 {
         eprintln!("  {e}");
+    }
+}
+
+/// `postcanary dns`: exit 0 when every domain is as accepted, 1 when one
+/// differs or cannot be read.
+async fn dns(config: Config, accept: Vec<String>) -> ExitCode {
+    let Some(cfg) = config.dns.clone() else {
+        eprintln!("{}: no [dns] table: DNS drift watching is off", config.path.display());
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let store = match crate::ledger::open(&config.ledger.backend).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot open the ledger: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let resolver = match crate::drift::resolver(&cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot set up DNS resolution: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let domains = crate::drift::domains(&config);
+    for a in &accept {
+        if !domains.iter().any(|d| d.eq_ignore_ascii_case(a)) {
+            eprintln!("no mail channel sends to {a:?}; probed domains: {}", domains.join(", "));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    let mut all_same = true;
+    for domain in domains {
+        let snap = match resolver.snapshot(&domain).await {
+            Ok(s) => s,
+            Err(e) => {
+                println!("{domain}: no answer: {e}");
+                all_same = false;
+                continue;
+            }
+        };
+        if accept.iter().any(|a| a.eq_ignore_ascii_case(&domain)) {
+            let json = serde_json::to_string(&snap).unwrap_or_default();
+            if let Err(e) = store
+                .set_dns_baseline(&domain, &json, crate::verdict::now_millis())
+                .await
+            {
+                eprintln!("cannot write the ledger: {e}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+            println!("{domain}: accepted the current records as the baseline (the daemon resolves its incident on its next look)");
+            continue;
+        }
+        match crate::drift::compare(&store, &snap).await {
+            Ok(crate::drift::Look::Recorded(_)) => println!("{domain}: no baseline yet; recorded the current records"),
+            Ok(crate::drift::Look::Unchanged) => println!("{domain}: as accepted"),
+            Ok(crate::drift::Look::Changed(changes)) => {
+                all_same = false;
+                println!("{domain}: CHANGED");
+                for c in changes {
+                    println!("  {c}");
+                }
+            }
+            Err(e) => {
+                eprintln!("cannot read the ledger: {e}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        }
+        println!(
+            "  MX {}",
+            if snap.mx.is_empty() {
+                "(none)".to_string()
+            } else {
+                snap.mx.join(", ")
+            }
+        );
+        for (what, v) in [("SPF", &snap.spf), ("DMARC", &snap.dmarc), ("MTA-STS", &snap.mta_sts)] {
+            println!("  {what} {}", v.as_deref().unwrap_or("(none)"));
+        }
+    }
+    if all_same {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
     }
 }
 

@@ -190,6 +190,15 @@ impl Engine {
             &self.shutdown,
             &mut self.tasks,
         );
+        if self.config.dns.is_some() {
+            self.tasks.spawn(crate::drift::run(
+                Arc::clone(&self.config),
+                Arc::clone(&self.store),
+                hostname(),
+                wake.clone(),
+                self.shutdown.subscribe(),
+            ));
+        }
         let processor = crate::incident::Processor {
             config: Arc::clone(&self.config),
             store: Arc::clone(&self.store),

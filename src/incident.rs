@@ -34,6 +34,11 @@ fn sender_of(ch: &Channel) -> &str {
     }
 }
 
+/// The incident key of a domain's mail routing (DNS drift).
+pub fn dns_key(domain: &str) -> String {
+    format!("dns:{domain}")
+}
+
 /// The pseudo-sender of form channels.
 pub const FORMS_PATH: &str = "web";
 
@@ -89,6 +94,95 @@ impl Subject {
         }
     }
 }
+
+impl Subject {
+    /// A domain's mail routing: paged to the teams whose channels send there.
+    fn dns(config: &Config, domain: &str) -> Subject {
+        let channels: Vec<&Channel> = config
+            .channels
+            .iter()
+            .filter(|c| matches!(&c.kind, ChannelKind::Mail { to, .. } if to.domain().eq_ignore_ascii_case(domain)))
+            .collect();
+        let mut notify: Vec<String> = Vec::new();
+        for n in channels.iter().flat_map(|c| c.notify.iter()) {
+            if !notify.contains(n) {
+                notify.push(n.clone());
+            }
+        }
+        if notify.is_empty() {
+            notify = config.paging.default_notify.clone();
+        }
+        Subject {
+            channel: dns_key(domain),
+            name: format!("mail routing of {domain} (DNS)"),
+            owner: channels
+                .first()
+                .map(|c| c.owner.clone())
+                .unwrap_or_else(|| "postcanary".into()),
+            target: domain.to_string(),
+            notify,
+        }
+    }
+}
+
+/// What a DNS check of `domain` means: `changes` against the accepted
+/// baseline (empty: as accepted) and the domain's open incident, if any. A
+/// change opens a "routing changed" incident and pages at once, before any
+/// probe has failed; going back to the baseline (or accepting the new
+/// records) resolves it.
+pub fn decide_dns(
+    config: &Config,
+    domain: &str,
+    changes: &[String],
+    open: Option<&Incident>,
+    now: Millis,
+    source: &str,
+) -> IncidentAction {
+    let subject = Subject::dns(config, domain);
+    if changes.is_empty() {
+        return match open {
+            Some(o) => resolve(&subject, o, "the DNS records are as accepted again", now, source),
+            None => IncidentAction::Nothing,
+        };
+    }
+    let detail = changes.join("; ");
+    match open {
+        Some(o) if o.detail == detail => IncidentAction::Nothing,
+        Some(o) => IncidentAction::Update {
+            incident_id: o.id,
+            verdict: ROUTING_CHANGED.into(),
+            detail,
+            at: now,
+        },
+        None => {
+            let key = format!("postcanary/dns/{domain}/{now}");
+            IncidentAction::Open {
+                channel: dns_key(domain),
+                pages: pages(
+                    &subject,
+                    PageEvent::Trigger,
+                    &key,
+                    0,
+                    ROUTING_CHANGED,
+                    &detail,
+                    now,
+                    now,
+                    None,
+                    Vec::new(),
+                    source,
+                ),
+                dedup_key: key,
+                verdict: ROUTING_CHANGED.into(),
+                detail,
+                at: now,
+                silenced: None,
+            }
+        }
+    }
+}
+
+/// The verdict text of a DNS drift incident.
+pub const ROUTING_CHANGED: &str = "routing_changed";
 
 #[allow(clippy::too_many_arguments)]
 fn pages(
@@ -332,10 +426,13 @@ pub fn due_page(
             let silenced = config.silences.iter().any(|s| s.covers(&ch.id, &ch.owner, now));
             (Subject::channel(ch), silenced)
         }
-        None => {
-            let sender = open.channel.strip_prefix("postcanary:")?;
-            (Subject::degraded(config, sender), false)
-        }
+        None => match open.channel.strip_prefix("dns:") {
+            Some(domain) => (Subject::dns(config, domain), false),
+            None => {
+                let sender = open.channel.strip_prefix("postcanary:")?;
+                (Subject::degraded(config, sender), false)
+            }
+        },
     };
     let (event, note) = if !open.paged {
         if silenced {

@@ -4,6 +4,8 @@
 pub mod bounce;
 pub mod cli;
 pub mod config;
+pub mod dns;
+pub mod drift;
 pub mod engine;
 pub mod heartbeat;
 pub mod inbox;

@@ -37,6 +37,16 @@ pub struct Config {
     /// The HTTP server of `run` (status page, API, metrics); none if absent.
     pub server: Option<ServerConfig>,
     pub telemetry: Option<TelemetryConfig>,
+    /// DNS drift watching (`[dns]`); off without the table.
+    pub dns: Option<DnsConfig>,
+}
+
+/// `[dns]`: watch the routing records of every domain probed.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    pub interval: Duration,
+    /// Ask this server instead of the system's resolver.
+    pub nameserver: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -165,6 +175,19 @@ pub struct SenderConfig {
     pub helo: Option<String>,
     /// Limit for one SMTP conversation.
     pub timeout: Duration,
+    /// `kind = "mx"`: deliver straight to the recipient domain's MX hosts.
+    pub mx: Option<MxOptions>,
+}
+
+/// How a `kind = "mx"` sender delivers.
+#[derive(Debug, Clone)]
+pub struct MxOptions {
+    /// Port of the MX hosts (25; other values for tests and lab setups).
+    pub port: u16,
+    /// Fail the probe unless the receiving side does STARTTLS with TLS 1.2 or later.
+    pub require_tls: bool,
+    /// Ask this DNS server instead of the system's resolver.
+    pub nameserver: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -302,6 +325,7 @@ struct RawMain {
     heartbeat: Option<RawHeartbeat>,
     server: Option<RawServer>,
     telemetry: Option<RawTelemetry>,
+    dns: Option<RawDns>,
 }
 
 #[derive(Deserialize)]
@@ -390,6 +414,13 @@ struct RawInclude {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawDns {
+    interval: Option<HumanDuration>,
+    nameserver: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawLedger {
     url: Option<String>,
 }
@@ -415,15 +446,15 @@ struct RawDefaults {
 #[serde(rename_all = "lowercase")]
 enum SenderKind {
     Smtp,
+    Mx,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSender {
     name: String,
-    #[allow(dead_code)] // one kind so far; the field is required so configs stay explicit
     kind: SenderKind,
-    host: String,
+    host: Option<String>,
     port: Option<u16>,
     tls: Option<Tls>,
     username: Option<String>,
@@ -431,6 +462,8 @@ struct RawSender {
     from: String,
     helo: Option<String>,
     timeout: Option<HumanDuration>,
+    require_tls: Option<bool>,
+    nameserver: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -713,10 +746,34 @@ impl Config {
             })
         });
 
+        let dns = main.dns.map(|d| {
+            let nameserver = d.nameserver.as_deref().and_then(|n| match parse_nameserver(n) {
+                Some(a) => Some(a),
+                None => {
+                    let line = loader.files[0].table_key_line("dns", "nameserver");
+                    let e = loader.files[0].error(
+                        line,
+                        Some("dns.nameserver"),
+                        format!("{n:?} is not an IP address (with an optional :port)"),
+                    );
+                    loader.errors.push(e);
+                    None
+                }
+            });
+            DnsConfig {
+                interval: d
+                    .interval
+                    .map(HumanDuration::as_duration)
+                    .unwrap_or(Duration::from_secs(900)),
+                nameserver,
+            }
+        });
+
         if !loader.errors.is_empty() {
             return Err(ConfigErrors(loader.errors));
         }
         Ok(Config {
+            dns,
             path: path.to_path_buf(),
             notifiers,
             paging,
@@ -732,6 +789,15 @@ impl Config {
             logins,
         })
     }
+}
+
+/// `IP` or `IP:port` (port 53 by default).
+fn parse_nameserver(n: &str) -> Option<std::net::SocketAddr> {
+    n.parse::<std::net::SocketAddr>().ok().or_else(|| {
+        n.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| std::net::SocketAddr::new(ip, 53))
+    })
 }
 
 /// Every declared name a channel may refer to.
@@ -830,13 +896,70 @@ fn build_senders(loader: &mut Loader, raw: Vec<(Origin, RawSender)>) -> Vec<Send
     let mut seen = HashSet::new();
     for (origin, s) in raw {
         check_name(loader, &mut seen, &origin, "sender", &s.name);
-        let tls = s.tls.unwrap_or(Tls::Starttls);
-        check_tls_host(loader, &origin, "sender", tls, &s.host);
-        let port = s.port.unwrap_or(match tls {
-            Tls::Tls => 465,
-            Tls::Starttls => 587,
-            Tls::None => 25,
-        });
+        let (host, tls, port, mx) = match s.kind {
+            SenderKind::Smtp => {
+                for (key, set) in [
+                    ("require_tls", s.require_tls.is_some()),
+                    ("nameserver", s.nameserver.is_some()),
+                ] {
+                    if set {
+                        loader.err(&origin, "sender", key, format!("`{key}` is for kind = \"mx\""));
+                    }
+                }
+                let host = s.host.clone().unwrap_or_else(|| {
+                    loader.err(&origin, "sender", "kind", "kind = \"smtp\" needs `host`, the relay");
+                    String::new()
+                });
+                let tls = s.tls.unwrap_or(Tls::Starttls);
+                check_tls_host(loader, &origin, "sender", tls, &host);
+                let port = s.port.unwrap_or(match tls {
+                    Tls::Tls => 465,
+                    Tls::Starttls => 587,
+                    Tls::None => 25,
+                });
+                (host, tls, port, None)
+            }
+            SenderKind::Mx => {
+                for (key, set) in [
+                    ("host", s.host.is_some()),
+                    ("tls", s.tls.is_some()),
+                    ("username", s.username.is_some()),
+                ] {
+                    if set {
+                        loader.err(
+                            &origin,
+                            "sender",
+                            key,
+                            format!("`{key}` is for kind = \"smtp\"; an MX sender finds its hosts in DNS and uses STARTTLS when offered (`require_tls` to insist)"),
+                        );
+                    }
+                }
+                let nameserver = s.nameserver.as_deref().and_then(|n| {
+                    let a = parse_nameserver(n);
+                    if a.is_none() {
+                        loader.err(
+                            &origin,
+                            "sender",
+                            "nameserver",
+                            format!("{n:?} is not an IP address (with an optional :port)"),
+                        );
+                    }
+                    a
+                });
+                let port = s.port.unwrap_or(25);
+                let mx = MxOptions {
+                    port,
+                    require_tls: s.require_tls.unwrap_or(false),
+                    nameserver,
+                };
+                (
+                    "(MX of the recipient domain)".to_string(),
+                    Tls::Starttls,
+                    port,
+                    Some(mx),
+                )
+            }
+        };
         let from = match s.from.parse::<lettre::message::Mailbox>() {
             Ok(m) => Some(m),
             Err(e) => {
@@ -863,7 +986,7 @@ fn build_senders(loader: &mut Loader, raw: Vec<(Origin, RawSender)>) -> Vec<Send
         if let Some(from) = from {
             out.push(SenderConfig {
                 name: s.name,
-                host: s.host,
+                host,
                 port,
                 tls,
                 username: s.username,
@@ -871,6 +994,7 @@ fn build_senders(loader: &mut Loader, raw: Vec<(Origin, RawSender)>) -> Vec<Send
                 from,
                 helo: s.helo,
                 timeout,
+                mx,
             });
         }
     }

@@ -437,3 +437,50 @@ async fn a_failing_notifier_hands_over_to_its_fallback() {
         vec![("ops".to_string(), 1), ("social-team".to_string(), 1)]
     );
 }
+
+#[test]
+fn dns_changes_open_once_update_and_resolve_to_the_senders_owners() {
+    let c = config("");
+    let changes = vec!["MX changed: [10 mx.kommune.example] → [10 mx.closed.example]".to_string()];
+    let IncidentAction::Open {
+        channel,
+        verdict,
+        detail,
+        pages,
+        ..
+    } = decide_dns(&c, "kommune.example", &changes, None, 1_000, "host")
+    else {
+        panic!("a change opens an incident")
+    };
+    assert_eq!(channel, "dns:kommune.example");
+    assert_eq!(verdict, "routing_changed");
+    assert_eq!(detail, changes[0]);
+    // Every team with a channel to the domain: the owner route of social, and borger's own list.
+    let mut to: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
+    to.sort_unstable();
+    assert_eq!(to, vec!["ops", "social-team"]);
+    assert!(pages[0].1.summary.contains("mail routing of kommune.example (DNS)"));
+
+    let mut open = incident(7, "dns:kommune.example", true);
+    open.detail = changes[0].clone();
+    assert!(matches!(
+        decide_dns(&c, "kommune.example", &changes, Some(&open), 2_000, "host"),
+        IncidentAction::Nothing
+    ));
+    let more = vec![changes[0].clone(), "DMARC removed (was v=DMARC1; p=reject)".to_string()];
+    assert!(matches!(
+        decide_dns(&c, "kommune.example", &more, Some(&open), 2_000, "host"),
+        IncidentAction::Update { incident_id: 7, .. }
+    ));
+    let IncidentAction::Resolve { pages, .. } = decide_dns(&c, "kommune.example", &[], Some(&open), 3_000, "host")
+    else {
+        panic!("back to the baseline resolves")
+    };
+    assert_eq!(pages.len(), 2);
+    assert!(matches!(
+        decide_dns(&c, "kommune.example", &[], None, 3_000, "host"),
+        IncidentAction::Nothing
+    ));
+    // Reminders for an open DNS incident find their subject.
+    assert!(due_page(&c, &open, &[], 50_000 + 3_600_001, "host").is_some());
+}

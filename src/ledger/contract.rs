@@ -37,6 +37,17 @@ pub async fn run_all(s: DynStore) {
     assert_eq!(s.meta_get_or_put("token_key", "aaa").await.unwrap(), "aaa");
     assert_eq!(s.meta_get_or_put("token_key", "bbb").await.unwrap(), "aaa");
 
+    // DNS baselines: none until recorded; a later one replaces it.
+    assert_eq!(s.dns_baseline("kommune.example").await.unwrap(), None);
+    s.set_dns_baseline("kommune.example", "{\"mx\":[]}", 5).await.unwrap();
+    s.set_dns_baseline("kommune.example", "{\"mx\":[\"10 mx\"]}", 9)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.dns_baseline("kommune.example").await.unwrap(),
+        Some(("{\"mx\":[\"10 mx\"]}".to_string(), 9))
+    );
+
     // A probe is pending until judged; the row exists before the send.
     s.insert_probe(&probe(1, Expect::Deliver, 100, 1_000, "run-a"))
         .await

@@ -223,6 +223,11 @@ pub trait Store: Send + Sync + 'static {
     async fn cursor(&self, inbox: &str) -> StoreResult<Option<Cursor>>;
     async fn set_cursor(&self, inbox: &str, c: Cursor) -> StoreResult<()>;
 
+    /// The accepted DNS records of a domain (a JSON snapshot) and when they were recorded.
+    async fn dns_baseline(&self, domain: &str) -> StoreResult<Option<(String, Millis)>>;
+    /// Accepts a domain's current DNS records as its baseline.
+    async fn set_dns_baseline(&self, domain: &str, snapshot: &str, at: Millis) -> StoreResult<()>;
+
     // --- incidents and the outbox
 
     /// Judged probes whose verdict the incident logic has not handled yet, oldest first.

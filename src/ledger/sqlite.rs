@@ -105,6 +105,13 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_pending ON outbox (notifier, state, id);
 "#,
+    r#"
+CREATE TABLE dns_baselines (
+    domain      TEXT PRIMARY KEY,
+    snapshot    TEXT NOT NULL,
+    recorded_at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// A send not confirmed by its own process is given this long past its
@@ -893,6 +900,32 @@ impl Store for SqliteStore {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             Ok((counts, n, sum))
+        })
+        .await
+    }
+
+    async fn dns_baseline(&self, domain: &str) -> StoreResult<Option<(String, Millis)>> {
+        let domain = domain.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT snapshot, recorded_at FROM dns_baselines WHERE domain = ?1",
+                params![domain],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn set_dns_baseline(&self, domain: &str, snapshot: &str, at: Millis) -> StoreResult<()> {
+        let (domain, snapshot) = (domain.to_string(), snapshot.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO dns_baselines (domain, snapshot, recorded_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (domain) DO UPDATE SET snapshot = excluded.snapshot, recorded_at = excluded.recorded_at",
+                params![domain, snapshot, at],
+            )
+            .map(|_| ())
         })
         .await
     }

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use crate::config::{Channel, Expect, SenderConfig};
 use crate::ledger::StoreError;
 use crate::sender::message::{build, ProbeMessage};
-use crate::sender::{smtp, SendOutcome};
+use crate::sender::SendOutcome;
 use crate::verdict::{now_millis, Judgement, Verdict};
 
 use super::{record, ProbeContext, Started};
@@ -57,7 +57,7 @@ pub async fn send(
     let mut own_failures = 0;
     for attempt in 1.. {
         let span = tracing::info_span!("smtp", channel = %channel.id, relay = %sender.name, attempt);
-        let outcome = smtp::send(sender, to, &message).instrument(span).await;
+        let outcome = crate::sender::send(sender, to, &message).instrument(span).await;
         let now = now_millis();
         let wait = Duration::from_millis(u64::try_from(p.deadline - now).unwrap_or(0));
         let can_retry = backoff < wait;

@@ -2,7 +2,16 @@
 //! the outcome of an attempt says whose fault a failure is.
 
 pub mod message;
+pub mod mx;
 pub mod smtp;
+
+/// Hands one message to the sender: its relay, or the recipient domain's MX.
+pub async fn send(cfg: &crate::config::SenderConfig, to: &lettre::Address, message: &[u8]) -> SendOutcome {
+    match &cfg.mx {
+        Some(mx) => mx::send(cfg, mx, to, message).await,
+        None => smtp::send(cfg, to, message).await,
+    }
+}
 
 /// What one attempt to hand over a message came to.
 #[derive(Clone, Debug, PartialEq, Eq)]

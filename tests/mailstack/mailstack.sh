@@ -15,7 +15,8 @@
 # dovecot.log, run/ = base_dir, state/), mail/<user>/ (maildirs).
 #
 # The domain kommune.example has mailboxes social, borger, closed, canary, ops;
-# retired@ is accepted and discarded; familie@ is aliased to closed@;
+# Postfix offers STARTTLS with a throwaway certificate. retired@ is accepted and
+# discarded; familie@ is aliased to closed@;
 # spamfiltered@ lands in social's Junk folder (user+Folder@ addressing); every
 # other recipient is refused at RCPT time. SMTP needs no auth from loopback; SUB requires
 # SASL AUTH (PLAIN/LOGIN, through Dovecot). Nothing under /etc is changed and no
@@ -23,7 +24,7 @@
 set -euo pipefail
 
 USERS="social borger closed canary ops"
-PACKAGES="postfix dovecot-imapd dovecot-lmtpd"
+PACKAGES="postfix dovecot-imapd dovecot-lmtpd openssl"
 WAIT_SECONDS=20
 # Unprivileged owner of the maildirs (Dovecot refuses uid 0 for mail).
 MAIL_USER=mail
@@ -43,7 +44,7 @@ cleanup_install() {
 }
 
 installed() {
-  command -v postfix >/dev/null && command -v dovecot >/dev/null || return 1
+  command -v postfix >/dev/null && command -v dovecot >/dev/null && command -v openssl >/dev/null || return 1
   local p
   for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || return 1
@@ -161,6 +162,10 @@ write_config() {
     echo "IMAP_PORT=$imap"
     echo "LMTP_PORT=$lmtp"
   } > "$dir/env"
+  # A throwaway certificate: Postfix offers STARTTLS (opportunistically), as real MX hosts do.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=mx.kommune.example -keyout "$dir/postfix/tls-key.pem" -out "$dir/postfix/tls-cert.pem" \
+    >/dev/null 2>&1 || die "openssl could not make the test certificate"
   : > "$dir/dovecot/users"
   : > "$dir/postfix/vmailbox"
   local u pw
@@ -220,7 +225,8 @@ lmtp_dns_support_level = disabled
 smtp_host_lookup = native
 lmtp_host_lookup = native
 smtpd_peername_lookup = no
-smtpd_tls_security_level = none
+smtpd_tls_security_level = may
+smtpd_tls_chain_files = $dir/postfix/tls-key.pem, $dir/postfix/tls-cert.pem
 smtp_tls_security_level = none
 lmtp_tls_security_level = none
 smtpd_sasl_type = dovecot
@@ -256,6 +262,7 @@ defer     unix - - n - 0 bounce
 trace     unix - - n - 0 bounce
 verify    unix - - n - 1 verify
 flush     unix n - n 1000? 0 flush
+tlsmgr    unix - - n 1000? 1 tlsmgr
 proxymap  unix - - n - - proxymap
 proxywrite unix - - n - 1 proxymap
 smtp      unix - - n - - smtp

@@ -1,4 +1,5 @@
 pub mod canary;
+pub mod dns;
 pub mod formsite;
 pub mod idp;
 pub mod mailstack;
