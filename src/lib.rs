@@ -11,6 +11,7 @@ pub mod ledger;
 pub mod notify;
 pub mod outbox;
 pub mod probe;
+pub mod sandbox;
 pub mod sender;
 pub mod server;
 pub mod telemetry;
