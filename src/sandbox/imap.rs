@@ -1675,3 +1675,7 @@ fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
     }
 }
 
+
+#[cfg(test)]
+#[path = "imap_tests.rs"]
+mod tests;
