@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use super::*;
-use crate::config::{AfterConfirm, Expect, InboxConfig, SenderConfig, Tls};
 use crate::config::values::Secret;
+use crate::config::{AfterConfirm, Expect, InboxConfig, SenderConfig, Tls};
 use crate::engine::VerdictSink;
 use crate::inbox::imap::{watch as run_watcher, WatcherState};
 use crate::inbox::Matcher;
@@ -63,7 +63,11 @@ impl Rig {
         (token.id(), outcome)
     }
 
-    async fn verdict_for(&self, rx: &mut tokio::sync::broadcast::Receiver<crate::engine::VerdictReport>, id: &str) -> Verdict {
+    async fn verdict_for(
+        &self,
+        rx: &mut tokio::sync::broadcast::Receiver<crate::engine::VerdictReport>,
+        id: &str,
+    ) -> Verdict {
         let wait = async {
             loop {
                 let r = rx.recv().await.unwrap();
@@ -133,7 +137,10 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
     wait_state(&mut state_rx, WatcherState::Idle).await;
 
     let (id, outcome) = rig.probe().await;
-    assert!(matches!(&outcome, SendOutcome::Accepted { reply } if reply.contains("queued as")), "{outcome:?}");
+    assert!(
+        matches!(&outcome, SendOutcome::Accepted { reply } if reply.contains("queued as")),
+        "{outcome:?}"
+    );
     assert_eq!(rig.verdict_for(&mut verdicts, &id).await, Verdict::Delivered);
     // after_confirm = move:Confirmed, done with UID MOVE.
     let moved = async {
@@ -147,10 +154,13 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
     // The connection drops mid-IDLE: the watcher backs off, reconnects and
     // still finds the next probe.
     rig.sandbox.imap().drop_connections();
-    tokio::time::timeout(Duration::from_secs(5), state_rx.wait_for(|s| matches!(s, WatcherState::Backoff(_))))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        state_rx.wait_for(|s| matches!(s, WatcherState::Backoff(_))),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let (id2, outcome) = rig.probe().await;
     assert!(matches!(outcome, SendOutcome::Accepted { .. }), "{outcome:?}");
     assert_eq!(rig.verdict_for(&mut verdicts, &id2).await, Verdict::Delivered);
@@ -158,12 +168,21 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
     // A 4xx storm is a deferral for the sender; a routing change a refusal.
     rig.sandbox.smtp().faults().tempfail_next_rcpts(1);
     let (_, outcome) = rig.probe().await;
-    assert!(matches!(&outcome, SendOutcome::Deferred { reply } if reply.starts_with("451")), "{outcome:?}");
+    assert!(
+        matches!(&outcome, SendOutcome::Deferred { reply } if reply.starts_with("451")),
+        "{outcome:?}"
+    );
     store.set_route("canary@sandbox.test", Route::unknown_user());
     let (_, outcome) = rig.probe().await;
-    assert!(matches!(&outcome, SendOutcome::Refused { reply } if reply.starts_with("550")), "{outcome:?}");
+    assert!(
+        matches!(&outcome, SendOutcome::Refused { reply } if reply.starts_with("550")),
+        "{outcome:?}"
+    );
 
     stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), watcher).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), watcher)
+        .await
+        .unwrap()
+        .unwrap();
     rig.sandbox.shutdown().await;
 }

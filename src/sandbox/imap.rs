@@ -129,7 +129,12 @@ impl ImapServer {
 }
 
 async fn session(shared: Arc<Shared>, tcp: TcpStream, signals: watch::Receiver<Signal>) {
-    let mut conn = Conn::new(tcp, signals, shared.options.max_line_len.max(256), shared.options.timeout);
+    let mut conn = Conn::new(
+        tcp,
+        signals,
+        shared.options.max_line_len.max(256),
+        shared.options.timeout,
+    );
     let mut s = Session {
         shared: &shared,
         user: None,
@@ -261,7 +266,10 @@ impl Lexer<'_> {
             return Err("literal not at end of line");
         };
         let start = self.pos + close + 1 + skip;
-        let end = start.checked_add(n).filter(|&e| e <= self.s.len()).ok_or("short literal")?;
+        let end = start
+            .checked_add(n)
+            .filter(|&e| e <= self.s.len())
+            .ok_or("short literal")?;
         self.pos = end;
         Ok(self.s[start..end].to_vec())
     }
@@ -272,10 +280,7 @@ impl Lexer<'_> {
             match c {
                 b' ' | b'(' | b')' | b'"' | b'\r' | b'\n' | 0 => break,
                 b'[' => {
-                    let close = self.s[self.pos..]
-                        .iter()
-                        .position(|&b| b == b']')
-                        .ok_or("unclosed [")?;
+                    let close = self.s[self.pos..].iter().position(|&b| b == b']').ok_or("unclosed [")?;
                     self.pos += close + 1;
                 }
                 _ => self.pos += 1,
@@ -463,10 +468,7 @@ fn header_fields(header: &[u8]) -> Vec<(String, &[u8])> {
         }
         pos = end;
     }
-    fields
-        .into_iter()
-        .map(|(name, a, b)| (name, &header[a..b]))
-        .collect()
+    fields.into_iter().map(|(name, a, b)| (name, &header[a..b])).collect()
 }
 
 fn select_fields(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
@@ -509,10 +511,7 @@ enum Item {
 
 impl Item {
     fn sets_seen(&self) -> bool {
-        matches!(
-            self,
-            Item::Rfc822 | Item::Rfc822Text | Item::Body { peek: false, .. }
-        )
+        matches!(self, Item::Rfc822 | Item::Rfc822Text | Item::Body { peek: false, .. })
     }
 }
 
@@ -609,11 +608,9 @@ fn section_label(section: &Section) -> String {
         Section::Full => String::new(),
         Section::Header => "HEADER".into(),
         Section::Text => "TEXT".into(),
-        Section::Fields { not, names } => format!(
-            "HEADER.FIELDS{} ({})",
-            if *not { ".NOT" } else { "" },
-            names.join(" ")
-        ),
+        Section::Fields { not, names } => {
+            format!("HEADER.FIELDS{} ({})", if *not { ".NOT" } else { "" }, names.join(" "))
+        }
     }
 }
 
@@ -746,7 +743,11 @@ fn parse_key<'a>(t: &'a Tok, it: &mut impl Iterator<Item = &'a Tok>, depth: usiz
         Tok::Str(_) => return Err("unexpected string in search".into()),
         Tok::Atom(a) => a,
     };
-    let mut string = |what: &str| it.next().and_then(Tok::bytes).ok_or(format!("{what} needs an argument"));
+    let mut string = |what: &str| {
+        it.next()
+            .and_then(Tok::bytes)
+            .ok_or(format!("{what} needs an argument"))
+    };
     let flag = |f: &str, on: bool| Ok(Key::Flag(f.to_string(), on));
     match a.to_ascii_uppercase().as_str() {
         "ALL" | "OLD" => Ok(Key::All),
@@ -908,7 +909,11 @@ impl Session<'_> {
     }
 
     fn capabilities(&self) -> String {
-        let idle = if self.shared.faults.lock().hide_idle { "" } else { " IDLE" };
+        let idle = if self.shared.faults.lock().hide_idle {
+            ""
+        } else {
+            " IDLE"
+        };
         format!("IMAP4rev1{idle} UIDPLUS MOVE UNSELECT")
     }
 
@@ -930,7 +935,8 @@ impl Session<'_> {
                     continue;
                 }
                 Command::LiteralTooLarge { tag, nonsync } => {
-                    conn.write(format!("{tag} BAD Literal too large\r\n").as_bytes()).await?;
+                    conn.write(format!("{tag} BAD Literal too large\r\n").as_bytes())
+                        .await?;
                     if nonsync {
                         // Its bytes are on their way already; we cannot tell them from commands.
                         conn.write(b"* BYE Literal too large\r\n").await?;
@@ -942,7 +948,8 @@ impl Session<'_> {
             let toks = match tokenize(&bytes) {
                 Ok(t) => t,
                 Err(e) => {
-                    conn.write(format!("{} BAD {e}\r\n", first_word(&bytes)).as_bytes()).await?;
+                    conn.write(format!("{} BAD {e}\r\n", first_word(&bytes)).as_bytes())
+                        .await?;
                     continue;
                 }
             };
@@ -1234,10 +1241,9 @@ impl Session<'_> {
     }
 
     fn list(&mut self, out: &mut Vec<u8>, cmd: &str, args: &[Tok]) -> Reply {
-        let (Some(reference), Some(pattern)) = (
-            args.first().and_then(Tok::astring),
-            args.get(1).and_then(Tok::astring),
-        ) else {
+        let (Some(reference), Some(pattern)) =
+            (args.first().and_then(Tok::astring), args.get(1).and_then(Tok::astring))
+        else {
             return bad(format!("{cmd} needs a reference and a pattern"));
         };
         if pattern.is_empty() {
@@ -1414,7 +1420,13 @@ impl Session<'_> {
     }
 
     /// FETCH; `None` if the connection must end.
-    async fn fetch(&mut self, conn: &mut Conn, out: &mut Vec<u8>, args: &[Tok], uid: bool) -> Result<Option<Reply>, End> {
+    async fn fetch(
+        &mut self,
+        conn: &mut Conn,
+        out: &mut Vec<u8>,
+        args: &[Tok],
+        uid: bool,
+    ) -> Result<Option<Reply>, End> {
         let Some(set) = args.first().and_then(Tok::atom).and_then(SeqSet::parse) else {
             return Ok(Some(bad("FETCH needs a sequence set")));
         };
@@ -1674,7 +1686,6 @@ fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
         Some((&c, rest)) => name.first() == Some(&c) && wildcard_match(rest, &name[1..]),
     }
 }
-
 
 #[cfg(test)]
 #[path = "imap_tests.rs"]

@@ -56,9 +56,18 @@ async fn login_select_search_and_fetch() {
     let from2 = s.uid_search("UID 2:*").await.unwrap();
     assert_eq!(from2.into_iter().collect::<Vec<_>>(), vec![2]);
     // "n:*" above the highest UID still matches the highest (RFC 3501 6.4.8).
-    assert_eq!(s.uid_search("UID 9:*").await.unwrap().into_iter().collect::<Vec<_>>(), vec![2]);
+    assert_eq!(
+        s.uid_search("UID 9:*").await.unwrap().into_iter().collect::<Vec<_>>(),
+        vec![2]
+    );
     let today = Utc::now().date_naive() - chrono::Days::new(1);
-    assert_eq!(s.uid_search(format!("SINCE {}", today.format("%d-%b-%Y"))).await.unwrap().len(), 2);
+    assert_eq!(
+        s.uid_search(format!("SINCE {}", today.format("%d-%b-%Y")))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     assert!(s.uid_search("SINCE 1-Jan-2999").await.unwrap().is_empty());
     let by_header = s.uid_search("HEADER X-Postcanary-Token tok-two").await.unwrap();
     assert_eq!(by_header.into_iter().collect::<Vec<_>>(), vec![2]);
@@ -68,16 +77,35 @@ async fn login_select_search_and_fetch() {
     assert_eq!(s.uid_search("NOT SUBJECT one UNSEEN").await.unwrap().len(), 1);
 
     // As the watcher fetches: sizes, then whole bodies without setting \Seen.
-    let sizes: Vec<_> = s.uid_fetch("1:2", "(UID RFC822.SIZE)").await.unwrap().try_collect().await.unwrap();
+    let sizes: Vec<_> = s
+        .uid_fetch("1:2", "(UID RFC822.SIZE)")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(sizes.len(), 2);
     assert_eq!(sizes[0].size, Some(mail("one", "first body").len() as u32));
-    let bodies: Vec<_> = s.uid_fetch("1,2", "(UID BODY.PEEK[])").await.unwrap().try_collect().await.unwrap();
+    let bodies: Vec<_> = s
+        .uid_fetch("1,2", "(UID BODY.PEEK[])")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(bodies[1].uid, Some(2));
     assert_eq!(bodies[1].body(), Some(&mail("two", "second body")[..]));
-    assert!(store.messages("canary", "INBOX").unwrap().iter().all(|m| m.flags.is_empty()));
+    assert!(store
+        .messages("canary", "INBOX")
+        .unwrap()
+        .iter()
+        .all(|m| m.flags.is_empty()));
 
     let headers: Vec<_> = s
-        .uid_fetch("2", "(UID BODY.PEEK[HEADER] BODY.PEEK[HEADER.FIELDS (SUBJECT)] INTERNALDATE FLAGS)")
+        .uid_fetch(
+            "2",
+            "(UID BODY.PEEK[HEADER] BODY.PEEK[HEADER.FIELDS (SUBJECT)] INTERNALDATE FLAGS)",
+        )
         .await
         .unwrap()
         .try_collect()
@@ -87,11 +115,20 @@ async fn login_select_search_and_fetch() {
     assert!(headers[0].internal_date().is_some());
 
     // BODY[] (no PEEK) and RFC822 by sequence number set \Seen.
-    let seen: Vec<_> = s.fetch("1", "(BODY[] RFC822)").await.unwrap().try_collect().await.unwrap();
+    let seen: Vec<_> = s
+        .fetch("1", "(BODY[] RFC822)")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(seen.len(), 1);
     assert!(seen[0].flags().any(|f| f == async_imap::types::Flag::Seen));
     assert!(store.messages("canary", "INBOX").unwrap()[0].has_flag("\\Seen"));
-    assert_eq!(s.uid_search("SEEN").await.unwrap().into_iter().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(
+        s.uid_search("SEEN").await.unwrap().into_iter().collect::<Vec<_>>(),
+        vec![1]
+    );
     s.logout().await.unwrap();
     server.shutdown().await;
 }
@@ -121,7 +158,10 @@ async fn idle_hears_of_new_mail_at_once() {
         panic!("expected new data, got {r:?}");
     };
     assert!(
-        matches!(data.parsed(), async_imap::imap_proto::Response::MailboxData(async_imap::imap_proto::MailboxDatum::Exists(1))),
+        matches!(
+            data.parsed(),
+            async_imap::imap_proto::Response::MailboxData(async_imap::imap_proto::MailboxDatum::Exists(1))
+        ),
         "{:?}",
         data.parsed()
     );
@@ -157,11 +197,22 @@ async fn move_store_expunge_and_folders() {
     assert_eq!(store.messages("canary", "Junk").unwrap().len(), 1);
 
     // Flag two, expunge only one of them by UID (UIDPLUS).
-    let updated: Vec<_> = s.uid_store("3,4", "+FLAGS (\\Deleted)").await.unwrap().try_collect().await.unwrap();
+    let updated: Vec<_> = s
+        .uid_store("3,4", "+FLAGS (\\Deleted)")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(updated.len(), 2);
     let gone: Vec<_> = s.uid_expunge("4").await.unwrap().try_collect().await.unwrap();
     assert_eq!(gone, vec![3], "sequence number of UID 4 after the move");
-    let left: Vec<u32> = store.messages("canary", "INBOX").unwrap().iter().map(|m| m.uid).collect();
+    let left: Vec<u32> = store
+        .messages("canary", "INBOX")
+        .unwrap()
+        .iter()
+        .map(|m| m.uid)
+        .collect();
     assert_eq!(left, vec![1, 3]);
     // The session's sequence numbers follow: UID 3 is now number 2.
     let f: Vec<_> = s.fetch("2", "(UID)").await.unwrap().try_collect().await.unwrap();
@@ -169,12 +220,17 @@ async fn move_store_expunge_and_folders() {
     let gone: Vec<_> = s.expunge().await.unwrap().try_collect().await.unwrap();
     assert_eq!(gone, vec![2]);
 
-    let st = s.status("Confirmed", "(MESSAGES UIDNEXT UIDVALIDITY UNSEEN)").await.unwrap();
+    let st = s
+        .status("Confirmed", "(MESSAGES UIDNEXT UIDVALIDITY UNSEEN)")
+        .await
+        .unwrap();
     assert_eq!(st.exists, 1);
     assert_eq!(st.uid_next, Some(2));
 
     // APPEND goes through a synchronizing literal.
-    s.append("Junk", Some("(\\Seen)"), None, mail("appended", "x")).await.unwrap();
+    s.append("Junk", Some("(\\Seen)"), None, mail("appended", "x"))
+        .await
+        .unwrap();
     let junk = store.messages("canary", "Junk").unwrap();
     assert_eq!(junk.len(), 2);
     assert!(junk[1].has_flag("\\Seen"));
@@ -188,9 +244,18 @@ async fn move_store_expunge_and_folders() {
     s.examine("INBOX").await.unwrap();
     // async-imap ends a STORE stream at the tagged line whatever its status
     // (NO here), so look at the store itself.
-    let answered: Vec<_> = s.uid_store("1", "+FLAGS (\\Deleted)").await.unwrap().try_collect().await.unwrap();
+    let answered: Vec<_> = s
+        .uid_store("1", "+FLAGS (\\Deleted)")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     assert!(answered.is_empty());
-    assert!(!store.messages("canary", "INBOX").unwrap()[0].has_flag("\\Deleted"), "EXAMINE is read-only");
+    assert!(
+        !store.messages("canary", "INBOX").unwrap()[0].has_flag("\\Deleted"),
+        "EXAMINE is read-only"
+    );
     s.logout().await.unwrap();
     server.shutdown().await;
 }
@@ -244,7 +309,10 @@ struct Raw {
 impl Raw {
     async fn connect(server: &ImapServer) -> Raw {
         let (r, w) = TcpStream::connect(server.addr()).await.unwrap().into_split();
-        let mut raw = Raw { r: BufReader::new(r), w };
+        let mut raw = Raw {
+            r: BufReader::new(r),
+            w,
+        };
         assert!(raw.line().await.starts_with("* OK"));
         raw
     }
@@ -286,7 +354,10 @@ async fn hostile_input_gets_bad_and_the_server_stays_up() {
     let mut c = Raw::connect(&server).await;
     assert!(c.command("*", b"\xff\xfe\x00garbage\r\n").await[0].starts_with("* BAD"));
     assert!(c.command("a1", b"a1 FROBNICATE\r\n").await[0].starts_with("a1 BAD"));
-    assert!(c.command("a2", b"a2 SELECT INBOX\r\n").await[0].starts_with("a2 BAD"), "not logged in");
+    assert!(
+        c.command("a2", b"a2 SELECT INBOX\r\n").await[0].starts_with("a2 BAD"),
+        "not logged in"
+    );
     let mut long = b"a3 NOOP ".to_vec();
     long.extend(std::iter::repeat_n(b'x', 100_000));
     long.extend_from_slice(b"\r\n");
@@ -311,7 +382,11 @@ async fn hostile_input_gets_bad_and_the_server_stays_up() {
         b"a9 LIST \"\" \"*%*%*%*%*%*%*%*%*%\"\r\n",
     ] {
         let r = c.command("a9", bad).await;
-        assert!(r.last().unwrap().starts_with("a9 BAD"), "{:?} -> {r:?}", String::from_utf8_lossy(bad));
+        assert!(
+            r.last().unwrap().starts_with("a9 BAD"),
+            "{:?} -> {r:?}",
+            String::from_utf8_lossy(bad)
+        );
     }
     let r = c.command("b1", b"b1 UID FETCH 1 (UID BODY.PEEK[]<0.4>)\r\n").await;
     assert_eq!(r[0], "* 1 FETCH (UID 1 BODY[]<0> {4}\r\n");
@@ -366,6 +441,9 @@ fn syntax_helpers() {
     let raw = b"Subject: a\r\n b\r\nFrom: x\r\nTo: y\r\n\r\nbody\r\n";
     let (h, t) = split_message(raw);
     assert_eq!(t, b"body\r\n");
-    assert_eq!(select_fields(h, &["SUBJECT".into(), "to".into()], false), b"Subject: a\r\n b\r\nTo: y\r\n\r\n");
+    assert_eq!(
+        select_fields(h, &["SUBJECT".into(), "to".into()], false),
+        b"Subject: a\r\n b\r\nTo: y\r\n\r\n"
+    );
     assert_eq!(select_fields(h, &["SUBJECT".into()], true), b"From: x\r\nTo: y\r\n\r\n");
 }

@@ -314,7 +314,13 @@ impl ServerCore {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let (signals, _) = watch::channel(Signal::default());
-        let task = tokio::spawn(accept_loop(listener, signals.clone(), max_sessions.max(1), busy, session));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            signals.clone(),
+            max_sessions.max(1),
+            busy,
+            session,
+        ));
         Ok(ServerCore {
             addr,
             signals,
@@ -396,9 +402,7 @@ pub(crate) fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
     if needle.is_empty() {
         return true;
     }
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+    haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// The line without its trailing CRLF or LF.

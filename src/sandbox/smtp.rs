@@ -119,9 +119,11 @@ impl SmtpServer {
             faults: faults.clone(),
         });
         let max = shared.options.max_sessions;
-        let core = ServerCore::start(max, b"421 4.7.0 Too many connections, try again later\r\n", move |tcp, rx| {
-            session(Arc::clone(&shared), tcp, rx)
-        })
+        let core = ServerCore::start(
+            max,
+            b"421 4.7.0 Too many connections, try again later\r\n",
+            move |tcp, rx| session(Arc::clone(&shared), tcp, rx),
+        )
         .await?;
         Ok(SmtpServer { core, faults })
     }
@@ -150,7 +152,12 @@ impl SmtpServer {
 }
 
 async fn session(shared: Arc<Shared>, tcp: TcpStream, signals: watch::Receiver<Signal>) {
-    let mut conn = Conn::new(tcp, signals, shared.options.max_line_len.max(64), shared.options.timeout);
+    let mut conn = Conn::new(
+        tcp,
+        signals,
+        shared.options.max_line_len.max(64),
+        shared.options.timeout,
+    );
     let mut s = Session {
         shared: &shared,
         helo: None,
@@ -204,8 +211,12 @@ fn path_arg<'a>(arg: &'a str, keyword: &str) -> Option<(&'a str, &'a str)> {
 
 fn plausible_address(addr: &str) -> bool {
     addr.len() <= 254
-        && addr.split_once('@').is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
-        && !addr.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+        && addr
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+        && !addr
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
 }
 
 impl Session<'_> {
@@ -222,7 +233,8 @@ impl Session<'_> {
 
     async fn run(&mut self, conn: &mut Conn) -> Result<(), End> {
         let host = self.shared.options.hostname.clone();
-        self.reply(conn, &format!("220 {host} ESMTP postcanary sandbox")).await?;
+        self.reply(conn, &format!("220 {host} ESMTP postcanary sandbox"))
+            .await?;
         loop {
             let line = match conn.read_line().await? {
                 Line::Full(l) => l,
@@ -485,7 +497,10 @@ impl Session<'_> {
         }
         if too_big {
             return self
-                .reply(conn, &format!("552 5.3.4 Message size exceeds fixed limit of {max} bytes"))
+                .reply(
+                    conn,
+                    &format!("552 5.3.4 Message size exceeds fixed limit of {max} bytes"),
+                )
                 .await;
         }
         let id = queue_id();
@@ -537,7 +552,10 @@ mod tests {
         store.set_route("canary@sandbox.test", Route::deliver("canary", "INBOX"));
         store.set_route("junk@sandbox.test", Route::deliver("canary", "Junk"));
         store.set_route("hole@sandbox.test", Route::Discard);
-        store.set_route("gone@sandbox.test", Route::reject(550, "5.1.1 <gone@sandbox.test>: no such user"));
+        store.set_route(
+            "gone@sandbox.test",
+            Route::reject(550, "5.1.1 <gone@sandbox.test>: no such user"),
+        );
         store
     }
 
@@ -571,7 +589,10 @@ mod tests {
         let msgs = store.messages("canary", "INBOX").unwrap();
         assert_eq!(msgs.len(), 1);
         let raw = String::from_utf8(msgs[0].raw.to_vec()).unwrap();
-        assert!(raw.starts_with("Return-Path: <prober@example.net>\r\nReceived: from "), "{raw}");
+        assert!(
+            raw.starts_with("Return-Path: <prober@example.net>\r\nReceived: from "),
+            "{raw}"
+        );
         assert!(raw.contains("for <Canary@Sandbox.test>"));
         assert!(raw.contains("\r\n.starts with a dot\r\n..two dots\r\n"), "{raw}");
         server.shutdown().await;
@@ -630,28 +651,54 @@ mod tests {
                 .timeout(Some(Duration::from_secs(5)))
                 .build()
         };
-        let e = transport(&server).send(message("canary@sandbox.test", "x")).await.unwrap_err();
+        let e = transport(&server)
+            .send(message("canary@sandbox.test", "x"))
+            .await
+            .unwrap_err();
         assert_eq!(e.status().map(|c| c.to_string()), Some("530".into()));
-        let e = authed("canary", "wrong").send(message("canary@sandbox.test", "x")).await.unwrap_err();
-        assert!(e.to_string().contains("535") || e.status().is_some_and(|c| c.to_string() == "535"), "{e}");
-        authed("canary", "secret").send(message("canary@sandbox.test", "x")).await.unwrap();
+        let e = authed("canary", "wrong")
+            .send(message("canary@sandbox.test", "x"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("535") || e.status().is_some_and(|c| c.to_string() == "535"),
+            "{e}"
+        );
+        authed("canary", "secret")
+            .send(message("canary@sandbox.test", "x"))
+            .await
+            .unwrap();
 
         server.faults().set_delay(Duration::from_millis(30));
         let started = std::time::Instant::now();
-        authed("canary", "secret").send(message("canary@sandbox.test", "x")).await.unwrap();
+        authed("canary", "secret")
+            .send(message("canary@sandbox.test", "x"))
+            .await
+            .unwrap();
         assert!(started.elapsed() >= Duration::from_millis(30 * 6));
         server.faults().set_delay(Duration::ZERO);
 
         server.faults().drop_after_commands(Some(2));
-        let e = authed("canary", "secret").send(message("canary@sandbox.test", "x")).await.unwrap_err();
+        let e = authed("canary", "secret")
+            .send(message("canary@sandbox.test", "x"))
+            .await
+            .unwrap_err();
         assert!(e.status().is_none(), "a dropped connection has no reply code: {e}");
         server.faults().clear();
-        authed("canary", "secret").send(message("canary@sandbox.test", "x")).await.unwrap();
+        authed("canary", "secret")
+            .send(message("canary@sandbox.test", "x"))
+            .await
+            .unwrap();
         assert_eq!(store.messages("canary", "INBOX").unwrap().len(), 3);
         server.shutdown().await;
     }
 
-    async fn raw_client(addr: SocketAddr) -> (BufReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf) {
+    async fn raw_client(
+        addr: SocketAddr,
+    ) -> (
+        BufReader<tokio::net::tcp::OwnedReadHalf>,
+        tokio::net::tcp::OwnedWriteHalf,
+    ) {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let (r, w) = tcp.into_split();
         (BufReader::new(r), w)
@@ -686,7 +733,10 @@ mod tests {
         assert!(reply(&mut r).await.starts_with("503 "), "EHLO first");
         w.write_all(b"EHLO me\r\n").await.unwrap();
         let ehlo = reply(&mut r).await;
-        assert!(ehlo.contains("250-AUTH PLAIN LOGIN") || ehlo.contains("250 AUTH PLAIN LOGIN"), "{ehlo}");
+        assert!(
+            ehlo.contains("250-AUTH PLAIN LOGIN") || ehlo.contains("250 AUTH PLAIN LOGIN"),
+            "{ehlo}"
+        );
         w.write_all(b"MAIL FROM:<a@b.c> SIZE=999999999999\r\n").await.unwrap();
         assert!(reply(&mut r).await.starts_with("552 "));
         w.write_all(b"AUTH PLAIN !!!notbase64\r\n").await.unwrap();
@@ -701,7 +751,10 @@ mod tests {
         assert!(reply(&mut r).await.starts_with("250 "));
         assert!(reply(&mut r).await.starts_with("221 "));
         // Still serving.
-        transport(&server).send(message("canary@sandbox.test", "x")).await.unwrap();
+        transport(&server)
+            .send(message("canary@sandbox.test", "x"))
+            .await
+            .unwrap();
         server.shutdown().await;
     }
 
