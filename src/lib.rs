@@ -14,6 +14,7 @@ pub mod ledger;
 pub mod notify;
 pub mod outbox;
 pub mod probe;
+pub mod sandbox;
 pub mod sender;
 pub mod server;
 pub mod telemetry;
