@@ -108,6 +108,7 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
             from: "Postcanary <prober@example.net>".parse().unwrap(),
             helo: Some("prober.test".into()),
             timeout: Duration::from_secs(5),
+            mx: None,
         },
         to: "canary@sandbox.test".parse().unwrap(),
         sandbox,
@@ -123,6 +124,8 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
         after_confirm: AfterConfirm::Move("Confirmed".into()),
         poll_interval: Duration::from_secs(30),
         idle: true,
+        junk: None,
+        folder: crate::inbox::Folder::Main,
     };
     let matcher = Matcher {
         store: Arc::clone(&rig.ledger),
