@@ -51,6 +51,14 @@ enum Command {
     },
     /// Run the daemon: scheduler, inbox watchers, deadline sweeper.
     Run,
+    /// The whole system on loopback with nothing installed: sandbox mail
+    /// servers, a form site and a webhook receiver, probed by the real
+    /// daemon while the seed incident replays (about two minutes).
+    Demo {
+        /// Address of the status page.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
     /// Show the DNS routing records of every probed domain against the
     /// accepted baseline; `--accept` makes the current records the baseline.
     Dns {
@@ -71,6 +79,19 @@ pub fn main() -> ExitCode {
         Command::Run => "info",
         _ => "error",
     };
+    if let Command::Demo { listen } = &cli.command {
+        // The demo writes its own config; it needs none.
+        init_logging(cli.log_format, "warn", None);
+        return with_runtime(async move {
+            match crate::demo::run(listen).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo: {e}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }
+        });
+    }
     let path = config::default_path(cli.config.clone());
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -100,6 +121,7 @@ pub fn main() -> ExitCode {
         Command::Check { channels, json } => with_runtime(check(config, channels, json)),
         Command::Run => with_runtime(run(config)),
         Command::Dns { accept } => with_runtime(dns(config, accept)),
+        Command::Demo { .. } => ExitCode::SUCCESS,
     };
     if let Some(t) = telemetry {
         t.shutdown();
