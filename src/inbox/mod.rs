@@ -5,6 +5,7 @@
 //! to find new messages and act on them.
 
 pub mod imap;
+pub mod graph; pub mod oauth;
 
 use std::time::{Duration, SystemTime};
 
