@@ -267,11 +267,7 @@ impl<'a> Graph<'a> {
                 .and_then(|b| serde_json::from_slice::<GraphErrorBody>(&b).ok())
                 .and_then(|b| b.error)
                 .map(|e| {
-                    let text = format!(
-                        "{}: {}",
-                        e.code.unwrap_or_default(),
-                        e.message.unwrap_or_default()
-                    );
+                    let text = format!("{}: {}", e.code.unwrap_or_default(), e.message.unwrap_or_default());
                     super::oauth::scrub(&text, &[&token])
                 })
                 .unwrap_or_default();
@@ -308,7 +304,11 @@ impl<'a> Graph<'a> {
             return Ok(lower);
         }
         let filter = format!("displayName eq '{}'", name.replace('\'', "''"));
-        let url = format!("{}/mailFolders?$filter={}&$select=id,displayName", self.user(), enc(&filter));
+        let url = format!(
+            "{}/mailFolders?$filter={}&$select=id,displayName",
+            self.user(),
+            enc(&filter)
+        );
         let what = format!("look up folder {name:?} in {}", self.cfg.mailbox);
         let list: Option<FolderList> = self.json(&what, &url, MAX_SMALL_BYTES, shutdown).await?;
         match list.map(|l| l.value).unwrap_or_default().into_iter().next() {
@@ -430,7 +430,17 @@ pub async fn watch(
         }
         let result = match &client {
             Some((http, tokens)) => {
-                run_session(&cfg, &matcher, http, tokens, &mut seen, &mut shutdown, &state, &mut connected).await
+                run_session(
+                    &cfg,
+                    &matcher,
+                    http,
+                    tokens,
+                    &mut seen,
+                    &mut shutdown,
+                    &state,
+                    &mut connected,
+                )
+                .await
             }
             None => Err(WatchError("cannot build an HTTP client".into())),
         };
@@ -578,10 +588,7 @@ async fn poll(
 /// Tokens in what the listing says of a message too large to download.
 fn listed_candidates(m: &Listed) -> Vec<String> {
     let mut out = Vec::new();
-    let texts = [
-        m.subject.as_deref(),
-        m.body.as_ref().and_then(|b| b.content.as_deref()),
-    ];
+    let texts = [m.subject.as_deref(), m.body.as_ref().and_then(|b| b.content.as_deref())];
     for text in texts.into_iter().flatten() {
         for c in find_candidates(text.as_bytes()) {
             if !out.contains(&c) {

@@ -364,11 +364,13 @@ mod tests {
 
     async fn idp(expires_in: u64, refuse: bool) -> (SocketAddr, Arc<AtomicU32>) {
         let calls = Arc::new(AtomicU32::new(0));
-        let app = Router::new().route("/tenant/oauth2/v2.0/token", post(token)).with_state(Idp {
-            calls: calls.clone(),
-            expires_in,
-            refuse,
-        });
+        let app = Router::new()
+            .route("/tenant/oauth2/v2.0/token", post(token))
+            .with_state(Idp {
+                calls: calls.clone(),
+                expires_in,
+                refuse,
+            });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
