@@ -4,7 +4,9 @@
 //! and records the verdict. The kind-specific part (IMAP now) only knows how
 //! to find new messages and act on them.
 
+pub mod graph;
 pub mod imap;
+pub mod oauth;
 
 use std::time::{Duration, SystemTime};
 

@@ -1,6 +1,7 @@
 pub mod canary;
 pub mod dns;
 pub mod formsite;
+pub mod graphdouble;
 pub mod idp;
 pub mod mailstack;
 pub mod receiver;

@@ -1,0 +1,725 @@
+//! Microsoft Graph inbox watcher, for Microsoft 365 mailboxes where IMAP is
+//! off or unwanted. It polls one mail folder of one mailbox with an app-only
+//! token (client credentials), reads the MIME of every message newer than a
+//! cursor kept in the ledger, and hands the tokens it finds to the
+//! [`Matcher`] exactly as the IMAP watcher does.
+//!
+//! The cursor: Graph has no UIDs, only `receivedDateTime` (whole seconds)
+//! and opaque ids. The ledger's [`Cursor`] keeps the `receivedDateTime` in
+//! `last_uid` (Unix seconds) and a fingerprint of mailbox and folder in
+//! `uid_validity`, so pointing the inbox elsewhere starts over like an IMAP
+//! UIDVALIDITY change. Each poll asks for everything received since the
+//! cursor minus [`OVERLAP`] (inclusive), because several messages share a
+//! second and a message can become visible in the folder a little after its
+//! `receivedDateTime`; ids read within that window are remembered so they
+//! are not read twice. After a restart that memory is gone and the window is
+//! read again: harmless, because the ledger judges a probe only once.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::imap::WatcherState;
+use super::oauth::{ClientCredentials, TokenCache};
+use super::{tokens_in_message, Matcher};
+use crate::config::AfterConfirm;
+use crate::ledger::Cursor;
+use crate::token::find_candidates;
+use crate::verdict::now_millis;
+
+pub const DEFAULT_BASE_URL: &str = "https://graph.microsoft.com/v1.0";
+pub const DEFAULT_FOLDER: &str = "Inbox";
+pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+
+/// Messages per page (`$top`).
+const PAGE_SIZE: u32 = 50;
+/// Pages read per poll; if there are more, the next poll continues at once
+/// from the last `@odata.nextLink`, so a flood cannot starve the rest.
+const MAX_PAGES_PER_POLL: usize = 20;
+/// MIME larger than this is not downloaded; the subject and the body Graph
+/// lists are searched instead.
+const MAX_MIME_BYTES: usize = 10 * 1024 * 1024;
+/// A page of 50 listed messages with their bodies.
+const MAX_PAGE_BYTES: usize = 32 * 1024 * 1024;
+/// Folder lookups and error bodies.
+const MAX_SMALL_BYTES: usize = 1024 * 1024;
+/// Limit for any single HTTP round trip.
+const OP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How far back each poll re-reads before the cursor; see the module doc.
+const OVERLAP: Duration = Duration::from_secs(120);
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Throttling answers (429, 503) waited out in a row before giving up and
+/// reconnecting with backoff.
+const MAX_THROTTLED: u32 = 5;
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Folder names Graph accepts in place of an id. Matched case-insensitively.
+const WELL_KNOWN_FOLDERS: &[&str] = &[
+    "archive",
+    "clutter",
+    "conflicts",
+    "conversationhistory",
+    "deleteditems",
+    "drafts",
+    "inbox",
+    "junkemail",
+    "localfailures",
+    "msgfolderroot",
+    "outbox",
+    "recoverableitemsdeletions",
+    "scheduled",
+    "searchfolders",
+    "sentitems",
+    "serverfailures",
+    "syncissues",
+];
+
+/// One Graph inbox.
+#[derive(Clone, Debug)]
+pub struct GraphConfig {
+    pub name: String,
+    /// `https://graph.microsoft.com/v1.0`; overridable for national clouds and tests.
+    pub base_url: String,
+    /// The mailbox's user principal name (or object id).
+    pub mailbox: String,
+    /// A well-known folder name (`Inbox`) or the display name of a top-level folder.
+    pub folder: String,
+    pub credentials: ClientCredentials,
+    pub poll_interval: Duration,
+    /// `delete` moves to Deleted Items, as Graph's DELETE does.
+    pub after_confirm: AfterConfirm,
+}
+
+impl GraphConfig {
+    /// A config with the defaults: Graph's public endpoint, the Inbox, a
+    /// 30 s poll, and messages kept.
+    pub fn new(name: impl Into<String>, mailbox: impl Into<String>, credentials: ClientCredentials) -> GraphConfig {
+        GraphConfig {
+            name: name.into(),
+            base_url: DEFAULT_BASE_URL.into(),
+            mailbox: mailbox.into(),
+            folder: DEFAULT_FOLDER.into(),
+            credentials,
+            poll_interval: Duration::from_secs(30),
+            after_confirm: AfterConfirm::Keep,
+        }
+    }
+}
+
+/// A watcher failure; names the operation, never a token or secret.
+#[derive(Debug)]
+struct WatchError(String);
+
+impl fmt::Display for WatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One message as listed.
+#[derive(Deserialize)]
+struct Listed {
+    id: String,
+    #[serde(rename = "receivedDateTime")]
+    received: Option<String>,
+    subject: Option<String>,
+    #[serde(rename = "internetMessageId")]
+    internet_message_id: Option<String>,
+    body: Option<ItemBody>,
+}
+
+#[derive(Deserialize)]
+struct ItemBody {
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Page {
+    #[serde(default)]
+    value: Vec<Listed>,
+    #[serde(rename = "@odata.nextLink")]
+    next_link: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct FolderList {
+    #[serde(default)]
+    value: Vec<Folder>,
+}
+
+#[derive(Deserialize)]
+struct Folder {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct GraphErrorBody {
+    error: Option<GraphErrorInner>,
+}
+
+#[derive(Deserialize)]
+struct GraphErrorInner {
+    code: Option<String>,
+    message: Option<String>,
+}
+
+/// An HTTP client bound to one mailbox and its token.
+struct Graph<'a> {
+    cfg: &'a GraphConfig,
+    http: &'a reqwest::Client,
+    tokens: &'a TokenCache,
+    /// `scheme://host:port` of `base_url`: the token is only ever sent there.
+    origin: url::Origin,
+    base: String,
+}
+
+/// The result of a request that may legitimately find nothing.
+enum Fetched {
+    Ok(reqwest::Response),
+    NotFound,
+}
+
+impl<'a> Graph<'a> {
+    fn new(cfg: &'a GraphConfig, http: &'a reqwest::Client, tokens: &'a TokenCache) -> Result<Self, WatchError> {
+        let base = cfg.base_url.trim_end_matches('/').to_string();
+        let parsed = url::Url::parse(&base).map_err(|e| WatchError(format!("invalid Graph base URL {base:?}: {e}")))?;
+        Ok(Graph {
+            cfg,
+            http,
+            tokens,
+            origin: parsed.origin(),
+            base,
+        })
+    }
+
+    fn user(&self) -> String {
+        format!("{}/users/{}", self.base, enc(&self.cfg.mailbox))
+    }
+
+    /// Sends a request with the bearer token. A 401 gets one fresh token and
+    /// one retry; 429 and 503 are waited out as `Retry-After` says.
+    async fn send(
+        &self,
+        what: &str,
+        method: Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Fetched, WatchError> {
+        let mut refreshed = false;
+        let mut throttled = 0;
+        loop {
+            let token = self
+                .tokens
+                .bearer()
+                .await
+                .map_err(|e| WatchError(format!("{what}: {e}")))?;
+            let mut req = self
+                .http
+                .request(method.clone(), url)
+                .bearer_auth(&token)
+                .timeout(OP_TIMEOUT);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let mut resp = req
+                .send()
+                .await
+                .map_err(|e| WatchError(format!("{what}: {}", e.without_url())))?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(Fetched::Ok(resp));
+            }
+            if status == StatusCode::UNAUTHORIZED && !refreshed {
+                // Expired or revoked early: one new token, one more try.
+                tracing::info!(inbox = %self.cfg.name, "Graph refused the access token; fetching a new one");
+                self.tokens.invalidate(&token).await;
+                refreshed = true;
+                continue;
+            }
+            if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+                && throttled < MAX_THROTTLED
+            {
+                let wait = retry_after(&resp, throttled);
+                throttled += 1;
+                tracing::warn!(inbox = %self.cfg.name, %status, wait_ms = wait.as_millis() as u64, "Graph is throttling; waiting as asked");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+                if *shutdown.borrow() {
+                    return Err(WatchError(format!("{what}: shutting down")));
+                }
+                continue;
+            }
+            if status == StatusCode::NOT_FOUND {
+                return Ok(Fetched::NotFound);
+            }
+            let detail = read_capped(&mut resp, MAX_SMALL_BYTES)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|b| serde_json::from_slice::<GraphErrorBody>(&b).ok())
+                .and_then(|b| b.error)
+                .map(|e| {
+                    let text = format!("{}: {}", e.code.unwrap_or_default(), e.message.unwrap_or_default());
+                    super::oauth::scrub(&text, &[&token])
+                })
+                .unwrap_or_default();
+            return Err(WatchError(format!("{what}: HTTP {status} {detail}")));
+        }
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        url: &str,
+        limit: usize,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<T>, WatchError> {
+        let mut resp = match self.send(what, Method::GET, url, None, shutdown).await? {
+            Fetched::Ok(r) => r,
+            Fetched::NotFound => return Ok(None),
+        };
+        let body = read_capped(&mut resp, limit)
+            .await
+            .map_err(|e| WatchError(format!("{what}: {e}")))?
+            .ok_or_else(|| WatchError(format!("{what}: answer larger than {limit} bytes")))?;
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| WatchError(format!("{what}: unexpected answer: {e}")))
+    }
+
+    /// The path segment for a folder: a well-known name as is, otherwise the
+    /// id of the top-level folder with that display name. A missing folder is
+    /// an error: postcanary does not create folders in someone's mailbox.
+    async fn folder_id(&self, name: &str, shutdown: &mut watch::Receiver<bool>) -> Result<String, WatchError> {
+        let lower = name.to_ascii_lowercase();
+        if WELL_KNOWN_FOLDERS.contains(&lower.as_str()) {
+            return Ok(lower);
+        }
+        let filter = format!("displayName eq '{}'", name.replace('\'', "''"));
+        let url = format!(
+            "{}/mailFolders?$filter={}&$select=id,displayName",
+            self.user(),
+            enc(&filter)
+        );
+        let what = format!("look up folder {name:?} in {}", self.cfg.mailbox);
+        let list: Option<FolderList> = self.json(&what, &url, MAX_SMALL_BYTES, shutdown).await?;
+        match list.map(|l| l.value).unwrap_or_default().into_iter().next() {
+            Some(f) => Ok(f.id),
+            None => Err(WatchError(format!(
+                "mailbox {} has no top-level folder {name:?}; create it or fix the inbox's folder / after_confirm",
+                self.cfg.mailbox
+            ))),
+        }
+    }
+
+    /// The first page of messages received at or after `since` (Unix seconds).
+    fn first_page_url(&self, folder: &str, since: i64) -> String {
+        let since = chrono::DateTime::from_timestamp(since, 0)
+            .unwrap_or_default()
+            .format("%Y-%m-%dT%H:%M:%SZ");
+        format!(
+            "{}/mailFolders/{}/messages?$filter={}&$select=id,subject,receivedDateTime,internetMessageId,body&$orderby=receivedDateTime&$top={PAGE_SIZE}",
+            self.user(),
+            enc(folder),
+            enc(&format!("receivedDateTime ge {since}")),
+        )
+    }
+
+    /// Follows only links to the Graph host: a nextLink elsewhere would get our token.
+    fn check_next_link(&self, link: &str) -> Result<(), WatchError> {
+        match url::Url::parse(link) {
+            Ok(u) if u.origin() == self.origin => Ok(()),
+            _ => Err(WatchError(format!(
+                "refusing @odata.nextLink outside {}",
+                self.origin.ascii_serialization()
+            ))),
+        }
+    }
+
+    /// The message's MIME, or `None` if it is gone or too large.
+    async fn mime(&self, m: &Listed, shutdown: &mut watch::Receiver<bool>) -> Result<Option<Vec<u8>>, WatchError> {
+        let url = format!("{}/messages/{}/$value", self.user(), enc(&m.id));
+        let mut resp = match self.send("fetch MIME", Method::GET, &url, None, shutdown).await? {
+            Fetched::Ok(r) => r,
+            Fetched::NotFound => {
+                tracing::info!(inbox = %self.cfg.name, message_id = ?m.internet_message_id, "message vanished before it could be read");
+                return Ok(None);
+            }
+        };
+        let raw = read_capped(&mut resp, MAX_MIME_BYTES)
+            .await
+            .map_err(|e| WatchError(format!("fetch MIME: {e}")))?;
+        if raw.is_none() {
+            tracing::warn!(
+                inbox = %self.cfg.name,
+                message_id = ?m.internet_message_id,
+                max_bytes = MAX_MIME_BYTES,
+                "message too large; searching only its subject and listed body"
+            );
+        }
+        Ok(raw)
+    }
+
+    async fn after_confirm(
+        &self,
+        m: &Listed,
+        destination: Option<&str>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), WatchError> {
+        let url = format!("{}/messages/{}", self.user(), enc(&m.id));
+        let done = match (&self.cfg.after_confirm, destination) {
+            (AfterConfirm::Keep, _) => return Ok(()),
+            (AfterConfirm::Move(folder), Some(dest)) => {
+                let body = serde_json::json!({ "destinationId": dest });
+                self.send(
+                    &format!("move to {folder}"),
+                    Method::POST,
+                    &format!("{url}/move"),
+                    Some(&body),
+                    shutdown,
+                )
+                .await?
+            }
+            (AfterConfirm::Move(folder), None) => {
+                return Err(WatchError(format!("move to {folder}: folder not resolved")));
+            }
+            (AfterConfirm::Delete, _) => self.send("delete", Method::DELETE, &url, None, shutdown).await?,
+        };
+        if matches!(done, Fetched::NotFound) {
+            tracing::info!(inbox = %self.cfg.name, message_id = ?m.internet_message_id, "confirmed message already gone");
+        } else {
+            tracing::debug!(inbox = %self.cfg.name, message_id = ?m.internet_message_id, action = ?self.cfg.after_confirm, "cleaned up confirmed probe");
+        }
+        Ok(())
+    }
+}
+
+/// Runs the watcher until `shutdown` turns true. Errors are logged and lead
+/// to a new session after exponential backoff; the watcher never gives up.
+pub async fn watch(
+    cfg: GraphConfig,
+    matcher: Matcher,
+    mut shutdown: watch::Receiver<bool>,
+    state: watch::Sender<WatcherState>,
+) {
+    let mut backoff = BACKOFF_START;
+    // Kept across sessions: a reconnect needs neither a new token nor to
+    // re-read what this process has read already.
+    let mut client: Option<(reqwest::Client, TokenCache)> = None;
+    let mut seen = Seen::default();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let _ = state.send(WatcherState::Connecting);
+        let mut connected = false;
+        if client.is_none() {
+            // Building fails only if the TLS backend cannot start; retried like any error.
+            client = reqwest::Client::builder()
+                .build()
+                .ok()
+                .map(|http| (http.clone(), TokenCache::new(cfg.credentials.clone(), http)));
+        }
+        let result = match &client {
+            Some((http, tokens)) => {
+                run_session(
+                    &cfg,
+                    &matcher,
+                    http,
+                    tokens,
+                    &mut seen,
+                    &mut shutdown,
+                    &state,
+                    &mut connected,
+                )
+                .await
+            }
+            None => Err(WatchError("cannot build an HTTP client".into())),
+        };
+        match result {
+            Ok(()) => break,
+            Err(e) => {
+                if *shutdown.borrow() {
+                    break;
+                }
+                if connected {
+                    backoff = BACKOFF_START;
+                }
+                tracing::warn!(inbox = %cfg.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "Graph watcher disconnected");
+                let _ = state.send(WatcherState::Backoff(e.to_string()));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+    let _ = state.send(WatcherState::Stopped);
+}
+
+/// Ids already read, with their `receivedDateTime`; only ids that a poll
+/// can return again (within [`OVERLAP`] of the cursor) are kept.
+#[derive(Default)]
+struct Seen(HashMap<String, i64>);
+
+impl Seen {
+    fn prune(&mut self, cursor: i64) {
+        let horizon = cursor - OVERLAP.as_secs() as i64;
+        self.0.retain(|_, &mut t| t >= horizon);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_session(
+    cfg: &GraphConfig,
+    matcher: &Matcher,
+    http: &reqwest::Client,
+    tokens: &TokenCache,
+    seen: &mut Seen,
+    shutdown: &mut watch::Receiver<bool>,
+    state: &watch::Sender<WatcherState>,
+    connected: &mut bool,
+) -> Result<(), WatchError> {
+    let graph = Graph::new(cfg, http, tokens)?;
+    let folder = graph.folder_id(&cfg.folder, shutdown).await?;
+    let destination = match &cfg.after_confirm {
+        AfterConfirm::Move(name) => Some(graph.folder_id(name, shutdown).await?),
+        _ => None,
+    };
+    let fingerprint = fingerprint(&cfg.mailbox, &cfg.folder);
+    let mut cursor = starting_cursor(cfg, matcher, fingerprint).await?;
+    tracing::info!(inbox = %cfg.name, mailbox = %cfg.mailbox, folder = %cfg.folder, "Graph watcher connected");
+    let mut resume: Option<String> = None;
+    loop {
+        let url = resume
+            .take()
+            .unwrap_or_else(|| graph.first_page_url(&folder, cursor - OVERLAP.as_secs() as i64));
+        let (next, new_cursor) = poll(&graph, matcher, seen, url, destination.as_deref(), cursor, shutdown).await?;
+        if new_cursor != cursor {
+            cursor = new_cursor;
+            store_cursor(cfg, matcher, fingerprint, cursor).await?;
+        }
+        seen.prune(cursor);
+        if !*connected {
+            *connected = true;
+        }
+        let _ = state.send(WatcherState::Polling);
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        if next.is_some() {
+            resume = next;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.poll_interval) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads up to [`MAX_PAGES_PER_POLL`] pages starting at `url`; returns the
+/// nextLink to continue from (if the page limit cut it short) and the new cursor.
+#[allow(clippy::too_many_arguments)]
+async fn poll(
+    graph: &Graph<'_>,
+    matcher: &Matcher,
+    seen: &mut Seen,
+    mut url: String,
+    destination: Option<&str>,
+    mut cursor: i64,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(Option<String>, i64), WatchError> {
+    let cfg = graph.cfg;
+    for _ in 0..MAX_PAGES_PER_POLL {
+        let page: Page = graph
+            .json("list messages", &url, MAX_PAGE_BYTES, shutdown)
+            .await?
+            .ok_or_else(|| WatchError(format!("mail folder {:?} not found in {}", cfg.folder, cfg.mailbox)))?;
+        let seen_at = now_millis();
+        for m in &page.value {
+            if seen.0.contains_key(&m.id) {
+                continue;
+            }
+            let received = m.received.as_deref().and_then(parse_time);
+            let raw = graph.mime(m, shutdown).await?;
+            let candidates = match &raw {
+                Some(raw) => tokens_in_message(raw),
+                None => listed_candidates(m),
+            };
+            if !candidates.is_empty() {
+                let fates = matcher
+                    .consider(&cfg.name, &candidates, seen_at)
+                    .await
+                    .map_err(|e| WatchError(e.to_string()))?;
+                if fates.iter().any(|f| f.is_ours()) {
+                    graph.after_confirm(m, destination, shutdown).await?;
+                }
+            }
+            // Listed in receivedDateTime order, so everything before is done.
+            let t = received.unwrap_or(cursor);
+            seen.0.insert(m.id.clone(), t);
+            cursor = cursor.max(t);
+        }
+        match page.next_link {
+            Some(next) => {
+                graph.check_next_link(&next)?;
+                url = next;
+            }
+            None => return Ok((None, cursor)),
+        }
+    }
+    tracing::info!(inbox = %cfg.name, pages = MAX_PAGES_PER_POLL, "many new messages; continuing right away");
+    Ok((Some(url), cursor))
+}
+
+/// Tokens in what the listing says of a message too large to download.
+fn listed_candidates(m: &Listed) -> Vec<String> {
+    let mut out = Vec::new();
+    let texts = [m.subject.as_deref(), m.body.as_ref().and_then(|b| b.content.as_deref())];
+    for text in texts.into_iter().flatten() {
+        for c in find_candidates(text.as_bytes()) {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Where to start: the kept cursor if it is for this mailbox and folder;
+/// otherwise the day before the oldest pending probe was made; with no
+/// probe pending, now.
+async fn starting_cursor(cfg: &GraphConfig, matcher: &Matcher, fingerprint: u32) -> Result<i64, WatchError> {
+    let store_err = |e: crate::ledger::StoreError| WatchError(e.to_string());
+    if let Some(c) = matcher.store.cursor(&cfg.name).await.map_err(store_err)? {
+        if c.uid_validity == fingerprint {
+            return Ok(i64::from(c.last_uid));
+        }
+        tracing::warn!(inbox = %cfg.name, "mailbox or folder changed; rescanning recent mail");
+    }
+    let oldest_pending = matcher
+        .store
+        .pending()
+        .await
+        .map_err(store_err)?
+        .iter()
+        .map(|p| p.created_at)
+        .min();
+    let start_ms = match oldest_pending {
+        Some(created) => created - 86_400_000,
+        None => now_millis(),
+    };
+    let start = start_ms.div_euclid(1000);
+    store_cursor(cfg, matcher, fingerprint, start).await?;
+    Ok(start)
+}
+
+async fn store_cursor(cfg: &GraphConfig, matcher: &Matcher, fingerprint: u32, secs: i64) -> Result<(), WatchError> {
+    // u32 seconds reach 2106.
+    let last_uid = u32::try_from(secs.max(0)).unwrap_or(u32::MAX);
+    matcher
+        .store
+        .set_cursor(
+            &cfg.name,
+            Cursor {
+                uid_validity: fingerprint,
+                last_uid,
+            },
+        )
+        .await
+        .map_err(|e| WatchError(e.to_string()))
+}
+
+/// FNV-1a of mailbox and folder, the Graph stand-in for UIDVALIDITY.
+fn fingerprint(mailbox: &str, folder: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in format!("graph:{}/{}", mailbox.to_lowercase(), folder.to_lowercase()).bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+fn parse_time(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp())
+}
+
+/// How long a throttling answer asks us to wait: `Retry-After` in seconds
+/// (capped), or exponential from 1 s when it does not say.
+fn retry_after(resp: &reqwest::Response, attempt: u32) -> Duration {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or_else(|| Duration::from_secs(1 << attempt.min(6)))
+        .min(MAX_RETRY_AFTER)
+}
+
+/// Reads a body of at most `limit` bytes; `None` if it is larger.
+async fn read_capped(resp: &mut reqwest::Response, limit: usize) -> Result<Option<Vec<u8>>, String> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.without_url().to_string())? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// Percent-encodes a path segment or query value ('@' stays, as UPNs read better).
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'@') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_encoding() {
+        assert_eq!(
+            enc("receivedDateTime ge 2024-05-01T10:00:00Z"),
+            "receivedDateTime%20ge%202024-05-01T10%3A00%3A00Z"
+        );
+        assert_eq!(enc("canary@kommune.dk"), "canary@kommune.dk");
+        assert_eq!(enc("AAMk+/=="), "AAMk%2B%2F%3D%3D");
+    }
+
+    #[test]
+    fn fingerprint_ignores_case_but_not_folder() {
+        assert_eq!(fingerprint("A@x.dk", "Inbox"), fingerprint("a@X.dk", "inbox"));
+        assert_ne!(fingerprint("a@x.dk", "Inbox"), fingerprint("a@x.dk", "Other"));
+    }
+
+    #[test]
+    fn times_are_whole_seconds() {
+        assert_eq!(parse_time("2024-05-01T10:00:00Z"), Some(1_714_557_600));
+        assert_eq!(parse_time("not a time"), None);
+    }
+}
