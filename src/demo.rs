@@ -98,7 +98,13 @@ async fn submit(State(site): State<Site>, h: HeaderMap, body: String) -> Respons
         return (StatusCode::FORBIDDEN, "log ind først").into_response();
     }
     let fields: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
-    let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    let get = |k: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
     // The broken handler: a thank-you page, and the submission goes nowhere.
     if !site.moved.load(Ordering::SeqCst) {
         if let Some(addr) = site.smtp.get() {
@@ -113,7 +119,9 @@ async fn submit(State(site): State<Site>, h: HeaderMap, body: String) -> Respons
 
 async fn mail(smtp: SocketAddr, text: &str) -> Result<(), String> {
     use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-    let from = "Selvbetjening <noreply@kommune.example>".parse().map_err(|e| format!("{e}"))?;
+    let from = "Selvbetjening <noreply@kommune.example>"
+        .parse()
+        .map_err(|e| format!("{e}"))?;
     let to = "borger@kommune.example".parse().map_err(|e| format!("{e}"))?;
     let msg = Message::builder()
         .from(from)
@@ -136,7 +144,12 @@ async fn hook(body: String) -> StatusCode {
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
     let icon = if s("event") == "resolve" { "✅" } else { "🚨" };
     let channel = v["channel"]["id"].as_str().unwrap_or("");
-    println!("{icon} PAGE {} {channel}: {} — {}", s("event"), s("verdict"), s("detail"));
+    println!(
+        "{icon} PAGE {} {channel}: {} — {}",
+        s("event"),
+        s("verdict"),
+        s("detail")
+    );
     StatusCode::OK
 }
 
@@ -201,8 +214,18 @@ password = "file:demo.pw"
              to = \"{to}@{DOMAIN}\"\nvia = \"relay\"\n{extra}\n"
         )
     };
-    t.push_str(&mail("social-mail", "Social og Familie (e-mail)", "social", "inbox = \"social\""));
-    t.push_str(&mail("familie-mail", "Familieafdelingen (e-mail)", "familie", "inbox = \"social\""));
+    t.push_str(&mail(
+        "social-mail",
+        "Social og Familie (e-mail)",
+        "social",
+        "inbox = \"social\"",
+    ));
+    t.push_str(&mail(
+        "familie-mail",
+        "Familieafdelingen (e-mail)",
+        "familie",
+        "inbox = \"social\"",
+    ));
     t.push_str(&mail(
         "familiepost-retired",
         "Retired shared mailbox familiepost@",
@@ -283,7 +306,11 @@ pub async fn run(listen: &str) -> Result<(), String> {
     if let Some(addr) = status {
         println!("postcanary demo — status page: http://{addr}/  (API: http://{addr}/api/channels, metrics: http://{addr}/metrics)");
     }
-    println!("Sandbox mail servers: SMTP {} IMAP {}; form site http://{site_addr}/kontakt", sandbox.smtp_addr(), sandbox.imap_addr());
+    println!(
+        "Sandbox mail servers: SMTP {} IMAP {}; form site http://{site_addr}/kontakt",
+        sandbox.smtp_addr(),
+        sandbox.imap_addr()
+    );
     println!("t+0s    five channels, probed every 15 s with an 8 s deadline:");
     println!("        social@ works; familiepost@ (a retired shared mailbox) accepts and drops mail;");
     println!("        sikkerepost@ (a mistyped secure-mail address) should bounce but accepts;");
@@ -296,7 +323,10 @@ pub async fn run(listen: &str) -> Result<(), String> {
         tokio::spawn(async move {
             tokio::time::sleep(REVERT_AT).await;
             store.set_route(&format!("familie@{DOMAIN}"), Route::deliver("closed", "INBOX"));
-            println!("t+{}s   the IT vendor switches familie@ back to the closed mailbox", REVERT_AT.as_secs());
+            println!(
+                "t+{}s   the IT vendor switches familie@ back to the closed mailbox",
+                REVERT_AT.as_secs()
+            );
             tokio::time::sleep(LOGIN_MOVES_AT - REVERT_AT).await;
             site.moved.store(true, Ordering::SeqCst);
             println!(

@@ -140,8 +140,16 @@ impl Engine {
         for inbox in watchers {
             let (tx, rx) = watch::channel(WatcherState::Connecting);
             self.watcher_states.insert(inbox.watcher_name(), rx);
-            let fut = crate::inbox::imap::watch(inbox, matcher.clone(), self.shutdown.subscribe(), tx);
-            self.tasks.spawn(fut);
+            match inbox.graph_config() {
+                Some(g) => {
+                    let fut = crate::inbox::graph::watch(g, matcher.clone(), self.shutdown.subscribe(), tx);
+                    self.tasks.spawn(fut);
+                }
+                None => {
+                    let fut = crate::inbox::imap::watch(inbox, matcher.clone(), self.shutdown.subscribe(), tx);
+                    self.tasks.spawn(fut);
+                }
+            }
         }
     }
 

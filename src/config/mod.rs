@@ -208,6 +208,39 @@ pub struct InboxConfig {
     pub junk: Option<String>,
     /// Which folder this watcher reads; `Junk` only for the junk watcher made by [`InboxConfig::junk_watcher`].
     pub folder: crate::inbox::Folder,
+    /// `kind = "graph"`: a Microsoft 365 mailbox read through Microsoft Graph
+    /// (`username` is the mailbox's address, `mailbox` the folder, `password` the client secret).
+    pub graph: Option<GraphSettings>,
+}
+
+/// How to reach a Microsoft Graph mailbox.
+#[derive(Debug, Clone)]
+pub struct GraphSettings {
+    pub base_url: String,
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+}
+
+impl InboxConfig {
+    /// The Graph watcher's config, for a `kind = "graph"` inbox.
+    pub fn graph_config(&self) -> Option<crate::inbox::graph::GraphConfig> {
+        let g = self.graph.as_ref()?;
+        Some(crate::inbox::graph::GraphConfig {
+            name: self.name.clone(),
+            base_url: g.base_url.clone(),
+            mailbox: self.username.clone(),
+            folder: self.mailbox.clone(),
+            credentials: crate::inbox::oauth::ClientCredentials {
+                token_url: g.token_url.clone(),
+                client_id: g.client_id.clone(),
+                client_secret: g.client_secret.clone(),
+                scope: crate::inbox::graph::GRAPH_SCOPE.to_string(),
+            },
+            poll_interval: self.poll_interval,
+            after_confirm: self.after_confirm.clone(),
+        })
+    }
 }
 
 impl InboxConfig {
@@ -470,19 +503,24 @@ struct RawSender {
 #[serde(rename_all = "lowercase")]
 enum InboxKind {
     Imap,
+    Graph,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawInbox {
     name: String,
-    #[allow(dead_code)]
     kind: InboxKind,
-    host: String,
+    host: Option<String>,
     port: Option<u16>,
     tls: Option<Tls>,
     username: String,
-    password: SecretRef,
+    password: Option<SecretRef>,
+    tenant: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<SecretRef>,
+    token_url: Option<String>,
+    graph_url: Option<String>,
     mailbox: Option<String>,
     after_confirm: Option<AfterConfirm>,
     poll_interval: Option<HumanDuration>,
@@ -1005,37 +1043,131 @@ fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<Inbox
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for (origin, i) in raw {
-        check_name(loader, &mut seen, &origin, "inbox", &i.name);
-        let tls = i.tls.unwrap_or(Tls::Tls);
-        check_tls_host(loader, &origin, "inbox", tls, &i.host);
-        let port = i.port.unwrap_or(if tls == Tls::Tls { 993 } else { 143 });
+        const A: &str = "inbox";
+        check_name(loader, &mut seen, &origin, A, &i.name);
         let poll_interval = i
             .poll_interval
             .map(HumanDuration::as_duration)
             .unwrap_or(Duration::from_secs(60));
         if poll_interval < Duration::from_millis(100) {
-            loader.err(
-                &origin,
-                "inbox",
-                "poll_interval",
-                "poll_interval must be at least 100ms",
-            );
+            loader.err(&origin, A, "poll_interval", "poll_interval must be at least 100ms");
         }
-        let password = loader.secret(&origin, "inbox", "password", &i.password);
+        let (host, port, tls, password, graph) = match i.kind {
+            InboxKind::Imap => {
+                for (key, set) in [
+                    ("tenant", i.tenant.is_some()),
+                    ("client_id", i.client_id.is_some()),
+                    ("client_secret", i.client_secret.is_some()),
+                    ("token_url", i.token_url.is_some()),
+                    ("graph_url", i.graph_url.is_some()),
+                ] {
+                    if set {
+                        loader.err(&origin, A, key, format!("`{key}` is for kind = \"graph\""));
+                    }
+                }
+                let host = i.host.clone().unwrap_or_else(|| {
+                    loader.err(&origin, A, "kind", "kind = \"imap\" needs `host`");
+                    String::new()
+                });
+                let tls = i.tls.unwrap_or(Tls::Tls);
+                check_tls_host(loader, &origin, A, tls, &host);
+                let port = i.port.unwrap_or(if tls == Tls::Tls { 993 } else { 143 });
+                let password = match &i.password {
+                    Some(p) => loader.secret(&origin, A, "password", p),
+                    None => {
+                        loader.err(&origin, A, "kind", "kind = \"imap\" needs `password`");
+                        None
+                    }
+                };
+                (host, port, tls, password, None)
+            }
+            InboxKind::Graph => {
+                for (key, set) in [
+                    ("host", i.host.is_some()),
+                    ("port", i.port.is_some()),
+                    ("tls", i.tls.is_some()),
+                    ("password", i.password.is_some()),
+                    ("idle", i.idle.is_some()),
+                    ("junk", i.junk.is_some()),
+                ] {
+                    if set {
+                        loader.err(
+                            &origin,
+                            A,
+                            key,
+                            format!("`{key}` is for kind = \"imap\"; a Graph inbox signs in with `tenant`, `client_id` and `client_secret`"),
+                        );
+                    }
+                }
+                let secret = match &i.client_secret {
+                    Some(r) => loader.secret(&origin, A, "client_secret", r),
+                    None => {
+                        loader.err(
+                            &origin,
+                            A,
+                            "kind",
+                            "kind = \"graph\" needs `client_secret` (env: or file:)",
+                        );
+                        None
+                    }
+                };
+                let client_id = i.client_id.clone().unwrap_or_else(|| {
+                    loader.err(
+                        &origin,
+                        A,
+                        "kind",
+                        "kind = \"graph\" needs `client_id`, the app registration's id",
+                    );
+                    String::new()
+                });
+                let token_url = match (&i.token_url, &i.tenant) {
+                    (Some(u), _) => u.clone(),
+                    (None, Some(t)) => format!("https://login.microsoftonline.com/{t}/oauth2/v2.0/token"),
+                    (None, None) => {
+                        loader.err(&origin, A, "kind", "kind = \"graph\" needs `tenant` (or `token_url`)");
+                        String::new()
+                    }
+                };
+                let base_url = i
+                    .graph_url
+                    .clone()
+                    .unwrap_or_else(|| crate::inbox::graph::DEFAULT_BASE_URL.to_string());
+                for (key, u) in [("token_url", &token_url), ("graph_url", &base_url)] {
+                    if !u.is_empty() {
+                        if let Err(m) = form::check_url(u) {
+                            loader.err(&origin, A, key, m);
+                        }
+                    }
+                }
+                let graph = secret.clone().map(|client_secret| GraphSettings {
+                    base_url,
+                    token_url,
+                    client_id,
+                    client_secret,
+                });
+                (String::new(), 0, Tls::Tls, secret, graph)
+            }
+        };
         if let Some(password) = password {
+            let mailbox = match (&i.mailbox, i.kind) {
+                (Some(m), _) => m.clone(),
+                (None, InboxKind::Imap) => "INBOX".to_string(),
+                (None, InboxKind::Graph) => crate::inbox::graph::DEFAULT_FOLDER.to_string(),
+            };
             out.push(InboxConfig {
                 name: i.name,
-                host: i.host,
+                host,
                 port,
                 tls,
                 username: i.username,
                 password,
-                mailbox: i.mailbox.unwrap_or_else(|| "INBOX".to_string()),
+                mailbox,
                 after_confirm: i.after_confirm.unwrap_or(AfterConfirm::Keep),
                 poll_interval,
                 idle: i.idle.unwrap_or(true),
                 junk: i.junk.filter(|j| !j.is_empty()),
                 folder: crate::inbox::Folder::Main,
+                graph,
             });
         }
     }

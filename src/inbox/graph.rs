@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use super::imap::WatcherState;
 use super::oauth::{ClientCredentials, TokenCache};
-use super::{tokens_in_message, Matcher};
+use super::{consider_message, Matcher};
 use crate::config::AfterConfirm;
 use crate::ledger::Cursor;
 use crate::token::find_candidates;
@@ -555,18 +555,21 @@ async fn poll(
             }
             let received = m.received.as_deref().and_then(parse_time);
             let raw = graph.mime(m, shutdown).await?;
-            let candidates = match &raw {
-                Some(raw) => tokens_in_message(raw),
-                None => listed_candidates(m),
-            };
-            if !candidates.is_empty() {
-                let fates = matcher
-                    .consider(&cfg.name, &candidates, seen_at)
-                    .await
-                    .map_err(|e| WatchError(e.to_string()))?;
-                if fates.iter().any(|f| f.is_ours()) {
-                    graph.after_confirm(m, destination, shutdown).await?;
+            // Whole messages go through the bounce-aware path, as IMAP's do.
+            let fates = match &raw {
+                Some(raw) => consider_message(matcher, &cfg.name, &super::Folder::Main, raw, seen_at).await,
+                None => {
+                    let candidates = listed_candidates(m);
+                    if candidates.is_empty() {
+                        Ok(Vec::new())
+                    } else {
+                        matcher.consider(&cfg.name, &candidates, seen_at).await
+                    }
                 }
+            }
+            .map_err(|e| WatchError(e.to_string()))?;
+            if fates.iter().any(|f| f.is_ours()) {
+                graph.after_confirm(m, destination, shutdown).await?;
             }
             // Listed in receivedDateTime order, so everything before is done.
             let t = received.unwrap_or(cursor);

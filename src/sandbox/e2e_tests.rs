@@ -126,6 +126,7 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
         idle: true,
         junk: None,
         folder: crate::inbox::Folder::Main,
+        graph: None,
     };
     let matcher = Matcher {
         store: Arc::clone(&rig.ledger),

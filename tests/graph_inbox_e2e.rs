@@ -1,0 +1,99 @@
+//! A `kind = "graph"` inbox through the whole engine: the probe goes in by
+//! SMTP (the sandbox SMTP receiver, standing in for Exchange Online's
+//! front door) and is found through the Microsoft Graph double, configured
+//! the way an operator writes it.
+
+mod support;
+
+use std::time::Duration;
+
+use postcanary::config::Config;
+use postcanary::engine::Engine;
+use postcanary::sandbox::{MailStore, Route, Sandbox, SandboxOptions};
+use postcanary::verdict::Verdict;
+use support::graphdouble::{GraphDouble, CLIENT_ID};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_inbox_confirms_probes_sent_by_smtp() {
+    let secret = "graph-client-secret-123";
+    let double = std::sync::Arc::new(GraphDouble::start(secret).await);
+    let store = MailStore::new();
+    store.add_user("social", "x");
+    store.set_route("social@kommune.example", Route::deliver("social", "INBOX"));
+    let sandbox = Sandbox::start(store.clone(), SandboxOptions::default())
+        .await
+        .expect("sandbox");
+    // Everything that lands in the sandbox mailbox appears in the Graph mailbox.
+    let bridge = {
+        let mut events = store.subscribe();
+        let (store, double) = (store.clone(), std::sync::Arc::clone(&double));
+        tokio::spawn(async move {
+            let mut copied = 0;
+            while events.recv().await.is_ok() {
+                let msgs = store.messages("social", "INBOX").unwrap_or_default();
+                for m in msgs.iter().skip(copied) {
+                    double.deliver(&m.raw);
+                }
+                copied = msgs.len();
+            }
+        })
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("graph.secret"), secret).expect("secret");
+    let toml = format!(
+        r#"[ledger]
+url = "sqlite://ledger.db"
+
+[[sender]]
+name = "relay"
+kind = "smtp"
+host = "127.0.0.1"
+port = {smtp}
+tls = "none"
+from = "canary@kommune.example"
+
+[[inbox]]
+name = "social-m365"
+kind = "graph"
+username = "social@kommune.example"
+client_id = "{CLIENT_ID}"
+client_secret = "file:graph.secret"
+token_url = "{token}"
+graph_url = "{graph}"
+poll_interval = "500ms"
+after_confirm = "move:Postcanary"
+
+[[channel]]
+id = "social-mail"
+name = "Social"
+kind = "mail"
+to = "social@kommune.example"
+inbox = "social-m365"
+deadline = "20s"
+"#,
+        smtp = sandbox.smtp_addr().port(),
+        token = double.token_url(),
+        graph = double.base_url(),
+    );
+    std::fs::write(dir.path().join("postcanary.toml"), toml).expect("config");
+    double.add_folder("Postcanary");
+    let config = Config::load(&dir.path().join("postcanary.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let engine = Engine::start(config).await.expect("engine");
+    assert!(
+        engine.wait_watchers_connected(Duration::from_secs(15)).await,
+        "{:?}",
+        engine.watcher_states()
+    );
+    let ch = engine.config.channel("social-mail").expect("channel").clone();
+    let p = engine.check(&[ch]).await.expect("check").remove(0);
+    assert_eq!(p.verdict, Verdict::Delivered, "{p:?}");
+    assert_eq!(p.found_in.as_deref(), Some("social-m365"));
+    // The move follows the verdict.
+    support::canary::wait_for("the probe moved to Postcanary", Duration::from_secs(10), async || {
+        (double.moves().len() == 1).then_some(())
+    })
+    .await;
+    engine.stop().await;
+    bridge.abort();
+    sandbox.shutdown().await;
+}
