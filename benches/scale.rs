@@ -182,7 +182,11 @@ fn main() {
         }
         // Bytes per probe, times the probes a day brings at this cadence.
         let per_day = n as f64 * 86_400_000.0 / interval_ms as f64;
-        let per_probe = if lateness.is_empty() { 0.0 } else { growth / lateness.len() as f64 };
+        let per_probe = if lateness.is_empty() {
+            0.0
+        } else {
+            growth / lateness.len() as f64
+        };
         (cpu, wall, lateness, verdicts, per_probe * per_day)
     });
     drop(child.stdin.take());

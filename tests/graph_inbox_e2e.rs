@@ -97,3 +97,75 @@ deadline = "20s"
     bridge.abort();
     sandbox.shutdown().await;
 }
+
+/// IMAP with SASL XOAUTH2, as Exchange Online requires: the watcher fetches a
+/// client-credentials token (from the double's token endpoint) and logs in to
+/// the sandbox IMAP server with it; the server accepts only that token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_with_xoauth2_confirms_probes() {
+    let secret = "imap-client-secret-456";
+    let double = GraphDouble::start(secret).await;
+    let store = MailStore::new();
+    // The first token the double issues; any other bearer is refused.
+    store.add_user("social@kommune.example", "eyJ0eXAiOiJKV1Qi.double-token-1");
+    store.set_route(
+        "social@kommune.example",
+        Route::deliver("social@kommune.example", "INBOX"),
+    );
+    let sandbox = Sandbox::start(store.clone(), SandboxOptions::default())
+        .await
+        .expect("sandbox");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("client.secret"), secret).expect("secret");
+    let toml = format!(
+        r#"[ledger]
+url = "sqlite://ledger.db"
+
+[[sender]]
+name = "relay"
+kind = "smtp"
+host = "127.0.0.1"
+port = {smtp}
+tls = "none"
+from = "canary@kommune.example"
+
+[[inbox]]
+name = "social-exo"
+kind = "imap"
+host = "127.0.0.1"
+port = {imap}
+tls = "none"
+username = "social@kommune.example"
+auth = "xoauth2"
+client_id = "{CLIENT_ID}"
+client_secret = "file:client.secret"
+token_url = "{token}"
+scope = "https://graph.microsoft.com/.default"
+
+[[channel]]
+id = "social-mail"
+name = "Social"
+kind = "mail"
+to = "social@kommune.example"
+inbox = "social-exo"
+deadline = "20s"
+"#,
+        smtp = sandbox.smtp_addr().port(),
+        imap = sandbox.imap_addr().port(),
+        token = double.token_url(),
+    );
+    std::fs::write(dir.path().join("postcanary.toml"), toml).expect("config");
+    let config = Config::load(&dir.path().join("postcanary.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let engine = Engine::start(config).await.expect("engine");
+    assert!(
+        engine.wait_watchers_connected(Duration::from_secs(15)).await,
+        "{:?}",
+        engine.watcher_states()
+    );
+    assert_eq!(double.token_requests().len(), 1, "one token for the session");
+    let ch = engine.config.channel("social-mail").expect("channel").clone();
+    let p = engine.check(&[ch]).await.expect("check").remove(0);
+    assert_eq!(p.verdict, Verdict::Delivered, "{p:?}");
+    engine.stop().await;
+    sandbox.shutdown().await;
+}

@@ -211,6 +211,9 @@ pub struct InboxConfig {
     /// `kind = "graph"`: a Microsoft 365 mailbox read through Microsoft Graph
     /// (`username` is the mailbox's address, `mailbox` the folder, `password` the client secret).
     pub graph: Option<GraphSettings>,
+    /// `auth = "xoauth2"` on an IMAP inbox: log in with SASL XOAUTH2 and a
+    /// client-credentials token instead of a password.
+    pub oauth: Option<crate::inbox::oauth::ClientCredentials>,
 }
 
 /// How to reach a Microsoft Graph mailbox.
@@ -220,6 +223,7 @@ pub struct GraphSettings {
     pub token_url: String,
     pub client_id: String,
     pub client_secret: Secret,
+    pub scope: String,
 }
 
 impl InboxConfig {
@@ -235,7 +239,7 @@ impl InboxConfig {
                 token_url: g.token_url.clone(),
                 client_id: g.client_id.clone(),
                 client_secret: g.client_secret.clone(),
-                scope: crate::inbox::graph::GRAPH_SCOPE.to_string(),
+                scope: g.scope.clone(),
             },
             poll_interval: self.poll_interval,
             after_confirm: self.after_confirm.clone(),
@@ -521,6 +525,8 @@ struct RawInbox {
     client_secret: Option<SecretRef>,
     token_url: Option<String>,
     graph_url: Option<String>,
+    auth: Option<String>,
+    scope: Option<String>,
     mailbox: Option<String>,
     after_confirm: Option<AfterConfirm>,
     poll_interval: Option<HumanDuration>,
@@ -1052,17 +1058,39 @@ fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<Inbox
         if poll_interval < Duration::from_millis(100) {
             loader.err(&origin, A, "poll_interval", "poll_interval must be at least 100ms");
         }
-        let (host, port, tls, password, graph) = match i.kind {
+        let (host, port, tls, password, graph, oauth) = match i.kind {
             InboxKind::Imap => {
-                for (key, set) in [
-                    ("tenant", i.tenant.is_some()),
-                    ("client_id", i.client_id.is_some()),
-                    ("client_secret", i.client_secret.is_some()),
-                    ("token_url", i.token_url.is_some()),
-                    ("graph_url", i.graph_url.is_some()),
-                ] {
+                let xoauth2 = match i.auth.as_deref() {
+                    None | Some("password") => false,
+                    Some("xoauth2") => true,
+                    Some(other) => {
+                        loader.err(
+                            &origin,
+                            A,
+                            "auth",
+                            format!("auth {other:?}: use \"password\" or \"xoauth2\""),
+                        );
+                        false
+                    }
+                };
+                let mut oauth_keys = vec![("graph_url", i.graph_url.is_some())];
+                if !xoauth2 {
+                    oauth_keys.extend([
+                        ("tenant", i.tenant.is_some()),
+                        ("client_id", i.client_id.is_some()),
+                        ("client_secret", i.client_secret.is_some()),
+                        ("token_url", i.token_url.is_some()),
+                        ("scope", i.scope.is_some()),
+                    ]);
+                }
+                for (key, set) in oauth_keys {
                     if set {
-                        loader.err(&origin, A, key, format!("`{key}` is for kind = \"graph\""));
+                        loader.err(
+                            &origin,
+                            A,
+                            key,
+                            format!("`{key}` is for kind = \"graph\" or auth = \"xoauth2\""),
+                        );
                     }
                 }
                 let host = i.host.clone().unwrap_or_else(|| {
@@ -1072,14 +1100,25 @@ fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<Inbox
                 let tls = i.tls.unwrap_or(Tls::Tls);
                 check_tls_host(loader, &origin, A, tls, &host);
                 let port = i.port.unwrap_or(if tls == Tls::Tls { 993 } else { 143 });
-                let password = match &i.password {
-                    Some(p) => loader.secret(&origin, A, "password", p),
-                    None => {
-                        loader.err(&origin, A, "kind", "kind = \"imap\" needs `password`");
-                        None
-                    }
+                let (password, oauth) = if xoauth2 {
+                    let creds = oauth_credentials(loader, &origin, &i, IMAP_OAUTH_SCOPE);
+                    (creds.as_ref().map(|c| c.client_secret.clone()), creds)
+                } else {
+                    let password = match &i.password {
+                        Some(p) => loader.secret(&origin, A, "password", p),
+                        None => {
+                            loader.err(
+                                &origin,
+                                A,
+                                "kind",
+                                "kind = \"imap\" needs `password` (or auth = \"xoauth2\")",
+                            );
+                            None
+                        }
+                    };
+                    (password, None)
                 };
-                (host, port, tls, password, None)
+                (host, port, tls, password, None, oauth)
             }
             InboxKind::Graph => {
                 for (key, set) in [
@@ -1089,6 +1128,7 @@ fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<Inbox
                     ("password", i.password.is_some()),
                     ("idle", i.idle.is_some()),
                     ("junk", i.junk.is_some()),
+                    ("auth", i.auth.is_some()),
                 ] {
                     if set {
                         loader.err(
@@ -1099,53 +1139,23 @@ fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<Inbox
                         );
                     }
                 }
-                let secret = match &i.client_secret {
-                    Some(r) => loader.secret(&origin, A, "client_secret", r),
-                    None => {
-                        loader.err(
-                            &origin,
-                            A,
-                            "kind",
-                            "kind = \"graph\" needs `client_secret` (env: or file:)",
-                        );
-                        None
-                    }
-                };
-                let client_id = i.client_id.clone().unwrap_or_else(|| {
-                    loader.err(
-                        &origin,
-                        A,
-                        "kind",
-                        "kind = \"graph\" needs `client_id`, the app registration's id",
-                    );
-                    String::new()
-                });
-                let token_url = match (&i.token_url, &i.tenant) {
-                    (Some(u), _) => u.clone(),
-                    (None, Some(t)) => format!("https://login.microsoftonline.com/{t}/oauth2/v2.0/token"),
-                    (None, None) => {
-                        loader.err(&origin, A, "kind", "kind = \"graph\" needs `tenant` (or `token_url`)");
-                        String::new()
-                    }
-                };
+                let creds = oauth_credentials(loader, &origin, &i, crate::inbox::graph::GRAPH_SCOPE);
                 let base_url = i
                     .graph_url
                     .clone()
                     .unwrap_or_else(|| crate::inbox::graph::DEFAULT_BASE_URL.to_string());
-                for (key, u) in [("token_url", &token_url), ("graph_url", &base_url)] {
-                    if !u.is_empty() {
-                        if let Err(m) = form::check_url(u) {
-                            loader.err(&origin, A, key, m);
-                        }
-                    }
+                if let Err(m) = form::check_url(&base_url) {
+                    loader.err(&origin, A, "graph_url", m);
                 }
-                let graph = secret.clone().map(|client_secret| GraphSettings {
+                let secret = creds.as_ref().map(|c| c.client_secret.clone());
+                let graph = creds.map(|c| GraphSettings {
                     base_url,
-                    token_url,
-                    client_id,
-                    client_secret,
+                    token_url: c.token_url,
+                    client_id: c.client_id,
+                    client_secret: c.client_secret,
+                    scope: c.scope,
                 });
-                (String::new(), 0, Tls::Tls, secret, graph)
+                (String::new(), 0, Tls::Tls, secret, graph, None)
             }
         };
         if let Some(password) = password {
@@ -1168,10 +1178,54 @@ fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<Inbox
                 junk: i.junk.filter(|j| !j.is_empty()),
                 folder: crate::inbox::Folder::Main,
                 graph,
+                oauth,
             });
         }
     }
     out
+}
+
+/// The scope of a token for Exchange Online IMAP.
+const IMAP_OAUTH_SCOPE: &str = "https://outlook.office365.com/.default";
+
+/// The client-credentials settings of an inbox (Graph, or IMAP with XOAUTH2).
+fn oauth_credentials(
+    loader: &mut Loader,
+    origin: &Origin,
+    i: &RawInbox,
+    default_scope: &str,
+) -> Option<crate::inbox::oauth::ClientCredentials> {
+    const A: &str = "inbox";
+    let secret = match &i.client_secret {
+        Some(r) => loader.secret(origin, A, "client_secret", r),
+        None => {
+            loader.err(origin, A, "kind", "OAuth needs `client_secret` (env: or file:)");
+            None
+        }
+    };
+    let client_id = i.client_id.clone().unwrap_or_else(|| {
+        loader.err(origin, A, "kind", "OAuth needs `client_id`, the app registration's id");
+        String::new()
+    });
+    let token_url = match (&i.token_url, &i.tenant) {
+        (Some(u), _) => u.clone(),
+        (None, Some(t)) => format!("https://login.microsoftonline.com/{t}/oauth2/v2.0/token"),
+        (None, None) => {
+            loader.err(origin, A, "kind", "OAuth needs `tenant` (or `token_url`)");
+            String::new()
+        }
+    };
+    if !token_url.is_empty() {
+        if let Err(m) = form::check_url(&token_url) {
+            loader.err(origin, A, "token_url", m);
+        }
+    }
+    Some(crate::inbox::oauth::ClientCredentials {
+        token_url,
+        client_id,
+        client_secret: secret?,
+        scope: i.scope.clone().unwrap_or_else(|| default_scope.to_string()),
+    })
 }
 
 struct ChannelDefaults {

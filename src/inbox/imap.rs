@@ -141,7 +141,10 @@ async fn tls_wrap(host: &str, tcp: TcpStream) -> Result<ImapStream, WatchError> 
 }
 
 /// Connects, secures and logs in; returns the session with the mailbox selected.
-async fn open(cfg: &InboxConfig) -> Result<(ImapSession, async_imap::types::Mailbox, bool), WatchError> {
+async fn open(
+    cfg: &InboxConfig,
+    oauth: Option<&super::oauth::TokenCache>,
+) -> Result<(ImapSession, async_imap::types::Mailbox, bool), WatchError> {
     let server = format!("{}:{}", cfg.host, cfg.port);
     let tcp = op(
         &format!("connect to {server}"),
@@ -169,7 +172,23 @@ async fn open(cfg: &InboxConfig) -> Result<(ImapSession, async_imap::types::Mail
         };
         client = Client::new(tls_wrap(&cfg.host, tcp).await?);
     }
-    let login = tokio::time::timeout(OP_TIMEOUT, client.login(&cfg.username, cfg.password.expose())).await;
+    let login = match oauth {
+        // Exchange Online and other OAuth-only servers: SASL XOAUTH2 with a client-credentials token.
+        Some(cache) => {
+            let token = cache
+                .bearer()
+                .await
+                .map_err(|e| WatchError(format!("cannot get an OAuth token for {}: {e}", cfg.username)))?;
+            let auth = super::oauth::XOAuth2::new(cfg.username.clone(), token.clone());
+            let r = tokio::time::timeout(OP_TIMEOUT, client.authenticate("XOAUTH2", auth)).await;
+            if matches!(r, Ok(Err(_))) {
+                // A refused token may have been revoked early: fetch a new one next time.
+                cache.invalidate(&token).await;
+            }
+            r
+        }
+        None => tokio::time::timeout(OP_TIMEOUT, client.login(&cfg.username, cfg.password.expose())).await,
+    };
     let mut session = match login {
         Ok(Ok(s)) => s,
         Ok(Err((e, _))) => return Err(WatchError(format!("{server} refused login as {}: {e}", cfg.username))),
@@ -195,13 +214,21 @@ pub async fn watch(
     state: watch::Sender<WatcherState>,
 ) {
     let mut backoff = BACKOFF_START;
+    // One token cache per watcher: a token outlives reconnects until it nears expiry.
+    let oauth = cfg.oauth.clone().and_then(|creds| {
+        reqwest::Client::builder()
+            .timeout(OP_TIMEOUT)
+            .build()
+            .ok()
+            .map(|http| super::oauth::TokenCache::new(creds, http))
+    });
     loop {
         if *shutdown.borrow() {
             break;
         }
         let _ = state.send(WatcherState::Connecting);
         let mut connected = false;
-        let result = run_session(&cfg, &matcher, &mut shutdown, &state, &mut connected).await;
+        let result = run_session(&cfg, oauth.as_ref(), &matcher, &mut shutdown, &state, &mut connected).await;
         match result {
             Ok(()) => break,
             Err(e) => {
@@ -223,12 +250,13 @@ pub async fn watch(
 
 async fn run_session(
     cfg: &InboxConfig,
+    oauth: Option<&super::oauth::TokenCache>,
     matcher: &Matcher,
     shutdown: &mut watch::Receiver<bool>,
     state: &watch::Sender<WatcherState>,
     connected: &mut bool,
 ) -> Result<(), WatchError> {
-    let (mut session, mailbox, can_idle) = open(cfg).await?;
+    let (mut session, mailbox, can_idle) = open(cfg, oauth).await?;
     *connected = true;
     let use_idle = can_idle && cfg.idle;
     tracing::info!(inbox = %cfg.watcher_name(), idle = use_idle, exists = mailbox.exists, "IMAP watcher connected");

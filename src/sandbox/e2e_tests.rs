@@ -127,6 +127,7 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
         junk: None,
         folder: crate::inbox::Folder::Main,
         graph: None,
+        oauth: None,
     };
     let matcher = Matcher {
         store: Arc::clone(&rig.ledger),
