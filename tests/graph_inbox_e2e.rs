@@ -13,6 +13,16 @@ use postcanary::sandbox::{MailStore, Route, Sandbox, SandboxOptions};
 use postcanary::verdict::Verdict;
 use support::graphdouble::{GraphDouble, CLIENT_ID};
 
+/// A config with the sandbox relay, the given inbox table and one channel that must land there.
+fn write_config(dir: &std::path::Path, smtp: u16, inbox: &str, inbox_name: &str) {
+    let toml = format!(
+        "[ledger]\nurl = \"sqlite://ledger.db\"\n\n[[sender]]\nname = \"relay\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\n\
+         port = {smtp}\ntls = \"none\"\nfrom = \"canary@kommune.example\"\n\n{inbox}\n[[channel]]\nid = \"social-mail\"\n\
+         name = \"Social\"\nkind = \"mail\"\nto = \"social@kommune.example\"\ninbox = \"{inbox_name}\"\ndeadline = \"20s\"\n"
+    );
+    std::fs::write(dir.join("postcanary.toml"), toml).expect("config");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graph_inbox_confirms_probes_sent_by_smtp() {
     let secret = "graph-client-secret-123";
@@ -40,19 +50,8 @@ async fn a_graph_inbox_confirms_probes_sent_by_smtp() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("graph.secret"), secret).expect("secret");
-    let toml = format!(
-        r#"[ledger]
-url = "sqlite://ledger.db"
-
-[[sender]]
-name = "relay"
-kind = "smtp"
-host = "127.0.0.1"
-port = {smtp}
-tls = "none"
-from = "canary@kommune.example"
-
-[[inbox]]
+    let inbox = format!(
+        r#"[[inbox]]
 name = "social-m365"
 kind = "graph"
 username = "social@kommune.example"
@@ -62,20 +61,11 @@ token_url = "{token}"
 graph_url = "{graph}"
 poll_interval = "500ms"
 after_confirm = "move:Postcanary"
-
-[[channel]]
-id = "social-mail"
-name = "Social"
-kind = "mail"
-to = "social@kommune.example"
-inbox = "social-m365"
-deadline = "20s"
 "#,
-        smtp = sandbox.smtp_addr().port(),
         token = double.token_url(),
         graph = double.base_url(),
     );
-    std::fs::write(dir.path().join("postcanary.toml"), toml).expect("config");
+    write_config(dir.path(), sandbox.smtp_addr().port(), &inbox, "social-m365");
     double.add_folder("Postcanary");
     let config = Config::load(&dir.path().join("postcanary.toml")).unwrap_or_else(|e| panic!("{e}"));
     let engine = Engine::start(config).await.expect("engine");
@@ -117,19 +107,8 @@ async fn imap_with_xoauth2_confirms_probes() {
         .expect("sandbox");
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("client.secret"), secret).expect("secret");
-    let toml = format!(
-        r#"[ledger]
-url = "sqlite://ledger.db"
-
-[[sender]]
-name = "relay"
-kind = "smtp"
-host = "127.0.0.1"
-port = {smtp}
-tls = "none"
-from = "canary@kommune.example"
-
-[[inbox]]
+    let inbox = format!(
+        r#"[[inbox]]
 name = "social-exo"
 kind = "imap"
 host = "127.0.0.1"
@@ -141,20 +120,11 @@ client_id = "{CLIENT_ID}"
 client_secret = "file:client.secret"
 token_url = "{token}"
 scope = "https://graph.microsoft.com/.default"
-
-[[channel]]
-id = "social-mail"
-name = "Social"
-kind = "mail"
-to = "social@kommune.example"
-inbox = "social-exo"
-deadline = "20s"
 "#,
-        smtp = sandbox.smtp_addr().port(),
         imap = sandbox.imap_addr().port(),
         token = double.token_url(),
     );
-    std::fs::write(dir.path().join("postcanary.toml"), toml).expect("config");
+    write_config(dir.path(), sandbox.smtp_addr().port(), &inbox, "social-exo");
     let config = Config::load(&dir.path().join("postcanary.toml")).unwrap_or_else(|e| panic!("{e}"));
     let engine = Engine::start(config).await.expect("engine");
     assert!(
