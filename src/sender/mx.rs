@@ -138,12 +138,11 @@ async fn try_host(
     };
     let helo = cfg.helo.clone().unwrap_or_else(|| "postcanary.invalid".into());
     let mut s = Conn::new(tcp);
-    let greeting = match s.reply().await {
-        Ok(r) if r.code == 220 => r,
+    match s.reply().await {
+        Ok(r) if r.code == 220 => {}
         Ok(r) => return HostResult::Next(format!("greeting {}", r.text())),
         Err(e) => return HostResult::Next(e),
-    };
-    let _ = greeting;
+    }
     let ehlo = match s.command(&format!("EHLO {helo}")).await {
         Ok(r) if r.ok() => r,
         Ok(r) => return HostResult::Next(format!("EHLO refused: {}", r.text())),
@@ -180,8 +179,9 @@ async fn try_host(
         Err(e) if mx.require_tls => HostResult::Done(SendOutcome::Refused {
             reply: format!("TLS with {where_} failed ({e}), and this sender requires TLS 1.2 or later"),
         }),
-        // Opportunistic TLS, as MTAs do it: a failed handshake means plain text on a new connection.
-        Err(e) => HostResult::Next(format!("TLS handshake failed ({e}); plain-text retry is not attempted")),
+        // Opportunistic TLS: a failed handshake leaves the connection unusable; the next MX host is tried.
+        // (MTAs often retry the same host in plain text; a probe that did so would hide the TLS fault.)
+        Err(e) => HostResult::Next(format!("TLS handshake failed: {e}")),
     }
 }
 
