@@ -29,30 +29,7 @@ fn zone() -> Zone {
 
 /// A receiving server that speaks SMTP but offers no STARTTLS.
 async fn plain_mx() -> u16 {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (r, mut w) = sock.into_split();
-                let mut lines = BufReader::new(r).lines();
-                let _ = w.write_all(b"220 old-mx.kommune.example ESMTP\r\n").await;
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let reply: &[u8] = if line.to_ascii_uppercase().starts_with("EHLO") {
-                        b"250-old-mx.kommune.example\r\n250 8BITMIME\r\n"
-                    } else if line.to_ascii_uppercase().starts_with("QUIT") {
-                        let _ = w.write_all(b"221 bye\r\n").await;
-                        break;
-                    } else {
-                        b"250 ok\r\n"
-                    };
-                    let _ = w.write_all(reply).await;
-                }
-            });
-        }
-    });
-    port
+    support::canary::scripted_smtp("old-mx.kommune.example", "250 ok").await
 }
 
 fn write_config(dir: &Path, stack: &MailStack, dns: &DnsServer, extra: &str) -> PathBuf {

@@ -69,33 +69,11 @@ async fn check(engine: &Engine, id: &str) -> ProbeRecord {
 /// A next hop that refuses every recipient, as a mailbox server behind the
 /// gateway does for a deleted mailbox.
 async fn rejecting_next_hop() -> u16 {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (r, mut w) = sock.into_split();
-                let mut lines = BufReader::new(r).lines();
-                let _ = w.write_all(b"220 exchange.kommune.example ESMTP\r\n").await;
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let cmd = line.to_ascii_uppercase();
-                    let reply: &[u8] = if cmd.starts_with("EHLO") || cmd.starts_with("HELO") {
-                        b"250 exchange.kommune.example\r\n"
-                    } else if cmd.starts_with("RCPT") {
-                        b"550 5.1.1 RESOLVER.ADR.RecipNotFound; mailbox retired by IT\r\n"
-                    } else if cmd.starts_with("QUIT") {
-                        let _ = w.write_all(b"221 bye\r\n").await;
-                        break;
-                    } else {
-                        b"250 ok\r\n"
-                    };
-                    let _ = w.write_all(reply).await;
-                }
-            });
-        }
-    });
-    port
+    support::canary::scripted_smtp(
+        "exchange.kommune.example",
+        "550 5.1.1 RESOLVER.ADR.RecipNotFound; mailbox retired by IT",
+    )
+    .await
 }
 
 /// `gone@` is accepted by the gateway (it is in the mailbox map) and relayed

@@ -175,3 +175,36 @@ pub async fn wait_for<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A scripted SMTP server on loopback that offers no STARTTLS and answers
+/// every RCPT with `rcpt_reply` (e.g. `"250 ok"`, or a 550 for a mailbox
+/// server that refuses a deleted mailbox); everything else gets 250.
+pub async fn scripted_smtp(host: &'static str, rcpt_reply: &'static str) -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut lines = BufReader::new(r).lines();
+                let _ = w.write_all(format!("220 {host} ESMTP\r\n").as_bytes()).await;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let cmd = line.to_ascii_uppercase();
+                    let reply = if cmd.starts_with("EHLO") || cmd.starts_with("HELO") {
+                        format!("250-{host}\r\n250 8BITMIME\r\n")
+                    } else if cmd.starts_with("RCPT") {
+                        format!("{rcpt_reply}\r\n")
+                    } else if cmd.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n").await;
+                        break;
+                    } else {
+                        "250 ok\r\n".to_string()
+                    };
+                    let _ = w.write_all(reply.as_bytes()).await;
+                }
+            });
+        }
+    });
+    port
+}
