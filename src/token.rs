@@ -12,7 +12,7 @@ use ulid::Ulid;
 
 type HmacSha256 = Hmac<Sha256>;
 
-const PREFIX: &str = "pc-";
+pub const PREFIX: &str = "pc-";
 const ULID_LEN: usize = 26;
 const TAG_BYTES: usize = 8;
 const TAG_LEN: usize = TAG_BYTES * 2;

@@ -17,12 +17,11 @@ use postcanary::inbox::Matcher;
 use postcanary::ledger::{DynStore, NewProbe, ProbeRecord, SqliteStore};
 use postcanary::token::TokenKey;
 use postcanary::verdict::{now_millis, Verdict};
-use support::graphdouble::{GraphDouble, CLIENT_ID};
+use support::graphdouble::{GraphDouble, CLIENT_ID, INBOX_ID, JUNK_ID, MAILBOX};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 const SECRET: &str = "Xq8~client.secret-value_0123456789";
-const MAILBOX: &str = "canary@kommune.dk";
 const INBOX: &str = "m365";
 
 struct Setup {
@@ -128,6 +127,36 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// Runs a watcher that cannot start; returns the first error it reports.
+    async fn first_error(&self, cfg: GraphConfig) -> String {
+        let w = self.run(cfg);
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = w.state.borrow().clone();
+            if let WatcherState::Backoff(m) = now {
+                let states = w.stop().await;
+                assert!(!states.contains(&WatcherState::Polling), "{states:?}");
+                return m;
+            }
+            assert!(Instant::now() < until, "no error reported");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Waits until `id` has been moved; returns its new id.
+async fn wait_moved(double: &GraphDouble, id: &str) -> String {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some((_, _, new)) = double.moves().into_iter().find(|(old, _, _)| old == id) {
+            return new;
+        }
+        assert!(Instant::now() < until, "not moved: {:?}", double.moves());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 struct Running {
     stop: watch::Sender<bool>,
     state: watch::Receiver<WatcherState>,
@@ -173,11 +202,11 @@ async fn probe_is_delivered_and_moved_to_the_named_folder() {
     let w = s.run(s.config(AfterConfirm::Move("Postcanary".into())));
     let p = s.wait_verdict(&id, Verdict::Delivered).await;
     assert_eq!(p.found_in.as_deref(), Some(INBOX));
-    let until = Instant::now() + Duration::from_secs(5);
-    while s.double.folder_of(&ours).as_deref() != Some("Postcanary") {
-        assert!(Instant::now() < until, "not moved: {:?}", s.double.moves());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let moved = wait_moved(&s.double, &ours).await;
+    // Graph's move is a copy under a new id; the original id is gone.
+    assert_ne!(moved, ours);
+    assert_eq!(s.double.folder_of(&moved).as_deref(), Some("Postcanary"));
+    assert_eq!(s.double.folder_of(&ours), None);
     // Only our message is touched.
     assert_eq!(s.double.moves().len(), 1);
     assert_eq!(s.double.folder_of(&unrelated).as_deref(), Some("Inbox"));
@@ -211,17 +240,8 @@ async fn delete_after_confirm_and_missing_move_folder_is_a_clear_error() {
     let ours = s.double.deliver(&mime("probe", &token));
 
     // No "Postcanary" folder: the watcher refuses to start and says why.
-    let w = s.run(s.config(AfterConfirm::Move("Postcanary".into())));
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let states = w.stop().await;
-    let msg = states
-        .iter()
-        .find_map(|s| match s {
-            WatcherState::Backoff(m) => Some(m.clone()),
-            _ => None,
-        })
-        .expect("backoff");
-    assert!(msg.contains("no top-level folder \"Postcanary\""), "{msg}");
+    let msg = s.first_error(s.config(AfterConfirm::Move("Postcanary".into()))).await;
+    assert!(msg.contains("no folder \"Postcanary\" at the top level"), "{msg}");
     assert_eq!(s.store.probe(&id).await.unwrap().unwrap().verdict, Verdict::Pending);
 
     let w = s.run(s.config(AfterConfirm::Delete));
@@ -408,4 +428,233 @@ async fn neither_the_secret_nor_the_token_reaches_logs_or_errors() {
             "{what} in errors: {errors:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn folders_below_the_inbox_are_found_by_path() {
+    let s = setup().await;
+    let canary = s.double.add_child_folder(INBOX_ID, "Postcanary");
+    s.double.add_child_folder(INBOX_ID, "Behandlet");
+    // A top-level folder of the same name must not be taken for the child.
+    s.double.add_folder("Behandlet");
+    let (id, token) = s.probe().await;
+    // The transport rule files probes below the Inbox.
+    let ours = s
+        .double
+        .deliver_to(&canary, &mime("Postcanary probe", &format!("Token: {token}")));
+    let in_inbox = s.double.deliver(&mime("probe copy", &format!("Token: {token}")));
+
+    let mut cfg = s.config(AfterConfirm::Move("Inbox/Behandlet".into()));
+    cfg.folder = "Inbox/Postcanary".into();
+    let w = s.run(cfg);
+    let p = s.wait_verdict(&id, Verdict::Delivered).await;
+    assert_eq!(p.found_in.as_deref(), Some(INBOX));
+    let moved = wait_moved(&s.double, &ours).await;
+    w.stop().await;
+    assert_eq!(s.double.folder_of(&moved).as_deref(), Some("Behandlet"));
+    let (_, dest, _) = s.double.moves().into_iter().next().expect("a move");
+    assert!(dest.starts_with("AAMkAGI2-folder-"), "moved by folder id, got {dest}");
+    assert_eq!(s.double.moves().len(), 1);
+    // The Inbox itself is not read.
+    assert_eq!(s.double.folder_of(&in_inbox).as_deref(), Some("Inbox"));
+    let reqs = s.double.requests();
+    assert!(
+        reqs.iter().any(|r| r.target.contains("/childFolders?")),
+        "{:#?}",
+        reqs.iter().map(|r| &r.target).collect::<Vec<_>>()
+    );
+
+    // A path to nowhere names the part that is missing and where.
+    let mut cfg = s.config(AfterConfirm::Keep);
+    cfg.folder = "Inbox/Postkanarie".into();
+    let msg = s.first_error(cfg).await;
+    assert!(msg.contains("no folder \"Postkanarie\" under \"Inbox\""), "{msg}");
+    let mut cfg = s.config(AfterConfirm::Keep);
+    cfg.folder = "Inbox//Postcanary".into();
+    let msg = s.first_error(cfg).await;
+    assert!(msg.contains("empty part"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_probe_in_the_junk_email_folder_is_junked() {
+    let s = setup().await;
+    let (id, token) = s.probe().await;
+    s.double
+        .deliver_to(JUNK_ID, &mime("Postcanary probe", &format!("Token: {token}")));
+
+    let mut cfg = s.config(AfterConfirm::Keep);
+    // The well-known name works whatever the folder is called in the mailbox's language.
+    cfg.folder = "junkemail".into();
+    cfg.role = postcanary::inbox::Folder::Junk("junkemail".into());
+    let w = s.run(cfg);
+    let p = s.wait_verdict(&id, Verdict::Junked).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.stop().await;
+    assert!(p.detail.unwrap_or_default().contains("junkemail"));
+    // The junk watcher keeps its own cursor beside the main one.
+    assert!(s.store.cursor(&format!("{INBOX}#junkemail")).await.unwrap().is_some());
+    assert!(s.store.cursor(INBOX).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_message_too_large_to_download_is_searched_in_its_text_body() {
+    let s = setup().await;
+    let (id, token) = s.probe().await;
+    // A probe with an 11 MiB attachment: more than the watcher downloads.
+    let attachment = "QUFB".repeat(11 * 1024 * 1024 / 4);
+    let raw = format!(
+        "From: Borgerservice <post@kommune.dk>\r\nTo: {MAILBOX}\r\nSubject: Bilag\r\n\
+         Message-ID: <big@kommune.dk>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\nSe bilag. Token: {token}\r\n--b\r\n\
+         Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n{attachment}\r\n--b--\r\n"
+    );
+    s.double.deliver(raw.as_bytes());
+    let w = s.run(s.config(AfterConfirm::Keep));
+    s.wait_verdict(&id, Verdict::Delivered).await;
+    w.stop().await;
+
+    let reqs = s.double.requests();
+    // Listing asks for no bodies; the one body read asks for text.
+    let lists: Vec<_> = reqs.iter().filter(|r| r.target.contains("/messages?")).collect();
+    assert!(!lists.is_empty());
+    assert!(lists.iter().all(|r| !r.target.contains("body")), "{lists:#?}");
+    let summary = reqs
+        .iter()
+        .find(|r| r.target.contains("$select=subject,body") || r.target.contains("%24select=subject%2Cbody"))
+        .expect("the body was read");
+    assert_eq!(summary.prefer.as_deref(), Some("outlook.body-content-type=\"text\""));
+}
+
+#[tokio::test]
+async fn a_wrong_mailbox_and_a_refused_mailbox_are_named_errors() {
+    let s = setup().await;
+    let mut cfg = s.config(AfterConfirm::Keep);
+    cfg.mailbox = "kanary@kommune.dk".into();
+    let msg = s.first_error(cfg).await;
+    assert!(msg.contains("ErrorInvalidUser"), "{msg}");
+    assert!(msg.contains("kanary@kommune.dk"), "{msg}");
+
+    // An application access policy that leaves the mailbox out.
+    s.double.deny_access(true);
+    let msg = s.first_error(s.config(AfterConfirm::Keep)).await;
+    assert!(msg.contains("HTTP 403"), "{msg}");
+    assert!(msg.contains("ErrorAccessDenied"), "{msg}");
+    assert!(msg.contains("application access policy"), "{msg}");
+    assert!(msg.contains(MAILBOX), "{msg}");
+    assert!(!msg.contains("double-token-") && !msg.contains(SECRET), "{msg}");
+
+    // Fixed in Exchange: the same watcher config reads the mailbox again.
+    s.double.deny_access(false);
+    let (id, token) = s.probe().await;
+    s.double.deliver(&mime("probe", &token));
+    let w = s.run(s.config(AfterConfirm::Keep));
+    s.wait_verdict(&id, Verdict::Delivered).await;
+    w.stop().await;
+}
+
+/// The double holds postcanary to Graph's documented rules, so the tests
+/// above could fail the way Graph would.
+#[tokio::test]
+async fn the_double_refuses_what_graph_refuses() {
+    let s = setup().await;
+    let http = reqwest::Client::new();
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", CLIENT_ID),
+        ("client_secret", SECRET),
+        ("scope", graph::GRAPH_SCOPE),
+    ];
+    let tok: serde_json::Value = http
+        .post(s.double.token_url())
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bearer = tok["access_token"].as_str().unwrap().to_string();
+    assert_eq!(tok["token_type"], "Bearer");
+    let get = |url: String| {
+        let http = http.clone();
+        let bearer = bearer.clone();
+        async move {
+            let r = http.get(url).bearer_auth(bearer).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let base = format!("{}/users/{MAILBOX}", s.double.base_url());
+
+    // $orderby on a property that does not lead $filter.
+    let (status, body) = get(format!(
+        "{base}/mailFolders/inbox/messages?$filter=subject eq 'x' and receivedDateTime ge 2024-05-01T10:00:00Z&$orderby=receivedDateTime"
+    ))
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "InefficientFilter");
+
+    // Bodies are HTML unless text is asked for.
+    s.double.deliver(&mime("s", "a < b"));
+    let (status, body) = get(format!("{base}/mailFolders/inbox/messages?$select=id,body")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["value"][0]["body"]["contentType"], "html");
+    assert!(body["value"][0]["body"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("a &lt; b"));
+    assert!(body["value"][0].get("subject").is_none(), "$select is honoured");
+
+    // Only top-level folders under mailFolders.
+    let child = s.double.add_child_folder(INBOX_ID, "Postcanary");
+    let (_, body) = get(format!("{base}/mailFolders?$filter=displayName eq 'Postcanary'")).await;
+    assert_eq!(body["value"].as_array().unwrap().len(), 0);
+    let (_, body) = get(format!(
+        "{base}/mailFolders/inbox/childFolders?$filter=displayName eq 'Postcanary'"
+    ))
+    .await;
+    assert_eq!(body["value"][0]["id"], child.as_str());
+}
+
+#[tokio::test]
+async fn with_the_subject_filter_citizens_mail_is_never_read() {
+    let s = setup().await;
+    let (id, token) = s.probe().await;
+    let (body_only_id, body_only) = s.probe().await;
+    let citizen = s.double.deliver(&mime(
+        "Bekymring for et barn",
+        "Personfølsomme oplysninger, som prober ikke skal læse.",
+    ));
+    // Mail from a form whose subject field was not given the token.
+    let form = s.double.deliver(&mime("Webformular", &format!("Token: {body_only}")));
+    let ours = s.double.deliver(&mime(
+        &format!("[postcanary test] Automatisk test / automated test - {token}"),
+        "test",
+    ));
+
+    let mut cfg = s.config(AfterConfirm::Keep);
+    cfg.subject_filter = true;
+    let w = s.run(cfg);
+    s.wait_verdict(&id, Verdict::Delivered).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.stop().await;
+
+    let reqs = s.double.requests();
+    let lists: Vec<_> = reqs.iter().filter(|r| r.target.contains("/messages?")).collect();
+    assert!(
+        lists
+            .iter()
+            .all(|r| r.target.contains("contains%28subject%2C%27pc-%27%29")),
+        "{lists:#?}"
+    );
+    // Ids go into paths percent-encoded ('=' as %3D).
+    let read = |id: &str| reqs.iter().any(|r| r.target.contains(&id.replace('=', "%3D")));
+    assert!(read(&ours));
+    for other in [&citizen, &form] {
+        assert!(!read(other), "{other} was read");
+    }
+    // The price: a token only in the body is not seen.
+    let p = s.store.probe(&body_only_id).await.unwrap().unwrap();
+    assert_eq!(p.verdict, Verdict::Pending);
 }

@@ -11,7 +11,7 @@ use postcanary::config::Config;
 use postcanary::engine::Engine;
 use postcanary::sandbox::{MailStore, Route, Sandbox, SandboxOptions};
 use postcanary::verdict::Verdict;
-use support::graphdouble::{GraphDouble, CLIENT_ID};
+use support::graphdouble::{GraphDouble, CLIENT_ID, INBOX_ID, JUNK_ID};
 
 /// A config with the sandbox relay, the given inbox table and one channel that must land there.
 fn write_config(dir: &std::path::Path, smtp: u16, inbox: &str, inbox_name: &str) {
@@ -33,18 +33,21 @@ async fn a_graph_inbox_confirms_probes_sent_by_smtp() {
     let sandbox = Sandbox::start(store.clone(), SandboxOptions::default())
         .await
         .expect("sandbox");
-    // Everything that lands in the sandbox mailbox appears in the Graph mailbox.
+    // Everything that lands in the sandbox mailbox appears in the Graph
+    // mailbox: INBOX in the Inbox, Junk in Junk Email.
     let bridge = {
         let mut events = store.subscribe();
         let (store, double) = (store.clone(), std::sync::Arc::clone(&double));
         tokio::spawn(async move {
-            let mut copied = 0;
+            let mut copied = [0, 0];
             while events.recv().await.is_ok() {
-                let msgs = store.messages("social", "INBOX").unwrap_or_default();
-                for m in msgs.iter().skip(copied) {
-                    double.deliver(&m.raw);
+                for (i, (folder, id)) in [("INBOX", INBOX_ID), ("Junk", JUNK_ID)].into_iter().enumerate() {
+                    let msgs = store.messages("social", folder).unwrap_or_default();
+                    for m in msgs.iter().skip(copied[i]) {
+                        double.deliver_to(id, &m.raw);
+                    }
+                    copied[i] = msgs.len();
                 }
-                copied = msgs.len();
             }
         })
     };
@@ -61,11 +64,13 @@ token_url = "{token}"
 graph_url = "{graph}"
 poll_interval = "500ms"
 after_confirm = "move:Postcanary"
+junk = "junkemail"
 "#,
         token = double.token_url(),
         graph = double.base_url(),
     );
     write_config(dir.path(), sandbox.smtp_addr().port(), &inbox, "social-m365");
+    double.set_mailbox("social@kommune.example");
     double.add_folder("Postcanary");
     let config = Config::load(&dir.path().join("postcanary.toml")).unwrap_or_else(|e| panic!("{e}"));
     let engine = Engine::start(config).await.expect("engine");
@@ -75,7 +80,7 @@ after_confirm = "move:Postcanary"
         engine.watcher_states()
     );
     let ch = engine.config.channel("social-mail").expect("channel").clone();
-    let p = engine.check(&[ch]).await.expect("check").remove(0);
+    let p = engine.check(std::slice::from_ref(&ch)).await.expect("check").remove(0);
     assert_eq!(p.verdict, Verdict::Delivered, "{p:?}");
     assert_eq!(p.found_in.as_deref(), Some("social-m365"));
     // The move follows the verdict.
@@ -83,6 +88,19 @@ after_confirm = "move:Postcanary"
         (double.moves().len() == 1).then_some(())
     })
     .await;
+
+    // A spam filter starts filing the address's mail in Junk Email.
+    assert!(
+        engine
+            .watcher_states()
+            .iter()
+            .any(|(name, _)| name == "social-m365 (junkemail)"),
+        "{:?}",
+        engine.watcher_states()
+    );
+    store.set_route("social@kommune.example", Route::deliver("social", "Junk"));
+    let p = engine.check(&[ch]).await.expect("check").remove(0);
+    assert_eq!(p.verdict, Verdict::Junked, "{p:?}");
     engine.stop().await;
     bridge.abort();
     sandbox.shutdown().await;

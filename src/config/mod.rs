@@ -219,6 +219,8 @@ pub struct InboxConfig {
 /// How to reach a Microsoft Graph mailbox.
 #[derive(Debug, Clone)]
 pub struct GraphSettings {
+    /// `filter = "subject"`: list only messages whose subject carries a token.
+    pub subject_filter: bool,
     pub base_url: String,
     pub token_url: String,
     pub client_id: String,
@@ -235,6 +237,8 @@ impl InboxConfig {
             base_url: g.base_url.clone(),
             mailbox: self.username.clone(),
             folder: self.mailbox.clone(),
+            role: self.folder.clone(),
+            subject_filter: g.subject_filter,
             credentials: crate::inbox::oauth::ClientCredentials {
                 token_url: g.token_url.clone(),
                 client_id: g.client_id.clone(),
@@ -532,6 +536,7 @@ struct RawInbox {
     poll_interval: Option<HumanDuration>,
     idle: Option<bool>,
     junk: Option<String>,
+    filter: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -1073,6 +1078,9 @@ fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<Inbox
                         false
                     }
                 };
+                if i.filter.is_some() {
+                    loader.err(&origin, A, "filter", "`filter` is for kind = \"graph\"");
+                }
                 let mut oauth_keys = vec![("graph_url", i.graph_url.is_some())];
                 if !xoauth2 {
                     oauth_keys.extend([
@@ -1127,7 +1135,6 @@ fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<Inbox
                     ("tls", i.tls.is_some()),
                     ("password", i.password.is_some()),
                     ("idle", i.idle.is_some()),
-                    ("junk", i.junk.is_some()),
                     ("auth", i.auth.is_some()),
                 ] {
                     if set {
@@ -1147,8 +1154,22 @@ fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<Inbox
                 if let Err(m) = form::check_url(&base_url) {
                     loader.err(&origin, A, "graph_url", m);
                 }
+                let subject_filter = match i.filter.as_deref() {
+                    None | Some("none") => false,
+                    Some("subject") => true,
+                    Some(other) => {
+                        loader.err(
+                            &origin,
+                            A,
+                            "filter",
+                            format!("filter {other:?}: use \"subject\" (read only messages with a token in the subject) or \"none\""),
+                        );
+                        false
+                    }
+                };
                 let secret = creds.as_ref().map(|c| c.client_secret.clone());
                 let graph = creds.map(|c| GraphSettings {
+                    subject_filter,
                     base_url,
                     token_url: c.token_url,
                     client_id: c.client_id,

@@ -533,3 +533,57 @@ fn form_step_errors_name_the_step_and_line() {
     assert_eq!(e.key.as_deref(), Some("login.idp"));
     assert_eq!(e.line, Some(5));
 }
+
+/// MAIN with a second, Graph inbox appended.
+fn with_graph_inbox(extra: &str) -> String {
+    format!(
+        "{MAIN}\n[[inbox]]\nname = \"m365\"\nkind = \"graph\"\nusername = \"social@kommune.example\"\n\
+         tenant = \"kommune.onmicrosoft.com\"\nclient_id = \"11111111-2222-3333-4444-555555555555\"\n\
+         client_secret = \"env:POSTCANARY_TEST_PW\"\n{extra}"
+    )
+}
+
+#[test]
+fn graph_inboxes_take_junk_nested_folders_and_the_subject_filter() {
+    set_pw();
+    let d = Dir::new();
+    let main = with_graph_inbox("mailbox = \"Inbox/Postcanary\"\njunk = \"junkemail\"\nfilter = \"subject\"\n");
+    let path = d.write("postcanary.toml", &main);
+    d.write("probes/kommune.toml", CHANNELS);
+    let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let inbox = cfg.inboxes.iter().find(|i| i.name == "m365").expect("inbox");
+    let g = inbox.graph_config().expect("graph");
+    assert_eq!(g.folder, "Inbox/Postcanary");
+    assert_eq!(g.role, crate::inbox::Folder::Main);
+    assert!(g.subject_filter);
+    assert_eq!(g.cursor_key(), "m365");
+    let junk = inbox
+        .junk_watcher()
+        .and_then(|j| j.graph_config())
+        .expect("junk watcher");
+    assert_eq!(junk.folder, "junkemail");
+    assert_eq!(junk.role, crate::inbox::Folder::Junk("junkemail".into()));
+    assert_eq!(junk.cursor_key(), "m365#junkemail");
+    assert_eq!(junk.watcher_name(), "m365 (junkemail)");
+    assert!(
+        g.credentials.token_url.contains("kommune.onmicrosoft.com"),
+        "{}",
+        g.credentials.token_url
+    );
+}
+
+#[test]
+fn filter_errors_name_their_place() {
+    let main = with_graph_inbox("filter = \"token\"\n");
+    let e = one_error(&main, CHANNELS);
+    assert_eq!(e.key.as_deref(), Some("inbox.filter"));
+    assert!(e.message.contains("\"subject\""), "{}", e.message);
+
+    let main = MAIN.replace(
+        "after_confirm = \"move:Postcanary\"",
+        "after_confirm = \"move:Postcanary\"\nfilter = \"subject\"",
+    );
+    let e = one_error(&main, CHANNELS);
+    assert_eq!(e.key.as_deref(), Some("inbox.filter"));
+    assert!(e.message.contains("kind = \"graph\""), "{}", e.message);
+}

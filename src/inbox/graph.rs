@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use super::imap::WatcherState;
 use super::oauth::{ClientCredentials, TokenCache};
-use super::{consider_message, Matcher};
+use super::{consider_message, Folder, Matcher};
 use crate::config::AfterConfirm;
 use crate::ledger::Cursor;
 use crate::token::find_candidates;
@@ -34,6 +34,8 @@ use crate::verdict::now_millis;
 pub const DEFAULT_BASE_URL: &str = "https://graph.microsoft.com/v1.0";
 pub const DEFAULT_FOLDER: &str = "Inbox";
 pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+/// Asks Graph for text bodies; without it `body` is HTML.
+const PREFER_TEXT_BODY: &str = "outlook.body-content-type=\"text\"";
 
 /// Messages per page (`$top`).
 const PAGE_SIZE: u32 = 50;
@@ -87,8 +89,19 @@ pub struct GraphConfig {
     pub base_url: String,
     /// The mailbox's user principal name (or object id).
     pub mailbox: String,
-    /// A well-known folder name (`Inbox`) or the display name of a top-level folder.
+    /// A well-known folder name (`Inbox`, `junkemail`), the display name of
+    /// a top-level folder, or a path of display names below one of those
+    /// (`Inbox/Postcanary`).
     pub folder: String,
+    /// Whether this watcher reads the folder people work from or the junk
+    /// folder (a token found there is `junked`).
+    pub role: Folder,
+    /// List only messages whose subject contains a token's prefix
+    /// (`$filter=… and contains(subject,'pc-')`), so the watcher never reads
+    /// the rest of a mailbox people use. Probe mail carries its token in the
+    /// subject; form mail only if the form's subject field is given
+    /// `{{token}}`; a Postfix or Exim bounce does not.
+    pub subject_filter: bool,
     pub credentials: ClientCredentials,
     pub poll_interval: Duration,
     /// `delete` moves to Deleted Items, as Graph's DELETE does.
@@ -96,6 +109,23 @@ pub struct GraphConfig {
 }
 
 impl GraphConfig {
+    /// The key of this watcher's read cursor in the ledger (as for IMAP: the
+    /// junk watcher keeps its own).
+    pub fn cursor_key(&self) -> String {
+        match &self.role {
+            Folder::Main => self.name.clone(),
+            Folder::Junk(f) => format!("{}#{f}", self.name),
+        }
+    }
+
+    /// The name of this watcher, for states and logs.
+    pub fn watcher_name(&self) -> String {
+        match &self.role {
+            Folder::Main => self.name.clone(),
+            Folder::Junk(f) => format!("{} ({f})", self.name),
+        }
+    }
+
     /// A config with the defaults: Graph's public endpoint, the Inbox, a
     /// 30 s poll, and messages kept.
     pub fn new(name: impl Into<String>, mailbox: impl Into<String>, credentials: ClientCredentials) -> GraphConfig {
@@ -104,6 +134,8 @@ impl GraphConfig {
             base_url: DEFAULT_BASE_URL.into(),
             mailbox: mailbox.into(),
             folder: DEFAULT_FOLDER.into(),
+            role: Folder::Main,
+            subject_filter: false,
             credentials,
             poll_interval: Duration::from_secs(30),
             after_confirm: AfterConfirm::Keep,
@@ -130,7 +162,6 @@ struct Listed {
     subject: Option<String>,
     #[serde(rename = "internetMessageId")]
     internet_message_id: Option<String>,
-    body: Option<ItemBody>,
 }
 
 #[derive(Deserialize)]
@@ -149,12 +180,20 @@ struct Page {
 #[derive(Deserialize)]
 struct FolderList {
     #[serde(default)]
-    value: Vec<Folder>,
+    value: Vec<ListedFolder>,
 }
 
 #[derive(Deserialize)]
-struct Folder {
+struct ListedFolder {
     id: String,
+}
+
+/// A message's subject and text body, asked for only when its MIME is too
+/// large to download.
+#[derive(Deserialize)]
+struct Summary {
+    subject: Option<String>,
+    body: Option<ItemBody>,
 }
 
 #[derive(Deserialize)]
@@ -181,7 +220,9 @@ struct Graph<'a> {
 /// The result of a request that may legitimately find nothing.
 enum Fetched {
     Ok(reqwest::Response),
-    NotFound,
+    /// 404, with Graph's `code: message` (an unknown mailbox is
+    /// `ErrorInvalidUser`, a gone message `ErrorItemNotFound`).
+    NotFound(String),
 }
 
 impl<'a> Graph<'a> {
@@ -209,6 +250,7 @@ impl<'a> Graph<'a> {
         method: Method,
         url: &str,
         body: Option<&serde_json::Value>,
+        prefer_text: bool,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Fetched, WatchError> {
         let mut refreshed = false;
@@ -227,6 +269,10 @@ impl<'a> Graph<'a> {
             if let Some(b) = body {
                 req = req.json(b);
             }
+            if prefer_text {
+                // Bodies come as HTML unless asked otherwise.
+                req = req.header("Prefer", PREFER_TEXT_BODY);
+            }
             let mut resp = req
                 .send()
                 .await
@@ -237,7 +283,7 @@ impl<'a> Graph<'a> {
             }
             if status == StatusCode::UNAUTHORIZED && !refreshed {
                 // Expired or revoked early: one new token, one more try.
-                tracing::info!(inbox = %self.cfg.name, "Graph refused the access token; fetching a new one");
+                tracing::info!(inbox = %self.cfg.watcher_name(), "Graph refused the access token; fetching a new one");
                 self.tokens.invalidate(&token).await;
                 refreshed = true;
                 continue;
@@ -247,7 +293,7 @@ impl<'a> Graph<'a> {
             {
                 let wait = retry_after(&resp, throttled);
                 throttled += 1;
-                tracing::warn!(inbox = %self.cfg.name, %status, wait_ms = wait.as_millis() as u64, "Graph is throttling; waiting as asked");
+                tracing::warn!(inbox = %self.cfg.watcher_name(), %status, wait_ms = wait.as_millis() as u64, "Graph is throttling; waiting as asked");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => {}
@@ -256,9 +302,6 @@ impl<'a> Graph<'a> {
                     return Err(WatchError(format!("{what}: shutting down")));
                 }
                 continue;
-            }
-            if status == StatusCode::NOT_FOUND {
-                return Ok(Fetched::NotFound);
             }
             let detail = read_capped(&mut resp, MAX_SMALL_BYTES)
                 .await
@@ -271,53 +314,96 @@ impl<'a> Graph<'a> {
                     super::oauth::scrub(&text, &[&token])
                 })
                 .unwrap_or_default();
-            return Err(WatchError(format!("{what}: HTTP {status} {detail}")));
+            if status == StatusCode::NOT_FOUND {
+                return Ok(Fetched::NotFound(detail));
+            }
+            let hint = if status == StatusCode::FORBIDDEN {
+                format!(
+                    " (the app registration needs the Mail.ReadWrite application permission with admin consent, \
+                     and an Exchange application access policy or RBAC for Applications scope must include {})",
+                    self.cfg.mailbox
+                )
+            } else {
+                String::new()
+            };
+            return Err(WatchError(format!("{what}: HTTP {status} {detail}{hint}")));
         }
     }
 
+    /// GETs JSON. A 404 is `None` (the thing is gone); with `prefer_text`
+    /// bodies come as text.
     async fn json<T: serde::de::DeserializeOwned>(
         &self,
         what: &str,
         url: &str,
         limit: usize,
+        prefer_text: bool,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Option<T>, WatchError> {
-        let mut resp = match self.send(what, Method::GET, url, None, shutdown).await? {
-            Fetched::Ok(r) => r,
-            Fetched::NotFound => return Ok(None),
-        };
-        let body = read_capped(&mut resp, limit)
-            .await
-            .map_err(|e| WatchError(format!("{what}: {e}")))?
-            .ok_or_else(|| WatchError(format!("{what}: answer larger than {limit} bytes")))?;
-        serde_json::from_slice(&body)
-            .map(Some)
-            .map_err(|e| WatchError(format!("{what}: unexpected answer: {e}")))
+        match self.send(what, Method::GET, url, None, prefer_text, shutdown).await? {
+            Fetched::Ok(resp) => read_json(what, resp, limit).await.map(Some),
+            Fetched::NotFound(_) => Ok(None),
+        }
     }
 
-    /// The path segment for a folder: a well-known name as is, otherwise the
-    /// id of the top-level folder with that display name. A missing folder is
-    /// an error: postcanary does not create folders in someone's mailbox.
+    /// Like [`Graph::json`], but a 404 is an error naming what Graph said
+    /// (for lists, where it means the mailbox or folder is wrong).
+    async fn json_required<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        url: &str,
+        limit: usize,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<T, WatchError> {
+        match self.send(what, Method::GET, url, None, false, shutdown).await? {
+            Fetched::Ok(resp) => read_json(what, resp, limit).await,
+            Fetched::NotFound(detail) => Err(WatchError(format!("{what}: HTTP 404 Not Found {detail}"))),
+        }
+    }
+
+    /// The path segment for a folder. `name` is a `/`-separated path: its
+    /// first part a well-known name (used as is) or the display name of a
+    /// top-level folder, each further part the display name of a child of the
+    /// one before (`Inbox/Postcanary`). Graph lists only top-level folders
+    /// under `mailFolders`; children are under `childFolders`. A missing
+    /// folder is an error: postcanary does not create folders in someone's
+    /// mailbox.
     async fn folder_id(&self, name: &str, shutdown: &mut watch::Receiver<bool>) -> Result<String, WatchError> {
-        let lower = name.to_ascii_lowercase();
-        if WELL_KNOWN_FOLDERS.contains(&lower.as_str()) {
-            return Ok(lower);
+        let parts: Vec<&str> = name.split('/').map(str::trim).collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(WatchError(format!(
+                "folder {name:?} has an empty part; write a path of display names such as \"Inbox/Postcanary\""
+            )));
         }
-        let filter = format!("displayName eq '{}'", name.replace('\'', "''"));
-        let url = format!(
-            "{}/mailFolders?$filter={}&$select=id,displayName",
-            self.user(),
-            enc(&filter)
-        );
-        let what = format!("look up folder {name:?} in {}", self.cfg.mailbox);
-        let list: Option<FolderList> = self.json(&what, &url, MAX_SMALL_BYTES, shutdown).await?;
-        match list.map(|l| l.value).unwrap_or_default().into_iter().next() {
-            Some(f) => Ok(f.id),
-            None => Err(WatchError(format!(
-                "mailbox {} has no top-level folder {name:?}; create it or fix the inbox's folder / after_confirm",
-                self.cfg.mailbox
-            ))),
+        let mut found: Option<String> = None;
+        for (depth, part) in parts.iter().enumerate() {
+            let lower = part.to_ascii_lowercase();
+            if depth == 0 && WELL_KNOWN_FOLDERS.contains(&lower.as_str()) {
+                found = Some(lower);
+                continue;
+            }
+            let filter = format!("displayName eq '{}'", part.replace('\'', "''"));
+            let (list_url, under) = match &found {
+                None => (format!("{}/mailFolders", self.user()), "at the top level".to_string()),
+                Some(parent) => (
+                    format!("{}/mailFolders/{}/childFolders", self.user(), enc(parent)),
+                    format!("under {:?}", parts[..depth].join("/")),
+                ),
+            };
+            let url = format!("{list_url}?$filter={}&$select=id,displayName", enc(&filter));
+            let what = format!("look up folder {name:?} in {}", self.cfg.mailbox);
+            let list: FolderList = self.json_required(&what, &url, MAX_SMALL_BYTES, shutdown).await?;
+            match list.value.into_iter().next() {
+                Some(f) => found = Some(f.id),
+                None => {
+                    return Err(WatchError(format!(
+                    "mailbox {} has no folder {part:?} {under}; create it or fix the inbox's folder / after_confirm",
+                    self.cfg.mailbox
+                )))
+                }
+            }
         }
+        found.ok_or_else(|| WatchError(format!("folder {name:?} is empty")))
     }
 
     /// The first page of messages received at or after `since` (Unix seconds).
@@ -325,11 +411,16 @@ impl<'a> Graph<'a> {
         let since = chrono::DateTime::from_timestamp(since, 0)
             .unwrap_or_default()
             .format("%Y-%m-%dT%H:%M:%SZ");
+        // receivedDateTime leads the filter, as Graph requires of the $orderby property.
+        let mut filter = format!("receivedDateTime ge {since}");
+        if self.cfg.subject_filter {
+            filter.push_str(&format!(" and contains(subject,'{}')", crate::token::PREFIX));
+        }
         format!(
-            "{}/mailFolders/{}/messages?$filter={}&$select=id,subject,receivedDateTime,internetMessageId,body&$orderby=receivedDateTime&$top={PAGE_SIZE}",
+            "{}/mailFolders/{}/messages?$filter={}&$select=id,subject,receivedDateTime,internetMessageId&$orderby=receivedDateTime&$top={PAGE_SIZE}",
             self.user(),
             enc(folder),
-            enc(&format!("receivedDateTime ge {since}")),
+            enc(&filter),
         )
     }
 
@@ -347,10 +438,13 @@ impl<'a> Graph<'a> {
     /// The message's MIME, or `None` if it is gone or too large.
     async fn mime(&self, m: &Listed, shutdown: &mut watch::Receiver<bool>) -> Result<Option<Vec<u8>>, WatchError> {
         let url = format!("{}/messages/{}/$value", self.user(), enc(&m.id));
-        let mut resp = match self.send("fetch MIME", Method::GET, &url, None, shutdown).await? {
+        let mut resp = match self
+            .send("fetch MIME", Method::GET, &url, None, false, shutdown)
+            .await?
+        {
             Fetched::Ok(r) => r,
-            Fetched::NotFound => {
-                tracing::info!(inbox = %self.cfg.name, message_id = ?m.internet_message_id, "message vanished before it could be read");
+            Fetched::NotFound(_) => {
+                tracing::info!(inbox = %self.cfg.watcher_name(), message_id = ?m.internet_message_id, "message vanished before it could be read");
                 return Ok(None);
             }
         };
@@ -359,13 +453,20 @@ impl<'a> Graph<'a> {
             .map_err(|e| WatchError(format!("fetch MIME: {e}")))?;
         if raw.is_none() {
             tracing::warn!(
-                inbox = %self.cfg.name,
+                inbox = %self.cfg.watcher_name(),
                 message_id = ?m.internet_message_id,
                 max_bytes = MAX_MIME_BYTES,
-                "message too large; searching only its subject and listed body"
+                "message too large; searching only its subject and text body"
             );
         }
         Ok(raw)
+    }
+
+    /// Subject and text body of a message too large to download whole.
+    async fn summary(&self, m: &Listed, shutdown: &mut watch::Receiver<bool>) -> Result<Option<Summary>, WatchError> {
+        let url = format!("{}/messages/{}?$select=subject,body", self.user(), enc(&m.id));
+        self.json("read subject and body", &url, MAX_PAGE_BYTES, true, shutdown)
+            .await
     }
 
     async fn after_confirm(
@@ -384,6 +485,7 @@ impl<'a> Graph<'a> {
                     Method::POST,
                     &format!("{url}/move"),
                     Some(&body),
+                    false,
                     shutdown,
                 )
                 .await?
@@ -391,12 +493,12 @@ impl<'a> Graph<'a> {
             (AfterConfirm::Move(folder), None) => {
                 return Err(WatchError(format!("move to {folder}: folder not resolved")));
             }
-            (AfterConfirm::Delete, _) => self.send("delete", Method::DELETE, &url, None, shutdown).await?,
+            (AfterConfirm::Delete, _) => self.send("delete", Method::DELETE, &url, None, false, shutdown).await?,
         };
-        if matches!(done, Fetched::NotFound) {
-            tracing::info!(inbox = %self.cfg.name, message_id = ?m.internet_message_id, "confirmed message already gone");
+        if matches!(done, Fetched::NotFound(_)) {
+            tracing::info!(inbox = %self.cfg.watcher_name(), message_id = ?m.internet_message_id, "confirmed message already gone");
         } else {
-            tracing::debug!(inbox = %self.cfg.name, message_id = ?m.internet_message_id, action = ?self.cfg.after_confirm, "cleaned up confirmed probe");
+            tracing::debug!(inbox = %self.cfg.watcher_name(), message_id = ?m.internet_message_id, action = ?self.cfg.after_confirm, "cleaned up confirmed probe");
         }
         Ok(())
     }
@@ -453,7 +555,7 @@ pub async fn watch(
                 if connected {
                     backoff = BACKOFF_START;
                 }
-                tracing::warn!(inbox = %cfg.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "Graph watcher disconnected");
+                tracing::warn!(inbox = %cfg.watcher_name(), error = %e, retry_in_ms = backoff.as_millis() as u64, "Graph watcher disconnected");
                 let _ = state.send(WatcherState::Backoff(e.to_string()));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -497,7 +599,7 @@ async fn run_session(
     };
     let fingerprint = fingerprint(&cfg.mailbox, &cfg.folder);
     let mut cursor = starting_cursor(cfg, matcher, fingerprint).await?;
-    tracing::info!(inbox = %cfg.name, mailbox = %cfg.mailbox, folder = %cfg.folder, "Graph watcher connected");
+    tracing::info!(inbox = %cfg.watcher_name(), mailbox = %cfg.mailbox, folder = %cfg.folder, "Graph watcher connected");
     let mut resume: Option<String> = None;
     loop {
         let url = resume
@@ -544,10 +646,8 @@ async fn poll(
 ) -> Result<(Option<String>, i64), WatchError> {
     let cfg = graph.cfg;
     for _ in 0..MAX_PAGES_PER_POLL {
-        let page: Page = graph
-            .json("list messages", &url, MAX_PAGE_BYTES, shutdown)
-            .await?
-            .ok_or_else(|| WatchError(format!("mail folder {:?} not found in {}", cfg.folder, cfg.mailbox)))?;
+        let what = format!("list messages in {:?} of {}", cfg.folder, cfg.mailbox);
+        let page: Page = graph.json_required(&what, &url, MAX_PAGE_BYTES, shutdown).await?;
         let seen_at = now_millis();
         for m in &page.value {
             if seen.0.contains_key(&m.id) {
@@ -557,13 +657,14 @@ async fn poll(
             let raw = graph.mime(m, shutdown).await?;
             // Whole messages go through the bounce-aware path, as IMAP's do.
             let fates = match &raw {
-                Some(raw) => consider_message(matcher, &cfg.name, &super::Folder::Main, raw, seen_at).await,
+                Some(raw) => consider_message(matcher, &cfg.name, &cfg.role, raw, seen_at).await,
                 None => {
-                    let candidates = listed_candidates(m);
+                    let summary = graph.summary(m, shutdown).await?;
+                    let candidates = summary_candidates(m, summary.as_ref());
                     if candidates.is_empty() {
                         Ok(Vec::new())
                     } else {
-                        matcher.consider(&cfg.name, &candidates, seen_at).await
+                        matcher.consider_in(&cfg.name, &cfg.role, &candidates, seen_at).await
                     }
                 }
             }
@@ -584,14 +685,18 @@ async fn poll(
             None => return Ok((None, cursor)),
         }
     }
-    tracing::info!(inbox = %cfg.name, pages = MAX_PAGES_PER_POLL, "many new messages; continuing right away");
+    tracing::info!(inbox = %cfg.watcher_name(), pages = MAX_PAGES_PER_POLL, "many new messages; continuing right away");
     Ok((Some(url), cursor))
 }
 
-/// Tokens in what the listing says of a message too large to download.
-fn listed_candidates(m: &Listed) -> Vec<String> {
+/// Tokens in the subject and text body of a message too large to download.
+fn summary_candidates(m: &Listed, summary: Option<&Summary>) -> Vec<String> {
     let mut out = Vec::new();
-    let texts = [m.subject.as_deref(), m.body.as_ref().and_then(|b| b.content.as_deref())];
+    let texts = [
+        m.subject.as_deref(),
+        summary.and_then(|s| s.subject.as_deref()),
+        summary.and_then(|s| s.body.as_ref()).and_then(|b| b.content.as_deref()),
+    ];
     for text in texts.into_iter().flatten() {
         for c in find_candidates(text.as_bytes()) {
             if !out.contains(&c) {
@@ -607,11 +712,11 @@ fn listed_candidates(m: &Listed) -> Vec<String> {
 /// probe pending, now.
 async fn starting_cursor(cfg: &GraphConfig, matcher: &Matcher, fingerprint: u32) -> Result<i64, WatchError> {
     let store_err = |e: crate::ledger::StoreError| WatchError(e.to_string());
-    if let Some(c) = matcher.store.cursor(&cfg.name).await.map_err(store_err)? {
+    if let Some(c) = matcher.store.cursor(&cfg.cursor_key()).await.map_err(store_err)? {
         if c.uid_validity == fingerprint {
             return Ok(i64::from(c.last_uid));
         }
-        tracing::warn!(inbox = %cfg.name, "mailbox or folder changed; rescanning recent mail");
+        tracing::warn!(inbox = %cfg.watcher_name(), "mailbox or folder changed; rescanning recent mail");
     }
     let oldest_pending = matcher
         .store
@@ -636,7 +741,7 @@ async fn store_cursor(cfg: &GraphConfig, matcher: &Matcher, fingerprint: u32, se
     matcher
         .store
         .set_cursor(
-            &cfg.name,
+            &cfg.cursor_key(),
             Cursor {
                 uid_validity: fingerprint,
                 last_uid,
@@ -670,6 +775,19 @@ fn retry_after(resp: &reqwest::Response, attempt: u32) -> Duration {
         .map(Duration::from_secs)
         .unwrap_or_else(|| Duration::from_secs(1 << attempt.min(6)))
         .min(MAX_RETRY_AFTER)
+}
+
+/// Reads a JSON answer of at most `limit` bytes.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    what: &str,
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<T, WatchError> {
+    let body = read_capped(&mut resp, limit)
+        .await
+        .map_err(|e| WatchError(format!("{what}: {e}")))?
+        .ok_or_else(|| WatchError(format!("{what}: answer larger than {limit} bytes")))?;
+    serde_json::from_slice(&body).map_err(|e| WatchError(format!("{what}: unexpected answer: {e}")))
 }
 
 /// Reads a body of at most `limit` bytes; `None` if it is larger.
