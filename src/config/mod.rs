@@ -265,18 +265,12 @@ impl InboxConfig {
 
     /// The key of this watcher's read cursor in the ledger.
     pub fn cursor_key(&self) -> String {
-        match &self.folder {
-            crate::inbox::Folder::Main => self.name.clone(),
-            crate::inbox::Folder::Junk(f) => format!("{}#{f}", self.name),
-        }
+        self.folder.cursor_key(&self.name)
     }
 
     /// The name of this watcher, for states and logs.
     pub fn watcher_name(&self) -> String {
-        match &self.folder {
-            crate::inbox::Folder::Main => self.name.clone(),
-            crate::inbox::Folder::Junk(f) => format!("{} ({f})", self.name),
-        }
+        self.folder.watcher_name(&self.name)
     }
 }
 

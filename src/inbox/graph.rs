@@ -112,18 +112,12 @@ impl GraphConfig {
     /// The key of this watcher's read cursor in the ledger (as for IMAP: the
     /// junk watcher keeps its own).
     pub fn cursor_key(&self) -> String {
-        match &self.role {
-            Folder::Main => self.name.clone(),
-            Folder::Junk(f) => format!("{}#{f}", self.name),
-        }
+        self.role.cursor_key(&self.name)
     }
 
     /// The name of this watcher, for states and logs.
     pub fn watcher_name(&self) -> String {
-        match &self.role {
-            Folder::Main => self.name.clone(),
-            Folder::Junk(f) => format!("{} ({f})", self.name),
-        }
+        self.role.watcher_name(&self.name)
     }
 
     /// A config with the defaults: Graph's public endpoint, the Inbox, a
@@ -375,6 +369,7 @@ impl<'a> Graph<'a> {
                 "folder {name:?} has an empty part; write a path of display names such as \"Inbox/Postcanary\""
             )));
         }
+        let what = format!("look up folder {name:?} in {}", self.cfg.mailbox);
         let mut found: Option<String> = None;
         for (depth, part) in parts.iter().enumerate() {
             let lower = part.to_ascii_lowercase();
@@ -391,7 +386,6 @@ impl<'a> Graph<'a> {
                 ),
             };
             let url = format!("{list_url}?$filter={}&$select=id,displayName", enc(&filter));
-            let what = format!("look up folder {name:?} in {}", self.cfg.mailbox);
             let list: FolderList = self.json_required(&what, &url, MAX_SMALL_BYTES, shutdown).await?;
             match list.value.into_iter().next() {
                 Some(f) => found = Some(f.id),
@@ -645,8 +639,8 @@ async fn poll(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(Option<String>, i64), WatchError> {
     let cfg = graph.cfg;
+    let what = format!("list messages in {:?} of {}", cfg.folder, cfg.mailbox);
     for _ in 0..MAX_PAGES_PER_POLL {
-        let what = format!("list messages in {:?} of {}", cfg.folder, cfg.mailbox);
         let page: Page = graph.json_required(&what, &url, MAX_PAGE_BYTES, shutdown).await?;
         let seen_at = now_millis();
         for m in &page.value {

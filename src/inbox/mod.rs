@@ -26,6 +26,25 @@ pub enum Folder {
     Junk(String),
 }
 
+impl Folder {
+    /// The key of the read cursor in the ledger of inbox `inbox`'s watcher
+    /// on this folder: the junk watcher keeps its own.
+    pub fn cursor_key(&self, inbox: &str) -> String {
+        match self {
+            Folder::Main => inbox.to_string(),
+            Folder::Junk(f) => format!("{inbox}#{f}"),
+        }
+    }
+
+    /// The name of inbox `inbox`'s watcher on this folder, for states and logs.
+    pub fn watcher_name(&self, inbox: &str) -> String {
+        match self {
+            Folder::Main => inbox.to_string(),
+            Folder::Junk(f) => format!("{inbox} ({f})"),
+        }
+    }
+}
+
 /// What one message means: a bounce or auto-reply about probes, or an
 /// arrival. A bounce carries the original probe (and its token) inside; it
 /// must never count as that probe arriving.
