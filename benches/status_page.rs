@@ -101,6 +101,7 @@ fn main() {
                     at: created + 500,
                     found: None,
                     latency_ms: (!fail).then_some(400 + (k * 37) % 900),
+                    fault: None,
                 };
                 engine.store.judge(&id, &j).await.expect("judge");
             }

@@ -73,6 +73,11 @@ const EXIT_CONFIG: u8 = 2;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run | Command::Demo { .. }) {
+        // A command whose output is piped into `head` ends quietly when the
+        // reader goes away, as every Unix tool does, instead of panicking.
+        restore_sigpipe();
+    }
     // `check` and `validate` print their results on stdout; failing verdicts
     // are results there, not log noise. The daemon logs them.
     let default_level = match cli.command {
@@ -129,12 +134,37 @@ pub fn main() -> ExitCode {
     code
 }
 
+/// Dependencies whose debug and trace output may carry credentials or message content.
+const QUIET_DEPENDENCIES: &[&str] = &[
+    "async_imap",
+    "imap_proto",
+    "lettre",
+    "rustls",
+    "tokio_rustls",
+    "hyper",
+    "hyper_util",
+    "reqwest",
+    "h2",
+    "mail_parser",
+    "hickory_proto",
+    "hickory_resolver",
+    "opentelemetry_otlp",
+];
+
 fn init_logging(format: LogFormat, default_level: &str, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Protocol libraries write their conversations at debug/trace level —
+    // IMAP LOGIN and SMTP AUTH lines included. Whatever RUST_LOG asks, they
+    // never speak below info.
+    for quiet in QUIET_DEPENDENCIES {
+        if let Ok(d) = format!("{quiet}=info").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -477,5 +507,14 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Sets SIGPIPE back to its default action (Rust ignores it at start-up).
+fn restore_sigpipe() {
+    // SAFETY: `signal` with SIG_DFL installs no handler code; it is called
+    // before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -14,11 +14,12 @@ use tokio::task::JoinSet;
 
 use crate::config::{Channel, Config};
 use crate::inbox::imap::WatcherState;
+use crate::inbox::watchpoint::{watched_past, WatchPoint, WatchPoints};
 use crate::inbox::Matcher;
 use crate::ledger::{self, DynStore, ProbeRecord, StoreError};
 use crate::probe::{self, ProbeContext, Started};
 use crate::token::TokenKey;
-use crate::verdict::{now_millis, Verdict};
+use crate::verdict::{now_millis, Judgement, Millis, Verdict};
 
 /// A verdict as it is reached, for whoever listens (logs now; incidents next).
 /// The ledger stays the record: a listener that misses one can read it there.
@@ -80,6 +81,8 @@ pub struct Engine {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     watcher_states: HashMap<String, watch::Receiver<WatcherState>>,
+    /// What each watcher has looked at, for the sweeper.
+    pub watch_points: WatchPoints,
     /// When the scheduler loop last ran (ms), for the heartbeat.
     scheduler_tick: Arc<AtomicI64>,
 }
@@ -107,6 +110,7 @@ impl Engine {
             shutdown,
             tasks: JoinSet::new(),
             watcher_states: HashMap::new(),
+            watch_points: WatchPoints::default(),
             scheduler_tick: Arc::new(AtomicI64::new(now_millis())),
         };
         engine.start_watchers();
@@ -140,13 +144,16 @@ impl Engine {
         for inbox in watchers {
             let (tx, rx) = watch::channel(WatcherState::Connecting);
             self.watcher_states.insert(inbox.watcher_name(), rx);
+            let point = WatchPoint::new(inbox.watcher_name(), inbox.name.clone(), inbox.blind_grace);
+            self.watch_points.0.push(Arc::clone(&point));
             match inbox.graph_config() {
                 Some(g) => {
-                    let fut = crate::inbox::graph::watch(g, matcher.clone(), self.shutdown.subscribe(), tx);
+                    let fut = crate::inbox::graph::watch_with(g, matcher.clone(), point, self.shutdown.subscribe(), tx);
                     self.tasks.spawn(fut);
                 }
                 None => {
-                    let fut = crate::inbox::imap::watch(inbox, matcher.clone(), self.shutdown.subscribe(), tx);
+                    let fut =
+                        crate::inbox::imap::watch_with(inbox, matcher.clone(), point, self.shutdown.subscribe(), tx);
                     self.tasks.spawn(fut);
                 }
             }
@@ -157,6 +164,7 @@ impl Engine {
         let store = Arc::clone(&self.store);
         let verdicts = self.verdicts.clone();
         let run_id = self.run_id.clone();
+        let points = self.watch_points.clone();
         let mut shutdown = self.shutdown.subscribe();
         self.tasks.spawn(async move {
             loop {
@@ -172,15 +180,8 @@ impl Engine {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => return,
                 }
-                match store.sweep(now_millis(), &run_id).await {
-                    Ok(swept) => {
-                        for p in swept {
-                            let detail = p.detail.clone().unwrap_or_default();
-                            tracing::warn!(channel = %p.channel, token = %p.token, verdict = %p.verdict, %detail, "deadline passed");
-                            verdicts.report(&p.channel, &p.id, p.verdict, &detail);
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "sweeper cannot update the ledger"),
+                if let Err(e) = sweep_watched(&store, &verdicts, &points, &run_id, now_millis()).await {
+                    tracing::error!(error = %e, "sweeper cannot update the ledger");
                 }
             }
         });
@@ -410,6 +411,91 @@ impl Engine {
             in_flight.abort_all();
         }
     }
+}
+
+/// How often the sweeper may ask one watcher to look again.
+const NUDGE_GAP: Duration = Duration::from_secs(1);
+
+/// The watchers that must have looked past a probe's deadline before it can
+/// be judged: those of its inbox (main and junk folder); for an address that
+/// must bounce, every watcher (a bounce may come back to any of them).
+fn needed_for<'a>(p: &'a ProbeRecord, points: &'a WatchPoints) -> Vec<&'a Arc<WatchPoint>> {
+    match (p.inbox.as_deref(), p.expect()) {
+        (Some(inbox), _) => points.of_inbox(inbox).collect(),
+        (None, crate::config::Expect::Bounce) => points.0.iter().collect(),
+        (None, _) => Vec::new(),
+    }
+}
+
+/// Judges the probes whose deadline has passed — but only those whose
+/// watchers have looked after the deadline. A probe whose watcher is blind
+/// waits (the watcher is nudged to look as soon as it can); once it has
+/// waited the watcher's `blind_grace` it becomes `error`, blaming that inbox
+/// (one "postcanary degraded" incident), never `missed`.
+pub async fn sweep_watched(
+    store: &DynStore,
+    verdicts: &VerdictSink,
+    points: &WatchPoints,
+    run_id: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let due = store.due(now).await?;
+    if due.is_empty() {
+        return Ok(());
+    }
+    let mut ready = Vec::new();
+    for p in &due {
+        let needed = needed_for(p, points);
+        // An unsent probe is judged by the send rules alone.
+        if p.sent_at.is_none() || watched_past(&needed, p.deadline) {
+            ready.push(p.id.clone());
+            continue;
+        }
+        let behind: Vec<&Arc<WatchPoint>> = needed
+            .into_iter()
+            .filter(|w| w.caught_up_at().is_none_or(|t| t < p.deadline))
+            .collect();
+        for w in &behind {
+            w.nudge(now, NUDGE_GAP);
+        }
+        let overdue = behind.iter().find(|w| {
+            let grace = i64::try_from(w.blind_grace.as_millis()).unwrap_or(i64::MAX);
+            now.saturating_sub(p.deadline) >= grace
+        });
+        if let Some(w) = overdue {
+            let why = match w.blind_since() {
+                Some((since, why)) => format!(
+                    "{why} (blind since {})",
+                    chrono::DateTime::from_timestamp_millis(since)
+                        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                        .unwrap_or_default()
+                ),
+                None => "it has not finished a scan since the deadline".to_string(),
+            };
+            let j = Judgement {
+                verdict: Verdict::Error,
+                detail: format!(
+                    "inbox `{}` was not watched after the deadline: {why}; whether the probe arrived is unknown",
+                    w.name
+                ),
+                at: now,
+                found: None,
+                latency_ms: None,
+                fault: Some(crate::incident::inbox_path(&w.inbox)),
+            };
+            tracing::warn!(channel = %p.channel, token = %p.token, inbox = %w.name, "probe not judged: its inbox was not watched");
+            crate::probe::record_with(store, verdicts, &p.id, &p.channel, j).await?;
+        }
+    }
+    if ready.is_empty() {
+        return Ok(());
+    }
+    for p in store.sweep_only(now, run_id, Some(&ready)).await? {
+        let detail = p.detail.clone().unwrap_or_default();
+        tracing::warn!(channel = %p.channel, token = %p.token, verdict = %p.verdict, %detail, "deadline passed");
+        verdicts.report(&p.channel, &p.id, p.verdict, &detail);
+    }
+    Ok(())
 }
 
 /// This machine's name, for the `source` of pages.

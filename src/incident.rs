@@ -24,6 +24,20 @@ pub fn degraded_key(sender: &str) -> String {
     format!("postcanary:{sender}")
 }
 
+/// The path of ours that an `error` verdict blames: its `fault` when it
+/// names one (a blind inbox watcher: `inbox:NAME`), else the channel's sender.
+pub fn fault_path<'a>(p: &'a ProbeRecord, ch: &'a Channel) -> &'a str {
+    match (&p.verdict, p.fault.as_deref()) {
+        (Verdict::Error, Some(path)) => path,
+        _ => sender_of(ch),
+    }
+}
+
+/// The path name of an inbox's watcher, as an `error`'s `fault`.
+pub fn inbox_path(inbox: &str) -> String {
+    format!("inbox:{inbox}")
+}
+
 /// The path out that a channel's probes share with others: its mail sender,
 /// or, for forms, the prober's own web access (one "degraded" incident when
 /// postcanary itself cannot submit forms).
@@ -78,6 +92,18 @@ impl Subject {
     }
 
     fn degraded(config: &Config, sender: &str) -> Subject {
+        if let Some(inbox) = sender.strip_prefix("inbox:") {
+            return Subject {
+                channel: "postcanary".into(),
+                name: format!("postcanary itself (inbox `{inbox}` not watched)"),
+                owner: "postcanary".into(),
+                target: config
+                    .inbox(inbox)
+                    .map(|i| format!("{}:{}", i.host, i.port))
+                    .unwrap_or_default(),
+                notify: config.paging.default_notify.clone(),
+            };
+        }
         Subject {
             channel: "postcanary".into(),
             name: if sender == FORMS_PATH {
@@ -232,7 +258,14 @@ pub struct VerdictFacts<'a> {
     /// The probe's evidence trail, for the trigger page's timeline.
     pub probe_events: &'a [Event],
     pub channel_incident: Option<&'a Incident>,
+    /// The open "postcanary degraded" incident of [`fault_path`].
     pub degraded_incident: Option<&'a Incident>,
+    /// The open "degraded" incident of the watcher of the probe's inbox.
+    pub inbox_incident: Option<&'a Incident>,
+    /// Creation time of the channel's newest successful probe (see [`crate::ledger::Store::channel_order`]).
+    pub newest_success: Option<Millis>,
+    /// Creation time of the channel's newest failing probe already handled.
+    pub newest_failure: Option<Millis>,
 }
 
 /// Decides what one verdict means for incidents. Returns the changes to
@@ -241,7 +274,7 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
     let p = f.probe;
     let verdict = p.verdict;
     let detail = p.detail.clone().unwrap_or_default();
-    let sender = sender_of(ch);
+    let sender = fault_path(p, ch);
     let mut changes = Vec::new();
     let last = |action: IncidentAction, reclassify: Option<String>| IncidentChange {
         probe_id: Some(p.id.clone()),
@@ -265,7 +298,26 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
                 ),
             });
         }
+        // An arrival in its inbox proves that inbox is watched again.
+        if let (Some(d), Some(inbox)) = (f.inbox_incident, p.found_in.as_deref()) {
+            let subject = Subject::degraded(config, &inbox_path(inbox));
+            changes.push(IncidentChange {
+                probe_id: None,
+                reclassify: None,
+                action: resolve(
+                    &subject,
+                    d,
+                    &format!("channel `{}`: a probe was found in `{inbox}`", ch.id),
+                    now,
+                    source,
+                ),
+            });
+        }
+        // Incidents follow probe order: a success older than the failure that
+        // keeps the incident open says nothing about the channel now.
+        let newer_failure = f.newest_failure.is_some_and(|t| t > p.created_at);
         let action = match f.channel_incident {
+            Some(_) if newer_failure => IncidentAction::Nothing,
             Some(open) => resolve(
                 &Subject::channel(ch),
                 open,
@@ -321,6 +373,13 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
             }
         };
         changes.push(last(action, None));
+        return changes;
+    }
+
+    // A failure of a probe older than the channel's newest success is
+    // history: the channel has worked since. It opens and re-opens nothing.
+    if f.newest_success.is_some_and(|t| t > p.created_at) {
+        changes.push(last(IncidentAction::Nothing, None));
         return changes;
     }
 
@@ -435,7 +494,8 @@ pub fn due_page(
         },
     };
     let (event, note) = if !open.paged {
-        if silenced {
+        // Held back only by a maintenance window; without one there is nothing to catch up.
+        if silenced || open.silenced.is_none() {
             return None;
         }
         (
@@ -530,13 +590,21 @@ impl Processor {
             return Ok(());
         };
         let channel_incident = self.store.open_incident(&ch.id).await?;
-        let degraded_incident = self.store.open_incident(&degraded_key(sender_of(ch))).await?;
+        let degraded_incident = self.store.open_incident(&degraded_key(fault_path(p, ch))).await?;
+        let inbox_incident = match p.found_in.as_deref() {
+            Some(inbox) => self.store.open_incident(&degraded_key(&inbox_path(inbox))).await?,
+            None => None,
+        };
+        let (newest_success, newest_failure) = self.store.channel_order(&ch.id).await?;
         let probe_events = self.store.events(&p.id).await?;
         let facts = VerdictFacts {
             probe: p,
             probe_events: &probe_events,
             channel_incident: channel_incident.as_ref(),
             degraded_incident: degraded_incident.as_ref(),
+            inbox_incident: inbox_incident.as_ref(),
+            newest_success,
+            newest_failure,
         };
         let mut queued = false;
         for change in decide(&self.config, ch, &facts, now_millis(), &self.source) {

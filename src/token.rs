@@ -112,8 +112,17 @@ pub struct Token {
 }
 
 impl Token {
+    /// The whole token, tag included: it goes into probe messages and
+    /// nowhere else. Its tag is the probe's proof, so it is never shown.
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// The form that is shown and stored: `pc-<ULID>`, without the tag. It
+    /// names the probe (and is a prefix of the token in its message) but
+    /// cannot be turned back into a token that counts.
+    pub fn public(&self) -> String {
+        format!("{PREFIX}{}", self.ulid)
     }
     /// The probe id: the token's ULID.
     pub fn id(&self) -> String {
@@ -125,6 +134,23 @@ impl fmt::Display for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
+}
+
+/// The shown form (`pc-<ULID>`) of any token-shaped text: the tag cut off.
+/// Text that is not token-shaped is returned as far as it looks like one.
+pub fn public_form(text: &str) -> String {
+    match split(text) {
+        Some((ulid, _)) => format!("{PREFIX}{}", ulid.to_ascii_uppercase()),
+        None => text.chars().take(PREFIX.len() + ULID_LEN).collect(),
+    }
+}
+
+/// The probe id a token-shaped text claims, whether or not its tag verifies.
+pub fn claimed_id(text: &str) -> Option<String> {
+    let (ulid, _) = split(text)?;
+    Ulid::from_string(&ulid.to_ascii_uppercase())
+        .ok()
+        .map(|u| u.to_string())
 }
 
 fn split(text: &str) -> Option<(&str, &str)> {
@@ -239,6 +265,22 @@ mod tests {
         assert_eq!(find_candidates(text.as_bytes()), vec![a.to_string(), b.to_string()]);
         assert!(find_candidates(b"\xff\xfe pc- nothing here").is_empty());
         assert!(find_candidates(b"").is_empty());
+    }
+
+    #[test]
+    fn the_shown_form_has_no_tag() {
+        let key = TokenKey::new(b"k".to_vec());
+        let t = key.issue(SystemTime::now());
+        assert_eq!(t.public(), format!("pc-{}", t.id()));
+        assert!(t.as_str().starts_with(&t.public()));
+        assert_eq!(public_form(t.as_str()), t.public());
+        assert_eq!(public_form(&t.as_str().to_lowercase()), t.public());
+        assert_eq!(claimed_id(t.as_str()), Some(t.id()));
+        assert!(
+            find_candidates(t.public().as_bytes()).is_empty(),
+            "the shown form never counts"
+        );
+        assert!(key.verify(&t.public(), SystemTime::now(), DAY).is_err());
     }
 
     #[test]

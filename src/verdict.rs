@@ -99,6 +99,10 @@ pub struct Judgement {
     pub found: Option<Found>,
     /// found − sent, for arrivals.
     pub latency_ms: Option<i64>,
+    /// For an `error`: which of postcanary's own paths failed
+    /// (`sender:NAME`, `inbox:NAME`), so that failures of one path are one
+    /// "postcanary degraded" incident. `None`: the probe's sender.
+    pub fault: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,6 +154,7 @@ pub fn judge_arrival_in(p: &ProbeFacts<'_>, found_in: &str, junk: Option<&str>, 
                 at: found_at,
             }),
             latency_ms: Some((found_at - sent).max(0)),
+            fault: None,
         });
     }
     let sent = p.sent_at.unwrap_or(p.created_at);
@@ -192,6 +197,7 @@ pub fn judge_arrival_in(p: &ProbeFacts<'_>, found_in: &str, junk: Option<&str>, 
         at: found_at,
         found,
         latency_ms: Some(latency),
+        fault: None,
     })
 }
 
@@ -213,6 +219,7 @@ pub fn judge_bounce(p: &ProbeFacts<'_>, reason: &str, at: Millis) -> Option<Judg
         at,
         found: None,
         latency_ms: None,
+        fault: None,
     })
 }
 

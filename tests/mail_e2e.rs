@@ -230,8 +230,9 @@ async fn spoofed_token_is_ignored() {
         .await
         .unwrap();
     // Same ULID, forged tag, sent where the probe was expected to land.
-    let forged = format!("{}0000000000000000", &started.token[..started.token.len() - 16]);
-    assert_ne!(forged, started.token);
+    let real = &started.message_token;
+    let forged = format!("{}0000000000000000", &real[..real.len() - 16]);
+    assert_ne!(&forged, real);
     send_raw_smtp(
         stack.smtp_port,
         "social@kommune.example",

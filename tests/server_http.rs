@@ -92,6 +92,7 @@ async fn judged(engine: &Engine, n: u32, channel: &str, verdict: Verdict, latenc
         at: now + 500,
         found: None,
         latency_ms: latency,
+        fault: None,
     };
     assert!(engine.store.judge(&id, &j).await.unwrap());
 }

@@ -202,6 +202,10 @@ pub struct InboxConfig {
     pub after_confirm: AfterConfirm,
     /// How often to look when the server has no IDLE (and the longest an IDLE lasts).
     pub poll_interval: Duration,
+    /// How long past its deadline a probe waits for this inbox's watcher
+    /// while the watcher is blind (disconnected, login refused) before the
+    /// probe becomes `error` ("not watched") instead of being judged.
+    pub blind_grace: Duration,
     /// Use IMAP IDLE when the server offers it.
     pub idle: bool,
     /// The junk folder to watch as well (a second watcher): probes found there are `junked`.
@@ -528,6 +532,7 @@ struct RawInbox {
     mailbox: Option<String>,
     after_confirm: Option<AfterConfirm>,
     poll_interval: Option<HumanDuration>,
+    blind_grace: Option<HumanDuration>,
     idle: Option<bool>,
     junk: Option<String>,
     filter: Option<String>,
@@ -614,6 +619,8 @@ fn base_dir(path: &Path) -> PathBuf {
 const DEFAULT_SCHEDULE: &str = "every 10m";
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_JITTER: Duration = Duration::from_secs(60);
+/// How long a probe waits for a blind watcher of its inbox past its deadline.
+pub const DEFAULT_BLIND_GRACE: Duration = Duration::from_secs(300);
 const DEFAULT_TOKEN_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
 
 /// The config file to use: the explicit one, else `$POSTCANARY_CONFIG`, else `./postcanary.toml`.
@@ -1189,6 +1196,10 @@ fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<Inbox
                 mailbox,
                 after_confirm: i.after_confirm.unwrap_or(AfterConfirm::Keep),
                 poll_interval,
+                blind_grace: i
+                    .blind_grace
+                    .map(HumanDuration::as_duration)
+                    .unwrap_or(DEFAULT_BLIND_GRACE),
                 idle: i.idle.unwrap_or(true),
                 junk: i.junk.filter(|j| !j.is_empty()),
                 folder: crate::inbox::Folder::Main,

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use super::imap::WatcherState;
 use super::oauth::{ClientCredentials, TokenCache};
+use super::watchpoint::WatchPoint;
 use super::{consider_message, Folder, Matcher};
 use crate::config::AfterConfirm;
 use crate::ledger::Cursor;
@@ -503,6 +504,19 @@ impl<'a> Graph<'a> {
 pub async fn watch(
     cfg: GraphConfig,
     matcher: Matcher,
+    shutdown: watch::Receiver<bool>,
+    state: watch::Sender<WatcherState>,
+) {
+    let point = WatchPoint::new(cfg.watcher_name(), cfg.name.clone(), crate::config::DEFAULT_BLIND_GRACE);
+    watch_with(cfg, matcher, point, shutdown, state).await
+}
+
+/// [`watch`] publishing its connection and progress on `point`, and polling
+/// at once whenever the sweeper nudges it.
+pub async fn watch_with(
+    cfg: GraphConfig,
+    matcher: Matcher,
+    point: std::sync::Arc<WatchPoint>,
     mut shutdown: watch::Receiver<bool>,
     state: watch::Sender<WatcherState>,
 ) {
@@ -529,6 +543,7 @@ pub async fn watch(
                 run_session(
                     &cfg,
                     &matcher,
+                    &point,
                     http,
                     tokens,
                     &mut seen,
@@ -549,13 +564,16 @@ pub async fn watch(
                 if connected {
                     backoff = BACKOFF_START;
                 }
-                tracing::warn!(inbox = %cfg.watcher_name(), error = %e, retry_in_ms = backoff.as_millis() as u64, "Graph watcher disconnected");
+                point.blind(e.to_string());
+                let pending = matches!(matcher.store.next_deadline().await, Ok(Some(_)));
+                let wait = super::imap::jittered(backoff);
+                tracing::warn!(inbox = %cfg.watcher_name(), error = %e, retry_in_ms = wait.as_millis() as u64, "Graph watcher disconnected");
                 let _ = state.send(WatcherState::Backoff(e.to_string()));
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => {}
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                backoff = super::imap::next_backoff(backoff, pending).min(BACKOFF_MAX);
             }
         }
     }
@@ -578,6 +596,7 @@ impl Seen {
 async fn run_session(
     cfg: &GraphConfig,
     matcher: &Matcher,
+    point: &WatchPoint,
     http: &reqwest::Client,
     tokens: &TokenCache,
     seen: &mut Seen,
@@ -595,7 +614,11 @@ async fn run_session(
     let mut cursor = starting_cursor(cfg, matcher, fingerprint).await?;
     tracing::info!(inbox = %cfg.watcher_name(), mailbox = %cfg.mailbox, folder = %cfg.folder, "Graph watcher connected");
     let mut resume: Option<String> = None;
+    let mut poll_started = now_millis();
     loop {
+        if resume.is_none() {
+            poll_started = now_millis();
+        }
         let url = resume
             .take()
             .unwrap_or_else(|| graph.first_page_url(&folder, cursor - OVERLAP.as_secs() as i64));
@@ -607,6 +630,7 @@ async fn run_session(
         seen.prune(cursor);
         if !*connected {
             *connected = true;
+            point.connected();
         }
         let _ = state.send(WatcherState::Polling);
         if *shutdown.borrow() {
@@ -616,8 +640,10 @@ async fn run_session(
             resume = next;
             continue;
         }
+        point.caught_up(poll_started);
         tokio::select! {
             _ = tokio::time::sleep(cfg.poll_interval) => {}
+            _ = point.nudged() => {}
             _ = shutdown.changed() => {}
         }
         if *shutdown.borrow() {
@@ -648,17 +674,19 @@ async fn poll(
                 continue;
             }
             let received = m.received.as_deref().and_then(parse_time);
+            // The mailbox's own arrival time (to the second), never later than now.
+            let arrived = super::imap::arrival_time(received.map(|s| s.saturating_mul(1000)), seen_at);
             let raw = graph.mime(m, shutdown).await?;
             // Whole messages go through the bounce-aware path, as IMAP's do.
             let fates = match &raw {
-                Some(raw) => consider_message(matcher, &cfg.name, &cfg.role, raw, seen_at).await,
+                Some(raw) => consider_message(matcher, &cfg.name, &cfg.role, raw, arrived).await,
                 None => {
                     let summary = graph.summary(m, shutdown).await?;
                     let candidates = summary_candidates(m, summary.as_ref());
                     if candidates.is_empty() {
                         Ok(Vec::new())
                     } else {
-                        matcher.consider_in(&cfg.name, &cfg.role, &candidates, seen_at).await
+                        matcher.consider_in(&cfg.name, &cfg.role, &candidates, arrived).await
                     }
                 }
             }

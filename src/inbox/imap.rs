@@ -16,18 +16,26 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::watchpoint::WatchPoint;
 use super::{consider_message, Matcher};
 use crate::config::{AfterConfirm, InboxConfig, Tls};
 use crate::ledger::Cursor;
-use crate::verdict::now_millis;
+use crate::verdict::{now_millis, Millis};
 
 /// Limit for any single IMAP round trip.
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Messages larger than this are searched in their header only.
+/// Messages larger than this are searched in their first [`PARTIAL_BYTES`] only.
 const MAX_BODY_BYTES: u32 = 2 * 1024 * 1024;
+/// What is read of a message over [`MAX_BODY_BYTES`]: its start (the header
+/// and the beginning of the body), so a hostile 40 MB header costs no more.
+const PARTIAL_BYTES: u32 = 256 * 1024;
 /// UIDs per FETCH command during catch-up.
 const FETCH_BATCH: usize = 200;
 const BACKOFF_START: Duration = Duration::from_millis(500);
+/// The longest wait between reconnects while probes are pending: a watcher
+/// must not stay blind long after its server is back.
+const BACKOFF_MAX_PENDING: Duration = Duration::from_secs(5);
+/// The longest wait between reconnects when nothing waits for this watcher.
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// What a watcher is doing, for health and metrics.
@@ -210,6 +218,32 @@ async fn open(
 pub async fn watch(
     cfg: InboxConfig,
     matcher: Matcher,
+    shutdown: watch::Receiver<bool>,
+    state: watch::Sender<WatcherState>,
+) {
+    let point = WatchPoint::new(cfg.watcher_name(), cfg.name.clone(), cfg.blind_grace);
+    watch_with(cfg, matcher, point, shutdown, state).await
+}
+
+/// The next wait before a reconnect: doubling from [`BACKOFF_START`], capped
+/// at [`BACKOFF_MAX_PENDING`] while probes are pending (else [`BACKOFF_MAX`]),
+/// with ±20 % jitter so many watchers of one server do not reconnect in step.
+pub(crate) fn next_backoff(current: Duration, pending: bool) -> Duration {
+    let cap = if pending { BACKOFF_MAX_PENDING } else { BACKOFF_MAX };
+    current.saturating_mul(2).min(cap)
+}
+
+pub(crate) fn jittered(d: Duration) -> Duration {
+    let f: f64 = 0.8 + rand::random::<f64>() * 0.4;
+    d.mul_f64(f)
+}
+
+/// [`watch`] publishing its connection and progress on `point`, and
+/// scanning whenever the sweeper nudges it.
+pub async fn watch_with(
+    cfg: InboxConfig,
+    matcher: Matcher,
+    point: std::sync::Arc<WatchPoint>,
     mut shutdown: watch::Receiver<bool>,
     state: watch::Sender<WatcherState>,
 ) {
@@ -228,48 +262,71 @@ pub async fn watch(
         }
         let _ = state.send(WatcherState::Connecting);
         let mut connected = false;
-        let result = run_session(&cfg, oauth.as_ref(), &matcher, &mut shutdown, &state, &mut connected).await;
+        let result = run_session(
+            &cfg,
+            oauth.as_ref(),
+            &matcher,
+            &point,
+            &mut shutdown,
+            &state,
+            &mut connected,
+        )
+        .await;
         match result {
             Ok(()) => break,
             Err(e) => {
                 if connected {
                     backoff = BACKOFF_START;
                 }
-                tracing::warn!(inbox = %cfg.watcher_name(), error = %e, retry_in_ms = backoff.as_millis() as u64, "IMAP watcher disconnected");
+                point.blind(e.to_string());
+                let pending = matches!(matcher.store.next_deadline().await, Ok(Some(_)));
+                let wait = jittered(backoff);
+                tracing::warn!(inbox = %cfg.watcher_name(), error = %e, retry_in_ms = wait.as_millis() as u64, "IMAP watcher disconnected");
                 let _ = state.send(WatcherState::Backoff(e.to_string()));
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => {}
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                backoff = next_backoff(backoff, pending);
             }
         }
     }
+    point.blind("stopped");
     let _ = state.send(WatcherState::Stopped);
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_session(
     cfg: &InboxConfig,
     oauth: Option<&super::oauth::TokenCache>,
     matcher: &Matcher,
+    point: &WatchPoint,
     shutdown: &mut watch::Receiver<bool>,
     state: &watch::Sender<WatcherState>,
     connected: &mut bool,
 ) -> Result<(), WatchError> {
     let (mut session, mailbox, can_idle) = open(cfg, oauth).await?;
     *connected = true;
+    point.connected();
     let use_idle = can_idle && cfg.idle;
     tracing::info!(inbox = %cfg.watcher_name(), idle = use_idle, exists = mailbox.exists, "IMAP watcher connected");
     let uid_validity = mailbox.uid_validity.unwrap_or(0);
     let mut last_uid = starting_uid(cfg, matcher, &mut session, uid_validity, mailbox.uid_next).await?;
     let can_move = op("CAPABILITY", session.capabilities()).await?.has_str("MOVE");
+    let cleanup = Cleanup {
+        action: usable_after_confirm(cfg, &mut session).await?,
+        can_move,
+    };
 
     // Mail that arrives after a catch-up's UID SEARCH but before IDLE starts
     // is announced by an untagged EXISTS in the answer to some other command;
     // async-imap files those here. Checking it before waiting closes that gap.
     let unsolicited = session.unsolicited_responses.clone();
     loop {
-        last_uid = catch_up(cfg, matcher, &mut session, uid_validity, last_uid, can_move).await?;
+        // Everything in the folder when this scan starts will have been read when it ends.
+        let scan_started = now_millis();
+        last_uid = catch_up(cfg, matcher, &mut session, uid_validity, last_uid, &cleanup).await?;
+        point.caught_up(scan_started);
         if *shutdown.borrow() {
             let _ = op("LOGOUT", session.logout()).await;
             return Ok(());
@@ -294,16 +351,21 @@ async fn run_session(
                         Err(e) => return Err(WatchError(format!("IDLE: {e}"))),
                     },
                     _ = tokio::time::sleep(cfg.poll_interval) => {}
+                    _ = point.nudged() => {}
                     _ = shutdown.changed() => {}
                 }
                 stop
             };
             drop(stop);
             session = op("DONE", handle.done()).await?;
+            // Servers whose IDLE does not push (Courier, Cyrus without idled)
+            // notice new mail when asked: a NOOP makes them look.
+            op("NOOP", session.noop()).await?;
         } else {
             let _ = state.send(WatcherState::Polling);
             tokio::select! {
                 _ = tokio::time::sleep(cfg.poll_interval) => {}
+                _ = point.nudged() => {}
                 _ = shutdown.changed() => {}
             }
             op("NOOP", session.noop()).await?;
@@ -382,7 +444,7 @@ async fn catch_up(
     session: &mut ImapSession,
     uid_validity: u32,
     last_uid: u32,
-    can_move: bool,
+    cleanup: &Cleanup,
 ) -> Result<u32, WatchError> {
     let found = op(
         "UID SEARCH",
@@ -394,18 +456,19 @@ async fn catch_up(
     uids.sort_unstable();
     let mut last = last_uid;
     for batch in uids.chunks(FETCH_BATCH) {
-        let seen_at = now_millis();
         let messages = fetch_batch(session, batch).await?;
+        let seen_at = now_millis();
         let mut ours = Vec::new();
-        for (uid, raw) in &messages {
-            let fates = consider_message(matcher, &cfg.name, &cfg.folder, raw, seen_at)
+        for m in &messages {
+            let arrived = arrival_time(m.internal_date, seen_at);
+            let fates = consider_message(matcher, &cfg.name, &cfg.folder, &m.raw, arrived)
                 .await
                 .map_err(|e| WatchError(e.to_string()))?;
             if fates.iter().any(|f| f.is_ours()) {
-                ours.push(*uid);
+                ours.push(m.uid);
             }
         }
-        after_confirm(cfg, session, &ours, can_move).await?;
+        after_confirm(cfg, session, &ours, cleanup).await?;
         last = batch.iter().copied().max().unwrap_or(last).max(last);
         matcher
             .store
@@ -426,10 +489,28 @@ fn uid_set(uids: &[u32]) -> String {
     uids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
+/// When a message arrived: the mailbox's own time (INTERNALDATE), which IMAP
+/// gives to the second — so the end of that second, and never later than
+/// the moment postcanary read it (a server clock running ahead).
+pub(crate) fn arrival_time(internal_date: Option<Millis>, seen_at: Millis) -> Millis {
+    match internal_date {
+        Some(t) => (t + 999).min(seen_at),
+        None => seen_at,
+    }
+}
+
+/// One fetched message.
+struct Fetched {
+    uid: u32,
+    /// INTERNALDATE, in ms.
+    internal_date: Option<Millis>,
+    raw: Vec<u8>,
+}
+
 /// Fetches the messages of one batch: whole messages up to
-/// [`MAX_BODY_BYTES`], only the header of larger ones.
+/// [`MAX_BODY_BYTES`], only the first [`PARTIAL_BYTES`] of larger ones.
 #[tracing::instrument(name = "imap_fetch", level = "info", skip_all, fields(messages = uids.len()))]
-async fn fetch_batch(session: &mut ImapSession, uids: &[u32]) -> Result<Vec<(u32, Vec<u8>)>, WatchError> {
+async fn fetch_batch(session: &mut ImapSession, uids: &[u32]) -> Result<Vec<Fetched>, WatchError> {
     let set = uid_set(uids);
     let sizes: Vec<(u32, u32)> = {
         let stream = op("UID FETCH", session.uid_fetch(&set, "(UID RFC822.SIZE)")).await?;
@@ -441,33 +522,93 @@ async fn fetch_batch(session: &mut ImapSession, uids: &[u32]) -> Result<Vec<(u32
     };
     let (small, large): (Vec<_>, Vec<_>) = sizes.into_iter().partition(|&(_, size)| size <= MAX_BODY_BYTES);
     let mut out = Vec::new();
-    for (uids, query) in [(small, "(UID BODY.PEEK[])"), (large, "(UID BODY.PEEK[HEADER])")] {
+    let partial = format!("(UID INTERNALDATE BODY.PEEK[]<0.{PARTIAL_BYTES}>)");
+    for (uids, query) in [(small, "(UID INTERNALDATE BODY.PEEK[])"), (large, partial.as_str())] {
         if uids.is_empty() {
             continue;
         }
         let set = uid_set(&uids.iter().map(|&(u, _)| u).collect::<Vec<_>>());
         let stream = op("UID FETCH", session.uid_fetch(&set, query)).await?;
         for f in op("UID FETCH", stream.try_collect::<Vec<_>>()).await? {
-            if let (Some(uid), Some(bytes)) = (f.uid, f.body().or_else(|| f.header())) {
-                out.push((uid, bytes.to_vec()));
+            if let (Some(uid), Some(bytes)) = (f.uid, f.body()) {
+                out.push(Fetched {
+                    uid,
+                    internal_date: f.internal_date().map(|t| t.timestamp_millis()),
+                    raw: bytes.to_vec(),
+                });
             }
         }
     }
-    out.sort_by_key(|(uid, _)| *uid);
+    out.sort_by_key(|m| m.uid);
     Ok(out)
+}
+
+/// What this session does with confirmed probe mail.
+struct Cleanup {
+    /// The configured action, or `Keep` when the move folder is unusable.
+    action: AfterConfirm,
+    can_move: bool,
+}
+
+/// The configured `after_confirm`, once its folder is known to exist: a
+/// missing move folder is created; if the server refuses that, the error
+/// names the folder and the server's hierarchy separator and the watcher
+/// keeps watching (leaving probe mail where it is) — a reconnect would not
+/// make the folder appear.
+async fn usable_after_confirm(cfg: &InboxConfig, session: &mut ImapSession) -> Result<AfterConfirm, WatchError> {
+    let AfterConfirm::Move(folder) = &cfg.after_confirm else {
+        return Ok(cfg.after_confirm.clone());
+    };
+    let listed = {
+        let stream = op("LIST", session.list(Some(""), Some(folder))).await?;
+        op("LIST", stream.try_collect::<Vec<_>>()).await?
+    };
+    if !listed.is_empty() {
+        return Ok(cfg.after_confirm.clone());
+    }
+    match op(&format!("CREATE {folder}"), session.create(folder)).await {
+        Ok(()) => {
+            tracing::info!(inbox = %cfg.watcher_name(), %folder, "created the after_confirm folder");
+            Ok(cfg.after_confirm.clone())
+        }
+        Err(e) => {
+            let separator = {
+                let stream = op("LIST", session.list(Some(""), Some(""))).await?;
+                op("LIST", stream.try_collect::<Vec<_>>())
+                    .await?
+                    .first()
+                    .and_then(|n| n.delimiter().map(str::to_string))
+            };
+            let hint = match separator.as_deref() {
+                Some(".") => format!(
+                    "; this server separates folders with \".\" and keeps them below INBOX (e.g. \"INBOX.{folder}\")"
+                ),
+                Some(sep) => format!("; this server separates folders with {sep:?}"),
+                None => String::new(),
+            };
+            tracing::error!(
+                inbox = %cfg.watcher_name(),
+                %folder,
+                error = %e,
+                "after_confirm = \"move:{folder}\": the folder does not exist and cannot be created{hint}; confirmed probes stay where they are"
+            );
+            Ok(AfterConfirm::Keep)
+        }
+    }
 }
 
 async fn after_confirm(
     cfg: &InboxConfig,
     session: &mut ImapSession,
     uids: &[u32],
-    can_move: bool,
+    cleanup: &Cleanup,
 ) -> Result<(), WatchError> {
     if uids.is_empty() {
         return Ok(());
     }
     let set = uid_set(uids);
-    match &cfg.after_confirm {
+    let can_move = cleanup.can_move;
+    match &cleanup.action {
         AfterConfirm::Keep => return Ok(()),
         AfterConfirm::Move(folder) if can_move => {
             op(&format!("UID MOVE to {folder}"), session.uid_mv(&set, folder)).await?;

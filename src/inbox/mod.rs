@@ -7,6 +7,7 @@
 pub mod graph;
 pub mod imap;
 pub mod oauth;
+pub mod watchpoint;
 
 use std::time::{Duration, SystemTime};
 
@@ -47,23 +48,28 @@ impl Folder {
 
 /// What one message means: a bounce or auto-reply about probes, or an
 /// arrival. A bounce carries the original probe (and its token) inside; it
-/// must never count as that probe arriving.
+/// must never count as that probe arriving. `arrived` is the mailbox's own
+/// arrival time of the message (IMAP INTERNALDATE, Graph receivedDateTime).
 pub async fn consider_message(
     matcher: &Matcher,
     inbox: &str,
     folder: &Folder,
     raw: &[u8],
-    seen_at: Millis,
+    arrived: Millis,
 ) -> Result<Vec<TokenFate>, StoreError> {
     if let Some(b) = crate::bounce::parse(raw) {
-        return matcher.consider_report(inbox, &b, seen_at).await;
+        return matcher.consider_report(inbox, &b, arrived).await;
     }
     let candidates = tokens_in_message(raw);
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
-    matcher.consider_in(inbox, folder, &candidates, seen_at).await
+    matcher.consider_in(inbox, folder, &candidates, arrived).await
 }
+
+/// At most this many token-shaped strings of one message are looked at: a
+/// message stuffed with thousands costs no more than a few.
+pub const MAX_CANDIDATES_PER_MESSAGE: usize = 32;
 
 /// What became of one token-shaped string found in a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +101,14 @@ pub struct Matcher {
     pub verdicts: crate::engine::VerdictSink,
 }
 
+/// A token-shaped string that is not ours, with what it claims to be.
+fn refusal_note(inbox: &str, candidate: &str, e: TokenError) -> String {
+    format!(
+        "foreign message with token {} in `{inbox}` ignored: {e}",
+        crate::token::public_form(candidate)
+    )
+}
+
 impl Matcher {
     /// Considers every token-shaped string of one message seen in `inbox` at `seen_at`.
     pub async fn consider(
@@ -114,9 +128,19 @@ impl Matcher {
         candidates: &[String],
         seen_at: Millis,
     ) -> Result<Vec<TokenFate>, StoreError> {
-        let mut fates = Vec::with_capacity(candidates.len());
-        for c in candidates {
+        let mut fates = Vec::with_capacity(candidates.len().min(MAX_CANDIDATES_PER_MESSAGE));
+        for c in candidates.iter().take(MAX_CANDIDATES_PER_MESSAGE) {
             fates.push(self.consider_one(inbox, folder, c, seen_at).await?);
+        }
+        let refused = fates.iter().filter(|f| matches!(f, TokenFate::Refused(_))).count();
+        if refused > 0 {
+            // One line per message, however many strings it carries.
+            tracing::debug!(
+                inbox,
+                refused,
+                shaped = candidates.len(),
+                "token-shaped strings that are not ours"
+            );
         }
         Ok(fates)
     }
@@ -131,7 +155,7 @@ impl Matcher {
         seen_at: Millis,
     ) -> Result<Vec<TokenFate>, StoreError> {
         let mut fates = Vec::new();
-        for candidate in &b.tokens {
+        for candidate in b.tokens.iter().take(MAX_CANDIDATES_PER_MESSAGE) {
             let Some((token, probe)) = self.lookup(inbox, candidate).await? else {
                 continue;
             };
@@ -152,7 +176,7 @@ impl Matcher {
                         _ => "dsn",
                     };
                     self.store.add_event(&probe.id, seen_at, kind, &b.reason).await?;
-                    tracing::info!(inbox, channel = %probe.channel, token = %token, kind, reason = %b.reason, "report about a probe");
+                    tracing::info!(inbox, channel = %probe.channel, token = %token.public(), kind, reason = %b.reason, "report about a probe");
                     fates.push(TokenFate::AlreadyJudged);
                     continue;
                 }
@@ -171,17 +195,42 @@ impl Matcher {
         let token = match self.key.verify(candidate, SystemTime::now(), self.max_age) {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!(inbox, candidate, reason = %e, "ignoring token that is not ours");
+                self.note_foreign(inbox, candidate, e).await?;
                 return Ok(None);
             }
         };
-        match self.store.probe_by_token(token.as_str()).await? {
+        match self.store.probe(&token.id()).await? {
             Some(p) => Ok(Some((token, p))),
             None => {
-                tracing::info!(inbox, token = %token, "token verifies but is not in this ledger");
+                tracing::info!(inbox, token = %token.public(), "token verifies but is not in this ledger");
                 Ok(None)
             }
         }
+    }
+
+    /// A token-shaped string whose tag does not verify: a copied or forged
+    /// token. If it names one of our probes, that probe keeps it as evidence
+    /// (and it is logged, once per probe); it never changes a verdict.
+    async fn note_foreign(&self, inbox: &str, candidate: &str, e: TokenError) -> Result<(), StoreError> {
+        if e != TokenError::BadTag {
+            return Ok(());
+        }
+        let Some(id) = crate::token::claimed_id(candidate) else {
+            return Ok(());
+        };
+        let Some(probe) = self.store.probe(&id).await? else {
+            return Ok(());
+        };
+        let note = refusal_note(inbox, candidate, e);
+        let events = self.store.events(&probe.id).await?;
+        if events.iter().any(|ev| ev.kind == "foreign" && ev.detail == note) {
+            return Ok(());
+        }
+        self.store
+            .add_event(&probe.id, crate::verdict::now_millis(), "foreign", &note)
+            .await?;
+        tracing::warn!(inbox, channel = %probe.channel, token = %probe.token, "{note}");
+        Ok(())
     }
 
     async fn record_judgement(
@@ -205,7 +254,7 @@ impl Matcher {
         );
         let changed = record_with(&self.store, &self.verdicts, &probe.id, &probe.channel, j).await?;
         if changed {
-            tracing::info!(inbox, channel = %probe.channel, token, %verdict, "token found");
+            tracing::info!(inbox, channel = %probe.channel, token = %crate::token::public_form(token), %verdict, "token found");
             Ok(TokenFate::Judged(verdict))
         } else {
             Ok(TokenFate::AlreadyJudged)
@@ -222,12 +271,12 @@ impl Matcher {
         let token = match self.key.verify(candidate, SystemTime::now(), self.max_age) {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!(inbox, candidate, reason = %e, "ignoring token that is not ours");
+                self.note_foreign(inbox, candidate, e).await?;
                 return Ok(TokenFate::Refused(e));
             }
         };
-        let Some(probe) = self.store.probe_by_token(token.as_str()).await? else {
-            tracing::info!(inbox, token = %token, "token verifies but is not in this ledger");
+        let Some(probe) = self.store.probe(&token.id()).await? else {
+            tracing::info!(inbox, token = %token.public(), "token verifies but is not in this ledger");
             return Ok(TokenFate::Unknown);
         };
         let expect = probe.expect();

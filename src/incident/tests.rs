@@ -86,6 +86,7 @@ fn probe(id: &str, channel: &str, verdict: Verdict) -> ProbeRecord {
         latency_ms: None,
         detail: Some(format!("{verdict} detail")),
         smtp_reply: Some("250 ok".into()),
+        fault: None,
     }
 }
 
@@ -95,6 +96,9 @@ fn facts<'a>(p: &'a ProbeRecord, ch: Option<&'a Incident>, d: Option<&'a Inciden
         probe_events: &[],
         channel_incident: ch,
         degraded_incident: d,
+        inbox_incident: None,
+        newest_success: None,
+        newest_failure: None,
     }
 }
 
@@ -207,6 +211,8 @@ fn maintenance_window_records_without_paging_then_pages_when_over() {
     }
     let mut open = incident(5, "social-mail", false);
     open.opened_at = during;
+    // As the ledger keeps it when a silence held the trigger back.
+    open.silenced = Some("maintenance window until 2026-11-23T06:00:00Z: mailbox migration".into());
     assert!(
         due_page(&c, &open, &[], during + 60_000, "h").is_none(),
         "still silenced"
@@ -332,6 +338,7 @@ async fn judged(store: &crate::ledger::DynStore, id: &str, channel: &str, verdic
         at: now_millis(),
         found: None,
         latency_ms: None,
+        fault: None,
     };
     assert!(store.judge(id, &j).await.unwrap());
 }
@@ -483,4 +490,90 @@ fn dns_changes_open_once_update_and_resolve_to_the_senders_owners() {
     ));
     // Reminders for an open DNS incident find their subject.
     assert!(due_page(&c, &open, &[], 50_000 + 3_600_001, "host").is_some());
+}
+
+#[test]
+fn an_unpaged_incident_without_a_silence_is_not_called_a_maintenance_window() {
+    let c = config("");
+    let open = incident(7, "social-mail", false);
+    assert!(due_page(&c, &open, &[], 50_000 + 60_000, "h").is_none());
+}
+
+#[test]
+fn verdicts_follow_probe_order() {
+    let c = config("");
+    let ch = c.channel("social-mail").unwrap();
+    // An old probe's miss, judged after a newer probe's success: history.
+    let mut old = probe("p1", "social-mail", Verdict::Missed);
+    old.created_at = 1_000;
+    let mut f = facts(&old, None, None);
+    f.newest_success = Some(2_000);
+    let changes = decide(&c, ch, &f, 20_000, "h");
+    assert!(
+        matches!(
+            changes[..],
+            [IncidentChange {
+                action: IncidentAction::Nothing,
+                ..
+            }]
+        ),
+        "{changes:?}"
+    );
+    // An old probe's success does not resolve an incident a newer failure keeps open.
+    let open = incident(8, "social-mail", true);
+    let mut ok = probe("p2", "social-mail", Verdict::Delivered);
+    ok.created_at = 1_000;
+    let mut f = facts(&ok, Some(&open), None);
+    f.newest_failure = Some(1_500);
+    let changes = decide(&c, ch, &f, 20_000, "h");
+    assert!(
+        matches!(changes.last().map(|c| &c.action), Some(IncidentAction::Nothing)),
+        "{changes:?}"
+    );
+    // A newer success does.
+    ok.created_at = 2_000;
+    let mut f = facts(&ok, Some(&open), None);
+    f.newest_failure = Some(1_500);
+    let changes = decide(&c, ch, &f, 20_000, "h");
+    assert!(
+        matches!(changes.last().map(|c| &c.action), Some(IncidentAction::Resolve { .. })),
+        "{changes:?}"
+    );
+}
+
+#[test]
+fn a_blind_inbox_is_one_degraded_incident_not_a_channel_page() {
+    let c = config("");
+    let ch = c.channel("social-mail").unwrap();
+    let mut p = probe("p1", "social-mail", Verdict::Error);
+    p.fault = Some("inbox:social".into());
+    let changes = decide(&c, ch, &facts(&p, None, None), 20_000, "h");
+    match &changes[0].action {
+        IncidentAction::Open { channel, pages, .. } => {
+            assert_eq!(channel, "postcanary:inbox:social");
+            assert!(pages.iter().all(|(_, page)| page.channel == "postcanary"));
+            assert!(pages[0].1.channel_name.contains("inbox `social`"), "{:?}", pages[0].1);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A second blind probe of another channel updates the same incident.
+    let open = incident(9, "postcanary:inbox:social", true);
+    let other = c.channel("borger-mail").unwrap();
+    let mut q = probe("p2", "borger-mail", Verdict::Error);
+    q.fault = Some("inbox:social".into());
+    let changes = decide(&c, other, &facts(&q, None, Some(&open)), 21_000, "h");
+    assert!(
+        matches!(changes[0].action, IncidentAction::Update { incident_id: 9, .. }),
+        "{changes:?}"
+    );
+    // A delivery found in that inbox resolves it.
+    let mut ok = probe("p3", "social-mail", Verdict::Delivered);
+    ok.found_in = Some("social".into());
+    let mut f = facts(&ok, None, None);
+    f.inbox_incident = Some(&open);
+    let changes = decide(&c, ch, &f, 22_000, "h");
+    assert!(
+        matches!(changes[0].action, IncidentAction::Resolve { incident_id: 9, .. }),
+        "{changes:?}"
+    );
 }

@@ -29,6 +29,7 @@ fn delivered(at: i64) -> Judgement {
             at,
         }),
         latency_ms: Some(at - 100),
+        fault: None,
     }
 }
 
@@ -99,6 +100,21 @@ pub async fn run_all(s: DynStore) {
         .unwrap();
     s.record_sent("id-6", 120, "250 ok").await.unwrap();
     assert_eq!(s.next_deadline().await.unwrap(), Some(1_000));
+    let due: Vec<String> = s.due(1_000).await.unwrap().into_iter().map(|p| p.id).collect();
+    assert_eq!(
+        due,
+        vec!["id-2", "id-3", "id-4", "id-5"],
+        "due: pending at or past the deadline"
+    );
+    assert!(
+        s.sweep_only(1_000, "run-a", Some(&["id-3".to_string()]))
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.id.as_str())
+            .eq(["id-3"]),
+        "sweep_only judges only the probes it names"
+    );
 
     assert!(
         s.sweep(999, "run-a").await.unwrap().is_empty(),
@@ -107,18 +123,24 @@ pub async fn run_all(s: DynStore) {
     let mut swept = s.sweep(1_000, "run-a").await.unwrap();
     swept.sort_by(|a, b| a.id.cmp(&b.id));
     let got: Vec<_> = swept.iter().map(|p| (p.id.as_str(), p.verdict)).collect();
-    assert_eq!(
-        got,
-        vec![
-            ("id-2", Verdict::Missed),
-            ("id-3", Verdict::Missed),
-            ("id-5", Verdict::Error)
-        ]
-    );
-    assert!(swept[1].detail.as_deref().unwrap_or("").contains("black hole"));
+    assert_eq!(got, vec![("id-2", Verdict::Missed), ("id-5", Verdict::Error)]);
+    let black_hole = s.probe("id-3").await.unwrap().unwrap();
+    assert_eq!(black_hole.verdict, Verdict::Missed);
+    assert!(black_hole.detail.as_deref().unwrap_or("").contains("black hole"));
     assert!(
         s.sweep(1_000, "run-a").await.unwrap().is_empty(),
         "no probe is swept twice"
+    );
+    // Ordering for the incident logic: unhandled failures do not count yet.
+    let (newest_success, newest_failure) = s.channel_order("social-mail").await.unwrap();
+    assert_eq!(newest_failure, None, "no failure has been handled yet");
+    assert_eq!(
+        newest_success,
+        s.probe("id-1")
+            .await
+            .unwrap()
+            .filter(|p| p.verdict.is_success())
+            .map(|p| p.created_at)
     );
     let late_sweep = s.sweep(1_000 + 120_000, "run-a").await.unwrap();
     assert_eq!(

@@ -63,6 +63,8 @@ pub struct ProbeRecord {
     pub latency_ms: Option<i64>,
     pub detail: Option<String>,
     pub smtp_reply: Option<String>,
+    /// For an `error`: the path of postcanary's own that failed (see [`Judgement::fault`]).
+    pub fault: Option<String>,
 }
 
 impl ProbeRecord {
@@ -209,7 +211,23 @@ pub trait Store: Send + Sync + 'static {
     /// Turns every pending probe whose deadline is at or before `now` into a
     /// verdict in one atomic update, and returns those probes. Sends still in
     /// flight in this process (`run_id`) are left to their sender.
-    async fn sweep(&self, now: Millis, run_id: &str) -> StoreResult<Vec<ProbeRecord>>;
+    async fn sweep(&self, now: Millis, run_id: &str) -> StoreResult<Vec<ProbeRecord>> {
+        self.sweep_only(now, run_id, None).await
+    }
+
+    /// [`Store::sweep`] limited to the probes `only` names (`None`: all):
+    /// the sweeper passes the probes whose watchers have looked past their
+    /// deadline.
+    async fn sweep_only(&self, now: Millis, run_id: &str, only: Option<&[String]>) -> StoreResult<Vec<ProbeRecord>>;
+
+    /// Pending probes whose deadline is at or before `now`, earliest first.
+    async fn due(&self, now: Millis) -> StoreResult<Vec<ProbeRecord>>;
+
+    /// For the incident logic's ordering: the creation time of the channel's
+    /// newest judged successful probe, and of its newest failing probe whose
+    /// verdict has been handled (an `error` does not count: it says nothing
+    /// of the channel).
+    async fn channel_order(&self, channel: &str) -> StoreResult<(Option<Millis>, Option<Millis>)>;
 
     async fn probe(&self, id: &str) -> StoreResult<Option<ProbeRecord>>;
     async fn probe_by_token(&self, token: &str) -> StoreResult<Option<ProbeRecord>>;

@@ -112,6 +112,12 @@ CREATE TABLE dns_baselines (
     recorded_at INTEGER NOT NULL
 );
 "#,
+    // Tokens are kept without their tag (the tag is each probe's proof and
+    // is never stored or shown); errors name the path of ours that failed.
+    r#"
+UPDATE probes SET token = substr(token, 1, 29) WHERE length(token) > 29;
+ALTER TABLE probes ADD COLUMN fault TEXT;
+"#,
 ];
 
 /// A send not confirmed by its own process is given this long past its
@@ -119,7 +125,7 @@ CREATE TABLE dns_baselines (
 const SEND_GRACE_MS: i64 = 120_000;
 
 const PROBE_COLUMNS: &str = "id, token, channel, kind, expect, inbox, target, created_at, sent_at, deadline, \
-     verdict, judged_at, found_in, found_at, latency_ms, detail, smtp_reply";
+     verdict, judged_at, found_in, found_at, latency_ms, detail, smtp_reply, fault";
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
@@ -168,6 +174,7 @@ fn row_to_probe(r: &Row<'_>) -> rusqlite::Result<ProbeRecord> {
         latency_ms: r.get(14)?,
         detail: r.get(15)?,
         smtp_reply: r.get(16)?,
+        fault: r.get(17)?,
     })
 }
 
@@ -555,9 +562,10 @@ impl Store for SqliteStore {
                 None => (None, None),
             };
             let changed = tx.execute(
-                "UPDATE probes SET verdict = ?2, detail = ?3, judged_at = ?4, found_in = ?5, found_at = ?6, latency_ms = ?7 \
+                "UPDATE probes SET verdict = ?2, detail = ?3, judged_at = ?4, found_in = ?5, found_at = ?6, latency_ms = ?7, \
+                 fault = ?9 \
                  WHERE id = ?1 AND (verdict = 'pending' OR (?8 AND verdict = 'missed'))",
-                params![id, j.verdict.as_str(), j.detail, j.at, found_in, found_at, j.latency_ms, arrival],
+                params![id, j.verdict.as_str(), j.detail, j.at, found_in, found_at, j.latency_ms, arrival, j.fault],
             )?;
             if changed == 1 {
                 tx.execute(
@@ -571,8 +579,39 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn sweep(&self, now: Millis, run_id: &str) -> StoreResult<Vec<ProbeRecord>> {
+    async fn due(&self, now: Millis) -> StoreResult<Vec<ProbeRecord>> {
+        let sql = format!(
+            "SELECT {PROBE_COLUMNS} FROM probes WHERE verdict = 'pending' AND deadline <= ?1 ORDER BY deadline, id"
+        );
+        self.all(sql, vec![Value::Integer(now)], row_to_probe).await
+    }
+
+    async fn channel_order(&self, channel: &str) -> StoreResult<(Option<Millis>, Option<Millis>)> {
+        let channel = channel.to_string();
+        let successes = Verdict::ALL
+            .iter()
+            .filter(|v| v.is_success())
+            .map(|v| format!("'{}'", v.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.with(move |c| {
+            c.query_row(
+                &format!(
+                    "SELECT \
+                       (SELECT MAX(created_at) FROM probes WHERE channel = ?1 AND verdict IN ({successes})), \
+                       (SELECT MAX(created_at) FROM probes WHERE channel = ?1 AND handled = 1 \
+                          AND verdict NOT IN ({successes}, 'pending', 'error'))"
+                ),
+                params![channel],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .await
+    }
+
+    async fn sweep_only(&self, now: Millis, run_id: &str, only: Option<&[String]>) -> StoreResult<Vec<ProbeRecord>> {
         let run_id = run_id.to_string();
+        let only: Option<String> = only.map(|ids| serde_json::Value::from(ids.to_vec()).to_string());
         let (_, unsent) = swept_verdict(Expect::Deliver, false);
         let (_, black_hole) = swept_verdict(Expect::Bounce, true);
         let (_, missed) = swept_verdict(Expect::Deliver, true);
@@ -585,11 +624,12 @@ impl Store for SqliteStore {
                    judged_at = ?1 \
                  WHERE verdict = 'pending' AND deadline <= ?1 \
                    AND (sent_at IS NOT NULL OR run_id <> ?2 OR deadline + {SEND_GRACE_MS} <= ?1) \
+                   AND (?6 IS NULL OR id IN (SELECT value FROM json_each(?6))) \
                  RETURNING {PROBE_COLUMNS}"
             );
             let swept: Vec<ProbeRecord> = {
                 let mut stmt = tx.prepare(&sql)?;
-                let rows = stmt.query_map(params![now, run_id, unsent, black_hole, missed], row_to_probe)?;
+                let rows = stmt.query_map(params![now, run_id, unsent, black_hole, missed, only], row_to_probe)?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
             for p in &swept {

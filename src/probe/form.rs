@@ -35,7 +35,7 @@ pub async fn submit(
     p: &Started,
 ) -> Result<(), StoreError> {
     let mut vars = BTreeMap::new();
-    vars.insert("token".to_string(), p.token.clone());
+    vars.insert("token".to_string(), p.message_token.clone());
     vars.insert("channel".to_string(), channel.id.clone());
     vars.insert("probe_id".to_string(), p.id.clone());
     vars.insert("now".to_string(), chrono::Utc::now().to_rfc3339());
@@ -50,6 +50,7 @@ pub async fn submit(
         at: now,
         found: None,
         latency_ms: None,
+        fault: None,
     };
     match result {
         Ok(Outcome::Submitted { reply }) => {

@@ -25,6 +25,7 @@ fn verdict(verdict: Verdict, detail: String) -> Judgement {
         at: now_millis(),
         found: None,
         latency_ms: None,
+        fault: None,
     }
 }
 
@@ -41,7 +42,7 @@ pub async fn send(
     p: &Started,
 ) -> Result<(), StoreError> {
     let message = match build(&ProbeMessage {
-        token: &p.token,
+        token: &p.message_token,
         channel_id: &channel.id,
         channel_name: &channel.name,
         from: &sender.from,
@@ -62,8 +63,8 @@ pub async fn send(
         let wait = Duration::from_millis(u64::try_from(p.deadline - now).unwrap_or(0));
         let can_retry = backoff < wait;
         match outcome {
-            SendOutcome::Accepted { reply } => {
-                ctx.store.record_sent(&p.id, now, &reply).await?;
+            SendOutcome::Accepted { reply, at } => {
+                ctx.store.record_sent(&p.id, at, &reply).await?;
                 tracing::info!(channel = %channel.id, token = %p.token, %reply, "accepted by relay");
                 return Ok(());
             }

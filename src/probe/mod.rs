@@ -30,7 +30,11 @@ pub struct ProbeContext {
 #[derive(Clone, Debug)]
 pub struct Started {
     pub id: String,
+    /// The token as shown and stored: `pc-<ULID>`, without its tag.
     pub token: String,
+    /// The whole token, tag included, for the message or form only: the tag
+    /// is the probe's proof and is never logged, stored or shown.
+    pub message_token: String,
     pub channel: String,
     pub deadline: Millis,
 }
@@ -47,7 +51,8 @@ pub async fn run(ctx: &ProbeContext, config: &Config, channel: &Channel) -> Resu
     let target = channel.kind.target();
     let started = Started {
         id: token.id(),
-        token: token.to_string(),
+        token: token.public(),
+        message_token: token.to_string(),
         channel: channel.id.clone(),
         deadline,
     };
@@ -85,6 +90,7 @@ async fn send(ctx: &ProbeContext, config: &Config, channel: &Channel, started: &
                     at: now_millis(),
                     found: None,
                     latency_ms: None,
+                    fault: None,
                 };
                 record(ctx, &started.id, &channel.id, j).await?;
                 return Ok(());

@@ -123,6 +123,7 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
         mailbox: "INBOX".into(),
         after_confirm: AfterConfirm::Move("Confirmed".into()),
         poll_interval: Duration::from_secs(30),
+        blind_grace: Duration::from_secs(300),
         idle: true,
         junk: None,
         folder: crate::inbox::Folder::Main,
@@ -143,7 +144,7 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
 
     let (id, outcome) = rig.probe().await;
     assert!(
-        matches!(&outcome, SendOutcome::Accepted { reply } if reply.contains("queued as")),
+        matches!(&outcome, SendOutcome::Accepted { reply, .. } if reply.contains("queued as")),
         "{outcome:?}"
     );
     assert_eq!(rig.verdict_for(&mut verdicts, &id).await, Verdict::Delivered);

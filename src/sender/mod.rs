@@ -16,8 +16,9 @@ pub async fn send(cfg: &crate::config::SenderConfig, to: &lettre::Address, messa
 /// What one attempt to hand over a message came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SendOutcome {
-    /// Accepted; `reply` is the server's final answer (with its queue id).
-    Accepted { reply: String },
+    /// Accepted; `reply` is the server's final answer (with its queue id),
+    /// `at` the moment it came (ms): the probe's send time, before QUIT.
+    Accepted { reply: String, at: i64 },
     /// Permanently refused (5xx) for the recipient or the content: the channel refused.
     Refused { reply: String },
     /// Temporarily refused (4xx): try again while the deadline allows.

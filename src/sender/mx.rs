@@ -234,6 +234,7 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
             };
             SendOutcome::Accepted {
                 reply: format!("{} — by {where_}, {tls}", r.text()),
+                at: chrono::Utc::now().timestamp_millis(),
             }
         }
         Ok(r) => classify(&r, where_),

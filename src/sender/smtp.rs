@@ -155,6 +155,7 @@ async fn converse(cfg: &SenderConfig, from: &Address, to: &Address, message: &[u
     let outcome = match conn.message(message).await {
         Ok(r) => SendOutcome::Accepted {
             reply: response_text(&r),
+            at: chrono::Utc::now().timestamp_millis(),
         },
         Err(e) => channel_refusal(&e, &relay),
     };
