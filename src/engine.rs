@@ -257,6 +257,7 @@ impl Engine {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             ),
+            points: self.watch_points.clone(),
             scheduler_tick: Arc::clone(&self.scheduler_tick),
         };
         self.tasks

@@ -49,6 +49,7 @@ struct FaultState {
     refuse_logins: bool,
     delay: Duration,
     hide_idle: bool,
+    silent_idle: bool,
 }
 
 /// Run-time fault switches; clones control the same server.
@@ -70,6 +71,11 @@ impl ImapFaults {
     /// Leaves IDLE out of CAPABILITY, so clients fall back to polling.
     pub fn hide_idle(&self, hide: bool) {
         self.lock().hide_idle = hide;
+    }
+    /// Advertises IDLE but never announces new mail during it (as Courier's
+    /// default and Cyrus without idled do): clients see mail only when they ask.
+    pub fn silent_idle(&self, silent: bool) {
+        self.lock().silent_idle = silent;
     }
     pub fn clear(&self) {
         *self.lock() = FaultState::default();
@@ -1704,7 +1710,7 @@ impl Session<'_> {
                         Err(broadcast::error::RecvError::Lagged(_)) => true,
                         Err(broadcast::error::RecvError::Closed) => false,
                     };
-                    if relevant {
+                    if relevant && !self.shared.faults.lock().silent_idle {
                         let mut out = Vec::new();
                         if !self.sync(&mut out, true) {
                             out.extend_from_slice(b"* BYE Mailbox changed under this session\r\n");

@@ -124,6 +124,35 @@ pub(super) async fn render(s: &AppState) -> Result<String, StoreError> {
 
     let _ = writeln!(
         w,
+        "# HELP postcanary_watcher_blind_since_timestamp_seconds Since when a watcher has been unable to look (only blind watchers)."
+    );
+    let _ = writeln!(w, "# TYPE postcanary_watcher_blind_since_timestamp_seconds gauge");
+    for (name, since, _) in s.blind_watchers() {
+        let _ = writeln!(
+            w,
+            "postcanary_watcher_blind_since_timestamp_seconds{{inbox=\"{}\"}} {}",
+            label(&name),
+            since as f64 / 1000.0
+        );
+    }
+    let _ = writeln!(
+        w,
+        "# HELP postcanary_watcher_caught_up_timestamp_seconds Start of the watcher's last complete scan."
+    );
+    let _ = writeln!(w, "# TYPE postcanary_watcher_caught_up_timestamp_seconds gauge");
+    for p in &s.points.0 {
+        if let Some(t) = p.caught_up_at() {
+            let _ = writeln!(
+                w,
+                "postcanary_watcher_caught_up_timestamp_seconds{{inbox=\"{}\"}} {}",
+                label(&p.name),
+                t as f64 / 1000.0
+            );
+        }
+    }
+
+    let _ = writeln!(
+        w,
         "# HELP postcanary_scheduler_last_tick_timestamp_seconds When the scheduler loop last ran."
     );
     let _ = writeln!(w, "# TYPE postcanary_scheduler_last_tick_timestamp_seconds gauge");

@@ -30,6 +30,8 @@ pub struct AppState {
     pub server: Arc<ServerConfig>,
     pub store: DynStore,
     pub watchers: Arc<Vec<(String, watch::Receiver<WatcherState>)>>,
+    /// What each watcher has looked at, and since when it is blind.
+    pub points: crate::inbox::watchpoint::WatchPoints,
     pub scheduler_tick: Arc<AtomicI64>,
 }
 
@@ -39,6 +41,18 @@ impl AppState {
             .iter()
             .map(|(n, rx)| (n.clone(), rx.borrow().clone()))
             .collect()
+    }
+
+    /// Blind watchers: (name, since, why), by name.
+    fn blind_watchers(&self) -> Vec<(String, crate::verdict::Millis, String)> {
+        let mut v: Vec<_> = self
+            .points
+            .0
+            .iter()
+            .filter_map(|p| p.blind_since().map(|(since, why)| (p.name.clone(), since, why)))
+            .collect();
+        v.sort();
+        v
     }
 }
 
@@ -76,7 +90,17 @@ async fn healthz(State(s): State<AppState>) -> Response {
         &s.watcher_states(),
     ) {
         None => (StatusCode::OK, "ok\n").into_response(),
-        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")).into_response(),
+        Some(why) => {
+            let mut text = format!("unhealthy: {why}\n");
+            for (name, since, reason) in s.blind_watchers() {
+                text.push_str(&format!(
+                    "watcher {name}: blind since {} ({}s): {reason}\n",
+                    crate::notify::rfc3339(since),
+                    (now_millis() - since).max(0) / 1000
+                ));
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, text).into_response()
+        }
     }
 }
 

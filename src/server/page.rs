@@ -42,6 +42,8 @@ struct Labels {
     open_incidents: &'static str,
     recent_failures: &'static str,
     none_open: &'static str,
+    watcher_blind: &'static str,
+    since: &'static str,
     none_failed: &'static str,
     ok: &'static str,
     failing: &'static str,
@@ -71,6 +73,8 @@ const EN: Labels = Labels {
     open_incidents: "Open incidents",
     recent_failures: "Recent failures",
     none_open: "No open incidents.",
+    watcher_blind: "Not watched: inbox watcher",
+    since: "since",
     none_failed: "No failures among the recent probes.",
     ok: "OK",
     failing: "FAILING",
@@ -100,6 +104,8 @@ const DA: Labels = Labels {
     open_incidents: "Åbne hændelser",
     recent_failures: "Seneste fejl",
     none_open: "Ingen åbne hændelser.",
+    watcher_blind: "Overvåges ikke: indbakke-overvåger",
+    since: "siden",
     none_failed: "Ingen fejl blandt de seneste målinger.",
     ok: "OK",
     failing: "FEJLER",
@@ -215,7 +221,7 @@ th{font-size:12px;text-transform:uppercase;color:#57606a;background:#fafbfc}
 .badge{display:inline-block;padding:2px 8px;border-radius:10px;font-weight:600;font-size:12px;white-space:nowrap}
 .ok{background:#dafbe1;color:#116329}.failing{background:#ffebe9;color:#a40e26}.unknown{background:#eaeef2;color:#57606a}
 .spark{color:#0969da}.spark .bad{fill:#cf222e}.incident{background:#fff;border:1px solid #f1aeb5;border-left:5px solid #cf222e;padding:10px 12px;margin:8px 0}
-.incident h3{margin:0 0 6px;font-size:15px}.timeline{margin:6px 0 0;padding-left:18px;font-size:13px;color:#444}.muted{color:#57606a;font-size:13px}
+.incident h3{margin:0 0 6px;font-size:15px}.timeline{margin:6px 0 0;padding-left:18px;font-size:13px;color:#444}.muted{color:#57606a;font-size:13px}.blind{background:#fff1f0;border-left:4px solid #cf222e;padding:6px 10px}
 .detail{font-size:13px;color:#444;word-break:break-word}a{color:#0969da}
 @media (max-width:700px){table,thead,tbody,tr,td{display:block}thead{display:none}tr{border-bottom:2px solid #dde1e6;padding:6px 0}
 td{border:none;padding:3px 10px}td[data-l]::before{content:attr(data-l) ': ';font-weight:600;color:#57606a;font-size:12px}}
@@ -267,7 +273,12 @@ fn incident_block(out: &mut String, l: &Labels, lang: Language, v: &ChannelView,
 }
 
 /// The whole status page.
-pub(super) fn render_index(title: &str, lang: Language, views: &[ChannelView]) -> String {
+pub(super) fn render_index(
+    title: &str,
+    lang: Language,
+    views: &[ChannelView],
+    blind: &[(String, crate::verdict::Millis, String)],
+) -> String {
     let l = labels(lang);
     let mut out = String::with_capacity(2048 + views.len() * 900);
     head(&mut out, l, title);
@@ -284,6 +295,17 @@ pub(super) fn render_index(title: &str, lang: Language, views: &[ChannelView]) -
         l.channels_failing
     );
 
+    for (name, since, why) in blind {
+        let _ = write!(
+            out,
+            "<p class=\"blind\" role=\"alert\">{} <b>{}</b> — {} {}: {}</p>",
+            l.watcher_blind,
+            esc(name),
+            l.since,
+            time(*since),
+            esc(why)
+        );
+    }
     let _ = write!(out, "<h2>{}</h2>", l.open_incidents);
     let open: Vec<&ChannelView> = views.iter().filter(|v| v.open_incident.is_some()).collect();
     if open.is_empty() {
@@ -391,7 +413,13 @@ pub(super) fn render_index(title: &str, lang: Language, views: &[ChannelView]) -
 
 pub(super) async fn index(State(s): State<AppState>) -> Response {
     match views(&s, None).await {
-        Ok(v) => Html(render_index(&s.server.title, s.server.language, &v)).into_response(),
+        Ok(v) => Html(render_index(
+            &s.server.title,
+            s.server.language,
+            &v,
+            &s.blind_watchers(),
+        ))
+        .into_response(),
         Err(e) => store_error(e),
     }
 }
