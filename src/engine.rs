@@ -133,6 +133,20 @@ impl Engine {
             key: self.key.clone(),
             max_age: self.config.token.max_age,
             verdicts: self.verdicts.clone(),
+            return_paths: Arc::new(
+                self.config
+                    .channels
+                    .iter()
+                    .filter_map(|c| match &c.kind {
+                        crate::config::ChannelKind::Mail { via, .. } => self
+                            .config
+                            .sender(via)
+                            .and_then(|s| s.bounce_inbox.clone())
+                            .map(|b| (c.id.clone(), b)),
+                        crate::config::ChannelKind::Form { .. } => None,
+                    })
+                    .collect(),
+            ),
         };
         // One watcher per inbox, and one more for its junk folder when it has one.
         let watchers: Vec<_> = self

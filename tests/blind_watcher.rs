@@ -6,142 +6,17 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use postcanary::config::Config;
-use postcanary::engine::Engine;
-use postcanary::outbox::RealDelivery;
-use postcanary::sandbox::{Route, Sandbox, SandboxOptions};
+use postcanary::sandbox::Route;
 use postcanary::verdict::Verdict;
-use support::receiver::Receiver;
+use support::sandboxrig::{fire, pages, rig, verdicts, wait_final};
 
 const CHANNELS: usize = 20;
 
-struct Rig {
-    _dir: tempfile::TempDir,
-    sandbox: Sandbox,
-    hook: Receiver,
-    engine: Engine,
-}
-
-/// `CHANNELS` mail channels into one sandbox inbox, deadline `deadline`,
-/// blind grace `grace`.
-async fn rig(deadline: &str, grace: &str) -> Rig {
-    let store = postcanary::sandbox::MailStore::new();
-    store.add_user("canary", "secret");
-    store.set_default_route(Route::deliver("canary", "INBOX"));
-    let sandbox = Sandbox::start(store, SandboxOptions::default()).await.expect("sandbox");
-    let hook = Receiver::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("pw"), "secret").expect("pw");
-    let mut toml = format!(
-        r#"[ledger]
-url = "sqlite://ledger.db"
-
-[defaults]
-notify = ["ops"]
-schedule = "every 1h"
-
-[[sender]]
-name = "relay"
-kind = "smtp"
-host = "127.0.0.1"
-port = {smtp}
-tls = "none"
-from = "canary@sandbox.test"
-
-[[inbox]]
-name = "social"
-kind = "imap"
-host = "127.0.0.1"
-port = {imap}
-tls = "none"
-username = "canary"
-password = "file:pw"
-poll_interval = "60s"
-blind_grace = "{grace}"
-
-[[notifier]]
-name = "ops"
-kind = "webhook"
-url = "{url}"
-"#,
-        smtp = sandbox.smtp_addr().port(),
-        imap = sandbox.imap_addr().port(),
-        url = hook.url("/hook"),
-    );
-    for i in 0..CHANNELS {
-        toml.push_str(&format!(
-            "\n[[channel]]\nid = \"ch-{i}\"\nname = \"Channel {i}\"\nkind = \"mail\"\nto = \"ch{i}@sandbox.test\"\ninbox = \"social\"\ndeadline = \"{deadline}\"\n"
-        ));
-    }
-    let path = dir.path().join("postcanary.toml");
-    std::fs::write(&path, toml).expect("config");
-    let mut engine = Engine::start(Config::load(&path).expect("config"))
-        .await
-        .expect("engine");
-    engine.start_paging(Arc::new(
-        RealDelivery::new(Arc::clone(&engine.config)).expect("delivery"),
-    ));
-    assert!(engine.wait_watchers_connected(Duration::from_secs(10)).await);
-    Rig {
-        _dir: dir,
-        sandbox,
-        hook,
-        engine,
-    }
-}
-
-/// Fires every channel once; returns the probe ids.
-async fn fire(r: &Rig) -> Vec<String> {
-    let ctx = r.engine.probe_context();
-    let mut ids = Vec::new();
-    for ch in r.engine.config.channels.clone() {
-        let s = postcanary::probe::run(&ctx, &r.engine.config, &ch)
-            .await
-            .expect("probe");
-        ids.push(s.id);
-    }
-    ids
-}
-
-async fn verdicts(r: &Rig, ids: &[String]) -> Vec<Verdict> {
-    let mut out = Vec::new();
-    for id in ids {
-        out.push(r.engine.store.probe(id).await.expect("ledger").expect("probe").verdict);
-    }
-    out
-}
-
-async fn wait_final(r: &Rig, ids: &[String], limit: Duration) -> Vec<Verdict> {
-    let end = tokio::time::Instant::now() + limit;
-    loop {
-        let v = verdicts(r, ids).await;
-        if v.iter().all(|v| v.is_final()) || tokio::time::Instant::now() > end {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// (event, channel) of every page accepted so far.
-fn pages(hook: &Receiver) -> Vec<(String, String)> {
-    hook.accepted()
-        .iter()
-        .map(|p| {
-            let v = p.json();
-            (
-                v["event"].as_str().unwrap_or("").to_string(),
-                v["channel"]["id"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_blind_past_every_deadline_pages_no_channel_and_all_arrive() {
-    let r = rig("2s", "5m").await;
+    let r = rig(CHANNELS, "2s", "5m", None).await;
     // The IMAP server refuses the watcher; mail keeps being delivered.
     r.sandbox.imap().faults().refuse_logins(true);
     r.sandbox.imap().drop_connections();
@@ -163,7 +38,7 @@ async fn a_watcher_blind_past_every_deadline_pages_no_channel_and_all_arrive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_blind_past_its_grace_is_one_degraded_page() {
-    let r = rig("1s", "3s").await;
+    let r = rig(CHANNELS, "1s", "3s", None).await;
     r.sandbox.imap().faults().refuse_logins(true);
     r.sandbox.imap().drop_connections();
     let ids = fire(&r).await;
@@ -208,7 +83,7 @@ async fn a_watcher_blind_past_its_grace_is_one_degraded_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_that_never_pushes_still_gives_deliveries_before_a_short_deadline() {
-    let r = rig("3s", "5m").await;
+    let r = rig(CHANNELS, "3s", "5m", None).await;
     // IDLE advertised, never announcing anything; the watcher's poll is 60 s.
     r.sandbox.imap().faults().silent_idle(true);
     let ids = fire(&r).await;
@@ -220,7 +95,7 @@ async fn idle_that_never_pushes_still_gives_deliveries_before_a_short_deadline()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_as_shown_never_count_and_are_never_shown_whole() {
-    let r = rig("3s", "5m").await;
+    let r = rig(CHANNELS, "3s", "5m", None).await;
     // The channel's mail goes nowhere; a copy of what the ledger shows is mailed in.
     r.sandbox.store().set_route("ch0@sandbox.test", Route::Discard);
     let ids = fire(&r).await;
@@ -233,5 +108,35 @@ async fn tokens_as_shown_never_count_and_are_never_shown_whole() {
         .expect("deliver");
     let v = wait_final(&r, &ids[..1], Duration::from_secs(20)).await;
     assert_eq!(v, vec![Verdict::Missed]);
+    r.engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_bounce_naming_a_shown_token_is_ignored() {
+    let r = rig(CHANNELS, "3s", "5m", None).await;
+    // The probe itself goes nowhere: only the forged bounce could decide it.
+    r.sandbox.store().set_route("ch0@sandbox.test", Route::Discard);
+    let ids = fire(&r).await;
+    let p = r.engine.store.probe(&ids[0]).await.expect("ledger").expect("probe");
+    let dsn = format!(
+        "From: MAILER-DAEMON@sandbox.test\r\nTo: canary@sandbox.test\r\nSubject: Undelivered Mail Returned to Sender\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nThe mail system could not deliver your message.\r\n\
+         --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.sandbox.test\r\n\r\n\
+         Final-Recipient: rfc822; ch0@sandbox.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+         Diagnostic-Code: smtp; 550 5.1.1 User unknown\r\n\r\n\
+         --b\r\nContent-Type: text/rfc822-headers\r\n\r\nSubject: {t}\r\nX-Postcanary-Token: {t}\r\nMessage-ID: <{t}@postcanary.invalid>\r\n\r\n--b--\r\n",
+        t = p.token
+    );
+    r.sandbox
+        .store()
+        .deliver("canary", "INBOX", dsn.into_bytes())
+        .expect("deliver");
+    let v = wait_final(&r, &ids[..1], Duration::from_secs(20)).await;
+    assert_eq!(
+        v,
+        vec![Verdict::Missed],
+        "a missed black hole, not `bounced` by a forgery"
+    );
     r.engine.stop().await;
 }

@@ -39,6 +39,7 @@ async fn setup() -> Setup {
         key: TokenKey::generate(),
         max_age: Duration::from_secs(86_400),
         verdicts: VerdictSink::default(),
+        return_paths: Default::default(),
     };
     let double = GraphDouble::start(SECRET).await;
     Setup {

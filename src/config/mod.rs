@@ -177,6 +177,10 @@ pub struct SenderConfig {
     pub timeout: Duration,
     /// `kind = "mx"`: deliver straight to the recipient domain's MX hosts.
     pub mx: Option<MxOptions>,
+    /// The inbox this sender's bounces come back to (its `from` mailbox).
+    /// When set, a bounce about one of its probes counts only there; found
+    /// anywhere else it is evidence.
+    pub bounce_inbox: Option<String>,
 }
 
 /// How a `kind = "mx"` sender delivers.
@@ -503,6 +507,7 @@ struct RawSender {
     timeout: Option<HumanDuration>,
     require_tls: Option<bool>,
     nameserver: Option<String>,
+    bounce_inbox: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -718,7 +723,7 @@ impl Config {
         // sender does not also show up as an error in each of its channels.
         let sender_names: Vec<String> = senders.iter().map(|(_, s)| s.name.clone()).collect();
         let inbox_names: Vec<String> = inboxes.iter().map(|(_, i)| i.name.clone()).collect();
-        let senders = build_senders(&mut loader, senders);
+        let senders = build_senders(&mut loader, senders, &inbox_names);
         let inboxes = build_inboxes(&mut loader, inboxes);
         let mut raw_notifiers = Vec::new();
         push_indexed(&mut raw_notifiers, 0, main.notifier);
@@ -941,11 +946,14 @@ fn check_tls_host(loader: &mut Loader, origin: &Origin, array: &str, tls: Tls, h
     }
 }
 
-fn build_senders(loader: &mut Loader, raw: Vec<(Origin, RawSender)>) -> Vec<SenderConfig> {
+fn build_senders(loader: &mut Loader, raw: Vec<(Origin, RawSender)>, inboxes: &[String]) -> Vec<SenderConfig> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for (origin, s) in raw {
         check_name(loader, &mut seen, &origin, "sender", &s.name);
+        if let Some(b) = s.bounce_inbox.as_deref().filter(|b| !inboxes.iter().any(|i| i == b)) {
+            loader.err(&origin, "sender", "bounce_inbox", format!("no [[inbox]] named {b:?}"));
+        }
         let (host, tls, port, mx) = match s.kind {
             SenderKind::Smtp => {
                 for (key, set) in [
@@ -1045,6 +1053,7 @@ fn build_senders(loader: &mut Loader, raw: Vec<(Origin, RawSender)>) -> Vec<Send
                 helo: s.helo,
                 timeout,
                 mx,
+                bounce_inbox: s.bounce_inbox,
             });
         }
     }

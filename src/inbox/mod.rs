@@ -99,6 +99,9 @@ pub struct Matcher {
     pub key: TokenKey,
     pub max_age: Duration,
     pub verdicts: crate::engine::VerdictSink,
+    /// Channel id → the inbox its sender's bounces return to (`bounce_inbox`),
+    /// for channels whose sender names one: their bounces count only there.
+    pub return_paths: std::sync::Arc<std::collections::HashMap<String, String>>,
 }
 
 /// A token-shaped string that is not ours, with what it claims to be.
@@ -159,6 +162,17 @@ impl Matcher {
             let Some((token, probe)) = self.lookup(inbox, candidate).await? else {
                 continue;
             };
+            if let Some(home) = self.return_paths.get(&probe.channel).filter(|home| *home != inbox) {
+                // Not the way this probe's bounces come back: evidence, not a verdict.
+                let note = format!(
+                    "bounce report found in `{inbox}`, not in the return path `{home}`: {}",
+                    b.reason
+                );
+                self.store.add_event(&probe.id, seen_at, "foreign", &note).await?;
+                tracing::warn!(inbox, channel = %probe.channel, token = %token.public(), "{note}");
+                fates.push(TokenFate::AlreadyJudged);
+                continue;
+            }
             let facts = ProbeFacts {
                 verdict: probe.verdict,
                 expect: probe.expect(),

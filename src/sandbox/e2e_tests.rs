@@ -109,6 +109,7 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
             helo: Some("prober.test".into()),
             timeout: Duration::from_secs(5),
             mx: None,
+            bounce_inbox: None,
         },
         to: "canary@sandbox.test".parse().unwrap(),
         sandbox,
@@ -135,6 +136,7 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
         key: rig.key.clone(),
         max_age: Duration::from_secs(3600),
         verdicts: rig.verdicts.clone(),
+        return_paths: Default::default(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let (state_tx, mut state_rx) = watch::channel(WatcherState::Connecting);

@@ -5,3 +5,4 @@ pub mod graphdouble;
 pub mod idp;
 pub mod mailstack;
 pub mod receiver;
+pub mod sandboxrig;
