@@ -579,7 +579,13 @@ struct Origin {
 struct Loader {
     files: Vec<SourceFile>,
     errors: Vec<ConfigError>,
+    /// `validate --offline`: secret references are checked for their form
+    /// only; no variable or file is read.
+    offline: bool,
 }
+
+/// What a secret holds in a config loaded offline (never used to connect).
+pub const OFFLINE_SECRET: &str = "(not read: offline validation)";
 
 impl Loader {
     fn at(&self, origin: &Origin, array: &str, key: &str) -> (usize, Option<usize>) {
@@ -602,9 +608,17 @@ impl Loader {
         self.errors.push(e);
     }
 
+    /// Reads a secret, or, offline, stands in for it.
+    fn resolve(&self, r: &SecretRef, base: &Path) -> Result<Secret, String> {
+        if self.offline {
+            return Ok(Secret::new(OFFLINE_SECRET));
+        }
+        r.resolve(base)
+    }
+
     fn secret(&mut self, origin: &Origin, array: &str, key: &str, r: &SecretRef) -> Option<Secret> {
         let base = base_dir(&self.files[origin.file].path);
-        match r.resolve(&base) {
+        match self.resolve(r, &base) {
             Ok(s) => Some(s),
             Err(msg) => {
                 self.err(origin, array, key, msg);
@@ -639,11 +653,23 @@ impl Config {
     /// Loads the main file and its includes, validates everything and
     /// resolves secrets. Returns every problem found, each with file, line and key.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_with(path, false)
+    }
+
+    /// [`Config::load`] without reading any secret (`env:` variables and
+    /// `file:` files are only checked for their form): for `validate
+    /// --offline` in a config repository's CI. The result must not be run.
+    pub fn load_offline(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_with(path, true)
+    }
+
+    fn load_with(path: &Path, offline: bool) -> Result<Config, ConfigErrors> {
         let main_src = SourceFile::read(path)?;
         let main: RawMain = main_src.parse()?;
         let mut loader = Loader {
             files: vec![main_src],
             errors: Vec::new(),
+            offline,
         };
 
         let mut senders: Vec<(Origin, RawSender)> = Vec::new();
@@ -901,15 +927,17 @@ fn build_token(loader: &mut Loader, raw: Option<RawToken>) -> TokenConfig {
         key: None,
         max_age: None,
     });
-    let key = raw.key.and_then(|r| match r.resolve(&base_dir(&loader.files[0].path)) {
-        Ok(s) => Some(s),
-        Err(m) => {
-            let line = loader.files[0].table_key_line("token", "key");
-            let e = loader.files[0].error(line, Some("token.key"), m);
-            loader.errors.push(e);
-            None
-        }
-    });
+    let key = raw
+        .key
+        .and_then(|r| match loader.resolve(&r, &base_dir(&loader.files[0].path)) {
+            Ok(s) => Some(s),
+            Err(m) => {
+                let line = loader.files[0].table_key_line("token", "key");
+                let e = loader.files[0].error(line, Some("token.key"), m);
+                loader.errors.push(e);
+                None
+            }
+        });
     let max_age = raw
         .max_age
         .map(HumanDuration::as_duration)
@@ -1468,13 +1496,13 @@ fn build_server(loader: &mut Loader, raw: Option<RawServer>) -> Option<ServerCon
     };
     let mut tokens = Vec::new();
     for r in &raw.bearer_tokens {
-        match r.resolve(&base) {
+        match loader.resolve(r, &base) {
             Ok(s) => tokens.push(s),
             Err(m) => err(loader, "bearer_tokens", m),
         }
     }
     let basic = match (&raw.basic_user, &raw.basic_password) {
-        (Some(u), Some(p)) => match p.resolve(&base) {
+        (Some(u), Some(p)) => match loader.resolve(p, &base) {
             Ok(s) => Some((u.clone(), s)),
             Err(m) => {
                 err(loader, "basic_password", m);
@@ -1516,7 +1544,7 @@ fn build_server(loader: &mut Loader, raw: Option<RawServer>) -> Option<ServerCon
 fn build_heartbeat(loader: &mut Loader, raw: Option<RawHeartbeat>) -> Option<HeartbeatConfig> {
     let raw = raw?;
     let base = base_dir(&loader.files[0].path);
-    let url = match raw.url.resolve(&base) {
+    let url = match loader.resolve(&raw.url, &base) {
         Ok(u) => u,
         Err(m) => {
             let line = loader.files[0].table_key_line("heartbeat", "url");

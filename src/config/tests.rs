@@ -587,3 +587,22 @@ fn filter_errors_name_their_place() {
     assert_eq!(e.key.as_deref(), Some("inbox.filter"));
     assert!(e.message.contains("kind = \"graph\""), "{}", e.message);
 }
+
+#[test]
+fn offline_validation_reads_no_secret_but_still_refuses_inline_ones() {
+    let d = Dir::new();
+    let main = MAIN.replace("env:POSTCANARY_TEST_PW", "env:POSTCANARY_NOT_SET_ANYWHERE");
+    let path = d.write("postcanary.toml", &main);
+    d.write("probes/kommune.toml", CHANNELS);
+    assert!(Config::load(&path).is_err(), "online, the missing variable is an error");
+    let c = Config::load_offline(&path).expect("offline, no secret is read");
+    assert_eq!(c.inboxes[0].password.expose(), OFFLINE_SECRET);
+    let path = d.write(
+        "postcanary.toml",
+        &MAIN.replace("env:POSTCANARY_TEST_PW", "Hunter2Secret"),
+    );
+    let errs = Config::load_offline(&path)
+        .expect_err("inline secrets are refused offline too")
+        .0;
+    assert_eq!(errs[0].key.as_deref(), Some("inbox.password"));
+}
