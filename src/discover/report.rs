@@ -159,12 +159,14 @@ impl Report {
             for (x, y) in [(&a, &b), (&b, &a)] {
                 let entry = addresses.iter().find(|e| &e.address == x);
                 let ps = entry.map(|e| e.probed_by.clone()).unwrap_or_default();
-                let published = entry.is_some_and(|e| !e.found_on.is_empty());
                 let covered = ps
                     .iter()
                     .any(|p| p.expect == Expect::Bounce.as_str() || p.expect == Expect::Forward.as_str());
-                let delivers = ps.iter().any(|p| p.expect == Expect::Deliver.as_str());
-                if delivers && !published {
+                let delivers = |e: Option<&AddressEntry>| {
+                    e.is_some_and(|e| e.probed_by.iter().any(|p| p.expect == Expect::Deliver.as_str()))
+                };
+                let twin = addresses.iter().find(|e| &e.address == y);
+                if delivers(entry) && !delivers(twin) {
                     continue; // the real, probed address; its twin carries the finding
                 }
                 let advice = if covered {
