@@ -23,12 +23,19 @@ struct Site {
     files: HashMap<String, (&'static str, Vec<u8>, Option<&'static str>)>,
     requests: AtomicUsize,
     paths: Mutex<Vec<String>>,
+    agents: Mutex<BTreeSet<String>>,
 }
 
-async fn serve(State(site): State<Arc<Site>>, uri: Uri) -> Response {
+async fn serve(State(site): State<Arc<Site>>, headers: axum::http::HeaderMap, uri: Uri) -> Response {
     site.requests.fetch_add(1, Ordering::SeqCst);
     let path = uri.path().to_string();
     site.paths.lock().unwrap_or_else(|e| e.into_inner()).push(path.clone());
+    if let Some(ua) = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+        site.agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ua.to_string());
+    }
     if let Some(n) = path.strip_prefix("/many/") {
         return (
             [(header::CONTENT_TYPE, "text/html")],
@@ -432,6 +439,26 @@ async fn discover_lists_what_is_published_and_flags_the_lookalike() {
     assert!(
         notes.contains("bombe.pdf: document not read") && notes.contains("bombe.docx: document not read"),
         "{notes}"
+    );
+
+    let agents = site.agents.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    let ua = agents.iter().next().cloned().unwrap_or_default();
+    assert!(ua.starts_with("postcanary-discover/") && ua.contains("(+"), "{ua}");
+
+    // The table names what to act on.
+    let mut args: Vec<String> = ["-c", c.as_str(), "--site", root.as_str()].map(String::from).to_vec();
+    args.extend(limits.map(String::from));
+    let (_, table, _) = tokio::task::spawn_blocking(move || discover(&args))
+        .await
+        .expect("join");
+    assert!(
+        table.contains("NOT PROBED") && table.contains("NO LONGER PUBLISHED"),
+        "{table}"
+    );
+    assert!(
+        table.contains("sikkerepost@kommune.example resembles sikkerpost@kommune.example (distance 1)"),
+        "{table}"
     );
 
     // The same crawl as `[[channel]]` stubs: valid TOML, the look-alike as a bounce.

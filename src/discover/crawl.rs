@@ -15,11 +15,15 @@ use super::docs::{self, DocKind};
 use super::extract::{self, FormFacts, How};
 use super::Limits;
 
-pub const USER_AGENT: &str = concat!(
-    "postcanary-discover/",
-    env!("CARGO_PKG_VERSION"),
-    " (+https://github.com/postcanary/postcanary; public-channel discovery, read-only)"
-);
+/// The User-Agent: product/version, then where a webmaster reads what this is.
+pub fn user_agent(contact: &str) -> String {
+    format!(
+        "postcanary-discover/{} (+{contact}; read-only public-channel discovery)",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+/// The project's page, until the operator names their own with `--contact`.
+pub const DEFAULT_CONTACT: &str = "https://postcanary.invalid/discover";
 const ROBOTS_AGENT: &str = "postcanary-discover";
 
 /// Where something was found: the page (or document) and its Last-Modified.
@@ -87,7 +91,7 @@ struct Robots {
 /// Crawls the sites within `limits`.
 pub async fn crawl(sites: &[Url], limits: &Limits) -> Result<Crawl, String> {
     let client = reqwest::Client::builder()
-        .user_agent(USER_AGENT)
+        .user_agent(user_agent(&limits.contact))
         .redirect(reqwest::redirect::Policy::none())
         .timeout(limits.timeout)
         .build()

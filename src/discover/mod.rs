@@ -62,6 +62,9 @@ pub struct Args {
     /// Least time between two requests (a site's Crawl-delay may ask for more).
     #[arg(long, default_value = "500ms")]
     pub delay: HumanDuration,
+    /// The page or mailto: URL put in the User-Agent for webmasters: who crawls, and why.
+    #[arg(long, default_value = crawl::DEFAULT_CONTACT)]
+    pub contact: String,
     /// Limit for one request (and for reading one document).
     #[arg(long, default_value = "20s")]
     pub timeout: HumanDuration,
@@ -79,6 +82,7 @@ pub struct Limits {
     pub timeout: Duration,
     pub allow_hosts: Vec<String>,
     pub idp_hosts: Vec<String>,
+    pub contact: String,
 }
 
 impl Args {
@@ -93,6 +97,7 @@ impl Args {
             timeout: self.timeout.as_duration(),
             allow_hosts: self.allow_hosts.clone(),
             idp_hosts: self.idp_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            contact: self.contact.clone(),
         }
     }
 }
