@@ -108,9 +108,12 @@ pub async fn crawl(sites: &[Url], limits: &Limits) -> Result<Crawl, String> {
     let mut queue: VecDeque<(Url, usize)> = sites.iter().map(|u| (u.clone(), 0)).collect();
     let mut seen: HashSet<String> = sites.iter().map(|u| u.to_string()).collect();
     let mut last_request: Option<Instant> = None;
+    let mut fetched = 0usize;
     let started = Instant::now();
     while let Some((url, depth)) = queue.pop_front() {
-        if out.pages + out.documents >= limits.max_pages || out.bytes >= limits.max_total_bytes {
+        // Every request counts against the page budget, redirects and errors too,
+        // so a site answering 404 or 302 to 10,000 links costs no more.
+        if fetched >= limits.max_pages || out.bytes >= limits.max_total_bytes {
             out.limited += 1 + queue.len();
             break;
         }
@@ -142,6 +145,7 @@ pub async fn crawl(sites: &[Url], limits: &Limits) -> Result<Crawl, String> {
         };
         wait(&mut last_request, delay).await;
         out.requests += 1;
+        fetched += 1;
         let resp = match client.get(url.clone()).send().await {
             Ok(r) => r,
             Err(e) => {
@@ -318,10 +322,26 @@ async fn fetch_robots(
     out: &mut Crawl,
 ) -> Option<texting_robots::Robot> {
     let allow_all = || texting_robots::Robot::new(ROBOTS_AGENT, b"").ok();
-    let Ok(robots_url) = url.join("/robots.txt") else {
+    let Ok(mut robots_url) = url.join("/robots.txt") else {
         return allow_all();
     };
-    match client.get(robots_url.clone()).send().await {
+    // RFC 9309 §2.3.1.2: follow at least five redirects.
+    let mut answer = client.get(robots_url.clone()).send().await;
+    for _ in 0..5 {
+        let next = match &answer {
+            Ok(r) if r.status().is_redirection() => r
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| robots_url.join(l).ok()),
+            _ => None,
+        };
+        let Some(next) = next else { break };
+        out.requests += 1;
+        robots_url = next;
+        answer = client.get(robots_url.clone()).send().await;
+    }
+    match answer {
         Ok(r) if r.status().is_success() => {
             let (body, _) = read_body(r, limits.max_bytes.min(512 * 1024)).await;
             out.bytes += body.len() as u64;

@@ -44,7 +44,7 @@ pub struct Args {
     /// A further identity-provider host (and the hosts below it) that marks a login hand-off.
     #[arg(long = "idp-host")]
     pub idp_hosts: Vec<String>,
-    /// Most pages and documents fetched.
+    /// Most pages and documents requested (redirects and errors count; robots.txt does not).
     #[arg(long, default_value_t = 500)]
     pub max_pages: usize,
     /// Most links followed from a start URL.
