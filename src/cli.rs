@@ -71,6 +71,9 @@ enum Command {
         #[arg(long = "accept")]
         accept: Vec<String>,
     },
+    /// Crawl sites for every published address and form, compare them with
+    /// the config (-c), flag look-alike addresses; read-only.
+    Discover(crate::discover::Args),
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -101,6 +104,21 @@ pub fn main() -> ExitCode {
                 }
             }
         });
+    }
+    if let Command::Discover(args) = &cli.command {
+        // The config is optional here: only an explicit -c is compared with.
+        init_logging(cli.log_format, "warn", None);
+        let config = match &cli.config {
+            Some(p) => match Config::load(p) {
+                Ok(c) => Some(c),
+                Err(errors) => {
+                    report_config_errors(&errors);
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            },
+            None => None,
+        };
+        return with_runtime(crate::discover::run(args.clone(), config));
     }
     let path = config::default_path(cli.config.clone());
     let loaded = match cli.command {
@@ -138,7 +156,7 @@ pub fn main() -> ExitCode {
         Command::Check { channels, json } => with_runtime(check(config, channels, json)),
         Command::Run => with_runtime(run(config)),
         Command::Dns { accept } => with_runtime(dns(config, accept)),
-        Command::Demo { .. } => ExitCode::SUCCESS,
+        Command::Demo { .. } | Command::Discover(_) => ExitCode::SUCCESS,
     };
     if let Some(t) = telemetry {
         t.shutdown();

@@ -5,6 +5,7 @@ pub mod bounce;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod discover;
 pub mod dns;
 pub mod drift;
 pub mod engine;

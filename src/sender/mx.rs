@@ -246,6 +246,116 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     outcome
 }
 
+/// What a domain's MX said at RCPT time about one address (no message is sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptAnswer {
+    /// 2xx to RCPT TO: the address takes mail.
+    Accepted(String),
+    /// 5xx to RCPT TO: the address is refused.
+    Refused(String),
+    /// 4xx, or no MX host could be asked: not known.
+    Unknown(String),
+}
+
+/// Asks the MX of `domain` whether each address (all in that domain) is
+/// accepted: EHLO, STARTTLS when offered, MAIL FROM, one RCPT TO per
+/// address, RSET, QUIT — never DATA. Hosts are tried in preference order
+/// until one answers; the answers come back in the order of `addrs`.
+pub async fn rcpt_check(
+    cfg: &SenderConfig,
+    mx: &MxOptions,
+    domain: &str,
+    addrs: &[lettre::Address],
+) -> Vec<RcptAnswer> {
+    let unknown = |why: String| {
+        addrs
+            .iter()
+            .map(|_| RcptAnswer::Unknown(why.clone()))
+            .collect::<Vec<_>>()
+    };
+    let resolver = match mx.nameserver {
+        Some(ns) => Resolver::with_nameserver(ns),
+        None => match Resolver::system() {
+            Ok(r) => r,
+            Err(e) => return unknown(format!("cannot set up DNS resolution: {e}")),
+        },
+    };
+    let hosts = match resolver.mx(domain).await {
+        Ok(h) => h,
+        Err(e) => return unknown(format!("cannot look up the MX of {domain}: {e}")),
+    };
+    let mut tried = Vec::new();
+    for host in &hosts {
+        for ip in &host.addrs {
+            let asked = tokio::time::timeout(cfg.timeout, rcpt_host(cfg, mx, host, *ip, addrs)).await;
+            match asked {
+                Ok(Ok(answers)) => return answers,
+                Ok(Err(why)) => tried.push(format!("{} [{ip}]: {why}", host.host)),
+                Err(_) => tried.push(format!(
+                    "{} [{ip}]: no answer within {}s",
+                    host.host,
+                    cfg.timeout.as_secs()
+                )),
+            }
+        }
+    }
+    unknown(format!("no MX host of {domain} answered: {}", tried.join("; ")))
+}
+
+async fn rcpt_host(
+    cfg: &SenderConfig,
+    mx: &MxOptions,
+    host: &MxHost,
+    ip: IpAddr,
+    addrs: &[lettre::Address],
+) -> Result<Vec<RcptAnswer>, String> {
+    let tcp = TcpStream::connect(SocketAddr::new(ip, mx.port))
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let helo = cfg.helo.clone().unwrap_or_else(|| "postcanary.invalid".into());
+    let mut s = Conn::new(tcp);
+    let greeting = s.reply().await?;
+    if greeting.code != 220 {
+        return Err(format!("greeting {}", greeting.text()));
+    }
+    let ehlo = s.command(&format!("EHLO {helo}")).await?;
+    if !ehlo.ok() {
+        return Err(format!("EHLO refused: {}", ehlo.text()));
+    }
+    if ehlo.lines.iter().any(|l| l.eq_ignore_ascii_case("STARTTLS")) && s.command("STARTTLS").await?.code == 220 {
+        let (mut t, _) = s.starttls(&host.host).await?;
+        let again = t.command(&format!("EHLO {helo}")).await?;
+        if !again.ok() {
+            return Err(format!("EHLO refused: {}", again.text()));
+        }
+        return rcpts(t, cfg, addrs).await;
+    }
+    rcpts(s, cfg, addrs).await
+}
+
+async fn rcpts<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: Conn<S>,
+    cfg: &SenderConfig,
+    addrs: &[lettre::Address],
+) -> Result<Vec<RcptAnswer>, String> {
+    let from = s.command(&format!("MAIL FROM:<{}>", cfg.from.email)).await?;
+    if !from.ok() {
+        return Err(format!("MAIL FROM refused: {}", from.text()));
+    }
+    let mut out = Vec::with_capacity(addrs.len());
+    for a in addrs {
+        let r = s.command(&format!("RCPT TO:<{a}>")).await?;
+        out.push(match r.code {
+            200..=299 => RcptAnswer::Accepted(r.text()),
+            500..=599 => RcptAnswer::Refused(r.text()),
+            _ => RcptAnswer::Unknown(r.text()),
+        });
+    }
+    let _ = s.command("RSET").await;
+    let _ = s.command("QUIT").await;
+    Ok(out)
+}
+
 fn classify(r: &Reply, where_: &str) -> SendOutcome {
     let reply = format!("{} (from {where_})", r.text());
     if r.code >= 500 {
