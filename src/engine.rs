@@ -222,6 +222,15 @@ impl Engine {
                 self.shutdown.subscribe(),
             ));
         }
+        if self.config.discover.is_some() {
+            self.tasks.spawn(crate::discover_watch::run(
+                Arc::clone(&self.config),
+                Arc::clone(&self.store),
+                hostname(),
+                wake.clone(),
+                self.shutdown.subscribe(),
+            ));
+        }
         let processor = crate::incident::Processor {
             config: Arc::clone(&self.config),
             store: Arc::clone(&self.store),

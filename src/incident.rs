@@ -210,6 +210,70 @@ pub fn decide_dns(
 /// The verdict text of a DNS drift incident.
 pub const ROUTING_CHANGED: &str = "routing_changed";
 
+/// The verdict text of a discovery incident.
+pub const UNMONITORED: &str = "unmonitored_channel";
+
+/// The incident key of one discovery finding (`addr:x@y`, `form:URL`, `lookalike:x@y`).
+pub fn discover_key(finding: &str) -> String {
+    format!("discover:{finding}")
+}
+
+impl Subject {
+    /// A published channel nobody probes: paged to the default notifiers.
+    fn discover(config: &Config, finding: &str) -> Subject {
+        let target = finding.split_once(':').map(|(_, t)| t).unwrap_or(finding).to_string();
+        Subject {
+            channel: discover_key(finding),
+            name: format!("unmonitored public channel {target}"),
+            owner: "postcanary".into(),
+            target,
+            notify: config.paging.default_notify.clone(),
+        }
+    }
+}
+
+/// What one discovery round means for one finding: `detail` says where it
+/// is published (`None`: it is not, or it is probed now). A new finding
+/// opens an incident and pages; a finding that is gone resolves it.
+pub fn decide_discover(
+    config: &Config,
+    finding: &str,
+    detail: Option<&str>,
+    open: Option<&Incident>,
+    now: Millis,
+    source: &str,
+) -> IncidentAction {
+    let subject = Subject::discover(config, finding);
+    match (detail, open) {
+        (None, Some(o)) => resolve(&subject, o, "no longer published, or probed now", now, source),
+        (None, None) | (Some(_), Some(_)) => IncidentAction::Nothing,
+        (Some(detail), None) => {
+            let key = format!("postcanary/discover/{finding}/{now}");
+            IncidentAction::Open {
+                channel: discover_key(finding),
+                pages: pages(
+                    &subject,
+                    PageEvent::Trigger,
+                    &key,
+                    0,
+                    UNMONITORED,
+                    detail,
+                    now,
+                    now,
+                    None,
+                    Vec::new(),
+                    source,
+                ),
+                dedup_key: key,
+                verdict: UNMONITORED.into(),
+                detail: detail.to_string(),
+                at: now,
+                silenced: None,
+            }
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn pages(
     s: &Subject,
@@ -487,6 +551,10 @@ pub fn due_page(
         }
         None => match open.channel.strip_prefix("dns:") {
             Some(domain) => (Subject::dns(config, domain), false),
+            None if open.channel.starts_with("discover:") => {
+                let finding = open.channel.strip_prefix("discover:").unwrap_or_default();
+                (Subject::discover(config, finding), false)
+            }
             None => {
                 let sender = open.channel.strip_prefix("postcanary:")?;
                 (Subject::degraded(config, sender), false)

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod discover;
+pub mod discover_watch;
 pub mod dns;
 pub mod drift;
 pub mod engine;

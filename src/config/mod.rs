@@ -39,6 +39,22 @@ pub struct Config {
     pub telemetry: Option<TelemetryConfig>,
     /// DNS drift watching (`[dns]`); off without the table.
     pub dns: Option<DnsConfig>,
+    /// Channel discovery in the daemon (`[discover]`); off without the table.
+    pub discover: Option<DiscoverConfig>,
+}
+
+/// `[discover]`: crawl the organisation's sites every `interval` for
+/// published channels nobody probes.
+#[derive(Debug, Clone)]
+pub struct DiscoverConfig {
+    pub sites: Vec<url::Url>,
+    pub interval: Duration,
+    /// Further hosts whose pages may be crawled.
+    pub allow_hosts: Vec<String>,
+    /// A `kind = "mx"` sender to ask each look-alike's MX at RCPT time.
+    pub rcpt_check: Option<String>,
+    /// Most pages requested per round.
+    pub max_pages: usize,
 }
 
 /// `[dns]`: watch the routing records of every domain probed.
@@ -369,6 +385,18 @@ struct RawMain {
     server: Option<RawServer>,
     telemetry: Option<RawTelemetry>,
     dns: Option<RawDns>,
+    discover: Option<RawDiscover>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiscover {
+    sites: Vec<String>,
+    interval: Option<HumanDuration>,
+    #[serde(default)]
+    allow_hosts: Vec<String>,
+    rcpt_check: Option<String>,
+    max_pages: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -850,10 +878,50 @@ impl Config {
             }
         });
 
+        let discover = main.discover.map(|d| {
+            let err = |loader: &mut Loader, key: &str, msg: String| {
+                let line = loader.files[0].table_key_line("discover", key);
+                let e = loader.files[0].error(line, Some(&format!("discover.{key}")), msg);
+                loader.errors.push(e);
+            };
+            let mut sites = Vec::new();
+            for s in &d.sites {
+                match url::Url::parse(s) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => sites.push(u),
+                    _ => err(&mut loader, "sites", format!("{s:?} is not an http(s) URL")),
+                }
+            }
+            if d.sites.is_empty() {
+                err(&mut loader, "sites", "name at least one site to crawl".into());
+            }
+            if let Some(name) = &d.rcpt_check {
+                match senders.iter().find(|s| &s.name == name) {
+                    Some(s) if s.mx.is_some() => {}
+                    Some(_) => err(
+                        &mut loader,
+                        "rcpt_check",
+                        format!("sender {name:?} is not kind = \"mx\""),
+                    ),
+                    None => err(&mut loader, "rcpt_check", format!("no [[sender]] named {name:?}")),
+                }
+            }
+            DiscoverConfig {
+                sites,
+                interval: d
+                    .interval
+                    .map(HumanDuration::as_duration)
+                    .unwrap_or(Duration::from_secs(86_400)),
+                allow_hosts: d.allow_hosts,
+                rcpt_check: d.rcpt_check,
+                max_pages: d.max_pages.unwrap_or(500),
+            }
+        });
+
         if !loader.errors.is_empty() {
             return Err(ConfigErrors(loader.errors));
         }
         Ok(Config {
+            discover,
             dns,
             path: path.to_path_buf(),
             notifiers,
