@@ -12,6 +12,7 @@ pub mod heartbeat;
 pub mod inbox;
 pub mod incident;
 pub mod ledger;
+pub mod mailpath;
 pub mod notify;
 pub mod outbox;
 pub mod probe;
