@@ -11,6 +11,7 @@ pub mod engine;
 pub mod heartbeat;
 pub mod inbox;
 pub mod incident;
+pub mod inspect;
 pub mod ledger;
 pub mod mailpath;
 pub mod notify;
