@@ -56,6 +56,7 @@ impl Rig {
             channel_name: "Sandbox",
             from: &self.sender.from,
             to: &self.to,
+            dkim: None,
         })
         .unwrap()
         .formatted();
@@ -109,6 +110,7 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
             helo: Some("prober.test".into()),
             timeout: Duration::from_secs(5),
             mx: None,
+            dkim: None,
         },
         to: "canary@sandbox.test".parse().unwrap(),
         sandbox,
