@@ -1,7 +1,8 @@
 //! The path as the real test stack writes it: a probe handed to the test
 //! Postfix over STARTTLS, delivered by Dovecot LMTP, read back over IMAP,
 //! and parsed by `mailpath` — the Postfix hop must show TLS 1.2 or later
-//! with its cipher, and the Dovecot hop must be there (local, not judged).
+//! with its cipher, and the Dovecot hop must be there (local, not judged);
+//! with OpenDKIM as Postfix's milter, a DKIM-signed probe reads `dkim=pass`.
 
 mod support;
 
@@ -71,32 +72,8 @@ async fn postfix_starttls_hop_reads_as_tls_1_2_or_later() {
     })
     .unwrap();
     // STARTTLS to the test MX (its certificate is a throwaway: not verified, as between MTAs).
-    let tls = TlsParameters::builder("mx.kommune.example".into())
-        .dangerous_accept_invalid_certs(true)
-        .dangerous_accept_invalid_hostnames(true)
-        .build_rustls()
-        .unwrap();
-    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-        .port(stack.smtp_port)
-        .tls(Tls::Required(tls))
-        .timeout(Some(Duration::from_secs(10)))
-        .build();
-    transport
-        .send(message)
-        .await
-        .expect("the test Postfix takes the probe over STARTTLS");
-
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let header = loop {
-        let found = imap_headers(stack.imap_port, "social", &stack.password("social"))
-            .into_iter()
-            .find(|h| h.contains(&token));
-        if let Some(h) = found {
-            break h;
-        }
-        assert!(Instant::now() < deadline, "probe not delivered: {}", stack.log_tail());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    send_starttls(stack.smtp_port, message).await;
+    let header = read_back(&stack, &token).await;
     let path = mailpath::parse(header.as_bytes());
     println!("{header}");
     for (i, h) in path.hops.iter().enumerate() {
@@ -133,4 +110,148 @@ async fn postfix_starttls_hop_reads_as_tls_1_2_or_later() {
     );
     assert!(lmtp.is_local());
     assert!(lmtp.delay_s.is_some_and(|d| (0..10).contains(&d)));
+}
+
+/// `opendkim` as a milter on loopback, killed when dropped.
+struct Milter(std::process::Child);
+
+impl Drop for Milter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sh(cmd: &str, dir: &std::path::Path) {
+    let out = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+async fn send_starttls(port: u16, message: lettre::Message) {
+    let tls = TlsParameters::builder("mx.kommune.example".into())
+        .dangerous_accept_invalid_certs(true)
+        .dangerous_accept_invalid_hostnames(true)
+        .build_rustls()
+        .unwrap();
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(port)
+        .tls(Tls::Required(tls))
+        .timeout(Some(Duration::from_secs(10)))
+        .build();
+    transport.send(message).await.expect("the test Postfix takes the probe");
+}
+
+async fn read_back(stack: &MailStack, token: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = imap_headers(stack.imap_port, "social", &stack.password("social"))
+            .into_iter()
+            .find(|h| h.contains(token));
+        if let Some(h) = found {
+            return h;
+        }
+        assert!(Instant::now() < deadline, "probe not delivered: {}", stack.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A DKIM-signed probe through the test Postfix with OpenDKIM as its milter:
+/// the gateway's Authentication-Results say `dkim=pass` for the probe's domain.
+#[tokio::test(flavor = "multi_thread")]
+async fn dkim_signed_probe_passes_opendkim_on_the_test_postfix() {
+    if !std::path::Path::new("/usr/sbin/opendkim").exists() {
+        eprintln!("SKIP: opendkim not installed (scripts/test.sh installs it)");
+        return;
+    }
+    let stack = MailStack::start();
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    sh(
+        "openssl genpkey -algorithm rsa -pkeyopt rsa_keygen_bits:2048 -out rsa.pem 2>/dev/null",
+        d,
+    );
+    sh(
+        "openssl pkey -in rsa.pem -pubout -outform DER | base64 -w0 > rsa.pub",
+        d,
+    );
+    let public = std::fs::read_to_string(d.join("rsa.pub")).unwrap();
+    std::fs::write(
+        d.join("keys"),
+        format!("pc2025._domainkey.example.net v=DKIM1; k=rsa; p={public}\n"),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        d.join("opendkim.conf"),
+        format!(
+            "Mode v\nSocket inet:{port}@127.0.0.1\nTestPublicKeys {keys}\nAuthservID mx.kommune.example\nSyslog no\nBackground no\nPidFile {pid}\n",
+            keys = d.join("keys").display(),
+            pid = d.join("opendkim.pid").display()
+        ),
+    )
+    .unwrap();
+    let _milter = Milter(
+        std::process::Command::new("/usr/sbin/opendkim")
+            .args(["-f", "-x"])
+            .arg(d.join("opendkim.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(d.join("opendkim.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "opendkim did not listen: {}",
+            std::fs::read_to_string(d.join("opendkim.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let main_cf = stack.dir.path().join("postfix/main.cf");
+    let mut cf = std::fs::read_to_string(&main_cf).unwrap();
+    cf.push_str(&format!(
+        "smtpd_milters = inet:127.0.0.1:{port}\nmilter_default_action = tempfail\n"
+    ));
+    std::fs::write(&main_cf, cf).unwrap();
+    stack.reload_postfix();
+
+    let signer = postcanary::sender::dkim::DkimSigner::new(
+        "example.net",
+        "pc2025",
+        &std::fs::read_to_string(d.join("rsa.pem")).unwrap(),
+    )
+    .unwrap();
+    let token = TokenKey::generate().issue(SystemTime::now()).to_string();
+    let from: lettre::message::Mailbox = "Postcanary <canary@example.net>".parse().unwrap();
+    let to: lettre::Address = "social@kommune.example".parse().unwrap();
+    let message = build(&ProbeMessage {
+        token: &token,
+        channel_id: "social-mail",
+        channel_name: "Social",
+        from: &from,
+        to: &to,
+        dkim: Some(&signer),
+    })
+    .unwrap();
+    // Postfix reloads asynchronously; the milter is in place once a new smtpd starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send_starttls(stack.smtp_port, message).await;
+    let header = read_back(&stack, &token).await;
+    println!("{header}");
+    let path = mailpath::parse(header.as_bytes());
+    assert_eq!(path.gateway(), Some("mx.kommune.example"), "{header}");
+    let dkim = path.auth_result("dkim").expect("a dkim result");
+    assert_eq!(dkim.result, "pass", "{header}");
+    assert_eq!(dkim.props.get("header.d").map(String::as_str), Some("example.net"));
+    assert_eq!(dkim.props.get("header.s").map(String::as_str), Some("pc2025"));
+    assert_eq!(path.summary().auth.get("dkim").map(String::as_str), Some("pass"));
 }
