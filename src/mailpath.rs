@@ -209,7 +209,7 @@ pub struct AuthResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// `ptype.property` → value (`header.d`, `smtp.mailfrom`, `header.from`, …), and
-    /// other `name=value` pairs (Exchange's `action`); the first of duplicates.
+    /// other `name=value` pairs (Exchange's `action`); the first of repeated names.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub props: BTreeMap<String, String>,
 }
@@ -815,7 +815,7 @@ fn split_instance(value: &str) -> Option<(u32, &str)> {
     Some((v.trim().parse().ok()?, rest))
 }
 
-/// A DKIM-style tag list `a=b; c=d` (ARC-Seal); the first of duplicates, capped.
+/// A DKIM-style tag list `a=b; c=d` (ARC-Seal); the first of repeated tags, capped.
 fn tag_list(value: &str) -> BTreeMap<String, String> {
     let mut tags = BTreeMap::new();
     for part in value.split(';').take(32) {
