@@ -28,6 +28,20 @@ if ! command -v dnsmasq >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dnsmasq-base >/dev/null
   }
 fi
+# OpenDKIM, to verify DKIM-signed probes (tests/dkim_opendkim.rs); no service is started.
+if [ ! -x /usr/sbin/opendkim ]; then
+  created_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    created_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends opendkim opendkim-tools >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends opendkim opendkim-tools >/dev/null
+  }
+  if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
 # The peer benchmark's check_email_delivery (Nagios plugin) and its Perl IMAP client.
 if [ ! -x /usr/lib/nagios/plugins/check_email_delivery ] || ! perl -MMail::IMAPClient -e1 2>/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends monitoring-plugins-contrib libmail-imapclient-perl >/dev/null 2>&1 || {

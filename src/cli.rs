@@ -1,4 +1,4 @@
-//! The command line: `validate`, `check`, `run`. Exit codes: 0 success,
+//! The command line: `validate`, `check`, `run`, `dns`, `inspect`, `demo`. Exit codes: 0 success,
 //! 1 a failing verdict (check) or a runtime failure, 2 an invalid config.
 
 use std::path::PathBuf;
@@ -64,6 +64,17 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
     },
+    /// What postcanary reads in raw messages: tokens (and whether each
+    /// verifies), bounce facts, auto-reply, hops with TLS, authentication
+    /// results.
+    Inspect {
+        /// Print one JSON object per message instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Raw messages (RFC 5322); `-` for stdin.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Show the DNS routing records of every probed domain against the
     /// accepted baseline; `--accept` makes the current records the baseline.
     Dns {
@@ -120,6 +131,10 @@ pub fn main() -> ExitCode {
         };
         return with_runtime(crate::discover::run(args.clone(), config));
     }
+    if let Command::Inspect { json, files } = &cli.command {
+        init_logging(cli.log_format, "error", None);
+        return inspect(cli.config.clone(), files, *json);
+    }
     let path = config::default_path(cli.config.clone());
     let loaded = match cli.command {
         Command::Validate { offline: true } => Config::load_offline(&path),
@@ -156,7 +171,7 @@ pub fn main() -> ExitCode {
         Command::Check { channels, json } => with_runtime(check(config, channels, json)),
         Command::Run => with_runtime(run(config)),
         Command::Dns { accept } => with_runtime(dns(config, accept)),
-        Command::Demo { .. } | Command::Discover(_) => ExitCode::SUCCESS,
+        Command::Demo { .. } | Command::Discover(_) | Command::Inspect { .. } => ExitCode::SUCCESS,
     };
     if let Some(t) = telemetry {
         t.shutdown();
@@ -180,6 +195,37 @@ const QUIET_DEPENDENCIES: &[&str] = &[
     "hickory_resolver",
     "opentelemetry_otlp",
 ];
+/// `postcanary inspect`: the config (for the token key) is optional; given
+/// with `-c` it must be valid, found by default it is used when it loads.
+fn inspect(explicit: Option<PathBuf>, files: &[PathBuf], json: bool) -> ExitCode {
+    let config = match explicit {
+        Some(p) => match Config::load(&p) {
+            Ok(c) => Some(c),
+            Err(errors) => {
+                report_config_errors(&errors);
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => {
+            let p = config::default_path(None);
+            if p.exists() {
+                match Config::load(&p) {
+                    Ok(c) => Some(c),
+                    Err(_) => {
+                        eprintln!(
+                            "warning: {} does not load; token keys are unknown (see `postcanary validate`)",
+                            p.display()
+                        );
+                        None
+                    }
+                }
+            } else {
+                None
+            }
+        }
+    };
+    ExitCode::from(crate::inspect::run(config.as_ref(), files, json))
+}
 
 fn init_logging(format: LogFormat, default_level: &str, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
     use tracing_subscriber::layer::SubscriberExt;

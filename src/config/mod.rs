@@ -197,6 +197,8 @@ pub struct SenderConfig {
     /// When set, a bounce about one of its probes counts only there; found
     /// anywhere else it is evidence.
     pub bounce_inbox: Option<String>,
+    /// Sign probes with DKIM (`dkim_domain`, `dkim_selector`, `dkim_key`).
+    pub dkim: Option<crate::sender::dkim::DkimSigner>,
 }
 
 /// How a `kind = "mx"` sender delivers.
@@ -536,6 +538,9 @@ struct RawSender {
     require_tls: Option<bool>,
     nameserver: Option<String>,
     bounce_inbox: Option<String>,
+    dkim_selector: Option<String>,
+    dkim_domain: Option<String>,
+    dkim_key: Option<SecretRef>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -1137,6 +1142,7 @@ fn build_senders(loader: &mut Loader, raw: Vec<(Origin, RawSender)>, inboxes: &[
             .timeout
             .map(HumanDuration::as_duration)
             .unwrap_or(Duration::from_secs(60));
+        let dkim = build_dkim(loader, &origin, &s, from.as_ref());
         if let Some(from) = from {
             out.push(SenderConfig {
                 name: s.name,
@@ -1150,10 +1156,90 @@ fn build_senders(loader: &mut Loader, raw: Vec<(Origin, RawSender)>, inboxes: &[
                 timeout,
                 mx,
                 bounce_inbox: s.bounce_inbox,
+                dkim,
             });
         }
     }
     out
+}
+
+/// `dkim_domain`, `dkim_selector` and `dkim_key` together or not at all; the
+/// key must load, and the From domain must be the DKIM domain or below it
+/// (else DMARC cannot align).
+fn build_dkim(
+    loader: &mut Loader,
+    origin: &Origin,
+    s: &RawSender,
+    from: Option<&lettre::message::Mailbox>,
+) -> Option<crate::sender::dkim::DkimSigner> {
+    let (domain, selector, key) = match (&s.dkim_domain, &s.dkim_selector, &s.dkim_key) {
+        (None, None, None) => return None,
+        (Some(d), Some(sel), Some(k)) => (d, sel, k),
+        _ => {
+            let missing: Vec<&str> = [
+                ("dkim_domain", s.dkim_domain.is_none()),
+                ("dkim_selector", s.dkim_selector.is_none()),
+                ("dkim_key", s.dkim_key.is_none()),
+            ]
+            .into_iter()
+            .filter(|(_, m)| *m)
+            .map(|(k, _)| k)
+            .collect();
+            loader.err(
+                origin,
+                "sender",
+                missing.first().copied().unwrap_or("dkim_key"),
+                format!(
+                    "DKIM signing needs dkim_domain, dkim_selector and dkim_key together; missing {}",
+                    missing.join(", ")
+                ),
+            );
+            return None;
+        }
+    };
+    let label_ok = |v: &str| {
+        !v.is_empty()
+            && v.split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    };
+    if !label_ok(selector) {
+        loader.err(
+            origin,
+            "sender",
+            "dkim_selector",
+            format!("{selector:?} is not a DNS label (letters, digits, -, _)"),
+        );
+        return None;
+    }
+    if !label_ok(domain) || !domain.contains('.') {
+        loader.err(
+            origin,
+            "sender",
+            "dkim_domain",
+            format!("{domain:?} is not a domain name"),
+        );
+        return None;
+    }
+    if let Some(from) = from {
+        let fd = from.email.domain().to_ascii_lowercase();
+        let d = domain.to_ascii_lowercase();
+        if fd != d && !fd.ends_with(&format!(".{d}")) {
+            loader.err(
+                origin,
+                "sender",
+                "dkim_domain",
+                format!("{domain:?} is not the From domain {fd:?} nor a parent of it: DMARC would not align"),
+            );
+        }
+    }
+    let secret = loader.secret(origin, "sender", "dkim_key", key)?;
+    match crate::sender::dkim::DkimSigner::new(domain, selector, secret.expose()) {
+        Ok(signer) => Some(signer),
+        Err(e) => {
+            loader.err(origin, "sender", "dkim_key", e);
+            None
+        }
+    }
 }
 
 fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<InboxConfig> {

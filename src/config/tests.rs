@@ -606,3 +606,71 @@ fn offline_validation_reads_no_secret_but_still_refuses_inline_ones() {
         .0;
     assert_eq!(errs[0].key.as_deref(), Some("inbox.password"));
 }
+
+const DKIM_SEED: &str = "n4Ni+HpISpVObnQMW0wOhCKROaIKqKtW/2ZYb2p9KcU=";
+
+fn with_dkim(keys: &str) -> String {
+    MAIN.replace(
+        "from = \"Postcanary <canary@kommune.example>\"\n",
+        &format!("from = \"Postcanary <canary@kommune.example>\"\n{keys}"),
+    )
+}
+
+#[test]
+fn dkim_keys_load_and_sign() {
+    set_pw();
+    let d = Dir::new();
+    d.write("dkim.key", DKIM_SEED);
+    let path = d.write(
+        "postcanary.toml",
+        &with_dkim("dkim_domain = \"kommune.example\"\ndkim_selector = \"pc2025\"\ndkim_key = \"file:dkim.key\"\n"),
+    );
+    d.write("probes/kommune.toml", CHANNELS);
+    let c = Config::load(&path).unwrap();
+    let dkim = c.sender("relay").unwrap().dkim.as_ref().unwrap();
+    assert_eq!(
+        (dkim.domain.as_str(), dkim.selector.as_str()),
+        ("kommune.example", "pc2025")
+    );
+    assert_eq!(dkim.algorithm_name(), "ed25519-sha256");
+    assert!(!format!("{:?}", c.sender("relay").unwrap()).contains(DKIM_SEED));
+}
+
+#[test]
+fn dkim_errors_name_file_line_and_key() {
+    let e = one_error(
+        &with_dkim("dkim_domain = \"kommune.example\"\ndkim_selector = \"pc2025\"\n"),
+        CHANNELS,
+    );
+    assert_eq!(file_name(&e), "postcanary.toml");
+    assert_eq!(e.key.as_deref(), Some("sender.dkim_key"));
+    assert!(e.message.contains("missing dkim_key"), "{}", e.message);
+
+    let e = one_error(
+        &with_dkim(
+            "dkim_domain = \"kommune.example\"\ndkim_selector = \"pc2025\"\ndkim_key = \"env:POSTCANARY_TEST_PW\"\n",
+        ),
+        CHANNELS,
+    );
+    assert_eq!(e.key.as_deref(), Some("sender.dkim_key"));
+    assert_eq!(e.line, Some(20), "the dkim_key line");
+    assert!(e.message.contains("base64 Ed25519 seed"), "{}", e.message);
+    assert!(!e.message.contains("pw-from-env"));
+
+    std::env::set_var("POSTCANARY_TEST_DKIM", DKIM_SEED);
+    let e = one_error(
+        &with_dkim(
+            "dkim_domain = \"other.example\"\ndkim_selector = \"pc2025\"\ndkim_key = \"env:POSTCANARY_TEST_DKIM\"\n",
+        ),
+        CHANNELS,
+    );
+    assert_eq!(e.key.as_deref(), Some("sender.dkim_domain"));
+    assert!(e.message.contains("DMARC would not align"), "{}", e.message);
+    let e = one_error(
+        &with_dkim(
+            "dkim_domain = \"kommune.example\"\ndkim_selector = \"pc 2025\"\ndkim_key = \"env:POSTCANARY_TEST_DKIM\"\n",
+        ),
+        CHANNELS,
+    );
+    assert_eq!(e.key.as_deref(), Some("sender.dkim_selector"));
+}

@@ -47,6 +47,7 @@ pub async fn send(
         channel_name: &channel.name,
         from: &sender.from,
         to,
+        dkim: sender.dkim.as_ref(),
     }) {
         Ok(m) => m.formatted(),
         Err(e) => {

@@ -56,6 +56,7 @@ impl Rig {
             channel_name: "Sandbox",
             from: &self.sender.from,
             to: &self.to,
+            dkim: None,
         })
         .unwrap()
         .formatted();
@@ -110,6 +111,7 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
             timeout: Duration::from_secs(5),
             mx: None,
             bounce_inbox: None,
+            dkim: None,
         },
         to: "canary@sandbox.test".parse().unwrap(),
         sandbox,

@@ -12,9 +12,12 @@ pub struct ProbeMessage<'a> {
     pub channel_name: &'a str,
     pub from: &'a Mailbox,
     pub to: &'a lettre::Address,
+    /// Sign with DKIM.
+    pub dkim: Option<&'a super::dkim::DkimSigner>,
 }
 
-/// Builds the RFC 5322 message. Fails only on an address lettre cannot encode.
+/// Builds the RFC 5322 message, DKIM-signed when the sender has a key.
+/// Fails only on an address lettre cannot encode.
 pub fn build(m: &ProbeMessage<'_>) -> Result<Message, String> {
     let subject = format!("[postcanary test] Automatisk test / automated test - {}", m.token);
     let body = format!(
@@ -31,7 +34,7 @@ pub fn build(m: &ProbeMessage<'_>) -> Result<Message, String> {
         m.channel_name, m.channel_id, m.token
     );
     let to = Mailbox::new(None, m.to.clone());
-    Message::builder()
+    let mut message = Message::builder()
         .from(m.from.clone())
         .to(to)
         .subject(subject)
@@ -55,7 +58,11 @@ pub fn build(m: &ProbeMessage<'_>) -> Result<Message, String> {
         ))
         .header(ContentType::TEXT_PLAIN)
         .body(body)
-        .map_err(|e| format!("cannot build the probe message: {e}"))
+        .map_err(|e| format!("cannot build the probe message: {e}"))?;
+    if let Some(signer) = m.dkim {
+        signer.sign(&mut message)?;
+    }
+    Ok(message)
 }
 
 #[cfg(test)]
@@ -73,6 +80,7 @@ mod tests {
             channel_name: "Social",
             from: &from,
             to: &to,
+            dkim: None,
         })
         .unwrap();
         let raw = String::from_utf8(msg.formatted()).unwrap();

@@ -226,6 +226,7 @@ smtp_host_lookup = native
 lmtp_host_lookup = native
 smtpd_peername_lookup = no
 smtpd_tls_security_level = may
+smtpd_tls_received_header = yes
 smtpd_tls_chain_files = $dir/postfix/tls-key.pem, $dir/postfix/tls-cert.pem
 smtp_tls_security_level = none
 lmtp_tls_security_level = none
