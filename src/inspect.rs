@@ -150,7 +150,7 @@ pub fn inspect(file: &str, raw: &[u8], key: &KeySource, now: SystemTime) -> Repo
             })
             .collect(),
         original_message_id: b.original_message_id,
-        tokens: b.tokens,
+        tokens: b.tokens.iter().map(|t| crate::token::public_form(t)).collect(),
     });
     let path = mailpath::parse(raw);
     let summary = path.summary();
@@ -186,7 +186,12 @@ fn token_report(token: String, key: &KeySource, now: SystemTime) -> TokenReport 
             Err(crate::token::TokenError::Malformed) => ("malformed".into(), None),
         },
     };
-    TokenReport { token, status, issued }
+    // The tag is a probe's proof: shown nowhere, not even here.
+    TokenReport {
+        token: crate::token::public_form(&token),
+        status,
+        issued,
+    }
 }
 
 /// Reads `-` (stdin) or a file, up to [`MAX_MESSAGE`] bytes.
