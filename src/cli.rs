@@ -59,6 +59,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
     },
+    /// Print the JSON Schema of the config file (for editors such as Taplo
+    /// / Even Better TOML); the committed copy is docs/postcanary.schema.json.
+    Schema,
     /// Show the DNS routing records of every probed domain against the
     /// accepted baseline; `--accept` makes the current records the baseline.
     Dns {
@@ -92,6 +95,19 @@ pub fn main() -> ExitCode {
             }
         });
     }
+    if let Command::Schema = &cli.command {
+        // Needs no config: the schema comes from the config types.
+        return match serde_json::to_string_pretty(&config::config_schema()) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("schema: {e}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        };
+    }
     let path = config::default_path(cli.config.clone());
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -121,7 +137,7 @@ pub fn main() -> ExitCode {
         Command::Check { channels, json } => with_runtime(check(config, channels, json)),
         Command::Run => with_runtime(run(config)),
         Command::Dns { accept } => with_runtime(dns(config, accept)),
-        Command::Demo { .. } => ExitCode::SUCCESS,
+        Command::Demo { .. } | Command::Schema => ExitCode::SUCCESS,
     };
     if let Some(t) = telemetry {
         t.shutdown();

@@ -4,6 +4,7 @@
 //! (a channel's sender and inbox) is known to exist.
 
 pub mod form;
+mod schema;
 mod source;
 pub mod values;
 
@@ -16,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::notify::{NotifierConfig, NotifierKind};
 
+pub use schema::config_schema;
 pub use source::{ConfigError, ConfigErrors, SourceFile};
 pub use values::{AfterConfirm, Expect, HumanDuration, Schedule, Secret, SecretRef, Tls};
 
@@ -77,7 +79,7 @@ pub struct TelemetryConfig {
 }
 
 /// Labels of the status page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Language {
     Da,
@@ -334,7 +336,7 @@ impl ChannelKind {
 // ---------------------------------------------------------------------------
 // The file formats, exactly as written. `deny_unknown_fields` everywhere.
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawMain {
     #[serde(default)]
@@ -363,7 +365,7 @@ struct RawMain {
     dns: Option<RawDns>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawTelemetry {
     otlp_endpoint: String,
@@ -371,7 +373,7 @@ struct RawTelemetry {
     export_interval: Option<HumanDuration>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: String,
@@ -385,7 +387,7 @@ struct RawServer {
     public_metrics: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawNotifier {
     name: String,
@@ -401,14 +403,14 @@ struct RawNotifier {
     timeout: Option<HumanDuration>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawOwner {
     name: String,
     notify: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawSilence {
     channel: Option<String>,
@@ -418,14 +420,14 @@ struct RawSilence {
     reason: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawPaging {
     reminder_interval: Option<HumanDuration>,
     fallback_after: Option<HumanDuration>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawHeartbeat {
     url: SecretRef,
@@ -434,7 +436,7 @@ struct RawHeartbeat {
 }
 
 /// An included file may define senders, inboxes and channels.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawInclude {
     #[serde(default)]
@@ -447,27 +449,27 @@ struct RawInclude {
     login: Vec<form::RawLogin>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawDns {
     interval: Option<HumanDuration>,
     nameserver: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawLedger {
     url: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawToken {
     key: Option<SecretRef>,
     max_age: Option<HumanDuration>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, schemars::JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
     schedule: Option<Schedule>,
@@ -477,14 +479,14 @@ struct RawDefaults {
     notify: Option<Vec<String>>,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Deserialize, schemars::JsonSchema, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum SenderKind {
     Smtp,
     Mx,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawSender {
     name: String,
@@ -501,14 +503,14 @@ struct RawSender {
     nameserver: Option<String>,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Deserialize, schemars::JsonSchema, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum InboxKind {
     Imap,
     Graph,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawInbox {
     name: String,
@@ -533,14 +535,14 @@ struct RawInbox {
     filter: Option<String>,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Deserialize, schemars::JsonSchema, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum RawChannelKind {
     Mail,
     Form,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawChannel {
     id: String,
