@@ -26,8 +26,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # --- runtime (packaging CI builds this stage from the same lines with a prebuilt binary) ---
 FROM ${RUNTIME_IMAGE}
-RUN groupadd --system --gid 10001 postcanary \
-    && useradd --system --uid 10001 --gid postcanary --home-dir /var/lib/postcanary \
+RUN groupadd --gid 10001 postcanary \
+    && useradd --no-log-init --uid 10001 --gid postcanary --home-dir /var/lib/postcanary \
        --no-create-home --shell /usr/sbin/nologin postcanary \
     && install -d -o postcanary -g postcanary -m 0750 /var/lib/postcanary
 COPY --from=build /postcanary /usr/bin/postcanary

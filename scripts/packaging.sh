@@ -234,7 +234,7 @@ if ! skip image; then
   echo "image: $IMAGE, $(B inspect --type image --format '{{.Docker.Config.User}} {{.Docker.Config.Volumes}} {{.Docker.Config.Entrypoint}}' "$IMAGE")"
   B inspect --type image --format '{{.Docker.Config.User}}' "$IMAGE" | grep -qx '10001:10001' || fail "image does not run as 10001"
   B inspect --type image --format '{{.Docker.Config.Volumes}}' "$IMAGE" | grep -q '/var/lib/postcanary' || fail "no ledger volume"
-  HC=$(B inspect --type image --format '{{json .Docker.Config.Healthcheck.Test}}' "$IMAGE")
+  HC=$(B inspect --type image "$IMAGE" | python3 -c 'import json, sys; print(json.dumps((json.load(sys.stdin)["Docker"]["config"].get("Healthcheck") or {}).get("Test")))')
   echo "$HC" | grep -q '/healthz' || fail "no /healthz HEALTHCHECK: $HC"
   # Run the image's filesystem as its user. podman/crun cannot run
   # containers here when the machine withholds CAP_SYS_RESOURCE (crun's

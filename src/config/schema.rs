@@ -72,7 +72,8 @@ impl JsonSchema for AfterConfirm {
 /// holds a subset of its keys (`sender`, `inbox`, `channel`, `login`), so it
 /// validates against the same schema.
 pub fn config_schema() -> serde_json::Value {
-    let mut schema = schemars::generate::SchemaSettings::draft2020_12()
+    // Draft 7: what Taplo (Even Better TOML) and VS Code's JSON support read fully.
+    let mut schema = schemars::generate::SchemaSettings::draft07()
         .into_generator()
         .into_root_schema_for::<super::RawMain>();
     schema.insert("title".into(), "postcanary configuration".into());
