@@ -230,6 +230,8 @@ if ! skip image; then
   sed -n '/^# --- runtime/,$p' Dockerfile | sed 's|^FROM \${RUNTIME_IMAGE}$|FROM '"$BASE"'|; s|^COPY --from=build /postcanary |COPY postcanary |' >"$CTX/Containerfile"
   grep -q "^FROM $BASE\$" "$CTX/Containerfile" || fail "Dockerfile's runtime FROM changed; update packaging.sh"
   IMAGE=localhost/postcanary:ci
+  B rmi -f "$IMAGE" >/dev/null 2>&1 || true
+  B rmi --prune >/dev/null 2>&1 || true
   B bud -q --format docker --isolation chroot --pull=never -f "$CTX/Containerfile" -t "$IMAGE" "$CTX" >/dev/null
   echo "image: $IMAGE, $(B inspect --type image --format '{{.Docker.Config.User}} {{.Docker.Config.Volumes}} {{.Docker.Config.Entrypoint}}' "$IMAGE")"
   B inspect --type image --format '{{.Docker.Config.User}}' "$IMAGE" | grep -qx '10001:10001' || fail "image does not run as 10001"
