@@ -75,6 +75,9 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print the JSON Schema of the config file (for editors such as Taplo
+    /// / Even Better TOML); the committed copy is docs/postcanary.schema.json.
+    Schema,
     /// Show the DNS routing records of every probed domain against the
     /// accepted baseline; `--accept` makes the current records the baseline.
     Dns {
@@ -135,6 +138,19 @@ pub fn main() -> ExitCode {
         init_logging(cli.log_format, "error", None);
         return inspect(cli.config.clone(), files, *json);
     }
+    if let Command::Schema = &cli.command {
+        // Needs no config: the schema comes from the config types.
+        return match serde_json::to_string_pretty(&config::config_schema()) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("schema: {e}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        };
+    }
     let path = config::default_path(cli.config.clone());
     let loaded = match cli.command {
         Command::Validate { offline: true } => Config::load_offline(&path),
@@ -171,7 +187,7 @@ pub fn main() -> ExitCode {
         Command::Check { channels, json } => with_runtime(check(config, channels, json)),
         Command::Run => with_runtime(run(config)),
         Command::Dns { accept } => with_runtime(dns(config, accept)),
-        Command::Demo { .. } | Command::Discover(_) | Command::Inspect { .. } => ExitCode::SUCCESS,
+        Command::Demo { .. } | Command::Discover(_) | Command::Inspect { .. } | Command::Schema => ExitCode::SUCCESS,
     };
     if let Some(t) = telemetry {
         t.shutdown();
@@ -568,11 +584,18 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(mut term), Ok(mut int), Ok(mut hup)) => {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM received"),
                     _ = int.recv() => tracing::info!("SIGINT received"),
+                    // No live reload: stop cleanly, and the service manager
+                    // (systemd's Restart=always) starts again with the new config.
+                    _ = hup.recv() => tracing::info!("SIGHUP received: stopping so the service restarts with the new config"),
                 }
             }
             _ => {

@@ -190,7 +190,7 @@ pub struct Step {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LoginKind {
     /// SAML 2.0 SP-initiated (OIOSAML 3 / NemLog-in).
@@ -247,7 +247,7 @@ pub struct LoginConfig {
 // ---------------------------------------------------------------------------
 // Raw TOML.
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStep {
     name: Option<String>,
@@ -275,14 +275,14 @@ pub(super) struct RawStep {
     timeout: Option<HumanDuration>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 enum StatusList {
     One(u16),
     Many(Vec<u16>),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     name: String,
@@ -291,7 +291,7 @@ struct RawFile {
     content_type: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLogin {
     name: String,

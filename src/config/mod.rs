@@ -4,6 +4,7 @@
 //! (a channel's sender and inbox) is known to exist.
 
 pub mod form;
+mod schema;
 mod source;
 pub mod values;
 
@@ -16,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::notify::{NotifierConfig, NotifierKind};
 
+pub use schema::config_schema;
 pub use source::{ConfigError, ConfigErrors, SourceFile};
 pub use values::{AfterConfirm, Expect, HumanDuration, Schedule, Secret, SecretRef, Tls};
 
@@ -93,7 +95,7 @@ pub struct TelemetryConfig {
 }
 
 /// Labels of the status page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Language {
     Da,
@@ -360,7 +362,7 @@ impl ChannelKind {
 // ---------------------------------------------------------------------------
 // The file formats, exactly as written. `deny_unknown_fields` everywhere.
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawMain {
     #[serde(default)]
@@ -390,18 +392,24 @@ struct RawMain {
     discover: Option<RawDiscover>,
 }
 
-#[derive(Deserialize)]
+/// `[discover]`: crawl the organisation's sites on a schedule for published channels nobody probes.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawDiscover {
+    /// Start URLs of the sites to crawl.
     sites: Vec<String>,
+    /// How often (default 1d).
     interval: Option<HumanDuration>,
+    /// Further hosts whose pages may be crawled.
     #[serde(default)]
     allow_hosts: Vec<String>,
+    /// A `kind = "mx"` sender for asking each look-alike's MX at RCPT time.
     rcpt_check: Option<String>,
+    /// Most pages requested per round (default 500).
     max_pages: Option<usize>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawTelemetry {
     otlp_endpoint: String,
@@ -409,7 +417,7 @@ struct RawTelemetry {
     export_interval: Option<HumanDuration>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: String,
@@ -423,7 +431,7 @@ struct RawServer {
     public_metrics: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawNotifier {
     name: String,
@@ -439,14 +447,14 @@ struct RawNotifier {
     timeout: Option<HumanDuration>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawOwner {
     name: String,
     notify: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawSilence {
     channel: Option<String>,
@@ -456,14 +464,14 @@ struct RawSilence {
     reason: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawPaging {
     reminder_interval: Option<HumanDuration>,
     fallback_after: Option<HumanDuration>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawHeartbeat {
     url: SecretRef,
@@ -472,7 +480,7 @@ struct RawHeartbeat {
 }
 
 /// An included file may define senders, inboxes and channels.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawInclude {
     #[serde(default)]
@@ -485,27 +493,27 @@ struct RawInclude {
     login: Vec<form::RawLogin>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawDns {
     interval: Option<HumanDuration>,
     nameserver: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawLedger {
     url: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawToken {
     key: Option<SecretRef>,
     max_age: Option<HumanDuration>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, schemars::JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
     schedule: Option<Schedule>,
@@ -515,14 +523,14 @@ struct RawDefaults {
     notify: Option<Vec<String>>,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Deserialize, schemars::JsonSchema, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum SenderKind {
     Smtp,
     Mx,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawSender {
     name: String,
@@ -543,14 +551,14 @@ struct RawSender {
     dkim_key: Option<SecretRef>,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Deserialize, schemars::JsonSchema, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum InboxKind {
     Imap,
     Graph,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawInbox {
     name: String,
@@ -576,14 +584,14 @@ struct RawInbox {
     filter: Option<String>,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Deserialize, schemars::JsonSchema, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum RawChannelKind {
     Mail,
     Form,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawChannel {
     id: String,

@@ -296,7 +296,7 @@ impl fmt::Debug for Secret {
 }
 
 /// Transport security of a connection to a relay or a mail server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Tls {
     /// TLS from the first byte (SMTPS 465, IMAPS 993).
@@ -333,7 +333,7 @@ impl FromStr for AfterConfirm {
 deserialize_from_str!(AfterConfirm, "\"keep\", \"delete\" or \"move:FOLDER\"");
 
 /// What a channel is expected to do with a probe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Expect {
     /// Must arrive in `inbox` within `deadline`.

@@ -79,7 +79,7 @@ pub struct Page {
 }
 
 /// The built-in notifier kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NotifierKind {
     Pagerduty,
