@@ -77,6 +77,9 @@ to = "post@kommune.example"
 expect = "bounce"
 schedule = "every 1h"
 
+[server]
+listen = "127.0.0.1:0"
+
 [discover]
 sites = ["http://{site}/"]
 interval = "1s"
@@ -93,6 +96,7 @@ max_pages = 10
     engine.start_paging(Arc::new(
         RealDelivery::new(Arc::clone(&engine.config)).expect("delivery"),
     ));
+    let status = engine.start_server().await.expect("server").expect("address");
 
     let discover_incidents = |e: &Engine| {
         let store = Arc::clone(&e.store);
@@ -126,6 +130,16 @@ max_pages = 10
     assert_eq!(open[0].channel, "discover:addr:nyafdeling@kommune.example");
     assert!(open[0].detail.contains("/ny"), "{}", open[0].detail);
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let page = reqwest::get(format!("http://{status}/"))
+        .await
+        .expect("status page")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        page.contains("unmonitored public channel nyafdeling@kommune.example"),
+        "the status page shows the discovery incident"
+    );
     let sent = hook.accepted();
     assert_eq!(sent.len(), 1, "one page, not one per round");
     assert_eq!(sent[0].json()["event"], "trigger");

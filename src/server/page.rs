@@ -278,6 +278,7 @@ pub(super) fn render_index(
     lang: Language,
     views: &[ChannelView],
     blind: &[(String, crate::verdict::Millis, String)],
+    others: &[crate::ledger::Incident],
 ) -> String {
     let l = labels(lang);
     let mut out = String::with_capacity(2048 + views.len() * 900);
@@ -308,8 +309,21 @@ pub(super) fn render_index(
     }
     let _ = write!(out, "<h2>{}</h2>", l.open_incidents);
     let open: Vec<&ChannelView> = views.iter().filter(|v| v.open_incident.is_some()).collect();
-    if open.is_empty() {
+    if open.is_empty() && others.is_empty() {
         let _ = write!(out, "<p class=\"muted\">{}</p>", l.none_open);
+    }
+    // Incidents that are no channel's: postcanary's own paths, DNS drift, discovery.
+    for i in others {
+        let _ = write!(
+            out,
+            "<div class=\"incident\" data-channel=\"{}\"><h3>{}</h3><div class=\"muted\">{} {} · {}×</div><div class=\"detail\">{}</div></div>",
+            esc(&i.channel),
+            esc(&other_incident_title(&i.channel)),
+            l.opened,
+            time(i.opened_at),
+            i.failures,
+            esc(&i.detail)
+        );
     }
     for v in open {
         if let Some(i) = &v.open_incident {
@@ -411,13 +425,37 @@ pub(super) fn render_index(
     out
 }
 
+/// What an incident that is no channel's is about, from its key.
+fn other_incident_title(key: &str) -> String {
+    if let Some(inbox) = key.strip_prefix("postcanary:inbox:") {
+        format!("postcanary itself: inbox `{inbox}` not watched")
+    } else if let Some(sender) = key.strip_prefix("postcanary:") {
+        format!("postcanary itself: sender `{sender}`")
+    } else if let Some(domain) = key.strip_prefix("dns:") {
+        format!("mail routing of {domain} changed (DNS)")
+    } else if let Some(finding) = key.strip_prefix("discover:") {
+        let what = finding.split_once(':').map(|(_, w)| w).unwrap_or(finding);
+        format!("unmonitored public channel {what}")
+    } else {
+        key.to_string()
+    }
+}
+
 pub(super) async fn index(State(s): State<AppState>) -> Response {
+    let others = match s.store.open_incidents().await {
+        Ok(all) => all
+            .into_iter()
+            .filter(|i| s.config.channel(&i.channel).is_none())
+            .collect::<Vec<_>>(),
+        Err(e) => return store_error(e),
+    };
     match views(&s, None).await {
         Ok(v) => Html(render_index(
             &s.server.title,
             s.server.language,
             &v,
             &s.blind_watchers(),
+            &others,
         ))
         .into_response(),
         Err(e) => store_error(e),
