@@ -1,5 +1,6 @@
 pub mod canary;
 pub mod dns;
+pub mod faultproxy;
 pub mod formsite;
 pub mod graphdouble;
 pub mod idp;

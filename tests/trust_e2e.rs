@@ -1,0 +1,131 @@
+//! Issue 12, "verdicts you can trust", end to end: the real daemon, a real
+//! Postfix + Dovecot, a fault proxy (tests/support/faultproxy.rs) between the
+//! daemon's IMAP watcher and Dovecot, and a webhook receiver recording pages.
+//! Verdicts are read from the ledger. Each case is bounded in time.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use postcanary::ledger::{SqliteStore, Store};
+use postcanary::verdict::Verdict;
+use support::canary::{wait_for, Daemon};
+use support::faultproxy::FaultProxy;
+use support::mailstack::MailStack;
+use support::receiver::Receiver;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+/// One relay, the `social` inbox reached through `imap_port` (the proxy),
+/// a webhook notifier, and `n` channels to social@ every `schedule` with `deadline`.
+fn setup(
+    stack: &MailStack,
+    imap_port: u16,
+    hook: &str,
+    n: usize,
+    schedule: &str,
+    deadline: &str,
+    inbox_extra: &str,
+) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("social.pw"), stack.password("social")).unwrap();
+    let mut toml = format!(
+        "[ledger]\nurl = \"sqlite://ledger.db\"\n\n[defaults]\nnotify = [\"ops\"]\njitter = \"1s\"\n\n\
+         [[sender]]\nname = \"relay\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+         from = \"canary@kommune.example\"\ntimeout = \"10s\"\n\n\
+         [[inbox]]\nname = \"social\"\nkind = \"imap\"\nhost = \"127.0.0.1\"\nport = {imap_port}\ntls = \"none\"\n\
+         username = \"social\"\npassword = \"file:social.pw\"\nblind_grace = \"5m\"\n{inbox_extra}\n\n\
+         [[notifier]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"{hook}\"\n\n",
+        stack.smtp_port
+    );
+    for i in 0..n {
+        toml.push_str(&format!(
+            "[[channel]]\nid = \"ch-{i}\"\nname = \"ch-{i}\"\nkind = \"mail\"\nto = \"social@kommune.example\"\n\
+             inbox = \"social\"\nschedule = \"{schedule}\"\ndeadline = \"{deadline}\"\n\n"
+        ));
+    }
+    let config = dir.path().join("postcanary.toml");
+    std::fs::write(&config, toml).unwrap();
+    Setup { dir, config }
+}
+
+fn channel_pages(r: &Receiver) -> Vec<String> {
+    r.accepted()
+        .iter()
+        .map(|p| p.json())
+        .filter(|v| v["channel"]["id"] != "postcanary" && v["channel"] != "postcanary")
+        .map(|v| v.to_string())
+        .collect()
+}
+
+/// (c) IDLE that never pushes: the proxy drops every untagged EXISTS/RECENT.
+/// With a 30 s deadline every probe must still be `delivered`, no channel paged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_without_push_still_delivers_within_a_30s_deadline() {
+    let stack = MailStack::start();
+    let proxy = FaultProxy::start(stack.imap_port);
+    proxy.swallow_exists(true);
+    let hook = Receiver::start();
+    let s = setup(&stack, proxy.port, &hook.url("/hook"), 5, "every 5m", "30s", "");
+    let mut daemon = Daemon::start(&s.config, &s.dir.path().join("daemon.log"));
+    let store = wait_for("ledger", Duration::from_secs(10), async || {
+        SqliteStore::open(&s.dir.path().join("ledger.db")).await.ok()
+    })
+    .await;
+    let judged = wait_for("five judged probes", Duration::from_secs(90), async || {
+        let mut all = Vec::new();
+        for i in 0..5 {
+            let p = store
+                .recent_probes(&format!("ch-{i}"), 1)
+                .await
+                .ok()?
+                .into_iter()
+                .next()?;
+            if !p.verdict.is_final() {
+                return None;
+            }
+            all.push(p);
+        }
+        Some(all)
+    })
+    .await;
+    for p in &judged {
+        assert_eq!(p.verdict, Verdict::Delivered, "{p:?}");
+    }
+    assert!(channel_pages(&hook).is_empty(), "{:?}", channel_pages(&hook));
+    assert!(daemon.terminate().success());
+}
+
+/// (g) `after_confirm = "move:Missing"` to a folder that does not exist: a
+/// clear error naming the folder, and at most 5 logins in 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_to_a_missing_folder_is_a_clear_error_not_a_reconnect_loop() {
+    let stack = MailStack::start();
+    let proxy = FaultProxy::start(stack.imap_port);
+    let hook = Receiver::start();
+    let s = setup(
+        &stack,
+        proxy.port,
+        &hook.url("/hook"),
+        1,
+        "every 5m",
+        "20s",
+        "after_confirm = \"move:Missing\"",
+    );
+    let log = s.dir.path().join("daemon.log");
+    let mut daemon = Daemon::start(&s.config, &log);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let logins = proxy.accepted_within(Duration::from_secs(30));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logins <= 5, "{logins} IMAP connections in 30 s");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("Missing") && (l.contains("ERROR") || l.contains("\"level\":\"ERROR\""))),
+        "no error naming the folder `Missing` in the log"
+    );
+    let _ = daemon.terminate();
+}
