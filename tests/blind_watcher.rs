@@ -38,7 +38,8 @@ async fn a_watcher_blind_past_every_deadline_pages_no_channel_and_all_arrive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_blind_past_its_grace_is_one_degraded_page() {
-    let r = rig(CHANNELS, "1s", "3s", None).await;
+    // A 3 s deadline and a 2 s grace: every probe is `error` 5 s after it was sent.
+    let r = rig(CHANNELS, "3s", "2s", None).await;
     r.sandbox.imap().faults().refuse_logins(true);
     r.sandbox.imap().drop_connections();
     let ids = fire(&r).await;
@@ -61,6 +62,7 @@ async fn a_watcher_blind_past_its_grace_is_one_degraded_page() {
     );
     // The watcher comes back; the next delivery through it resolves the incident.
     r.sandbox.imap().faults().refuse_logins(false);
+    assert!(r.engine.wait_watchers_connected(Duration::from_secs(15)).await);
     let ch = r.engine.config.channels[0].clone();
     let s = postcanary::probe::run(&r.engine.probe_context(), &r.engine.config, &ch)
         .await
