@@ -1,7 +1,7 @@
 //! Fault matrix: faults of postcanary's own side × number of channels →
 //! channel pages, "postcanary degraded" pages, and the verdicts. The real
 //! engine against the in-process sandbox (mail keeps being delivered while
-//! the fault lasts), every channel probed once with a 2 s deadline, pages
+//! the fault lasts), every channel probed once with a 5 s deadline, pages
 //! to a local webhook receiver. A trustworthy canary shows 0 channel pages
 //! in every row.
 //!
@@ -53,7 +53,7 @@ async fn row(fault: Fault, channels: usize) -> String {
             .map(|a| a.port()),
         _ => None,
     };
-    let r = rig(channels, "2s", grace, dead_relay).await;
+    let r = rig(channels, "5s", grace, dead_relay).await;
     let faults = r.sandbox.imap().faults();
     match fault {
         Fault::ImapRefused8s | Fault::ImapRefusedPastGrace => {

@@ -16,12 +16,12 @@ const CHANNELS: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_blind_past_every_deadline_pages_no_channel_and_all_arrive() {
-    let r = rig(CHANNELS, "2s", "5m", None).await;
+    let r = rig(CHANNELS, "4s", "5m", None).await;
     // The IMAP server refuses the watcher; mail keeps being delivered.
     r.sandbox.imap().faults().refuse_logins(true);
     r.sandbox.imap().drop_connections();
     let ids = fire(&r).await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(
         verdicts(&r, &ids).await.iter().all(|v| *v == Verdict::Pending),
         "no verdict while the inbox is not watched"
