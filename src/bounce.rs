@@ -270,7 +270,7 @@ fn lossy_capped(bytes: &[u8]) -> String {
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
-fn cut(s: &str, max: usize) -> &str {
+pub(crate) fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

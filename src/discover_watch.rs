@@ -138,20 +138,13 @@ pub async fn run(
     store: DynStore,
     source: String,
     outbox: crate::outbox::Wake,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let Some(interval) = config.discover.as_ref().map(|d| d.interval) else {
         return;
     };
-    loop {
-        match check_once(&config, &store, &source).await {
-            Ok(true) => outbox.all(),
-            Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, "discovery watcher cannot use the ledger"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
+    crate::outbox::every("discovery watcher", interval, outbox, shutdown, || {
+        check_once(&config, &store, &source)
+    })
+    .await
 }

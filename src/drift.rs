@@ -120,7 +120,7 @@ pub async fn run(
     store: DynStore,
     source: String,
     outbox: crate::outbox::Wake,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let Some(cfg) = config.dns.clone() else { return };
     let resolver = match resolver(&cfg) {
@@ -130,15 +130,8 @@ pub async fn run(
             return;
         }
     };
-    loop {
-        match check_once(&config, &store, &resolver, &source).await {
-            Ok(true) => outbox.all(),
-            Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, "DNS drift watcher cannot use the ledger"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(cfg.interval) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
+    crate::outbox::every("DNS drift watcher", cfg.interval, outbox, shutdown, || {
+        check_once(&config, &store, &resolver, &source)
+    })
+    .await
 }

@@ -492,23 +492,11 @@ fn append_capped(v: &mut String, line: &[u8]) {
         v.push(' ');
     }
     let room = MAX_FIELD_BYTES.saturating_sub(v.len());
-    v.push_str(cut_str(text, room));
-}
-
-/// The longest prefix of `s` of at most `max` bytes ending on a char boundary.
-fn cut_str(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while end > 0 && !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.get(..end).unwrap_or_default()
+    v.push_str(crate::bounce::cut(text, room));
 }
 
 fn item(s: &str) -> String {
-    cut_str(s, MAX_ITEM).to_string()
+    crate::bounce::cut(s, MAX_ITEM).to_string()
 }
 
 // ---------------------------------------------------------------------------

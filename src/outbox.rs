@@ -241,6 +241,33 @@ impl Worker {
 }
 
 /// Starts one worker per configured notifier.
+/// Runs `round` now and then every `interval` until `shutdown`, waking the
+/// outbox workers after a round that queued pages: the loop of the DNS drift
+/// and discovery watchers. A ledger error is logged (`what` names the
+/// watcher) and the next round tries again.
+pub async fn every<F, Fut>(
+    what: &str,
+    interval: Duration,
+    outbox: Wake,
+    mut shutdown: watch::Receiver<bool>,
+    mut round: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, crate::ledger::StoreError>>,
+{
+    loop {
+        match round().await {
+            Ok(true) => outbox.all(),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "{what} cannot use the ledger"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 pub fn spawn_workers(
     config: &Config,
     store: &DynStore,
