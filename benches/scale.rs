@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use postcanary::config::Config;
 use postcanary::engine::Engine;
-use postcanary::ledger::{SqliteStore, Store};
+use postcanary::ledger::{sqlite::SqliteStore, Store};
 use postcanary::sandbox::{MailStore, Route, Sandbox, SandboxOptions, SmtpOptions};
 use support::canary::percentile;
 

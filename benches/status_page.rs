@@ -114,7 +114,7 @@ fn main() {
         };
         processor.drain().await.expect("incidents");
         eprintln!("ledger filled in {:?}", t.elapsed());
-        let addr = engine.start_server().await.expect("server").expect("addr");
+        let addr = postcanary::server::start(&mut engine).await.expect("server").expect("addr");
         let url = format!("http://{addr}/");
         let client = reqwest::Client::new();
         let mut times = Vec::new();

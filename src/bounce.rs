@@ -170,10 +170,10 @@ pub fn parse(raw: &[u8]) -> Option<Bounce> {
         auto_reply(&top, &subject)?
     };
     // Only now that it is ours to report: the token search decodes every part.
-    let mut tokens = crate::inbox::tokens_in_message(raw);
+    let mut tokens = crate::token::tokens_in_message(raw);
     tokens.truncate(MAX_TOKENS);
     for extra in &parts.returned_raw {
-        add_tokens(&mut tokens, crate::inbox::tokens_in_message(extra));
+        add_tokens(&mut tokens, crate::token::tokens_in_message(extra));
     }
     add_tokens(&mut tokens, quoted_tokens);
     bounce.tokens = tokens;

@@ -166,7 +166,7 @@ pub fn main() -> ExitCode {
     };
     // Telemetry is set up before the runtime starts: its exporters run on their own threads.
     let (telemetry, tracer) = match (&cli.command, &config.telemetry) {
-        (Command::Run | Command::Check { .. }, Some(t)) => match crate::telemetry::Telemetry::init(t) {
+        (Command::Run | Command::Check { .. }, Some(t)) => match crate::telemetry::export::Telemetry::init(t) {
             Ok((tel, tracer)) => (Some(tel), Some(tracer)),
             Err(e) => {
                 eprintln!("{}: [telemetry]: {e}", config.path.display());
@@ -287,7 +287,7 @@ async fn dns(config: Config, accept: Vec<String>) -> ExitCode {
         eprintln!("{}: no [dns] table: DNS drift watching is off", config.path.display());
         return ExitCode::from(EXIT_CONFIG);
     };
-    let store = match crate::ledger::open(&config.ledger.backend).await {
+    let store = match crate::ledger::backend::open(&config.ledger.backend).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cannot open the ledger: {e}");
@@ -548,7 +548,7 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     }
-    if let Err(e) = engine.start_server().await {
+    if let Err(e) = crate::server::start(&mut engine).await {
         tracing::error!(error = %e, "cannot start the HTTP server");
         engine.stop().await;
         return ExitCode::from(EXIT_FAILED);

@@ -302,7 +302,7 @@ pub async fn run(listen: &str) -> Result<(), String> {
     let mut engine = Engine::start(config).await.map_err(|e| e.to_string())?;
     let delivery = crate::outbox::RealDelivery::new(Arc::clone(&engine.config)).map_err(|e| e.to_string())?;
     engine.start_paging(Arc::new(delivery));
-    let status = engine.start_server().await?;
+    let status = crate::server::start(&mut engine).await?;
     if let Some(addr) = status {
         println!("postcanary demo — status page: http://{addr}/  (API: http://{addr}/api/channels, metrics: http://{addr}/metrics)");
     }

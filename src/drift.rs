@@ -11,9 +11,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::config::{ChannelKind, Config, DnsConfig};
-use crate::dns::{DnsSnapshot, Resolver};
 use crate::incident::{decide_dns, dns_key};
 use crate::ledger::{DynStore, IncidentChange, StoreError};
+use crate::sender::dns::{DnsSnapshot, Resolver};
 use crate::verdict::now_millis;
 
 /// The domains mail channels send to, lowercased, each once.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::{Channel, Config};
@@ -19,41 +19,7 @@ use crate::inbox::Matcher;
 use crate::ledger::{self, DynStore, ProbeRecord, StoreError};
 use crate::probe::{self, ProbeContext, Started};
 use crate::token::TokenKey;
-use crate::verdict::{now_millis, Judgement, Millis, Verdict};
-
-/// A verdict as it is reached, for whoever listens (logs now; incidents next).
-/// The ledger stays the record: a listener that misses one can read it there.
-#[derive(Clone, Debug)]
-pub struct VerdictReport {
-    pub channel: String,
-    pub probe_id: String,
-    pub verdict: Verdict,
-    pub detail: String,
-}
-
-#[derive(Clone)]
-pub struct VerdictSink(broadcast::Sender<VerdictReport>);
-
-impl Default for VerdictSink {
-    fn default() -> Self {
-        VerdictSink(broadcast::channel(4096).0)
-    }
-}
-
-impl VerdictSink {
-    pub fn report(&self, channel: &str, probe_id: &str, verdict: Verdict, detail: &str) {
-        // No receiver is fine: the verdict is in the ledger already.
-        let _ = self.0.send(VerdictReport {
-            channel: channel.to_string(),
-            probe_id: probe_id.to_string(),
-            verdict,
-            detail: detail.to_string(),
-        });
-    }
-    pub fn subscribe(&self) -> broadcast::Receiver<VerdictReport> {
-        self.0.subscribe()
-    }
-}
+use crate::verdict::{now_millis, Judgement, Millis, Verdict, VerdictSink};
 
 /// Why the engine could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +56,7 @@ pub struct Engine {
 impl Engine {
     /// Opens the ledger and starts the watchers and the sweeper.
     pub async fn start(config: Config) -> Result<Engine, EngineError> {
-        let store = ledger::open(&config.ledger.backend).await?;
+        let store = ledger::backend::open(&config.ledger.backend).await?;
         let key = match &config.token.key {
             Some(secret) => TokenKey::new(secret.expose().as_bytes().to_vec()),
             None => {
@@ -260,33 +226,24 @@ impl Engine {
         }
     }
 
-    /// Binds and starts the HTTP server if `[server]` is configured; returns
-    /// the bound address. A bind failure is an error: the operator asked for it.
-    pub async fn start_server(&mut self) -> Result<Option<std::net::SocketAddr>, String> {
-        let Some(server) = self.config.server.clone() else {
-            return Ok(None);
-        };
-        let listener = tokio::net::TcpListener::bind(server.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", server.listen))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let state = crate::server::AppState {
-            config: Arc::clone(&self.config),
-            server: Arc::new(server),
-            store: Arc::clone(&self.store),
-            watchers: Arc::new(
-                self.watcher_states
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ),
-            points: self.watch_points.clone(),
-            scheduler_tick: Arc::clone(&self.scheduler_tick),
-        };
-        self.tasks
-            .spawn(crate::server::serve(listener, state, self.shutdown.subscribe()));
-        tracing::info!(%addr, "status page and API listening");
-        Ok(Some(addr))
+    /// Runs a long-lived task of the readers (the HTTP server) with the
+    /// engine's tasks: it gets the shutdown signal and is awaited by [`Engine::stop`].
+    pub fn spawn_service<F>(&mut self, task: impl FnOnce(watch::Receiver<bool>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let fut = task(self.shutdown.subscribe());
+        self.tasks.spawn(fut);
+    }
+
+    /// The watchers' connection states, by watcher name, as the readers see them.
+    pub fn watcher_receivers(&self) -> HashMap<String, watch::Receiver<WatcherState>> {
+        self.watcher_states.clone()
+    }
+
+    /// When the scheduler loop last ran (ms), for the readers' health check.
+    pub fn scheduler_tick(&self) -> Arc<AtomicI64> {
+        Arc::clone(&self.scheduler_tick)
     }
 
     /// The state of each inbox watcher.
@@ -508,7 +465,7 @@ pub async fn sweep_watched(
                 fault: Some(crate::incident::inbox_path(&w.inbox)),
             };
             tracing::warn!(channel = %p.channel, token = %p.token, inbox = %w.name, "probe not judged: its inbox was not watched");
-            crate::probe::record_with(store, verdicts, &p.id, &p.channel, j).await?;
+            crate::ledger::record_with(store, verdicts, &p.id, &p.channel, j).await?;
         }
     }
     if ready.is_empty() {

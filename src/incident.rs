@@ -14,9 +14,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::{Channel, ChannelKind, Config};
-use crate::engine::VerdictSink;
 use crate::ledger::{DynStore, Event, Incident, IncidentAction, IncidentChange, Pages, ProbeRecord, StoreError};
 use crate::notify::{Page, PageEvent, TimelineEntry};
+use crate::verdict::VerdictSink;
 use crate::verdict::{now_millis, Millis, Verdict};
 
 /// The incident key of the prober's own degradation through one sender.

@@ -126,7 +126,7 @@ pub struct Report {
 
 /// Reads one message and says what postcanary sees in it.
 pub fn inspect(file: &str, raw: &[u8], key: &KeySource, now: SystemTime) -> Report {
-    let tokens = crate::inbox::tokens_in_message(raw)
+    let tokens = crate::token::tokens_in_message(raw)
         .into_iter()
         .map(|t| token_report(t, key, now))
         .collect();

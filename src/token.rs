@@ -200,6 +200,41 @@ pub fn find_candidates(text: &[u8]) -> Vec<String> {
     out
 }
 
+/// Every token-shaped string in a raw message: in the raw bytes (headers,
+/// plain bodies) and in the decoded subject and text/HTML parts (quoted-
+/// printable or base64 bodies, encoded-word subjects). Never fails: broken
+/// or hostile content just yields fewer candidates.
+pub fn tokens_in_message(raw: &[u8]) -> Vec<String> {
+    let mut out = find_candidates(raw);
+    // mail-parser's accessors index parts[0]; a broken message may have none.
+    if let Some(msg) = mail_parser::MessageParser::default()
+        .parse(raw)
+        .filter(|m| !m.parts.is_empty())
+    {
+        let mut add = |text: &str| {
+            for c in find_candidates(text.as_bytes()) {
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+        };
+        if let Some(s) = msg.subject() {
+            add(s);
+        }
+        for i in 0..msg.text_body.len() {
+            if let Some(t) = msg.body_text(i) {
+                add(&t);
+            }
+        }
+        for i in 0..msg.html_body.len() {
+            if let Some(h) = msg.body_html(i) {
+                add(&h);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,5 +326,41 @@ mod tests {
         assert!(k2.verify(k.issue(now).as_str(), now, DAY).is_ok());
         assert!(TokenKey::from_hex("zz").is_none());
         assert_eq!(format!("{k:?}"), "TokenKey(***)");
+    }
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::*;
+
+    const T: &str = "pc-01JD0000000000000000000000-0123456789abcdef";
+
+    #[test]
+    fn finds_tokens_in_encoded_bodies_and_subjects() {
+        let b64 = "VG9rZW46IHBjLTAxSkQwMDAwMDAwMDAwMDAwMDAwMDAwMDAwLTAxMjM0NTY3ODlhYmNkZWYK"; // "Token: <T>\n"
+        let raw =
+            format!("Subject: hello\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}\r\n");
+        assert_eq!(tokens_in_message(raw.as_bytes()), vec![T.to_string()]);
+
+        let subject = "Subject: =?utf-8?q?Formular_pc-01JD0000000000000000000000-0123456789abcdef?=\r\n\r\nbody\r\n";
+        assert_eq!(tokens_in_message(subject.as_bytes()), vec![T.to_string()]);
+
+        let qp_html = "Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+                       <p class=3D\"t\">pc-01JD00000000000=\r\n00000000000-0123456789abcdef</p>\r\n";
+        assert_eq!(tokens_in_message(qp_html.as_bytes()), vec![T.to_string()]);
+    }
+
+    #[test]
+    fn hostile_content_yields_nothing_and_does_not_panic() {
+        for raw in [
+            &b""[..],
+            b"\xff\xfe\x00garbage",
+            b"Content-Type: multipart/mixed; boundary=\"\"\r\n\r\n--\r\n--\r\n",
+            b"Subject: =?utf-8?b?!!!!?=\r\n\r\n",
+        ] {
+            assert!(tokens_in_message(raw).is_empty());
+        }
+        let deep = "Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\n".repeat(2000);
+        let _ = tokens_in_message(deep.as_bytes());
     }
 }

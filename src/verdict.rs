@@ -3,7 +3,46 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::config::Expect;
+use serde::Deserialize;
+
+/// What a channel is expected to do with a probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    /// Must arrive in `inbox` within `deadline`.
+    Deliver,
+    /// Must be refused at SMTP time or bounce within `deadline`.
+    Bounce,
+    /// Must arrive in `inbox`, a different mailbox than the address suggests.
+    Forward,
+    /// A form whose login cannot be automated (production MitID): the hand-off
+    /// to the IdP must be right. Nothing is submitted.
+    Handoff,
+}
+
+impl Expect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expect::Deliver => "deliver",
+            Expect::Bounce => "bounce",
+            Expect::Forward => "forward",
+            Expect::Handoff => "handoff",
+        }
+    }
+}
+
+impl FromStr for Expect {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "deliver" => Ok(Expect::Deliver),
+            "bounce" => Ok(Expect::Bounce),
+            "forward" => Ok(Expect::Forward),
+            "handoff" => Ok(Expect::Handoff),
+            _ => Err(format!("unknown expectation {s:?}")),
+        }
+    }
+}
 
 /// Milliseconds since the Unix epoch; the ledger's time unit.
 pub type Millis = i64;
@@ -237,6 +276,40 @@ pub fn human_ms(ms: i64) -> String {
         } else {
             format!("{}h{}m", s / 3600, (s % 3600) / 60)
         }
+    }
+}
+
+/// A verdict as it is reached, for whoever listens (logs now; incidents next).
+/// The ledger stays the record: a listener that misses one can read it there.
+#[derive(Clone, Debug)]
+pub struct VerdictReport {
+    pub channel: String,
+    pub probe_id: String,
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+#[derive(Clone)]
+pub struct VerdictSink(tokio::sync::broadcast::Sender<VerdictReport>);
+
+impl Default for VerdictSink {
+    fn default() -> Self {
+        VerdictSink(tokio::sync::broadcast::channel(4096).0)
+    }
+}
+
+impl VerdictSink {
+    pub fn report(&self, channel: &str, probe_id: &str, verdict: Verdict, detail: &str) {
+        // No receiver is fine: the verdict is in the ledger already.
+        let _ = self.0.send(VerdictReport {
+            channel: channel.to_string(),
+            probe_id: probe_id.to_string(),
+            verdict,
+            detail: detail.to_string(),
+        });
+    }
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<VerdictReport> {
+        self.0.subscribe()
     }
 }
 

@@ -96,7 +96,10 @@ max_pages = 10
     engine.start_paging(Arc::new(
         RealDelivery::new(Arc::clone(&engine.config)).expect("delivery"),
     ));
-    let status = engine.start_server().await.expect("server").expect("address");
+    let status = postcanary::server::start(&mut engine)
+        .await
+        .expect("server")
+        .expect("address");
 
     let discover_incidents = |e: &Engine| {
         let store = Arc::clone(&e.store);

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use postcanary::sender::dkim::DkimSigner;
+use postcanary::dkim::DkimSigner;
 use postcanary::sender::message::{build, ProbeMessage};
 
 fn have(bin: &str) -> bool {

@@ -2,7 +2,7 @@
 
 mod support;
 
-use postcanary::dns::{DnsError, Resolver};
+use postcanary::sender::dns::{DnsError, Resolver};
 use support::dns::{DnsServer, Zone};
 
 fn zone() -> Zone {

@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use postcanary::config::{AfterConfirm, Expect, Secret};
-use postcanary::engine::VerdictSink;
 use postcanary::inbox::graph::{self, GraphConfig};
 use postcanary::inbox::imap::WatcherState;
 use postcanary::inbox::oauth::ClientCredentials;
 use postcanary::inbox::Matcher;
-use postcanary::ledger::{DynStore, NewProbe, ProbeRecord, SqliteStore};
+use postcanary::ledger::{sqlite::SqliteStore, DynStore, NewProbe, ProbeRecord};
 use postcanary::token::TokenKey;
+use postcanary::verdict::VerdictSink;
 use postcanary::verdict::{now_millis, Verdict};
 use support::graphdouble::{GraphDouble, CLIENT_ID, INBOX_ID, JUNK_ID, MAILBOX};
 use tokio::sync::watch;

@@ -122,9 +122,10 @@ fn the_key_kept_in_the_ledger_is_used_read_only() {
     let key = TokenKey::generate();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let store = postcanary::ledger::open(&postcanary::config::LedgerBackend::Sqlite(dir.path().join("pc.db")))
-            .await
-            .unwrap();
+        let store =
+            postcanary::ledger::backend::open(&postcanary::config::LedgerBackend::Sqlite(dir.path().join("pc.db")))
+                .await
+                .unwrap();
         store.meta_get_or_put("token_key", &key.to_hex()).await.unwrap();
     });
     let token = key.issue(SystemTime::now()).to_string();

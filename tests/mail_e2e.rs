@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use postcanary::config::Config;
 use postcanary::engine::Engine;
-use postcanary::ledger::{ProbeRecord, SqliteStore, Store};
+use postcanary::ledger::{sqlite::SqliteStore, ProbeRecord, Store};
 use postcanary::verdict::Verdict;
 use support::canary::{imap_count, lmtp_deliver, send_raw_smtp, wait_for, Daemon, StackExt};
 use support::mailstack::MailStack;

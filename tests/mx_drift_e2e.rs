@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use postcanary::config::Config;
 use postcanary::engine::Engine;
-use postcanary::ledger::{SqliteStore, Store};
+use postcanary::ledger::{sqlite::SqliteStore, Store};
 use postcanary::verdict::Verdict;
 use support::canary::{wait_for, Daemon};
 use support::dns::{DnsServer, Zone};

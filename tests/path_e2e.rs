@@ -224,7 +224,7 @@ async fn dkim_signed_probe_passes_opendkim_on_the_test_postfix() {
     std::fs::write(&main_cf, cf).unwrap();
     stack.reload_postfix();
 
-    let signer = postcanary::sender::dkim::DkimSigner::new(
+    let signer = postcanary::dkim::DkimSigner::new(
         "example.net",
         "pc2025",
         &std::fs::read_to_string(d.join("rsa.pem")).unwrap(),

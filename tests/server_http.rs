@@ -135,7 +135,7 @@ async fn serve(dir: &Path, server: &str) -> (Engine, String) {
         outbox: postcanary::outbox::Wake::default(),
     };
     assert_eq!(processor.drain().await.unwrap(), 3);
-    let addr = engine.start_server().await.unwrap().unwrap();
+    let addr = postcanary::server::start(&mut engine).await.unwrap().unwrap();
     (engine, format!("http://{addr}"))
 }
 

@@ -8,7 +8,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use postcanary::ledger::{SqliteStore, Store};
+use postcanary::ledger::{sqlite::SqliteStore, Store};
 use postcanary::verdict::Verdict;
 use support::canary::{wait_for, Daemon};
 use support::faultproxy::FaultProxy;

@@ -180,8 +180,8 @@ async fn a_routing_change_mid_run_is_caught_within_one_interval_and_deadline() {
     let mut reports = engine.verdicts.subscribe();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     async fn next(
-        reports: &mut tokio::sync::broadcast::Receiver<postcanary::engine::VerdictReport>,
-    ) -> Result<postcanary::engine::VerdictReport, tokio::time::error::Elapsed> {
+        reports: &mut tokio::sync::broadcast::Receiver<postcanary::verdict::VerdictReport>,
+    ) -> Result<postcanary::verdict::VerdictReport, tokio::time::error::Elapsed> {
         let fut = async {
             loop {
                 match reports.recv().await {

@@ -420,7 +420,7 @@ pub(super) fn build_logins(loader: &mut Loader, raw: Vec<(Origin, RawLogin)>) ->
                 }
             });
         if let Some(pem) = &sp_certificate {
-            if crate::probe::handoff::public_key_from_pem(pem).is_err() {
+            if public_key_from_pem(pem).is_err() {
                 loader.err(
                     &origin,
                     A,
@@ -703,6 +703,17 @@ fn guess_type(name: &str) -> &'static str {
         Some("jpg" | "jpeg") => "image/jpeg",
         _ => "application/octet-stream",
     }
+}
+
+/// The RSA public key (PKCS#1 DER) of a PEM certificate.
+pub fn public_key_from_pem(pem: &[u8]) -> Result<Vec<u8>, String> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
+    let cert = p.parse_x509().map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let spki = cert.public_key();
+    if spki.algorithm.algorithm.to_id_string() != "1.2.840.113549.1.1.1" {
+        return Err("the certificate's key is not RSA".into());
+    }
+    Ok(spki.subject_public_key.data.to_vec())
 }
 
 #[cfg(test)]

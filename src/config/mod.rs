@@ -4,6 +4,8 @@
 //! (a channel's sender and inbox) is known to exist.
 
 pub mod form;
+mod inbox;
+mod notify;
 mod schema;
 mod source;
 pub mod values;
@@ -15,11 +17,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::notify::{NotifierConfig, NotifierKind};
-
+pub use crate::verdict::Expect;
+pub use inbox::{ClientCredentials, Folder, GraphConfig, DEFAULT_BASE_URL, DEFAULT_FOLDER, GRAPH_SCOPE};
+pub use notify::{NotifierConfig, NotifierKind};
 pub use schema::config_schema;
 pub use source::{ConfigError, ConfigErrors, SourceFile};
-pub use values::{AfterConfirm, Expect, HumanDuration, Schedule, Secret, SecretRef, Tls};
+pub use values::{AfterConfirm, HumanDuration, Schedule, Secret, SecretRef, Tls};
 
 /// The loaded, validated configuration.
 #[derive(Debug)]
@@ -200,7 +203,7 @@ pub struct SenderConfig {
     /// anywhere else it is evidence.
     pub bounce_inbox: Option<String>,
     /// Sign probes with DKIM (`dkim_domain`, `dkim_selector`, `dkim_key`).
-    pub dkim: Option<crate::sender::dkim::DkimSigner>,
+    pub dkim: Option<crate::dkim::DkimSigner>,
 }
 
 /// How a `kind = "mx"` sender delivers.
@@ -235,13 +238,13 @@ pub struct InboxConfig {
     /// The junk folder to watch as well (a second watcher): probes found there are `junked`.
     pub junk: Option<String>,
     /// Which folder this watcher reads; `Junk` only for the junk watcher made by [`InboxConfig::junk_watcher`].
-    pub folder: crate::inbox::Folder,
+    pub folder: Folder,
     /// `kind = "graph"`: a Microsoft 365 mailbox read through Microsoft Graph
     /// (`username` is the mailbox's address, `mailbox` the folder, `password` the client secret).
     pub graph: Option<GraphSettings>,
     /// `auth = "xoauth2"` on an IMAP inbox: log in with SASL XOAUTH2 and a
     /// client-credentials token instead of a password.
-    pub oauth: Option<crate::inbox::oauth::ClientCredentials>,
+    pub oauth: Option<ClientCredentials>,
 }
 
 /// How to reach a Microsoft Graph mailbox.
@@ -258,16 +261,16 @@ pub struct GraphSettings {
 
 impl InboxConfig {
     /// The Graph watcher's config, for a `kind = "graph"` inbox.
-    pub fn graph_config(&self) -> Option<crate::inbox::graph::GraphConfig> {
+    pub fn graph_config(&self) -> Option<GraphConfig> {
         let g = self.graph.as_ref()?;
-        Some(crate::inbox::graph::GraphConfig {
+        Some(GraphConfig {
             name: self.name.clone(),
             base_url: g.base_url.clone(),
             mailbox: self.username.clone(),
             folder: self.mailbox.clone(),
             role: self.folder.clone(),
             subject_filter: g.subject_filter,
-            credentials: crate::inbox::oauth::ClientCredentials {
+            credentials: ClientCredentials {
                 token_url: g.token_url.clone(),
                 client_id: g.client_id.clone(),
                 client_secret: g.client_secret.clone(),
@@ -286,7 +289,7 @@ impl InboxConfig {
         Some(InboxConfig {
             mailbox: junk.clone(),
             junk: None,
-            folder: crate::inbox::Folder::Junk(junk),
+            folder: Folder::Junk(junk),
             ..self.clone()
         })
     }
@@ -1179,7 +1182,7 @@ fn build_dkim(
     origin: &Origin,
     s: &RawSender,
     from: Option<&lettre::message::Mailbox>,
-) -> Option<crate::sender::dkim::DkimSigner> {
+) -> Option<crate::dkim::DkimSigner> {
     let (domain, selector, key) = match (&s.dkim_domain, &s.dkim_selector, &s.dkim_key) {
         (None, None, None) => return None,
         (Some(d), Some(sel), Some(k)) => (d, sel, k),
@@ -1241,7 +1244,7 @@ fn build_dkim(
         }
     }
     let secret = loader.secret(origin, "sender", "dkim_key", key)?;
-    match crate::sender::dkim::DkimSigner::new(domain, selector, secret.expose()) {
+    match crate::dkim::DkimSigner::new(domain, selector, secret.expose()) {
         Ok(signer) => Some(signer),
         Err(e) => {
             loader.err(origin, "sender", "dkim_key", e);
@@ -1346,11 +1349,8 @@ fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<Inbox
                         );
                     }
                 }
-                let creds = oauth_credentials(loader, &origin, &i, crate::inbox::graph::GRAPH_SCOPE);
-                let base_url = i
-                    .graph_url
-                    .clone()
-                    .unwrap_or_else(|| crate::inbox::graph::DEFAULT_BASE_URL.to_string());
+                let creds = oauth_credentials(loader, &origin, &i, GRAPH_SCOPE);
+                let base_url = i.graph_url.clone().unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
                 if let Err(m) = form::check_url(&base_url) {
                     loader.err(&origin, A, "graph_url", m);
                 }
@@ -1383,7 +1383,7 @@ fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<Inbox
             let mailbox = match (&i.mailbox, i.kind) {
                 (Some(m), _) => m.clone(),
                 (None, InboxKind::Imap) => "INBOX".to_string(),
-                (None, InboxKind::Graph) => crate::inbox::graph::DEFAULT_FOLDER.to_string(),
+                (None, InboxKind::Graph) => DEFAULT_FOLDER.to_string(),
             };
             out.push(InboxConfig {
                 name: i.name,
@@ -1401,7 +1401,7 @@ fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<Inbox
                     .unwrap_or(DEFAULT_BLIND_GRACE),
                 idle: i.idle.unwrap_or(true),
                 junk: i.junk.filter(|j| !j.is_empty()),
-                folder: crate::inbox::Folder::Main,
+                folder: Folder::Main,
                 graph,
                 oauth,
             });
@@ -1419,7 +1419,7 @@ fn oauth_credentials(
     origin: &Origin,
     i: &RawInbox,
     default_scope: &str,
-) -> Option<crate::inbox::oauth::ClientCredentials> {
+) -> Option<ClientCredentials> {
     const A: &str = "inbox";
     let secret = match &i.client_secret {
         Some(r) => loader.secret(origin, A, "client_secret", r),
@@ -1445,7 +1445,7 @@ fn oauth_credentials(
             loader.err(origin, A, "token_url", m);
         }
     }
-    Some(crate::inbox::oauth::ClientCredentials {
+    Some(ClientCredentials {
         token_url,
         client_id,
         client_secret: secret?,

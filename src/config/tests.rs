@@ -554,7 +554,7 @@ fn graph_inboxes_take_junk_nested_folders_and_the_subject_filter() {
     let inbox = cfg.inboxes.iter().find(|i| i.name == "m365").expect("inbox");
     let g = inbox.graph_config().expect("graph");
     assert_eq!(g.folder, "Inbox/Postcanary");
-    assert_eq!(g.role, crate::inbox::Folder::Main);
+    assert_eq!(g.role, crate::config::Folder::Main);
     assert!(g.subject_filter);
     assert_eq!(g.cursor_key(), "m365");
     let junk = inbox
@@ -562,7 +562,7 @@ fn graph_inboxes_take_junk_nested_folders_and_the_subject_filter() {
         .and_then(|j| j.graph_config())
         .expect("junk watcher");
     assert_eq!(junk.folder, "junkemail");
-    assert_eq!(junk.role, crate::inbox::Folder::Junk("junkemail".into()));
+    assert_eq!(junk.role, crate::config::Folder::Junk("junkemail".into()));
     assert_eq!(junk.cursor_key(), "m365#junkemail");
     assert_eq!(junk.watcher_name(), "m365 (junkemail)");
     assert!(

@@ -332,45 +332,6 @@ impl FromStr for AfterConfirm {
 }
 deserialize_from_str!(AfterConfirm, "\"keep\", \"delete\" or \"move:FOLDER\"");
 
-/// What a channel is expected to do with a probe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Expect {
-    /// Must arrive in `inbox` within `deadline`.
-    Deliver,
-    /// Must be refused at SMTP time or bounce within `deadline`.
-    Bounce,
-    /// Must arrive in `inbox`, a different mailbox than the address suggests.
-    Forward,
-    /// A form whose login cannot be automated (production MitID): the hand-off
-    /// to the IdP must be right. Nothing is submitted.
-    Handoff,
-}
-
-impl Expect {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Expect::Deliver => "deliver",
-            Expect::Bounce => "bounce",
-            Expect::Forward => "forward",
-            Expect::Handoff => "handoff",
-        }
-    }
-}
-
-impl FromStr for Expect {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "deliver" => Ok(Expect::Deliver),
-            "bounce" => Ok(Expect::Bounce),
-            "forward" => Ok(Expect::Forward),
-            "handoff" => Ok(Expect::Handoff),
-            _ => Err(format!("unknown expectation {s:?}")),
-        }
-    }
-}
-
 /// True for `localhost` and loopback addresses (127.0.0.0/8, ::1).
 pub fn is_loopback_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');

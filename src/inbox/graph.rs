@@ -24,17 +24,15 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::imap::WatcherState;
-use super::oauth::{ClientCredentials, TokenCache};
+use super::oauth::TokenCache;
 use super::watchpoint::WatchPoint;
-use super::{consider_message, Folder, Matcher};
+use super::{consider_message, Matcher};
 use crate::config::AfterConfirm;
 use crate::ledger::Cursor;
 use crate::token::find_candidates;
 use crate::verdict::now_millis;
 
-pub const DEFAULT_BASE_URL: &str = "https://graph.microsoft.com/v1.0";
-pub const DEFAULT_FOLDER: &str = "Inbox";
-pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+pub use crate::config::{GraphConfig, DEFAULT_BASE_URL, DEFAULT_FOLDER, GRAPH_SCOPE};
 /// Asks Graph for text bodies; without it `body` is HTML.
 const PREFER_TEXT_BODY: &str = "outlook.body-content-type=\"text\"";
 
@@ -81,62 +79,6 @@ const WELL_KNOWN_FOLDERS: &[&str] = &[
     "serverfailures",
     "syncissues",
 ];
-
-/// One Graph inbox.
-#[derive(Clone, Debug)]
-pub struct GraphConfig {
-    pub name: String,
-    /// `https://graph.microsoft.com/v1.0`; overridable for national clouds and tests.
-    pub base_url: String,
-    /// The mailbox's user principal name (or object id).
-    pub mailbox: String,
-    /// A well-known folder name (`Inbox`, `junkemail`), the display name of
-    /// a top-level folder, or a path of display names below one of those
-    /// (`Inbox/Postcanary`).
-    pub folder: String,
-    /// Whether this watcher reads the folder people work from or the junk
-    /// folder (a token found there is `junked`).
-    pub role: Folder,
-    /// List only messages whose subject contains a token's prefix
-    /// (`$filter=… and contains(subject,'pc-')`), so the watcher never reads
-    /// the rest of a mailbox people use. Probe mail carries its token in the
-    /// subject; form mail only if the form's subject field is given
-    /// `{{token}}`; a Postfix or Exim bounce does not.
-    pub subject_filter: bool,
-    pub credentials: ClientCredentials,
-    pub poll_interval: Duration,
-    /// `delete` moves to Deleted Items, as Graph's DELETE does.
-    pub after_confirm: AfterConfirm,
-}
-
-impl GraphConfig {
-    /// The key of this watcher's read cursor in the ledger (as for IMAP: the
-    /// junk watcher keeps its own).
-    pub fn cursor_key(&self) -> String {
-        self.role.cursor_key(&self.name)
-    }
-
-    /// The name of this watcher, for states and logs.
-    pub fn watcher_name(&self) -> String {
-        self.role.watcher_name(&self.name)
-    }
-
-    /// A config with the defaults: Graph's public endpoint, the Inbox, a
-    /// 30 s poll, and messages kept.
-    pub fn new(name: impl Into<String>, mailbox: impl Into<String>, credentials: ClientCredentials) -> GraphConfig {
-        GraphConfig {
-            name: name.into(),
-            base_url: DEFAULT_BASE_URL.into(),
-            mailbox: mailbox.into(),
-            folder: DEFAULT_FOLDER.into(),
-            role: Folder::Main,
-            subject_filter: false,
-            credentials,
-            poll_interval: Duration::from_secs(30),
-            after_confirm: AfterConfirm::Keep,
-        }
-    }
-}
 
 /// A watcher failure; names the operation, never a token or secret.
 #[derive(Debug)]

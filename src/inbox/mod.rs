@@ -12,39 +12,12 @@ pub mod watchpoint;
 use std::time::{Duration, SystemTime};
 
 use crate::bounce::{Bounce, BounceKind};
+use crate::ledger::record_with;
 use crate::ledger::{DynStore, StoreError};
-use crate::probe::record_with;
-use crate::token::{find_candidates, TokenError, TokenKey};
+use crate::token::{tokens_in_message, TokenError, TokenKey};
 use crate::verdict::{judge_arrival_in, judge_bounce, Judgement, Millis, ProbeFacts, Verdict};
 
-/// Which folder of an inbox a watcher reads.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub enum Folder {
-    /// The folder people work from (`mailbox`).
-    #[default]
-    Main,
-    /// The junk folder, by name: a probe found here is `junked`.
-    Junk(String),
-}
-
-impl Folder {
-    /// The key of the read cursor in the ledger of inbox `inbox`'s watcher
-    /// on this folder: the junk watcher keeps its own.
-    pub fn cursor_key(&self, inbox: &str) -> String {
-        match self {
-            Folder::Main => inbox.to_string(),
-            Folder::Junk(f) => format!("{inbox}#{f}"),
-        }
-    }
-
-    /// The name of inbox `inbox`'s watcher on this folder, for states and logs.
-    pub fn watcher_name(&self, inbox: &str) -> String {
-        match self {
-            Folder::Main => inbox.to_string(),
-            Folder::Junk(f) => format!("{inbox} ({f})"),
-        }
-    }
-}
+pub use crate::config::Folder;
 
 /// What one message means: a bounce or auto-reply about probes, or an
 /// arrival. A bounce carries the original probe (and its token) inside; it
@@ -98,7 +71,7 @@ pub struct Matcher {
     pub store: DynStore,
     pub key: TokenKey,
     pub max_age: Duration,
-    pub verdicts: crate::engine::VerdictSink,
+    pub verdicts: crate::verdict::VerdictSink,
     /// Channel id → the inbox its sender's bounces return to (`bounce_inbox`),
     /// for channels whose sender names one: their bounces count only there.
     pub return_paths: std::sync::Arc<std::collections::HashMap<String, String>>,
@@ -308,76 +281,5 @@ impl Matcher {
         };
         let judged = judge_arrival_in(&facts, inbox, junk, seen_at);
         self.record_judgement(inbox, &probe, token.as_str(), judged).await
-    }
-}
-
-/// Every token-shaped string in a raw message: in the raw bytes (headers,
-/// plain bodies) and in the decoded subject and text/HTML parts (quoted-
-/// printable or base64 bodies, encoded-word subjects). Never fails: broken
-/// or hostile content just yields fewer candidates.
-pub fn tokens_in_message(raw: &[u8]) -> Vec<String> {
-    let mut out = find_candidates(raw);
-    // mail-parser's accessors index parts[0]; a broken message may have none.
-    if let Some(msg) = mail_parser::MessageParser::default()
-        .parse(raw)
-        .filter(|m| !m.parts.is_empty())
-    {
-        let mut add = |text: &str| {
-            for c in find_candidates(text.as_bytes()) {
-                if !out.contains(&c) {
-                    out.push(c);
-                }
-            }
-        };
-        if let Some(s) = msg.subject() {
-            add(s);
-        }
-        for i in 0..msg.text_body.len() {
-            if let Some(t) = msg.body_text(i) {
-                add(&t);
-            }
-        }
-        for i in 0..msg.html_body.len() {
-            if let Some(h) = msg.body_html(i) {
-                add(&h);
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const T: &str = "pc-01JD0000000000000000000000-0123456789abcdef";
-
-    #[test]
-    fn finds_tokens_in_encoded_bodies_and_subjects() {
-        let b64 = "VG9rZW46IHBjLTAxSkQwMDAwMDAwMDAwMDAwMDAwMDAwMDAwLTAxMjM0NTY3ODlhYmNkZWYK"; // "Token: <T>\n"
-        let raw =
-            format!("Subject: hello\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}\r\n");
-        assert_eq!(tokens_in_message(raw.as_bytes()), vec![T.to_string()]);
-
-        let subject = "Subject: =?utf-8?q?Formular_pc-01JD0000000000000000000000-0123456789abcdef?=\r\n\r\nbody\r\n";
-        assert_eq!(tokens_in_message(subject.as_bytes()), vec![T.to_string()]);
-
-        let qp_html = "Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
-                       <p class=3D\"t\">pc-01JD00000000000=\r\n00000000000-0123456789abcdef</p>\r\n";
-        assert_eq!(tokens_in_message(qp_html.as_bytes()), vec![T.to_string()]);
-    }
-
-    #[test]
-    fn hostile_content_yields_nothing_and_does_not_panic() {
-        for raw in [
-            &b""[..],
-            b"\xff\xfe\x00garbage",
-            b"Content-Type: multipart/mixed; boundary=\"\"\r\n\r\n--\r\n--\r\n",
-            b"Subject: =?utf-8?b?!!!!?=\r\n\r\n",
-        ] {
-            assert!(tokens_in_message(raw).is_empty());
-        }
-        let deep = "Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\n".repeat(2000);
-        let _ = tokens_in_message(deep.as_bytes());
     }
 }

@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::config::Secret;
-
 /// Refresh this long before the token expires, so a request never leaves
 /// with a token that dies in flight.
 const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -26,17 +24,7 @@ const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 /// How much of a server-provided error description is kept.
 const MAX_DESCRIPTION: usize = 300;
 
-/// The client-credentials grant of one app registration.
-#[derive(Clone, Debug)]
-pub struct ClientCredentials {
-    /// `https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token`.
-    pub token_url: String,
-    pub client_id: String,
-    pub client_secret: Secret,
-    /// `https://graph.microsoft.com/.default` for Graph,
-    /// `https://outlook.office365.com/.default` for IMAP.
-    pub scope: String,
-}
+pub use crate::config::ClientCredentials;
 
 /// A failed token request. Carries no secret and no token.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -301,6 +289,7 @@ impl async_imap::Authenticator for XOAuth2 {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::Secret;
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;

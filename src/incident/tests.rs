@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::*;
-use crate::ledger::SqliteStore;
+use crate::ledger::sqlite::SqliteStore;
 use crate::outbox::{Deliver, DeliveryError, Wake, Worker};
 
 fn config(extra: &str) -> Config {

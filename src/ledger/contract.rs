@@ -1,7 +1,7 @@
 //! The store contract: one suite, run against every backend.
 
 use super::{Cursor, DynStore, NewProbe};
-use crate::config::Expect;
+use crate::verdict::Expect;
 use crate::verdict::{Found, Judgement, Verdict};
 
 fn probe(n: u32, expect: Expect, created: i64, deadline: i64, run: &str) -> NewProbe {

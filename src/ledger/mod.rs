@@ -4,20 +4,20 @@
 //! has not been judged yet, in one atomic statement — so no probe is judged
 //! twice, whoever races.
 
-#[cfg(test)]
-pub(crate) mod contract;
-mod sqlite;
+pub mod backend;
+/// The store contract suite; tests/ledger_contract.rs runs it on every backend.
+#[doc(hidden)]
+pub mod contract;
+pub mod sqlite;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::config::{Expect, LedgerBackend};
-use crate::notify::Page;
+use crate::page::Page;
+use crate::verdict::Expect;
 use crate::verdict::{Judgement, Millis, Verdict};
-
-pub use sqlite::SqliteStore;
 
 /// Errors of the store itself (I/O, corruption): never a probe's fault.
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +189,7 @@ pub struct ChannelStatus {
 }
 
 /// The ledger's operations. One implementation per backend; the contract
-/// tests in `sqlite.rs` (`contract`) are written against this trait.
+/// tests (`contract`, run by tests/ledger_contract.rs) are written against this trait.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Returns the value under `key`, storing `value` first if there was none.
@@ -290,11 +290,20 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
-/// Opens the configured ledger.
-pub async fn open(backend: &LedgerBackend) -> StoreResult<DynStore> {
-    match backend {
-        LedgerBackend::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
+/// Records a verdict and, if it was the one that counted, reports it to the
+/// incident processor.
+pub async fn record_with(
+    store: &DynStore,
+    verdicts: &crate::verdict::VerdictSink,
+    id: &str,
+    channel: &str,
+    j: Judgement,
+) -> Result<bool, StoreError> {
+    let changed = store.judge(id, &j).await?;
+    if changed {
+        verdicts.report(channel, id, j.verdict, &j.detail);
     }
+    Ok(changed)
 }
 
 /// The detail recorded for a pending probe swept at its deadline.

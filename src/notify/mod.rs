@@ -11,122 +11,8 @@ pub mod slack;
 pub mod teams;
 pub mod webhook;
 
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
-
-use crate::config::Secret;
-use crate::verdict::Millis;
-
-/// What a page announces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PageEvent {
-    /// A new incident: the channel's first failing verdict.
-    Trigger,
-    /// The incident is still open after the reminder interval.
-    Reminder,
-    /// The channel works again.
-    Resolve,
-}
-
-impl PageEvent {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PageEvent::Trigger => "trigger",
-            PageEvent::Reminder => "reminder",
-            PageEvent::Resolve => "resolve",
-        }
-    }
-}
-
-/// One entry of an incident's timeline, oldest first.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TimelineEntry {
-    pub at: Millis,
-    pub kind: String,
-    pub detail: String,
-}
-
-/// Everything a notifier may say about an incident. Built once when the page
-/// is written to the outbox and stored there as JSON, so a retry sends
-/// exactly what was decided then.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Page {
-    pub event: PageEvent,
-    /// Stable for the whole incident: `postcanary/<channel>/<id of the probe that opened it>` (for the prober's own degradation `postcanary/degraded/<sender>/<probe id>`).
-    pub dedup_key: String,
-    pub incident_id: i64,
-    /// The channel id, or `postcanary` for the prober's own degradation.
-    pub channel: String,
-    pub channel_name: String,
-    pub owner: String,
-    /// What was probed: an address (mail) or a URL (form).
-    pub target: String,
-    /// The verdict that opened the incident, or for a resolve the one that ended it.
-    pub verdict: String,
-    pub detail: String,
-    /// One line for titles: `Social og Familie (e-mail): missed - nothing arrived before the deadline`.
-    pub summary: String,
-    pub opened_at: Millis,
-    /// When this page was made.
-    pub at: Millis,
-    /// The token of the probe behind the verdict, for finding the evidence.
-    pub probe_token: Option<String>,
-    pub timeline: Vec<TimelineEntry>,
-    /// Which postcanary instance sent it (host name).
-    pub source: String,
-}
-
-/// The built-in notifier kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum NotifierKind {
-    Pagerduty,
-    Opsgenie,
-    Teams,
-    Slack,
-    Webhook,
-    Email,
-    Alertmanager,
-}
-
-impl NotifierKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NotifierKind::Pagerduty => "pagerduty",
-            NotifierKind::Opsgenie => "opsgenie",
-            NotifierKind::Teams => "teams",
-            NotifierKind::Slack => "slack",
-            NotifierKind::Webhook => "webhook",
-            NotifierKind::Email => "email",
-            NotifierKind::Alertmanager => "alertmanager",
-        }
-    }
-}
-
-/// A configured notifier (validated: the keys its kind needs are present).
-#[derive(Clone, Debug)]
-pub struct NotifierConfig {
-    pub name: String,
-    pub kind: NotifierKind,
-    /// Endpoint. Required for teams, slack, webhook, alertmanager (base URL);
-    /// pagerduty and opsgenie default to their public APIs.
-    pub url: Option<String>,
-    /// PagerDuty Events API v2 integration (routing) key.
-    pub routing_key: Option<Secret>,
-    /// Opsgenie API key (sent as `Authorization: GenieKey <key>`).
-    pub api_key: Option<Secret>,
-    /// Webhook: HMAC-SHA256 key for the `X-Postcanary-Signature` header.
-    pub secret: Option<Secret>,
-    /// Email: the `[[sender]]` to send through (not the probed path).
-    pub via: Option<String>,
-    /// Email: recipients.
-    pub to: Vec<String>,
-    /// Another notifier to use when this one keeps failing.
-    pub fallback: Option<String>,
-    pub timeout: Duration,
-}
+pub use crate::config::{NotifierConfig, NotifierKind};
+pub use crate::page::{rfc3339, Page, PageEvent, TimelineEntry};
 
 /// An HTTP request a notifier wants sent: always a POST.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,16 +78,12 @@ pub(crate) fn title(page: &Page) -> String {
     }
 }
 
-/// Milliseconds since the epoch as RFC 3339 UTC, e.g. `2026-11-22T18:42:21.123Z`.
-pub fn rfc3339(ms: Millis) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 #[cfg(test)]
 pub(crate) mod fixtures {
+    use std::time::Duration;
+
     use super::*;
+    use crate::config::Secret;
 
     /// A page as the incident logic makes it, for the payload tests.
     pub fn page(event: PageEvent) -> Page {

@@ -12,7 +12,7 @@ use base64::Engine;
 use reqwest::Method;
 use url::Url;
 
-use crate::config::form::{LoginConfig, LoginKind};
+use crate::config::form::{public_key_from_pem, LoginConfig, LoginKind};
 
 use super::form::{has_param, under};
 use super::http::{login_opts, read_form, sel, show_url, Body, Fail, Session};
@@ -360,17 +360,6 @@ fn pem_der(pem: &[u8]) -> Result<Vec<u8>, Fail> {
     x509_parser::pem::parse_x509_pem(pem)
         .map(|(_, p)| p.contents)
         .map_err(|e| Fail::ours(format!("sp_certificate is not PEM: {e}")))
-}
-
-/// The RSA public key (PKCS#1 DER) of a PEM certificate.
-pub fn public_key_from_pem(pem: &[u8]) -> Result<Vec<u8>, String> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
-    let cert = p.parse_x509().map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    let spki = cert.public_key();
-    if spki.algorithm.algorithm.to_id_string() != "1.2.840.113549.1.1.1" {
-        return Err("the certificate's key is not RSA".into());
-    }
-    Ok(spki.subject_public_key.data.to_vec())
 }
 
 /// Fails if the certificate expires within `cert_min_days`.

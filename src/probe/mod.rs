@@ -23,7 +23,7 @@ pub struct ProbeContext {
     pub key: TokenKey,
     /// This process's run id (see [`NewProbe::run_id`]).
     pub run_id: String,
-    pub verdicts: crate::engine::VerdictSink,
+    pub verdicts: crate::verdict::VerdictSink,
 }
 
 /// A probe that has been written to the ledger.
@@ -103,20 +103,5 @@ async fn send(ctx: &ProbeContext, config: &Config, channel: &Channel, started: &
 
 /// Records a verdict and, if it was the one that counted, reports it.
 pub async fn record(ctx: &ProbeContext, id: &str, channel: &str, j: Judgement) -> Result<bool, StoreError> {
-    record_with(&ctx.store, &ctx.verdicts, id, channel, j).await
-}
-
-/// [`record`] for callers that are not probes (watchers, the sweeper).
-pub async fn record_with(
-    store: &DynStore,
-    verdicts: &crate::engine::VerdictSink,
-    id: &str,
-    channel: &str,
-    j: Judgement,
-) -> Result<bool, StoreError> {
-    let changed = store.judge(id, &j).await?;
-    if changed {
-        verdicts.report(channel, id, j.verdict, &j.detail);
-    }
-    Ok(changed)
+    crate::ledger::record_with(&ctx.store, &ctx.verdicts, id, channel, j).await
 }

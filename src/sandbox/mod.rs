@@ -410,6 +410,3 @@ pub(crate) fn trim_eol(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     line.strip_suffix(b"\r").unwrap_or(line)
 }
-
-#[cfg(test)]
-mod e2e_tests;

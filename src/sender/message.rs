@@ -13,7 +13,7 @@ pub struct ProbeMessage<'a> {
     pub from: &'a Mailbox,
     pub to: &'a lettre::Address,
     /// Sign with DKIM.
-    pub dkim: Option<&'a super::dkim::DkimSigner>,
+    pub dkim: Option<&'a crate::dkim::DkimSigner>,
 }
 
 /// Builds the RFC 5322 message, DKIM-signed when the sender has a key.

@@ -1,7 +1,7 @@
 //! Senders hand a probe message to the mail system. One file per sender kind;
 //! the outcome of an attempt says whose fault a failure is.
 
-pub mod dkim;
+pub mod dns;
 pub mod message;
 pub mod mx;
 pub mod smtp;

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 use super::SendOutcome;
 use crate::config::{MxOptions, SenderConfig};
-use crate::dns::{DnsError, MxHost, Resolver};
+use crate::sender::dns::{DnsError, MxHost, Resolver};
 
 /// Longest reply line and reply we read; a hostile server cannot make us buffer more.
 const MAX_LINE: usize = 4096;

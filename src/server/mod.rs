@@ -153,3 +153,27 @@ fn store_error(e: crate::ledger::StoreError) -> Response {
     )
         .into_response()
 }
+
+/// Binds and starts the HTTP server if `[server]` is configured, as one of
+/// the engine's tasks; returns the bound address. A bind failure is an
+/// error: the operator asked for it.
+pub async fn start(engine: &mut crate::engine::Engine) -> Result<Option<std::net::SocketAddr>, String> {
+    let Some(server) = engine.config.server.clone() else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(server.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", server.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let state = AppState {
+        config: Arc::clone(&engine.config),
+        server: Arc::new(server),
+        store: Arc::clone(&engine.store),
+        watchers: Arc::new(engine.watcher_receivers().into_iter().collect()),
+        points: engine.watch_points.clone(),
+        scheduler_tick: engine.scheduler_tick(),
+    };
+    engine.spawn_service(|shutdown| serve(listener, state, shutdown));
+    tracing::info!(%addr, "status page and API listening");
+    Ok(Some(addr))
+}

@@ -8,17 +8,17 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use super::*;
-use crate::config::values::Secret;
-use crate::config::{AfterConfirm, Expect, InboxConfig, SenderConfig, Tls};
-use crate::engine::VerdictSink;
-use crate::inbox::imap::{watch as run_watcher, WatcherState};
-use crate::inbox::Matcher;
-use crate::ledger::{DynStore, NewProbe, SqliteStore};
-use crate::sender::message::{build, ProbeMessage};
-use crate::sender::SendOutcome;
-use crate::token::TokenKey;
-use crate::verdict::{now_millis, Verdict};
+use postcanary::config::values::Secret;
+use postcanary::config::{AfterConfirm, Expect, InboxConfig, SenderConfig, Tls};
+use postcanary::inbox::imap::{watch as run_watcher, WatcherState};
+use postcanary::inbox::Matcher;
+use postcanary::ledger::{sqlite::SqliteStore, DynStore, NewProbe};
+use postcanary::sandbox::*;
+use postcanary::sender::message::{build, ProbeMessage};
+use postcanary::sender::SendOutcome;
+use postcanary::token::TokenKey;
+use postcanary::verdict::VerdictSink;
+use postcanary::verdict::{now_millis, Verdict};
 
 struct Rig {
     sandbox: Sandbox,
@@ -60,13 +60,13 @@ impl Rig {
         })
         .unwrap()
         .formatted();
-        let outcome = crate::sender::smtp::send(&self.sender, &self.to, &message).await;
+        let outcome = postcanary::sender::smtp::send(&self.sender, &self.to, &message).await;
         (token.id(), outcome)
     }
 
     async fn verdict_for(
         &self,
-        rx: &mut tokio::sync::broadcast::Receiver<crate::engine::VerdictReport>,
+        rx: &mut tokio::sync::broadcast::Receiver<postcanary::verdict::VerdictReport>,
         id: &str,
     ) -> Verdict {
         let wait = async {
@@ -129,7 +129,7 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
         blind_grace: Duration::from_secs(300),
         idle: true,
         junk: None,
-        folder: crate::inbox::Folder::Main,
+        folder: postcanary::inbox::Folder::Main,
         graph: None,
         oauth: None,
     };

@@ -1,0 +1,22 @@
+//! The store contract suite (`postcanary::ledger::contract`) on every backend.
+
+use std::sync::Arc;
+
+use postcanary::ledger::sqlite::SqliteStore;
+use postcanary::ledger::Store;
+
+#[tokio::test]
+async fn sqlite_in_memory_meets_the_store_contract() {
+    postcanary::ledger::contract::run_all(Arc::new(SqliteStore::in_memory().unwrap())).await;
+}
+
+#[tokio::test]
+async fn sqlite_file_meets_the_store_contract_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/ledger.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    postcanary::ledger::contract::run_all(Arc::new(store)).await;
+    // Reopening runs no migration twice and keeps the data.
+    let again = SqliteStore::open(&path).await.unwrap();
+    assert!(again.probe_by_token("pc-tok-1").await.unwrap().is_some());
+}
