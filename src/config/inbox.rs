@@ -1,9 +1,8 @@
-//! The inbox types every watcher reads its settings from: which folder, a
-//! Graph mailbox, an app registration's client credentials.
+//! `[[inbox]]`: the mailboxes watchers read (IMAP or Microsoft Graph), which
+//! folder, and an app registration's client credentials.
 
-use std::time::Duration;
-
-use super::{AfterConfirm, Secret};
+#[allow(unused_imports)]
+use super::*;
 
 pub const DEFAULT_BASE_URL: &str = "https://graph.microsoft.com/v1.0";
 pub const DEFAULT_FOLDER: &str = "Inbox";
@@ -104,4 +103,325 @@ impl GraphConfig {
             after_confirm: AfterConfirm::Keep,
         }
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct InboxConfig {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: Tls,
+    pub username: String,
+    pub password: Secret,
+    pub mailbox: String,
+    pub after_confirm: AfterConfirm,
+    /// How often to look when the server has no IDLE (and the longest an IDLE lasts).
+    pub poll_interval: Duration,
+    /// How long past its deadline a probe waits for this inbox's watcher
+    /// while the watcher is blind (disconnected, login refused) before the
+    /// probe becomes `error` ("not watched") instead of being judged.
+    pub blind_grace: Duration,
+    /// Use IMAP IDLE when the server offers it.
+    pub idle: bool,
+    /// The junk folder to watch as well (a second watcher): probes found there are `junked`.
+    pub junk: Option<String>,
+    /// Which folder this watcher reads; `Junk` only for the junk watcher made by [`InboxConfig::junk_watcher`].
+    pub folder: Folder,
+    /// `kind = "graph"`: a Microsoft 365 mailbox read through Microsoft Graph
+    /// (`username` is the mailbox's address, `mailbox` the folder, `password` the client secret).
+    pub graph: Option<GraphSettings>,
+    /// `auth = "xoauth2"` on an IMAP inbox: log in with SASL XOAUTH2 and a
+    /// client-credentials token instead of a password.
+    pub oauth: Option<ClientCredentials>,
+}
+
+/// How to reach a Microsoft Graph mailbox.
+#[derive(Debug, Clone)]
+pub struct GraphSettings {
+    /// `filter = "subject"`: list only messages whose subject carries a token.
+    pub subject_filter: bool,
+    pub base_url: String,
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub scope: String,
+}
+
+impl InboxConfig {
+    /// The Graph watcher's config, for a `kind = "graph"` inbox.
+    pub fn graph_config(&self) -> Option<GraphConfig> {
+        let g = self.graph.as_ref()?;
+        Some(GraphConfig {
+            name: self.name.clone(),
+            base_url: g.base_url.clone(),
+            mailbox: self.username.clone(),
+            folder: self.mailbox.clone(),
+            role: self.folder.clone(),
+            subject_filter: g.subject_filter,
+            credentials: ClientCredentials {
+                token_url: g.token_url.clone(),
+                client_id: g.client_id.clone(),
+                client_secret: g.client_secret.clone(),
+                scope: g.scope.clone(),
+            },
+            poll_interval: self.poll_interval,
+            after_confirm: self.after_confirm.clone(),
+        })
+    }
+}
+
+impl InboxConfig {
+    /// The config of the second watcher that reads the junk folder.
+    pub fn junk_watcher(&self) -> Option<InboxConfig> {
+        let junk = self.junk.clone()?;
+        Some(InboxConfig {
+            mailbox: junk.clone(),
+            junk: None,
+            folder: Folder::Junk(junk),
+            ..self.clone()
+        })
+    }
+
+    /// The key of this watcher's read cursor in the ledger.
+    pub fn cursor_key(&self) -> String {
+        self.folder.cursor_key(&self.name)
+    }
+
+    /// The name of this watcher, for states and logs.
+    pub fn watcher_name(&self) -> String {
+        self.folder.watcher_name(&self.name)
+    }
+}
+
+#[derive(Deserialize, schemars::JsonSchema, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum InboxKind {
+    Imap,
+    Graph,
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInbox {
+    pub(super) name: String,
+    pub(super) kind: InboxKind,
+    pub(super) host: Option<String>,
+    pub(super) port: Option<u16>,
+    pub(super) tls: Option<Tls>,
+    pub(super) username: String,
+    pub(super) password: Option<SecretRef>,
+    pub(super) tenant: Option<String>,
+    pub(super) client_id: Option<String>,
+    pub(super) client_secret: Option<SecretRef>,
+    pub(super) token_url: Option<String>,
+    pub(super) graph_url: Option<String>,
+    pub(super) auth: Option<String>,
+    pub(super) scope: Option<String>,
+    pub(super) mailbox: Option<String>,
+    pub(super) after_confirm: Option<AfterConfirm>,
+    pub(super) poll_interval: Option<HumanDuration>,
+    pub(super) blind_grace: Option<HumanDuration>,
+    pub(super) idle: Option<bool>,
+    pub(super) junk: Option<String>,
+    pub(super) filter: Option<String>,
+}
+
+pub(super) fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<InboxConfig> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (origin, i) in raw {
+        const A: &str = "inbox";
+        check_name(loader, &mut seen, &origin, A, &i.name);
+        let poll_interval = i
+            .poll_interval
+            .map(HumanDuration::as_duration)
+            .unwrap_or(Duration::from_secs(60));
+        if poll_interval < Duration::from_millis(100) {
+            loader.err(&origin, A, "poll_interval", "poll_interval must be at least 100ms");
+        }
+        let (host, port, tls, password, graph, oauth) = match i.kind {
+            InboxKind::Imap => {
+                let xoauth2 = match i.auth.as_deref() {
+                    None | Some("password") => false,
+                    Some("xoauth2") => true,
+                    Some(other) => {
+                        loader.err(
+                            &origin,
+                            A,
+                            "auth",
+                            format!("auth {other:?}: use \"password\" or \"xoauth2\""),
+                        );
+                        false
+                    }
+                };
+                if i.filter.is_some() {
+                    loader.err(&origin, A, "filter", "`filter` is for kind = \"graph\"");
+                }
+                let mut oauth_keys = vec![("graph_url", i.graph_url.is_some())];
+                if !xoauth2 {
+                    oauth_keys.extend([
+                        ("tenant", i.tenant.is_some()),
+                        ("client_id", i.client_id.is_some()),
+                        ("client_secret", i.client_secret.is_some()),
+                        ("token_url", i.token_url.is_some()),
+                        ("scope", i.scope.is_some()),
+                    ]);
+                }
+                for (key, set) in oauth_keys {
+                    if set {
+                        loader.err(
+                            &origin,
+                            A,
+                            key,
+                            format!("`{key}` is for kind = \"graph\" or auth = \"xoauth2\""),
+                        );
+                    }
+                }
+                let host = i.host.clone().unwrap_or_else(|| {
+                    loader.err(&origin, A, "kind", "kind = \"imap\" needs `host`");
+                    String::new()
+                });
+                let tls = i.tls.unwrap_or(Tls::Tls);
+                check_tls_host(loader, &origin, A, tls, &host);
+                let port = i.port.unwrap_or(if tls == Tls::Tls { 993 } else { 143 });
+                let (password, oauth) = if xoauth2 {
+                    let creds = oauth_credentials(loader, &origin, &i, IMAP_OAUTH_SCOPE);
+                    (creds.as_ref().map(|c| c.client_secret.clone()), creds)
+                } else {
+                    let password = match &i.password {
+                        Some(p) => loader.secret(&origin, A, "password", p),
+                        None => {
+                            loader.err(
+                                &origin,
+                                A,
+                                "kind",
+                                "kind = \"imap\" needs `password` (or auth = \"xoauth2\")",
+                            );
+                            None
+                        }
+                    };
+                    (password, None)
+                };
+                (host, port, tls, password, None, oauth)
+            }
+            InboxKind::Graph => {
+                for (key, set) in [
+                    ("host", i.host.is_some()),
+                    ("port", i.port.is_some()),
+                    ("tls", i.tls.is_some()),
+                    ("password", i.password.is_some()),
+                    ("idle", i.idle.is_some()),
+                    ("auth", i.auth.is_some()),
+                ] {
+                    if set {
+                        loader.err(
+                            &origin,
+                            A,
+                            key,
+                            format!("`{key}` is for kind = \"imap\"; a Graph inbox signs in with `tenant`, `client_id` and `client_secret`"),
+                        );
+                    }
+                }
+                let creds = oauth_credentials(loader, &origin, &i, GRAPH_SCOPE);
+                let base_url = i.graph_url.clone().unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+                if let Err(m) = form::check_url(&base_url) {
+                    loader.err(&origin, A, "graph_url", m);
+                }
+                let subject_filter = match i.filter.as_deref() {
+                    None | Some("none") => false,
+                    Some("subject") => true,
+                    Some(other) => {
+                        loader.err(
+                            &origin,
+                            A,
+                            "filter",
+                            format!("filter {other:?}: use \"subject\" (read only messages with a token in the subject) or \"none\""),
+                        );
+                        false
+                    }
+                };
+                let secret = creds.as_ref().map(|c| c.client_secret.clone());
+                let graph = creds.map(|c| GraphSettings {
+                    subject_filter,
+                    base_url,
+                    token_url: c.token_url,
+                    client_id: c.client_id,
+                    client_secret: c.client_secret,
+                    scope: c.scope,
+                });
+                (String::new(), 0, Tls::Tls, secret, graph, None)
+            }
+        };
+        if let Some(password) = password {
+            let mailbox = match (&i.mailbox, i.kind) {
+                (Some(m), _) => m.clone(),
+                (None, InboxKind::Imap) => "INBOX".to_string(),
+                (None, InboxKind::Graph) => DEFAULT_FOLDER.to_string(),
+            };
+            out.push(InboxConfig {
+                name: i.name,
+                host,
+                port,
+                tls,
+                username: i.username,
+                password,
+                mailbox,
+                after_confirm: i.after_confirm.unwrap_or(AfterConfirm::Keep),
+                poll_interval,
+                blind_grace: i
+                    .blind_grace
+                    .map(HumanDuration::as_duration)
+                    .unwrap_or(DEFAULT_BLIND_GRACE),
+                idle: i.idle.unwrap_or(true),
+                junk: i.junk.filter(|j| !j.is_empty()),
+                folder: Folder::Main,
+                graph,
+                oauth,
+            });
+        }
+    }
+    out
+}
+
+/// The scope of a token for Exchange Online IMAP.
+pub(super) const IMAP_OAUTH_SCOPE: &str = "https://outlook.office365.com/.default";
+
+/// The client-credentials settings of an inbox (Graph, or IMAP with XOAUTH2).
+pub(super) fn oauth_credentials(
+    loader: &mut Loader,
+    origin: &Origin,
+    i: &RawInbox,
+    default_scope: &str,
+) -> Option<ClientCredentials> {
+    const A: &str = "inbox";
+    let secret = match &i.client_secret {
+        Some(r) => loader.secret(origin, A, "client_secret", r),
+        None => {
+            loader.err(origin, A, "kind", "OAuth needs `client_secret` (env: or file:)");
+            None
+        }
+    };
+    let client_id = i.client_id.clone().unwrap_or_else(|| {
+        loader.err(origin, A, "kind", "OAuth needs `client_id`, the app registration's id");
+        String::new()
+    });
+    let token_url = match (&i.token_url, &i.tenant) {
+        (Some(u), _) => u.clone(),
+        (None, Some(t)) => format!("https://login.microsoftonline.com/{t}/oauth2/v2.0/token"),
+        (None, None) => {
+            loader.err(origin, A, "kind", "OAuth needs `tenant` (or `token_url`)");
+            String::new()
+        }
+    };
+    if !token_url.is_empty() {
+        if let Err(m) = form::check_url(&token_url) {
+            loader.err(origin, A, "token_url", m);
+        }
+    }
+    Some(ClientCredentials {
+        token_url,
+        client_id,
+        client_secret: secret?,
+        scope: i.scope.clone().unwrap_or_else(|| default_scope.to_string()),
+    })
 }

@@ -1,0 +1,274 @@
+//! `[[channel]]` and `[defaults]`: what is probed, how often, and where it
+//! must land.
+
+#[allow(unused_imports)]
+use super::*;
+
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub kind: ChannelKind,
+    pub expect: Expect,
+    /// The inbox the probe must land in (`deliver`, `forward`); optional for `bounce`.
+    pub inbox: Option<String>,
+    pub schedule: Schedule,
+    pub deadline: Duration,
+    /// This channel's fixed offset from its schedule, derived from its id.
+    pub jitter_offset: Duration,
+    /// Where this channel's pages go (channel, else owner, else defaults).
+    pub notify: Vec<String>,
+    /// A control channel: the prober's own mailbox through the same sender.
+    /// Its failure means postcanary itself is degraded.
+    pub control: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum ChannelKind {
+    Mail {
+        to: lettre::Address,
+        via: String,
+    },
+    /// A web form, submitted by following `steps`.
+    Form {
+        steps: Vec<form::Step>,
+    },
+}
+
+impl ChannelKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChannelKind::Mail { .. } => "mail",
+            ChannelKind::Form { .. } => "form",
+        }
+    }
+
+    /// What is probed, for the ledger and the status page: the address, or
+    /// the form's first URL.
+    pub fn target(&self) -> String {
+        match self {
+            ChannelKind::Mail { to, .. } => to.to_string(),
+            ChannelKind::Form { steps } => steps
+                .iter()
+                .find_map(|s| match &s.action {
+                    form::Action::Get(t) | form::Action::Post(t) => Some(t.0.clone()),
+                    form::Action::Login(l) | form::Action::Handoff(l) => Some(format!("login {l}")),
+                    form::Action::Submit(_) => None,
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Deserialize, schemars::JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDefaults {
+    pub(super) schedule: Option<Schedule>,
+    pub(super) deadline: Option<HumanDuration>,
+    pub(super) jitter: Option<HumanDuration>,
+    pub(super) owner: Option<String>,
+    pub(super) notify: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, schemars::JsonSchema, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawChannelKind {
+    Mail,
+    Form,
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawChannel {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) owner: Option<String>,
+    pub(super) kind: RawChannelKind,
+    pub(super) to: Option<String>,
+    pub(super) via: Option<String>,
+    pub(super) expect: Option<Expect>,
+    pub(super) inbox: Option<String>,
+    pub(super) schedule: Option<Schedule>,
+    pub(super) deadline: Option<HumanDuration>,
+    pub(super) notify: Option<Vec<String>>,
+    pub(super) control: Option<bool>,
+    #[serde(default)]
+    pub(super) step: Vec<form::RawStep>,
+}
+
+pub(super) struct ChannelDefaults {
+    pub(super) schedule: Schedule,
+    pub(super) deadline: Duration,
+    pub(super) jitter: Duration,
+    pub(super) owner: String,
+    pub(super) notify: Vec<String>,
+    pub(super) owner_routes: Vec<(String, Vec<String>)>,
+    pub(super) notifiers: Vec<String>,
+}
+
+/// A stable offset in `[0, min(jitter, interval/2))` derived from the channel id,
+/// so channels sharing a schedule spread out and keep their phase across restarts.
+pub fn jitter_offset(id: &str, jitter: Duration, interval: Duration) -> Duration {
+    let cap = jitter.min(interval / 2).as_millis() as u64;
+    if cap == 0 {
+        return Duration::ZERO;
+    }
+    let digest = Sha256::digest(id.as_bytes());
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&digest[..8]);
+    Duration::from_millis(u64::from_be_bytes(n) % cap)
+}
+
+pub(super) fn build_channels(
+    loader: &mut Loader,
+    raw: Vec<(Origin, RawChannel)>,
+    names: &Names,
+    defaults: &ChannelDefaults,
+) -> Vec<Channel> {
+    let (senders, inboxes) = (names.senders, names.inboxes);
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (origin, mut c) in raw {
+        const A: &str = "channel";
+        if !valid_id(&c.id) {
+            loader.err(
+                &origin,
+                A,
+                "id",
+                format!("id {:?} must be kebab-case (a-z, 0-9, -), at most 64 characters", c.id),
+            );
+        } else if !seen.insert(c.id.clone()) {
+            loader.err(&origin, A, "id", format!("channel id {:?} is already defined", c.id));
+        }
+        let expect = c.expect.unwrap_or(Expect::Deliver);
+        if c.kind != RawChannelKind::Form && !c.step.is_empty() {
+            loader.err(&origin, A, "kind", "[[channel.step]] is for kind = \"form\"");
+        }
+        let kind = match c.kind {
+            RawChannelKind::Form => {
+                for (key, set) in [("to", c.to.is_some()), ("via", c.via.is_some())] {
+                    if set {
+                        loader.err(
+                            &origin,
+                            A,
+                            key,
+                            format!("`{key}` is for mail channels; a form is reached by its steps"),
+                        );
+                    }
+                }
+                if expect == Expect::Bounce {
+                    loader.err(
+                        &origin,
+                        A,
+                        "expect",
+                        "a form cannot bounce: use deliver, forward or handoff",
+                    );
+                }
+                let steps = std::mem::take(&mut c.step);
+                form::build_steps(loader, &origin, steps, names.logins, expect == Expect::Handoff)
+                    .map(|steps| ChannelKind::Form { steps })
+            }
+            RawChannelKind::Mail => {
+                if expect == Expect::Handoff {
+                    loader.err(
+                        &origin,
+                        A,
+                        "expect",
+                        "expect = \"handoff\" is for form channels with a login",
+                    );
+                }
+                let to = match &c.to {
+                    None => {
+                        loader.err(&origin, A, "to", "kind = \"mail\" needs `to`, the address to probe");
+                        None
+                    }
+                    Some(to) => match to.parse::<lettre::Address>() {
+                        Ok(a) => Some(a),
+                        Err(e) => {
+                            loader.err(&origin, A, "to", format!("invalid address {to:?}: {e}"));
+                            None
+                        }
+                    },
+                };
+                let via = match &c.via {
+                    None => match senders {
+                        [only] => Some(only.clone()),
+                        _ => {
+                            loader.err(
+                                &origin,
+                                A,
+                                "via",
+                                "kind = \"mail\" needs `via`, the name of a [[sender]]",
+                            );
+                            None
+                        }
+                    },
+                    Some(v) if senders.contains(v) => Some(v.clone()),
+                    Some(v) => {
+                        loader.err(&origin, A, "via", format!("no [[sender]] named {v:?}"));
+                        None
+                    }
+                };
+                to.zip(via).map(|(to, via)| ChannelKind::Mail { to, via })
+            }
+        };
+        match (&c.inbox, expect) {
+            (Some(name), _) if !inboxes.contains(name) => {
+                loader.err(&origin, A, "inbox", format!("no [[inbox]] named {name:?}"));
+            }
+            (None, Expect::Deliver | Expect::Forward) => {
+                loader.err(
+                    &origin,
+                    A,
+                    "inbox",
+                    format!(
+                        "expect = \"{}\" needs `inbox`, the [[inbox]] it must land in",
+                        expect.as_str()
+                    ),
+                );
+            }
+            _ => {}
+        }
+        let deadline = c.deadline.map(HumanDuration::as_duration).unwrap_or(defaults.deadline);
+        if deadline.is_zero() {
+            loader.err(&origin, A, "deadline", "deadline must be longer than zero");
+        }
+        let schedule = c.schedule.unwrap_or_else(|| defaults.schedule.clone());
+        let jitter_offset = jitter_offset(&c.id, defaults.jitter, schedule.nominal_interval());
+        let owner = c.owner.unwrap_or_else(|| defaults.owner.clone());
+        if let Some(list) = &c.notify {
+            check_notify_list(loader, &origin, A, list, &defaults.notifiers);
+        }
+        let notify = c
+            .notify
+            .or_else(|| {
+                defaults
+                    .owner_routes
+                    .iter()
+                    .find(|(o, _)| o == &owner)
+                    .map(|(_, n)| n.clone())
+            })
+            .unwrap_or_else(|| defaults.notify.clone());
+        let control = c.control.unwrap_or(false);
+        if control && expect != Expect::Deliver {
+            loader.err(&origin, A, "control", "a control channel must expect = \"deliver\"");
+        }
+        if let Some(kind) = kind {
+            out.push(Channel {
+                notify,
+                control,
+                id: c.id,
+                name: c.name,
+                owner,
+                kind,
+                expect,
+                inbox: c.inbox,
+                schedule,
+                deadline,
+                jitter_offset,
+            });
+        }
+    }
+    out
+}
