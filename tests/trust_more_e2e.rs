@@ -53,7 +53,9 @@ fn config(
 }
 
 fn channel(id: &str, to: &str, inbox: &str, extra: &str) -> String {
-    format!("[[channel]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"mail\"\nto = \"{to}\"\ninbox = \"{inbox}\"\n{extra}\n\n")
+    format!(
+        "[[channel]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"mail\"\nto = \"{to}\"\ninbox = \"{inbox}\"\n{extra}\n\n"
+    )
 }
 
 /// The real engine in this process, paging through the webhook.
@@ -158,7 +160,14 @@ async fn a_refused_imap_login_pages_no_channel_and_after_repair_every_probe_is_d
     let dir = tempfile::tempdir().expect("tempdir");
     let n = 10;
     let channels: String = (0..n)
-        .map(|i| channel(&format!("ch-{i}"), "social@kommune.example", "social", "deadline = \"8s\""))
+        .map(|i| {
+            channel(
+                &format!("ch-{i}"),
+                "social@kommune.example",
+                "social",
+                "deadline = \"8s\"",
+            )
+        })
         .collect();
     let path = config(
         dir.path(),
@@ -176,7 +185,9 @@ async fn a_refused_imap_login_pages_no_channel_and_after_repair_every_probe_is_d
         engine
             .watcher_states()
             .iter()
-            .find(|(_, s)| matches!(s, postcanary::inbox::imap::WatcherState::Backoff(e) if e.contains("refused login")))
+            .find(
+                |(_, s)| matches!(s, postcanary::inbox::imap::WatcherState::Backoff(e) if e.contains("refused login")),
+            )
             .cloned()
     })
     .await;
@@ -274,18 +285,26 @@ async fn a_flap_with_the_deadline_longer_than_the_interval_is_one_trigger_and_on
     // Wait until the probes of the outage are all judged (their deadlines
     // come after the first successes of the repaired route) and three probes
     // made after the repair are delivered.
-    let all = wait_for("the outage judged and three deliveries after it", Duration::from_secs(60), async || {
-        let p = store.recent_probes("flap", 100).await.ok()?;
-        let before: Vec<_> = p.iter().filter(|p| p.created_at < restored_at).collect();
-        let after = p
-            .iter()
-            .filter(|p| p.created_at > restored_at + 1_000 && p.verdict == Verdict::Delivered)
-            .count();
-        (before.iter().all(|p| p.verdict.is_final()) && after >= 3).then_some(p)
-    })
+    let all = wait_for(
+        "the outage judged and three deliveries after it",
+        Duration::from_secs(60),
+        async || {
+            let p = store.recent_probes("flap", 100).await.ok()?;
+            let before: Vec<_> = p.iter().filter(|p| p.created_at < restored_at).collect();
+            let after = p
+                .iter()
+                .filter(|p| p.created_at > restored_at + 1_000 && p.verdict == Verdict::Delivered)
+                .count();
+            (before.iter().all(|p| p.verdict.is_final()) && after >= 3).then_some(p)
+        },
+    )
     .await;
     let missed = all.iter().filter(|p| p.verdict == Verdict::Missed).count();
-    assert!(missed >= 2, "the black hole was caught: {:?}", all.iter().map(|p| p.verdict).collect::<Vec<_>>());
+    assert!(
+        missed >= 2,
+        "the black hole was caught: {:?}",
+        all.iter().map(|p| p.verdict).collect::<Vec<_>>()
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let p = channel_pages(&hook);
     assert_eq!(
@@ -322,7 +341,12 @@ async fn a_copied_token_from_another_sender_changes_no_verdict() {
     );
     let engine = engine(&path).await;
     let first = fire(&engine, "hole").await;
-    let missed = wait_final(engine.store.as_ref(), std::slice::from_ref(&first), Duration::from_secs(30)).await;
+    let missed = wait_final(
+        engine.store.as_ref(),
+        std::slice::from_ref(&first),
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(missed[0].verdict, Verdict::Missed, "{:?}", missed[0]);
     wait_for("the trigger", Duration::from_secs(10), async || {
         (!channel_pages(&hook).is_empty()).then_some(())
@@ -337,7 +361,12 @@ async fn a_copied_token_from_another_sender_changes_no_verdict() {
          Forwarding {shown} and {shown}-0123456789abcdef as seen on the status page.\r\n"
     );
     send_raw_smtp(stack.smtp_port, "borger@kommune.example", &copy);
-    let judged = wait_final(engine.store.as_ref(), std::slice::from_ref(&id), Duration::from_secs(30)).await;
+    let judged = wait_final(
+        engine.store.as_ref(),
+        std::slice::from_ref(&id),
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(judged[0].verdict, Verdict::Missed, "{:?}", judged[0]);
     let events = engine.store.events(&id).await.expect("events");
     let foreign: Vec<_> = events.iter().filter(|e| e.kind == "foreign").collect();
@@ -362,7 +391,11 @@ async fn a_copied_token_from_another_sender_changes_no_verdict() {
 /// Defers (or releases) every delivery of the test Postfix to Dovecot: the
 /// message waits in the queue, where its full token can be read.
 fn hold_deliveries(stack: &MailStack, hold: bool) {
-    let value = if hold { "defer_transports=lmtp" } else { "defer_transports=" };
+    let value = if hold {
+        "defer_transports=lmtp"
+    } else {
+        "defer_transports="
+    };
     let out = Command::new("postconf")
         .arg("-c")
         .arg(stack.dir.path().join("postfix"))
@@ -379,8 +412,17 @@ fn hold_deliveries(stack: &MailStack, hold: bool) {
 /// The whole message of the one mail in the test Postfix's queue.
 fn queued_message(stack: &MailStack) -> String {
     let conf = stack.dir.path().join("postfix");
-    let q = Command::new("postqueue").arg("-c").arg(&conf).arg("-j").output().expect("postqueue");
-    let line = String::from_utf8_lossy(&q.stdout).lines().next().unwrap_or_default().to_string();
+    let q = Command::new("postqueue")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-j")
+        .output()
+        .expect("postqueue");
+    let line = String::from_utf8_lossy(&q.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("postqueue -j: {e}: {line:?}"));
     let id = v["queue_id"].as_str().expect("queue_id").to_string();
     let cat = Command::new("postcat")
@@ -425,7 +467,10 @@ async fn a_forged_dsn_in_the_main_inbox_is_ignored() {
         .unwrap_or_else(|| panic!("no full token in the queued probe:\n{message}"));
     let message_id = message
         .lines()
-        .find_map(|l| l.strip_prefix("Message-ID: ").or_else(|| l.strip_prefix("Message-Id: ")))
+        .find_map(|l| {
+            l.strip_prefix("Message-ID: ")
+                .or_else(|| l.strip_prefix("Message-Id: "))
+        })
         .expect("Message-ID")
         .trim()
         .to_string();
@@ -442,19 +487,37 @@ async fn a_forged_dsn_in_the_main_inbox_is_ignored() {
     );
     // Straight into social's INBOX over Dovecot's LMTP (Postfix is holding deliveries).
     lmtp_deliver(stack.lmtp_port, "social@kommune.example", &dsn);
-    let noted = wait_for("the forged DSN noted as evidence", Duration::from_secs(15), async || {
-        let events = engine.store.events(&id).await.ok()?;
-        events
-            .into_iter()
-            .find(|e| e.kind == "foreign" && e.detail.contains("not in the return path"))
-    })
+    let noted = wait_for(
+        "the forged DSN noted as evidence",
+        Duration::from_secs(15),
+        async || {
+            let events = engine.store.events(&id).await.ok()?;
+            events
+                .into_iter()
+                .find(|e| e.kind == "foreign" && e.detail.contains("not in the return path"))
+        },
+    )
     .await;
-    assert!(noted.detail.contains("`social`") && noted.detail.contains("`canary`"), "{noted:?}");
+    assert!(
+        noted.detail.contains("`social`") && noted.detail.contains("`canary`"),
+        "{noted:?}"
+    );
     let p = engine.store.probe(&id).await.expect("ledger").expect("probe");
     assert_eq!(p.verdict, Verdict::Pending, "the forgery decided nothing: {p:?}");
     hold_deliveries(&stack, false);
-    let judged = wait_final(engine.store.as_ref(), std::slice::from_ref(&id), Duration::from_secs(45)).await;
-    assert_eq!(judged[0].verdict, Verdict::Delivered, "{:?}\n{}", judged[0], stack.log_tail());
+    let judged = wait_final(
+        engine.store.as_ref(),
+        std::slice::from_ref(&id),
+        Duration::from_secs(45),
+    )
+    .await;
+    assert_eq!(
+        judged[0].verdict,
+        Verdict::Delivered,
+        "{:?}\n{}",
+        judged[0],
+        stack.log_tail()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(pages(&hook).is_empty(), "{:?}", pages(&hook));
     engine.stop().await;
