@@ -398,12 +398,13 @@ impl Engine {
 const NUDGE_GAP: Duration = Duration::from_secs(1);
 
 /// The watchers that must have looked past a probe's deadline before it can
-/// be judged: those of its inbox (main and junk folder); for an address that
-/// must bounce, every watcher (a bounce may come back to any of them).
+/// be judged: every watcher, for a probe that must arrive (found in any other
+/// watched inbox it is `misrouted`, not `missed`; on servers whose IDLE does
+/// not push, such as Courier, that inbox is only read when nudged) or must
+/// bounce (a bounce may come back to any of them).
 fn needed_for<'a>(p: &'a ProbeRecord, points: &'a WatchPoints) -> Vec<&'a Arc<WatchPoint>> {
     match (p.inbox.as_deref(), p.expect()) {
-        (Some(inbox), _) => points.of_inbox(inbox).collect(),
-        (None, crate::config::Expect::Bounce) => points.0.iter().collect(),
+        (Some(_), _) | (None, crate::config::Expect::Bounce) => points.0.iter().collect(),
         (None, _) => Vec::new(),
     }
 }

@@ -134,11 +134,12 @@ async fn move_to_a_missing_folder_is_a_clear_error_not_a_reconnect_loop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn imap_cut_for_60s_pages_no_channel_and_every_probe_is_delivered() {
+async fn imap_cut_for_60s_with_50_channels_pages_no_channel_and_every_probe_is_delivered() {
     let stack = MailStack::start();
     let proxy = FaultProxy::start(stack.imap_port);
     let hook = Receiver::start();
-    let n = 20;
+    // The figure: 50 channels pending behind one blind IMAP server.
+    let n = 50;
     let s = setup(&stack, proxy.port, &hook.url("/hook"), n, "every 35s", "20s", "");
     let mut daemon = Daemon::start(&s.config, &s.dir.path().join("daemon.log"));
     let store = wait_for("ledger", Duration::from_secs(10), async || {

@@ -573,7 +573,8 @@ async fn usable_after_confirm(cfg: &InboxConfig, session: &mut ImapSession) -> R
         }
         Err(e) => {
             let separator = {
-                let stream = op("LIST", session.list(Some(""), Some(""))).await?;
+                // `LIST "" ""` (async-imap sends the pattern as given: None is `""`).
+                let stream = op("LIST", session.list(Some(""), None)).await?;
                 op("LIST", stream.try_collect::<Vec<_>>())
                     .await?
                     .first()
