@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use postcanary::config::Config;
 use postcanary::engine::Engine;
-use postcanary::ledger::{ProbeRecord, SqliteStore, Store};
+use postcanary::ledger::{sqlite::SqliteStore, ProbeRecord, Store};
 use postcanary::outbox::RealDelivery;
 use postcanary::verdict::Verdict;
 use support::canary::{send_raw_smtp, wait_for, Daemon};

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use postcanary::config::Config;
 use postcanary::engine::Engine;
-use postcanary::ledger::{ProbeRecord, SqliteStore, Store};
+use postcanary::ledger::{sqlite::SqliteStore, ProbeRecord, Store};
 use postcanary::outbox::RealDelivery;
 use postcanary::verdict::Verdict;
 use support::canary::{lmtp_deliver, send_raw_smtp, wait_for, Daemon, StackExt};
