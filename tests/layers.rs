@@ -7,7 +7,8 @@
 //! - a file in src/ that no unit of the table covers;
 //! - an import that goes up a layer;
 //! - an import between two units of one layer whose rule is `alone`;
-//! - any import circle between units.
+//! - any import circle between units, or between the modules (files) of one
+//!   unit.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -214,11 +215,74 @@ fn absolute(src: &Path, here: &[String], path: &[String]) -> Option<Vec<String>>
     Some(at)
 }
 
+/// The byte offset of the `}` that closes the `{` at `open`, skipping string
+/// and character literals.
+fn closing(code: &str, open: usize) -> usize {
+    let b = code.as_bytes();
+    let (mut depth, mut i) = (0usize, open);
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'\'' if i + 2 < b.len() && (b[i + 2] == b'\'' || b[i + 1] == b'\\') => {
+                i += if b[i + 1] == b'\\' { 3 } else { 2 };
+            }
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return i;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+/// Inline modules (`mod tests { … }`): (start, end, name).
+fn inline_modules(code: &str) -> Vec<(usize, usize, String)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(off) = code[i..].find("mod ") {
+        let at = i + off;
+        i = at + 4;
+        if at > 0 && is_ident(code.as_bytes()[at - 1] as char) {
+            continue;
+        }
+        let name: String = code[at + 4..].chars().take_while(|c| is_ident(*c)).collect();
+        let after = code[at + 4 + name.len()..].trim_start();
+        if name.is_empty() || !after.starts_with('{') {
+            continue;
+        }
+        let open = code.len() - after.len();
+        out.push((at, closing(code, open), name));
+    }
+    out
+}
+
 /// Every module path a file names, with the line it is on.
 fn imports(src: &Path, file: &Path) -> Vec<(usize, Vec<String>)> {
     let text = std::fs::read_to_string(file).expect("read source file");
     let code = strip_comments(&text);
-    let here = module_of(src, file);
+    let file_module = module_of(src, file);
+    let inline = inline_modules(&code);
+    // The module a byte of the file is in: the file's, or an inline one in it.
+    let module_at = |at: usize| {
+        let mut m = file_module.clone();
+        m.extend(
+            inline
+                .iter()
+                .filter(|(s, e, _)| (*s..*e).contains(&at))
+                .map(|(_, _, n)| n.clone()),
+        );
+        m
+    };
     let line_of = |at: usize| code[..at].matches('\n').count() + 1;
     let mut found = Vec::new();
     let mut covered: Vec<(usize, usize)> = Vec::new();
@@ -238,7 +302,7 @@ fn imports(src: &Path, file: &Path) -> Vec<(usize, Vec<String>)> {
         let tree = &code[at + 4..at + end];
         covered.push((at, at + end));
         for path in expand(tree) {
-            if let Some(abs) = absolute(src, &here, &path) {
+            if let Some(abs) = absolute(src, &module_at(at), &path) {
                 found.push((line_of(at), resolve(src, &abs)));
             }
         }
@@ -257,7 +321,7 @@ fn imports(src: &Path, file: &Path) -> Vec<(usize, Vec<String>)> {
             }
             let path: String = code[at..].chars().take_while(|c| is_ident(*c) || *c == ':').collect();
             let segs: Vec<String> = path.split("::").filter(|s| !s.is_empty()).map(str::to_string).collect();
-            if let Some(abs) = absolute(src, &here, &segs) {
+            if let Some(abs) = absolute(src, &module_at(at), &segs) {
                 found.push((line_of(at), resolve(src, &abs)));
             }
         }
@@ -290,6 +354,7 @@ fn imports_only_go_down() {
 
     let mut problems = Vec::new();
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut file_edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in &files {
         let module = module_of(&src, file);
         let shown = file.strip_prefix(root).unwrap_or(file).display().to_string();
@@ -314,6 +379,10 @@ fn imports_only_go_down() {
                 ));
                 continue;
             };
+            let (here, there) = (module.join("::"), target.join("::"));
+            if here != there {
+                file_edges.entry(here).or_default().insert(there);
+            }
             if to == from {
                 continue;
             }
@@ -368,6 +437,17 @@ fn imports_only_go_down() {
     }
     for c in circles {
         problems.push(format!("import circle: {c}"));
+    }
+    // And between the files (modules) of one unit.
+    let mut state = BTreeMap::new();
+    let mut circles = Vec::new();
+    for n in file_edges.keys() {
+        if state.get(n.as_str()).copied().unwrap_or(0) == 0 {
+            visit(n, &file_edges, &mut state, &mut Vec::new(), &mut circles);
+        }
+    }
+    for c in circles {
+        problems.push(format!("import circle between modules: {c}"));
     }
     assert!(
         problems.is_empty(),

@@ -1,8 +1,20 @@
 //! `[[channel]]` and `[defaults]`: what is probed, how often, and where it
 //! must land.
 
-#[allow(unused_imports)]
-use super::*;
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::form;
+use super::loader::{check_notify_list, valid_id, Loader, Names, Origin};
+use super::values::{HumanDuration, Schedule};
+use crate::verdict::Expect;
+
+pub(super) const DEFAULT_SCHEDULE: &str = "every 10m";
+pub(super) const DEFAULT_DEADLINE: Duration = Duration::from_secs(15 * 60);
+pub(super) const DEFAULT_JITTER: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct Channel {

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::loader::{base_dir, Loader, Origin};
+use super::values::HumanDuration;
 use super::values::{Secret, SecretRef};
-use super::{base_dir, HumanDuration, Loader, Origin};
 
 /// Variables every step may use.
 pub const BUILTIN_VARS: [&str; 4] = ["token", "channel", "probe_id", "now"];

@@ -1,8 +1,17 @@
 //! `[[inbox]]`: the mailboxes watchers read (IMAP or Microsoft Graph), which
 //! folder, and an app registration's client credentials.
 
-#[allow(unused_imports)]
-use super::*;
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::form;
+use super::loader::{check_name, check_tls_host, Loader, Origin};
+use super::values::{AfterConfirm, HumanDuration, Secret, SecretRef, Tls};
+
+/// How long a probe waits for a blind watcher of its inbox past its deadline.
+pub const DEFAULT_BLIND_GRACE: Duration = Duration::from_secs(300);
 
 pub const DEFAULT_BASE_URL: &str = "https://graph.microsoft.com/v1.0";
 pub const DEFAULT_FOLDER: &str = "Inbox";

@@ -1,8 +1,12 @@
 //! The loader: the files read so far, the errors found, and the helpers
 //! every section's validation uses to point an error at file, line and key.
 
-#[allow(unused_imports)]
-use super::*;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use super::source::{ConfigError, SourceFile};
+use super::values;
+use super::values::{Secret, SecretRef, Tls};
 
 /// Where a table came from: its file and its index among that file's
 /// `[[kind]]` tables, to point errors at the right lines.
@@ -121,4 +125,18 @@ pub(super) fn valid_id(id: &str) -> bool {
         && id
             .split('-')
             .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+}
+
+pub(super) fn check_notify_list(
+    loader: &mut Loader,
+    origin: &Origin,
+    array: &str,
+    list: &[String],
+    notifiers: &[String],
+) {
+    for n in list {
+        if !notifiers.contains(n) {
+            loader.err(origin, array, "notify", format!("no [[notifier]] named {n:?}"));
+        }
+    }
 }

@@ -14,12 +14,8 @@ mod service;
 mod source;
 pub mod values;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 pub use crate::verdict::Expect;
 pub use channel::*;
@@ -27,6 +23,7 @@ pub use inbox::*;
 pub use loader::*;
 pub use notify::*;
 pub use schema::config_schema;
+use schema::{RawInclude, RawMain};
 pub use sender::*;
 pub use service::*;
 pub use source::{ConfigError, ConfigErrors, SourceFile};
@@ -73,60 +70,6 @@ impl Config {
         self.channels.iter().find(|c| c.id == id)
     }
 }
-
-// ---------------------------------------------------------------------------
-// The file formats, exactly as written. `deny_unknown_fields` everywhere.
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct RawMain {
-    #[serde(default)]
-    include: Vec<String>,
-    ledger: Option<RawLedger>,
-    token: Option<RawToken>,
-    defaults: Option<RawDefaults>,
-    #[serde(default)]
-    sender: Vec<RawSender>,
-    #[serde(default)]
-    inbox: Vec<RawInbox>,
-    #[serde(default)]
-    channel: Vec<RawChannel>,
-    #[serde(default)]
-    login: Vec<form::RawLogin>,
-    #[serde(default)]
-    notifier: Vec<RawNotifier>,
-    #[serde(default)]
-    owner: Vec<RawOwner>,
-    #[serde(default)]
-    silence: Vec<RawSilence>,
-    paging: Option<RawPaging>,
-    heartbeat: Option<RawHeartbeat>,
-    server: Option<RawServer>,
-    telemetry: Option<RawTelemetry>,
-    dns: Option<RawDns>,
-    discover: Option<RawDiscover>,
-}
-
-/// An included file may define senders, inboxes and channels.
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct RawInclude {
-    #[serde(default)]
-    sender: Vec<RawSender>,
-    #[serde(default)]
-    inbox: Vec<RawInbox>,
-    #[serde(default)]
-    channel: Vec<RawChannel>,
-    #[serde(default)]
-    login: Vec<form::RawLogin>,
-}
-
-const DEFAULT_SCHEDULE: &str = "every 10m";
-const DEFAULT_DEADLINE: Duration = Duration::from_secs(15 * 60);
-const DEFAULT_JITTER: Duration = Duration::from_secs(60);
-/// How long a probe waits for a blind watcher of its inbox past its deadline.
-pub const DEFAULT_BLIND_GRACE: Duration = Duration::from_secs(300);
-const DEFAULT_TOKEN_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
 
 /// The config file to use: the explicit one, else `$POSTCANARY_CONFIG`, else `./postcanary.toml`.
 pub fn default_path(explicit: Option<PathBuf>) -> PathBuf {

@@ -1,8 +1,14 @@
 //! `[[notifier]]`, `[[owner]]`, `[[silence]]` and `[paging]`: where pages go,
 //! to whom, and when not.
 
-#[allow(unused_imports)]
-use super::*;
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::channel::Channel;
+use super::loader::{check_name, check_notify_list, Loader, Origin};
+use super::values::{HumanDuration, Secret, SecretRef};
 
 /// The built-in notifier kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
@@ -221,20 +227,6 @@ pub(super) fn build_notifiers(
         });
     }
     out
-}
-
-pub(super) fn check_notify_list(
-    loader: &mut Loader,
-    origin: &Origin,
-    array: &str,
-    list: &[String],
-    notifiers: &[String],
-) {
-    for n in list {
-        if !notifiers.contains(n) {
-            loader.err(origin, array, "notify", format!("no [[notifier]] named {n:?}"));
-        }
-    }
 }
 
 pub(super) fn build_owners(

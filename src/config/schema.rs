@@ -1,13 +1,65 @@
-//! The JSON Schema of the config file (`postcanary schema`), generated from
-//! the `Raw*` types the loader deserializes, so the schema and the parser
+//! The root file formats (`RawMain`, the main file; `RawInclude`, an
+//! included one) and the JSON Schema of the config file (`postcanary
+//! schema`), generated from the `Raw*` types the loader deserializes, so the schema and the parser
 //! cannot drift apart. The value types that parse from strings describe their
 //! string forms here; `deny_unknown_fields` becomes `additionalProperties: false`.
 
 use std::borrow::Cow;
 
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::Deserialize;
 
+use super::channel::{RawChannel, RawDefaults};
+use super::form;
+use super::inbox::RawInbox;
+use super::notify::{RawNotifier, RawOwner, RawPaging, RawSilence};
+use super::sender::RawSender;
+use super::service::{RawDiscover, RawDns, RawHeartbeat, RawLedger, RawServer, RawTelemetry, RawToken};
 use super::values::{AfterConfirm, HumanDuration, Schedule, SecretRef};
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMain {
+    #[serde(default)]
+    pub(super) include: Vec<String>,
+    pub(super) ledger: Option<RawLedger>,
+    pub(super) token: Option<RawToken>,
+    pub(super) defaults: Option<RawDefaults>,
+    #[serde(default)]
+    pub(super) sender: Vec<RawSender>,
+    #[serde(default)]
+    pub(super) inbox: Vec<RawInbox>,
+    #[serde(default)]
+    pub(super) channel: Vec<RawChannel>,
+    #[serde(default)]
+    pub(super) login: Vec<form::RawLogin>,
+    #[serde(default)]
+    pub(super) notifier: Vec<RawNotifier>,
+    #[serde(default)]
+    pub(super) owner: Vec<RawOwner>,
+    #[serde(default)]
+    pub(super) silence: Vec<RawSilence>,
+    pub(super) paging: Option<RawPaging>,
+    pub(super) heartbeat: Option<RawHeartbeat>,
+    pub(super) server: Option<RawServer>,
+    pub(super) telemetry: Option<RawTelemetry>,
+    pub(super) dns: Option<RawDns>,
+    pub(super) discover: Option<RawDiscover>,
+}
+
+/// An included file may define senders, inboxes and channels.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInclude {
+    #[serde(default)]
+    pub(super) sender: Vec<RawSender>,
+    #[serde(default)]
+    pub(super) inbox: Vec<RawInbox>,
+    #[serde(default)]
+    pub(super) channel: Vec<RawChannel>,
+    #[serde(default)]
+    pub(super) login: Vec<form::RawLogin>,
+}
 
 /// The duration syntax of `values::parse_duration`.
 const DURATION: &str = r"([0-9]+(ms|s|m|h|d|w))+";
@@ -75,7 +127,7 @@ pub fn config_schema() -> serde_json::Value {
     // Draft 7: what Taplo (Even Better TOML) and VS Code's JSON support read fully.
     let mut schema = schemars::generate::SchemaSettings::draft07()
         .into_generator()
-        .into_root_schema_for::<super::RawMain>();
+        .into_root_schema_for::<RawMain>();
     schema.insert("title".into(), "postcanary configuration".into());
     schema.insert(
         "description".into(),

@@ -1,8 +1,14 @@
 //! `[[sender]]`: how probes leave — a relay (`smtp`) or the recipient
 //! domain's MX (`mx`), with DKIM signing.
 
-#[allow(unused_imports)]
-use super::*;
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::loader::{check_name, check_tls_host, Loader, Origin};
+use super::service::parse_nameserver;
+use super::values::{HumanDuration, Secret, SecretRef, Tls};
 
 #[derive(Debug, Clone)]
 pub struct SenderConfig {

@@ -1,8 +1,15 @@
 //! The daemon's own sections: `[ledger]`, `[token]`, `[server]`,
 //! `[heartbeat]`, `[telemetry]`, `[dns]`, `[discover]`.
 
-#[allow(unused_imports)]
-use super::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::loader::{base_dir, Loader};
+use super::values::{HumanDuration, Secret, SecretRef};
+
+pub(super) const DEFAULT_TOKEN_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
 
 /// `[discover]`: crawl the organisation's sites every `interval` for
 /// published channels nobody probes.

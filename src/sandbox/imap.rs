@@ -18,8 +18,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch};
 
+use super::conn::{contains_ignore_case, trim_eol, Conn, End, Line, ServerCore, Signal};
 use super::store::{folder_name, MailStore, StoreError, StoredMessage};
-use super::{contains_ignore_case, trim_eol, Conn, End, Line, ServerCore, Signal};
 
 /// How the IMAP server behaves.
 #[derive(Clone, Debug)]

@@ -14,8 +14,8 @@ use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::conn::{trim_eol, Conn, End, Line, ServerCore, Signal};
 use super::store::{MailStore, Route, StoreError};
-use super::{trim_eol, Conn, End, Line, ServerCore, Signal};
 
 /// How the SMTP receiver behaves.
 #[derive(Clone, Debug)]
