@@ -122,6 +122,116 @@ pub fn check_selector(selector: &str) -> Result<(), String> {
         .map_err(|e| format!("invalid CSS selector {selector:?}: {e}"))
 }
 
+/// Which submit button to press: by its text (`"Næste"` or `"text:Næste"`),
+/// by `name=value` (`"wizard_goto_step=2"`), or by CSS (`"css:button.primary"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Button {
+    Text(String),
+    NameValue(String, String),
+    Css(String),
+}
+
+impl Button {
+    pub fn parse(spec: &str) -> Result<Button, String> {
+        if let Some(css) = spec.strip_prefix("css:") {
+            let css = css.trim();
+            check_selector(css)?;
+            return Ok(Button::Css(css.to_string()));
+        }
+        if let Some(text) = spec.strip_prefix("text:") {
+            let text = text.trim();
+            if text.is_empty() {
+                return Err("`text:` needs the button's text".into());
+            }
+            return Ok(Button::Text(text.to_string()));
+        }
+        if let Some((name, value)) = spec.split_once('=') {
+            if !name.is_empty() && !name.contains(char::is_whitespace) {
+                return Ok(Button::NameValue(name.to_string(), value.to_string()));
+            }
+        }
+        let text = spec.trim();
+        if text.is_empty() {
+            return Err("an empty button: give its text, name=value or css:SELECTOR".into());
+        }
+        Ok(Button::Text(text.to_string()))
+    }
+
+    /// For messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Button::Text(t) => format!("the button {t:?}"),
+            Button::NameValue(n, v) => format!("the button {n}={v}"),
+            Button::Css(c) => format!("the button matching {c:?}"),
+        }
+    }
+}
+
+/// A field's value: text with `{{variables}}`, or a secret (`env:NAME`,
+/// `file:PATH`), which is sent and never shown.
+#[derive(Debug, Clone)]
+pub enum FieldValue {
+    Text(Template),
+    Secret(Secret),
+}
+
+/// A field in TOML: one value, or several (checkbox groups, multi-selects).
+#[derive(Deserialize, schemars::JsonSchema, Clone)]
+#[serde(untagged)]
+pub(super) enum RawFieldValue {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RawFieldValue {
+    fn values(&self) -> Vec<&str> {
+        match self {
+            RawFieldValue::One(s) => vec![s.as_str()],
+            RawFieldValue::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// Whether a field value is a secret reference rather than text: exactly
+/// `env:NAME` or `file:PATH` (a path without spaces or `{{`).
+fn secret_ref(v: &str) -> Option<Result<SecretRef, String>> {
+    let is_env = v
+        .strip_prefix("env:")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    let is_file = v
+        .strip_prefix("file:")
+        .is_some_and(|p| !p.is_empty() && !p.contains(char::is_whitespace) && !p.contains("{{"));
+    (is_env || is_file).then(|| v.parse::<SecretRef>())
+}
+
+/// Reads a `fields` table: each value checked as a template (with `check`)
+/// or resolved as a secret; several values of one name stay in order.
+fn build_fields(
+    loader: &mut Loader,
+    base: &std::path::Path,
+    raw: &BTreeMap<String, RawFieldValue>,
+    mut report: impl FnMut(&mut Loader, String),
+    mut check: impl FnMut(&mut Loader, &str, &str),
+) -> Vec<(String, FieldValue)> {
+    let mut out = Vec::new();
+    for (k, v) in raw {
+        for value in v.values() {
+            match secret_ref(value) {
+                Some(Ok(r)) => match loader.resolve(&r, base) {
+                    Ok(s) => out.push((k.clone(), FieldValue::Secret(s))),
+                    Err(m) => report(loader, format!("field {k:?}: {m}")),
+                },
+                Some(Err(m)) => report(loader, format!("field {k:?}: {m}")),
+                None => {
+                    check(loader, k, value);
+                    out.push((k.clone(), FieldValue::Text(Template(value.to_string()))));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// A file to upload in a multipart POST.
 #[derive(Debug, Clone)]
 pub struct FileField {
@@ -169,7 +279,10 @@ pub struct Step {
     /// Shown in evidence and verdicts: the configured name or "step N (verb)".
     pub name: String,
     pub action: Action,
-    pub fields: Vec<(String, Template)>,
+    /// Values to send; a name may repeat (several values of one field).
+    pub fields: Vec<(String, FieldValue)>,
+    /// The submit button to press (`submit` steps); default: the form's first.
+    pub button: Option<Button>,
     pub files: Vec<(String, FileField)>,
     pub headers: Vec<(String, Template)>,
     /// POST as multipart/form-data (also when `files` is set or the form says so).
@@ -228,7 +341,17 @@ pub struct LoginConfig {
     /// Selector of the IdP's login form; default: the form holding the password field, else the first form.
     pub form: Option<String>,
     /// Other fields to fill on the IdP's form.
-    pub fields: Vec<(String, Template)>,
+    pub fields: Vec<(String, FieldValue)>,
+    /// Extra request headers for every request of the flow.
+    pub headers: Vec<(String, Template)>,
+    /// Buttons to press on intermediate pages (consent, "continue", account
+    /// choice), tried in order on each page. A page with visible buttons is
+    /// never submitted without one of these.
+    pub continue_with: Vec<Button>,
+    /// Fields to set on the form of an intermediate page.
+    pub continue_fields: Vec<(String, FieldValue)>,
+    /// Extra trust anchors for the flow's HTTPS requests.
+    pub ca_file: Option<super::ca::CaFile>,
     // Hand-off checks.
     /// The service's assertion consumer service URL (SAML) or redirect URI (OIDC).
     pub acs: Option<String>,
@@ -247,7 +370,7 @@ pub struct LoginConfig {
 // ---------------------------------------------------------------------------
 // Raw TOML.
 
-#[derive(Deserialize, schemars::JsonSchema)]
+#[derive(Deserialize, schemars::JsonSchema, Clone)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStep {
     name: Option<String>,
@@ -256,8 +379,16 @@ pub(super) struct RawStep {
     submit: Option<String>,
     login: Option<String>,
     handoff: Option<String>,
+    /// Insert the steps of the `[[step_list]]` of this name.
+    #[serde(rename = "use")]
+    use_list: Option<String>,
+    /// Values of the step list's parameters (with `use`).
     #[serde(default)]
-    fields: BTreeMap<String, String>,
+    params: BTreeMap<String, String>,
+    #[serde(default)]
+    fields: BTreeMap<String, RawFieldValue>,
+    /// The submit button to press: its text, `name=value`, or `css:SELECTOR`.
+    button: Option<String>,
     #[serde(default)]
     files: BTreeMap<String, RawFile>,
     #[serde(default)]
@@ -275,14 +406,14 @@ pub(super) struct RawStep {
     timeout: Option<HumanDuration>,
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
+#[derive(Deserialize, schemars::JsonSchema, Clone)]
 #[serde(untagged)]
 enum StatusList {
     One(u16),
     Many(Vec<u16>),
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
+#[derive(Deserialize, schemars::JsonSchema, Clone)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     name: String,
@@ -303,8 +434,21 @@ pub(super) struct RawLogin {
     username_field: Option<String>,
     password_field: Option<String>,
     form: Option<String>,
+    /// Fields to set on the IdP's login form; `env:`/`file:` values are secrets.
     #[serde(default)]
-    fields: BTreeMap<String, String>,
+    fields: BTreeMap<String, RawFieldValue>,
+    /// Extra request headers for every request of the login.
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// Buttons to press on intermediate pages (consent, "continue", account
+    /// choice): text, `name=value` or `css:SELECTOR`, tried in order.
+    #[serde(default, rename = "continue")]
+    continue_with: Vec<String>,
+    /// Fields to set on an intermediate page's form (e.g. the account to choose).
+    #[serde(default)]
+    continue_fields: BTreeMap<String, RawFieldValue>,
+    /// A PEM file of extra CA certificates (an internal CA), added to the built-in roots.
+    ca_file: Option<String>,
     acs: Option<String>,
     loa: Option<String>,
     require_signed: Option<bool>,
@@ -383,22 +527,41 @@ pub(super) fn build_logins(loader: &mut Loader, raw: Vec<(Origin, RawLogin)>) ->
                 }
             }
         }
-        let mut fields = Vec::new();
-        for (k, v) in r.fields {
-            match template_vars(&v) {
-                Ok(vars) => {
-                    if let Some(bad) = vars.iter().find(|v| !BUILTIN_VARS.contains(&v.as_str())) {
-                        loader.err(
-                            &origin,
-                            A,
-                            "fields",
-                            format!("field {k:?}: unknown variable `{{{{{bad}}}}}`"),
-                        );
-                    }
+        let check_builtin = |loader: &mut Loader, key: &str, what: String, v: &str| match template_vars(v) {
+            Ok(vars) => {
+                if let Some(bad) = vars.iter().find(|v| !BUILTIN_VARS.contains(&v.as_str())) {
+                    loader.err(&origin, A, key, format!("{what}: unknown variable `{{{{{bad}}}}}`"));
                 }
-                Err(m) => loader.err(&origin, A, "fields", format!("field {k:?}: {m}")),
             }
-            fields.push((k, Template(v)));
+            Err(m) => loader.err(&origin, A, key, format!("{what}: {m}")),
+        };
+        let mut field_sets = Vec::new();
+        for (key, raw) in [("fields", &r.fields), ("continue_fields", &r.continue_fields)] {
+            let base = base_dir(&loader.files[origin.file].path);
+            field_sets.push(build_fields(
+                loader,
+                &base,
+                raw,
+                |loader, m| loader.err(&origin, A, key, m),
+                |loader, k, v| check_builtin(loader, key, format!("field {k:?}"), v),
+            ));
+        }
+        let continue_fields = field_sets.pop().unwrap_or_default();
+        let fields = field_sets.pop().unwrap_or_default();
+        let mut headers = Vec::new();
+        for (k, v) in &r.headers {
+            if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                loader.err(&origin, A, "headers", format!("{k:?} is not a header name"));
+            }
+            check_builtin(loader, "headers", format!("header {k:?}"), v);
+            headers.push((k.clone(), Template(v.clone())));
+        }
+        let mut continue_with = Vec::new();
+        for spec in &r.continue_with {
+            match Button::parse(spec) {
+                Ok(b) => continue_with.push(b),
+                Err(m) => loader.err(&origin, A, "continue", format!("{spec:?}: {m}")),
+            }
         }
         let username = r
             .username
@@ -409,6 +572,16 @@ pub(super) fn build_logins(loader: &mut Loader, raw: Vec<(Origin, RawLogin)>) ->
             .as_ref()
             .and_then(|s| loader.secret(&origin, A, "password", s));
         let base = base_dir(&loader.files[origin.file].path);
+        let ca_file = r
+            .ca_file
+            .as_deref()
+            .and_then(|p| match super::ca::CaFile::read(&base, p) {
+                Ok(c) => Some(c),
+                Err(m) => {
+                    loader.err(&origin, A, "ca_file", m);
+                    None
+                }
+            });
         let sp_certificate = r
             .sp_certificate
             .as_ref()
@@ -440,6 +613,10 @@ pub(super) fn build_logins(loader: &mut Loader, raw: Vec<(Origin, RawLogin)>) ->
             password_field: r.password_field,
             form: r.form,
             fields,
+            headers,
+            continue_with,
+            continue_fields,
+            ca_file,
             acs: r.acs,
             loa: r.loa,
             require_signed: r.require_signed.unwrap_or(true),
@@ -455,6 +632,254 @@ pub(super) fn build_logins(loader: &mut Loader, raw: Vec<(Origin, RawLogin)>) ->
     out
 }
 
+/// A named list of steps used by many channels (`[[step_list]]`).
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStepList {
+    name: String,
+    /// Parameter names: written `{{name}}` in the steps, given by `params` where the list is used.
+    #[serde(default)]
+    params: Vec<String>,
+    #[serde(default)]
+    step: Vec<RawStep>,
+}
+
+/// A checked `[[step_list]]`, expanded where a step says `use`.
+pub(super) struct StepList {
+    origin: Origin,
+    name: String,
+    params: Vec<String>,
+    steps: Vec<RawStep>,
+}
+
+pub(super) fn build_step_lists(loader: &mut Loader, raw: Vec<(Origin, RawStepList)>) -> Vec<StepList> {
+    const A: &str = "step_list";
+    let mut out: Vec<StepList> = Vec::new();
+    for (origin, r) in raw {
+        if r.name.is_empty() {
+            loader.err(&origin, A, "name", "a step list needs a name");
+        } else if out.iter().any(|l| l.name == r.name) {
+            loader.err(&origin, A, "name", format!("step list {:?} is already defined", r.name));
+        }
+        for p in &r.params {
+            if !valid_var(p) || BUILTIN_VARS.contains(&p.as_str()) {
+                loader.err(
+                    &origin,
+                    A,
+                    "params",
+                    format!("{p:?} cannot be a parameter name (letters, digits, _; not a built-in)"),
+                );
+            }
+        }
+        if r.step.is_empty() {
+            loader.err(&origin, A, "name", "a step list needs at least one [[step_list.step]]");
+        }
+        for (i, st) in r.step.iter().enumerate() {
+            if st.use_list.is_some() {
+                let line = loader.files[origin.file].sub_array_key_line(A, origin.index, "step", i, "use");
+                let e = loader.files[origin.file].error(
+                    line,
+                    Some(&format!("step_list.step[{}].use", i + 1)),
+                    "a step list cannot use another step list",
+                );
+                loader.errors.push(e);
+            }
+        }
+        out.push(StepList {
+            origin,
+            name: r.name,
+            params: r.params,
+            steps: r.step,
+        });
+    }
+    out
+}
+
+/// Replaces `{{param}}` by its value wherever it is written, leaving other `{{variables}}`.
+fn subst(s: &str, params: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find("}}") {
+            Some(end) => match params.get(after[..end].trim()) {
+                Some(v) => out.push_str(v),
+                None => out.push_str(&rest[start..start + 2 + end + 2]),
+            },
+            None => {
+                out.push_str(&rest[start..]);
+                return out;
+            }
+        }
+        rest = &after[after.find("}}").map_or(after.len(), |e| e + 2)..];
+    }
+    out.push_str(rest);
+    out
+}
+
+impl RawStep {
+    /// This step with the parameters of a step list filled in.
+    fn with_params(&self, p: &BTreeMap<String, String>) -> RawStep {
+        let o = |v: &Option<String>| v.as_ref().map(|s| subst(s, p));
+        let m = |v: &BTreeMap<String, String>| v.iter().map(|(k, s)| (subst(k, p), subst(s, p))).collect();
+        RawStep {
+            name: o(&self.name),
+            get: o(&self.get),
+            post: o(&self.post),
+            submit: o(&self.submit),
+            login: o(&self.login),
+            handoff: o(&self.handoff),
+            use_list: self.use_list.clone(),
+            params: self.params.clone(),
+            fields: self
+                .fields
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        RawFieldValue::One(s) => RawFieldValue::One(subst(s, p)),
+                        RawFieldValue::Many(l) => RawFieldValue::Many(l.iter().map(|s| subst(s, p)).collect()),
+                    };
+                    (subst(k, p), v)
+                })
+                .collect(),
+            button: o(&self.button),
+            files: self
+                .files
+                .iter()
+                .map(|(k, f)| {
+                    let f = RawFile {
+                        name: subst(&f.name, p),
+                        content: o(&f.content),
+                        path: o(&f.path),
+                        content_type: o(&f.content_type),
+                    };
+                    (subst(k, p), f)
+                })
+                .collect(),
+            headers: m(&self.headers),
+            multipart: self.multipart,
+            follow_redirects: self.follow_redirects,
+            auto_submit: self.auto_submit,
+            extract: m(&self.extract),
+            expect_status: self.expect_status.clone(),
+            expect_url: o(&self.expect_url),
+            expect_text: o(&self.expect_text),
+            refuse_text: o(&self.refuse_text),
+            receipt: o(&self.receipt),
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// Where a step was written: the channel's own `i`-th step, or the `step`-th
+/// step of a step list used by the channel's `used_at`-th step.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    Channel(usize),
+    List {
+        list: &'a StepList,
+        step: usize,
+        used_at: usize,
+    },
+}
+
+fn report(loader: &mut Loader, origin: &Origin, src: Src, key: &str, m: String) {
+    match src {
+        Src::Channel(i) => loader.err_step(origin, i, key, m),
+        Src::List { list, step, used_at } => {
+            let use_line =
+                loader.files[origin.file].sub_array_key_line("channel", origin.index, "step", used_at, "use");
+            let used = match use_line {
+                Some(l) => format!("{}:{l}", loader.files[origin.file].path.display()),
+                None => loader.files[origin.file].path.display().to_string(),
+            };
+            let f = &loader.files[list.origin.file];
+            let line = f.sub_array_key_line("step_list", list.origin.index, "step", step, key);
+            let e = f.error(
+                line,
+                Some(&format!("step_list.step[{}].{key}", step + 1)),
+                format!("step list {:?} (used at {used}): {m}", list.name),
+            );
+            loader.errors.push(e);
+        }
+    }
+}
+
+/// Replaces each `use` step by the steps of its list, parameters filled in.
+fn expand<'a>(
+    loader: &mut Loader,
+    origin: &Origin,
+    raw: Vec<RawStep>,
+    lists: &'a [StepList],
+) -> Vec<(RawStep, Src<'a>)> {
+    let mut out = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let Some(name) = &r.use_list else {
+            if !r.params.is_empty() {
+                loader.err_step(origin, i, "params", "`params` go with `use`".to_string());
+            }
+            out.push((r, Src::Channel(i)));
+            continue;
+        };
+        let others = [
+            ("get", r.get.is_some()),
+            ("post", r.post.is_some()),
+            ("submit", r.submit.is_some()),
+            ("login", r.login.is_some()),
+            ("handoff", r.handoff.is_some()),
+        ];
+        if let Some((key, _)) = others.iter().find(|(_, set)| *set) {
+            loader.err_step(origin, i, key, format!("a step does one thing; found use and {key}"));
+            continue;
+        }
+        let Some(list) = lists.iter().find(|l| &l.name == name) else {
+            loader.err_step(origin, i, "use", format!("no [[step_list]] named {name:?}"));
+            continue;
+        };
+        let mut ok = true;
+        for p in &list.params {
+            if !r.params.contains_key(p) {
+                loader.err_step(
+                    origin,
+                    i,
+                    "params",
+                    format!("step list {name:?} needs the parameter {p:?}"),
+                );
+                ok = false;
+            }
+        }
+        for k in r.params.keys() {
+            if !list.params.contains(k) {
+                loader.err_step(
+                    origin,
+                    i,
+                    "params",
+                    format!(
+                        "step list {name:?} has no parameter {k:?} (it has: {})",
+                        list.params.join(", ")
+                    ),
+                );
+                ok = false;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        for (k, st) in list.steps.iter().enumerate() {
+            out.push((
+                st.with_params(&r.params),
+                Src::List {
+                    list,
+                    step: k,
+                    used_at: i,
+                },
+            ));
+        }
+    }
+    out
+}
+
 /// Builds a channel's steps. `handoff_only` is `expect = "handoff"`: the
 /// last step, and only it, must be a hand-off check.
 pub(super) fn build_steps(
@@ -462,6 +887,7 @@ pub(super) fn build_steps(
     origin: &Origin,
     raw: Vec<RawStep>,
     logins: &[String],
+    lists: &[StepList],
     handoff_only: bool,
 ) -> Option<Vec<Step>> {
     let before = loader.errors.len();
@@ -474,21 +900,26 @@ pub(super) fn build_steps(
         );
         return None;
     }
+    let raw = expand(loader, origin, raw, lists);
     if raw.len() > MAX_STEPS {
         loader.err(
             origin,
             "channel",
             "kind",
-            format!("at most {MAX_STEPS} steps per channel"),
+            format!("at most {MAX_STEPS} steps per channel (step lists counted out)"),
         );
     }
-    let base = base_dir(&loader.files[origin.file].path);
     let mut known: Vec<String> = BUILTIN_VARS.iter().map(|s| s.to_string()).collect();
     let mut steps = Vec::new();
     let count = raw.len();
     let mut has_page = false;
-    for (i, r) in raw.into_iter().enumerate() {
-        let err = |loader: &mut Loader, key: &str, m: String| loader.err_step(origin, i, key, m);
+    for (i, (r, src)) in raw.into_iter().enumerate() {
+        let file = match src {
+            Src::Channel(_) => origin.file,
+            Src::List { list, .. } => list.origin.file,
+        };
+        let base = base_dir(&loader.files[file].path);
+        let err = |loader: &mut Loader, key: &str, m: String| report(loader, origin, src, key, m);
         let actions: Vec<(&str, Action)> = [
             r.get.clone().map(|u| ("get", Action::Get(Template(u)))),
             r.post.clone().map(|u| ("post", Action::Post(Template(u)))),
@@ -505,7 +936,7 @@ pub(super) fn build_steps(
                 err(
                     loader,
                     "name",
-                    "a step needs one of get, post, submit, login, handoff".into(),
+                    "a step needs one of get, post, submit, login, handoff, use".into(),
                 );
                 None
             }
@@ -525,9 +956,10 @@ pub(super) fn build_steps(
             Ok(vars) => {
                 for v in vars {
                     if !known.contains(&v) {
-                        loader.err_step(
+                        report(
+                            loader,
                             origin,
-                            i,
+                            src,
                             key,
                             format!(
                                 "{what}: `{{{{{v}}}}}` is neither built in ({}) nor extracted by an earlier step",
@@ -537,7 +969,7 @@ pub(super) fn build_steps(
                     }
                 }
             }
-            Err(m) => loader.err_step(origin, i, key, format!("{what}: {m}")),
+            Err(m) => report(loader, origin, src, key, format!("{what}: {m}")),
         };
         match &action {
             Action::Get(t) | Action::Post(t) => {
@@ -583,10 +1015,22 @@ pub(super) fn build_steps(
                 "a `handoff` check ends the probe: it must be the last step of an expect = \"handoff\" channel".into(),
             );
         }
-        let mut fields = Vec::new();
-        for (k, v) in &r.fields {
-            check_vars(loader, "fields", &format!("field {k:?}"), v, &known);
-            fields.push((k.clone(), Template(v.clone())));
+        let fields = build_fields(
+            loader,
+            &base,
+            &r.fields,
+            |loader, m| report(loader, origin, src, "fields", m),
+            |loader, k, v| check_vars(loader, "fields", &format!("field {k:?}"), v, &known),
+        );
+        let button = r.button.as_deref().and_then(|b| match Button::parse(b) {
+            Ok(b) => Some(b),
+            Err(m) => {
+                err(loader, "button", m);
+                None
+            }
+        });
+        if button.is_some() && !matches!(action, Action::Submit(_)) {
+            err(loader, "button", "`button` goes with `submit`".into());
         }
         if !fields.is_empty() && !matches!(action, Action::Post(_) | Action::Submit(_)) {
             err(loader, "fields", "`fields` go with `post` or `submit`".into());
@@ -675,6 +1119,7 @@ pub(super) fn build_steps(
             multipart: r.multipart.unwrap_or(false) || !files.is_empty(),
             action,
             fields,
+            button,
             files,
             headers,
             follow_redirects: r.follow_redirects.unwrap_or(true),

@@ -3,6 +3,7 @@
 //! reference resolved. The result is a [`Config`] in which every reference
 //! (a channel's sender and inbox) is known to exist.
 
+pub mod ca;
 pub mod form;
 mod schema;
 mod source;
@@ -320,6 +321,8 @@ pub struct Channel {
     /// A control channel: the prober's own mailbox through the same sender.
     /// Its failure means postcanary itself is degraded.
     pub control: bool,
+    /// Form channels: extra trust anchors for the steps' HTTPS requests.
+    pub ca_file: Option<ca::CaFile>,
 }
 
 #[derive(Debug, Clone)]
@@ -378,6 +381,8 @@ struct RawMain {
     channel: Vec<RawChannel>,
     #[serde(default)]
     login: Vec<form::RawLogin>,
+    #[serde(default)]
+    step_list: Vec<form::RawStepList>,
     #[serde(default)]
     notifier: Vec<RawNotifier>,
     #[serde(default)]
@@ -491,6 +496,8 @@ struct RawInclude {
     channel: Vec<RawChannel>,
     #[serde(default)]
     login: Vec<form::RawLogin>,
+    #[serde(default)]
+    step_list: Vec<form::RawStepList>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -606,6 +613,8 @@ struct RawChannel {
     deadline: Option<HumanDuration>,
     notify: Option<Vec<String>>,
     control: Option<bool>,
+    /// Form channels: a PEM file of extra CA certificates (an internal CA) for the steps' HTTPS.
+    ca_file: Option<String>,
     #[serde(default)]
     step: Vec<form::RawStep>,
 }
@@ -721,6 +730,8 @@ impl Config {
         push_indexed(&mut channels, 0, main.channel);
         let mut logins: Vec<(Origin, form::RawLogin)> = Vec::new();
         push_indexed(&mut logins, 0, main.login);
+        let mut step_lists: Vec<(Origin, form::RawStepList)> = Vec::new();
+        push_indexed(&mut step_lists, 0, main.step_list);
 
         let base = base_dir(path);
         let line = loader.files[0].top_key_line("include");
@@ -755,6 +766,7 @@ impl Config {
                         push_indexed(&mut inboxes, idx, inc.inbox);
                         push_indexed(&mut channels, idx, inc.channel);
                         push_indexed(&mut logins, idx, inc.login);
+                        push_indexed(&mut step_lists, idx, inc.step_list);
                         loader.files.push(src);
                     }
                     Err(e) => loader.errors.push(e),
@@ -818,10 +830,12 @@ impl Config {
         };
         let logins = form::build_logins(&mut loader, logins);
         let login_names: Vec<String> = logins.iter().map(|l| l.name.clone()).collect();
+        let step_lists = form::build_step_lists(&mut loader, step_lists);
         let names = Names {
             senders: &sender_names,
             inboxes: &inbox_names,
             logins: &login_names,
+            step_lists: &step_lists,
         };
         let channels = build_channels(&mut loader, channels, &names, &defaults);
         let mut raw_silences = Vec::new();
@@ -967,6 +981,7 @@ struct Names<'a> {
     senders: &'a [String],
     inboxes: &'a [String],
     logins: &'a [String],
+    step_lists: &'a [form::StepList],
 }
 
 fn push_indexed<T>(out: &mut Vec<(Origin, T)>, file: usize, items: Vec<T>) {
@@ -1803,8 +1818,15 @@ fn build_channels(
                     );
                 }
                 let steps = std::mem::take(&mut c.step);
-                form::build_steps(loader, &origin, steps, names.logins, expect == Expect::Handoff)
-                    .map(|steps| ChannelKind::Form { steps })
+                form::build_steps(
+                    loader,
+                    &origin,
+                    steps,
+                    names.logins,
+                    names.step_lists,
+                    expect == Expect::Handoff,
+                )
+                .map(|steps| ChannelKind::Form { steps })
             }
             RawChannelKind::Mail => {
                 if expect == Expect::Handoff {
@@ -1887,6 +1909,28 @@ fn build_channels(
                     .map(|(_, n)| n.clone())
             })
             .unwrap_or_else(|| defaults.notify.clone());
+        let ca_file = match (&c.ca_file, c.kind) {
+            (None, _) => None,
+            (Some(_), RawChannelKind::Mail) => {
+                loader.err(
+                    &origin,
+                    A,
+                    "ca_file",
+                    "`ca_file` on a channel is for form steps; a mail channel's TLS is its sender's (set it there)",
+                );
+                None
+            }
+            (Some(p), RawChannelKind::Form) => {
+                let base = base_dir(&loader.files[origin.file].path);
+                match ca::CaFile::read(&base, p) {
+                    Ok(c) => Some(c),
+                    Err(m) => {
+                        loader.err(&origin, A, "ca_file", m);
+                        None
+                    }
+                }
+            }
+        };
         let control = c.control.unwrap_or(false);
         if control && expect != Expect::Deliver {
             loader.err(&origin, A, "control", "a control channel must expect = \"deliver\"");
@@ -1904,6 +1948,7 @@ fn build_channels(
                 schedule,
                 deadline,
                 jitter_offset,
+                ca_file,
             });
         }
     }

@@ -674,3 +674,127 @@ fn dkim_errors_name_file_line_and_key() {
     );
     assert_eq!(e.key.as_deref(), Some("sender.dkim_selector"));
 }
+
+const STEP_LISTS: &str = r#"[[step_list]]
+name = "kontakt"
+params = ["path", "topic"]
+[[step_list.step]]
+get = "https://www.kommune.example/{{path}}"
+[[step_list.step]]
+submit = "form#kontakt"
+button = "Send"
+fields = { emne = ["{{topic}}", "andet"], message = "Test {{token}}", pin = "env:POSTCANARY_TEST_PW" }
+
+[[channel]]
+id = "born"
+name = "Børn"
+kind = "form"
+inbox = "social"
+[[channel.step]]
+use = "kontakt"
+params = { path = "born/kontakt", topic = "born" }
+
+[[channel]]
+id = "aeldre"
+name = "Ældre"
+kind = "form"
+inbox = "social"
+[[channel.step]]
+use = "kontakt"
+params = { path = "aeldre/kontakt", topic = "aeldre" }
+[[channel.step]]
+get = "https://www.kommune.example/tak"
+"#;
+
+#[test]
+fn step_lists_expand_with_their_parameters_and_secret_fields_resolve() {
+    set_pw();
+    let d = Dir::new();
+    let path = d.write("postcanary.toml", MAIN);
+    d.write("probes/kommune.toml", STEP_LISTS);
+    let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let ChannelKind::Form { steps } = &c.channel("aeldre").unwrap().kind else {
+        panic!("form")
+    };
+    assert_eq!(steps.len(), 3);
+    assert!(matches!(&steps[0].action, form::Action::Get(t) if t.0 == "https://www.kommune.example/aeldre/kontakt"));
+    assert_eq!(steps[1].button, Some(form::Button::Text("Send".into())));
+    let values: Vec<String> = steps[1]
+        .fields
+        .iter()
+        .map(|(k, v)| match v {
+            form::FieldValue::Text(t) => format!("{k}={}", t.0),
+            form::FieldValue::Secret(s) => format!("{k}=secret:{}", s.expose().len()),
+        })
+        .collect();
+    assert_eq!(
+        values,
+        ["emne=aeldre", "emne=andet", "message=Test {{token}}", "pin=secret:11"]
+    );
+    let ChannelKind::Form { steps } = &c.channel("born").unwrap().kind else {
+        panic!("form")
+    };
+    assert!(matches!(&steps[0].action, form::Action::Get(t) if t.0.ends_with("/born/kontakt")));
+}
+
+#[test]
+fn step_list_errors_name_the_list_line_and_the_use() {
+    // A bad selector inside the list: the list's line, and where it is used.
+    let errs = errors_of(MAIN, &STEP_LISTS.replace("form#kontakt", "form[[kontakt"));
+    assert_eq!(errs.len(), 2, "one per use: {errs:#?}");
+    let e = &errs[0];
+    assert_eq!(e.key.as_deref(), Some("step_list.step[2].submit"));
+    assert_eq!(e.line, Some(7));
+    assert!(
+        e.message.starts_with("step list \"kontakt\" (used at "),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("kommune.toml:17"), "{}", e.message);
+
+    let e = one_error(
+        MAIN,
+        &STEP_LISTS.replace("topic = \"born\" }", "topic = \"born\", tema = \"x\" }"),
+    );
+    assert_eq!(e.key.as_deref(), Some("channel.step[1].params"));
+    assert!(e.message.contains("no parameter \"tema\""), "{}", e.message);
+    let e = one_error(MAIN, &STEP_LISTS.replace(", topic = \"born\" }", " }"));
+    assert!(e.message.contains("needs the parameter \"topic\""), "{}", e.message);
+    let e = one_error(
+        MAIN,
+        &STEP_LISTS.replace(
+            "use = \"kontakt\"\nparams = { path = \"born",
+            "use = \"kontak\"\nparams = { path = \"born",
+        ),
+    );
+    assert!(e.message.contains("no [[step_list]] named \"kontak\""), "{}", e.message);
+    let e = &errors_of(MAIN, &STEP_LISTS.replace("button = \"Send\"", "button = \"css:a[[\""))[0];
+    assert_eq!(e.key.as_deref(), Some("step_list.step[2].button"));
+    // A secret field that cannot be read names the variable, never a value.
+    let e = &errors_of(
+        MAIN,
+        &STEP_LISTS.replace("env:POSTCANARY_TEST_PW", "env:POSTCANARY_SURELY_UNSET_PIN"),
+    )[0];
+    assert!(
+        e.message.contains("POSTCANARY_SURELY_UNSET_PIN is not set"),
+        "{}",
+        e.message
+    );
+    assert_eq!(e.key.as_deref(), Some("step_list.step[2].fields"));
+}
+
+#[test]
+fn login_continue_headers_and_ca_file_are_checked() {
+    let login = FORMS.replace(
+        "loa = \"https://data.gov.dk/concept/core/nsis/loa/Substantial\"",
+        "loa = \"https://data.gov.dk/concept/core/nsis/loa/Substantial\"\ncontinue = [\"css:button[[\"]",
+    );
+    let e = one_error(MAIN, &login);
+    assert_eq!(e.key.as_deref(), Some("login.continue"));
+    let login = FORMS.replace("acs = ", "ca_file = \"intern-ca.pem\"\nacs = ");
+    let e = one_error(MAIN, &login);
+    assert_eq!(e.key.as_deref(), Some("login.ca_file"));
+    assert!(e.message.contains("cannot read"), "{}", e.message);
+    let login = FORMS.replace("acs = ", "headers = { \"bad header\" = \"x\" }\nacs = ");
+    assert_eq!(one_error(MAIN, &login).key.as_deref(), Some("login.headers"));
+}

@@ -14,7 +14,7 @@ use url::Url;
 
 use crate::config::form::{LoginConfig, LoginKind};
 
-use super::form::{has_param, under};
+use super::form::{has_param, login_headers, under};
 use super::http::{login_opts, read_form, sel, show_url, Body, Fail, Session};
 
 /// Hops followed on the service's side before the hand-off.
@@ -41,8 +41,9 @@ pub struct Handoff {
 }
 
 pub async fn check(s: &mut Session, login: &LoginConfig) -> Result<String, Fail> {
+    let headers = login_headers(s, login)?;
     let mut url = s.resolve(&s.render(&login.start)?)?;
-    let handoff = find_handoff(s, &mut url, login).await?;
+    let handoff = find_handoff(s, &mut url, login, &headers).await?;
     let target = &handoff.target;
     if !under(target, &login.idp) {
         return Err(Fail::refused(format!(
@@ -74,7 +75,7 @@ pub async fn check(s: &mut Session, login: &LoginConfig) -> Result<String, Fail>
         Method::GET,
         target.clone(),
         Body::None,
-        &[],
+        &headers,
         login_opts(login, true, false),
     )
     .await
@@ -100,7 +101,7 @@ pub async fn check(s: &mut Session, login: &LoginConfig) -> Result<String, Fail>
     }
     if let Some(md) = &login.metadata {
         let url = s.resolve(md)?;
-        s.fetch(Method::GET, url, Body::None, &[], login_opts(login, true, false))
+        s.fetch(Method::GET, url, Body::None, &headers, login_opts(login, true, false))
             .await
             .map_err(|f| Fail {
                 detail: format!("IdP metadata: {}", f.detail),
@@ -124,14 +125,19 @@ pub async fn check(s: &mut Session, login: &LoginConfig) -> Result<String, Fail>
 
 /// Walks the service's redirects until one leaves for the IdP carrying a
 /// login request (HTTP-Redirect), or a page posts one (HTTP-POST binding).
-async fn find_handoff(s: &mut Session, url: &mut Url, login: &LoginConfig) -> Result<Handoff, Fail> {
+async fn find_handoff(
+    s: &mut Session,
+    url: &mut Url,
+    login: &LoginConfig,
+    headers: &[(String, String)],
+) -> Result<Handoff, Fail> {
     for _ in 0..MAX_SP_HOPS {
         let page = s
             .fetch(
                 Method::GET,
                 url.clone(),
                 Body::None,
-                &[],
+                headers,
                 login_opts(login, false, false),
             )
             .await?;
