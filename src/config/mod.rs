@@ -202,6 +202,8 @@ pub struct SenderConfig {
     pub bounce_inbox: Option<String>,
     /// Sign probes with DKIM (`dkim_domain`, `dkim_selector`, `dkim_key`).
     pub dkim: Option<crate::sender::dkim::DkimSigner>,
+    /// Extra trust anchors for the relay's TLS (`kind = "smtp"`).
+    pub ca_file: Option<ca::CaFile>,
 }
 
 /// How a `kind = "mx"` sender delivers.
@@ -243,6 +245,8 @@ pub struct InboxConfig {
     /// `auth = "xoauth2"` on an IMAP inbox: log in with SASL XOAUTH2 and a
     /// client-credentials token instead of a password.
     pub oauth: Option<crate::inbox::oauth::ClientCredentials>,
+    /// Extra trust anchors for the server's TLS.
+    pub ca_file: Option<ca::CaFile>,
 }
 
 /// How to reach a Microsoft Graph mailbox.
@@ -276,6 +280,7 @@ impl InboxConfig {
             },
             poll_interval: self.poll_interval,
             after_confirm: self.after_confirm.clone(),
+            ca_file: self.ca_file.clone(),
         })
     }
 }
@@ -556,6 +561,8 @@ struct RawSender {
     dkim_selector: Option<String>,
     dkim_domain: Option<String>,
     dkim_key: Option<SecretRef>,
+    /// `kind = "smtp"`: a PEM file of extra CA certificates (an internal CA) for the relay's TLS.
+    ca_file: Option<String>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema, Clone, Copy, PartialEq, Eq)]
@@ -589,6 +596,8 @@ struct RawInbox {
     idle: Option<bool>,
     junk: Option<String>,
     filter: Option<String>,
+    /// A PEM file of extra CA certificates (an internal CA) for the server's TLS (IMAP or Graph).
+    ca_file: Option<String>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema, Clone, Copy, PartialEq, Eq)]
@@ -1166,6 +1175,21 @@ fn build_senders(loader: &mut Loader, raw: Vec<(Origin, RawSender)>, inboxes: &[
             .map(HumanDuration::as_duration)
             .unwrap_or(Duration::from_secs(60));
         let dkim = build_dkim(loader, &origin, &s, from.as_ref());
+        let ca_file = s.ca_file.as_deref().and_then(|p| {
+            if s.kind != SenderKind::Smtp {
+                loader.err(
+                    &origin,
+                    "sender",
+                    "ca_file",
+                    "`ca_file` is for kind = \"smtp\" (a relay you run); an mx sender meets public MX hosts",
+                );
+                return None;
+            }
+            let base = base_dir(&loader.files[origin.file].path);
+            ca::CaFile::read(&base, p)
+                .map_err(|m| loader.err(&origin, "sender", "ca_file", m))
+                .ok()
+        });
         if let Some(from) = from {
             out.push(SenderConfig {
                 name: s.name,
@@ -1180,6 +1204,7 @@ fn build_senders(loader: &mut Loader, raw: Vec<(Origin, RawSender)>, inboxes: &[
                 mx,
                 bounce_inbox: s.bounce_inbox,
                 dkim,
+                ca_file,
             });
         }
     }
@@ -1394,6 +1419,12 @@ fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<Inbox
                 (String::new(), 0, Tls::Tls, secret, graph, None)
             }
         };
+        let ca_file = i.ca_file.as_deref().and_then(|p| {
+            let base = base_dir(&loader.files[origin.file].path);
+            ca::CaFile::read(&base, p)
+                .map_err(|m| loader.err(&origin, "inbox", "ca_file", m))
+                .ok()
+        });
         if let Some(password) = password {
             let mailbox = match (&i.mailbox, i.kind) {
                 (Some(m), _) => m.clone(),
@@ -1419,6 +1450,7 @@ fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<Inbox
                 folder: crate::inbox::Folder::Main,
                 graph,
                 oauth,
+                ca_file,
             });
         }
     }

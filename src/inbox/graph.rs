@@ -107,6 +107,8 @@ pub struct GraphConfig {
     pub poll_interval: Duration,
     /// `delete` moves to Deleted Items, as Graph's DELETE does.
     pub after_confirm: AfterConfirm,
+    /// Extra trust anchors (an internal CA) for the Graph and token endpoints.
+    pub ca_file: Option<crate::config::ca::CaFile>,
 }
 
 impl GraphConfig {
@@ -134,6 +136,7 @@ impl GraphConfig {
             credentials,
             poll_interval: Duration::from_secs(30),
             after_confirm: AfterConfirm::Keep,
+            ca_file: None,
         }
     }
 }
@@ -533,7 +536,13 @@ pub async fn watch_with(
         let mut connected = false;
         if client.is_none() {
             // Building fails only if the TLS backend cannot start; retried like any error.
-            client = reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder();
+            for der in cfg.ca_file.iter().flat_map(|c| c.certs.iter()) {
+                if let Ok(cert) = reqwest::Certificate::from_der(der) {
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+            client = builder
                 .build()
                 .ok()
                 .map(|http| (http.clone(), TokenCache::new(cfg.credentials.clone(), http)));

@@ -128,10 +128,8 @@ async fn op<T, E: fmt::Display>(
     }
 }
 
-pub(crate) fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
+pub(crate) fn tls_connector(ca: Option<&crate::config::ca::CaFile>) -> Result<tokio_rustls::TlsConnector, String> {
+    let roots = crate::config::ca::CaFile::root_store(ca);
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -140,11 +138,15 @@ pub(crate) fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
-async fn tls_wrap(host: &str, tcp: TcpStream) -> Result<ImapStream, WatchError> {
-    let connector = tls_connector().map_err(WatchError)?;
+async fn tls_wrap(
+    host: &str,
+    tcp: TcpStream,
+    ca: Option<&crate::config::ca::CaFile>,
+) -> Result<ImapStream, WatchError> {
+    let connector = tls_connector(ca).map_err(WatchError)?;
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| WatchError(format!("invalid TLS server name {host:?}: {e}")))?;
-    let tls = op("TLS handshake", connector.connect(name, tcp)).await?;
+    let tls = op(&format!("TLS handshake with {host}"), connector.connect(name, tcp)).await?;
     Ok(ImapStream::Tls(Box::new(tls)))
 }
 
@@ -161,7 +163,7 @@ async fn open(
     .await?;
     let _ = tcp.set_nodelay(true);
     let stream = match cfg.tls {
-        Tls::Tls => tls_wrap(&cfg.host, tcp).await?,
+        Tls::Tls => tls_wrap(&cfg.host, tcp, cfg.ca_file.as_ref()).await?,
         Tls::None | Tls::Starttls => ImapStream::Plain(tcp),
     };
     let mut client = Client::new(stream);
@@ -178,7 +180,7 @@ async fn open(
         let ImapStream::Plain(tcp) = client.into_inner() else {
             return Err(WatchError("STARTTLS on an already encrypted connection".into()));
         };
-        client = Client::new(tls_wrap(&cfg.host, tcp).await?);
+        client = Client::new(tls_wrap(&cfg.host, tcp, cfg.ca_file.as_ref()).await?);
     }
     let login = match oauth {
         // Exchange Online and other OAuth-only servers: SASL XOAUTH2 with a client-credentials token.

@@ -66,10 +66,16 @@ fn channel_refusal(e: &lettre::transport::smtp::Error, relay: &str) -> SendOutco
     }
 }
 
-fn tls_parameters(host: &str) -> Result<TlsParameters, lettre::transport::smtp::Error> {
-    TlsParameters::builder(host.to_string())
-        .set_min_tls_version(lettre::transport::smtp::client::TlsVersion::Tlsv12)
-        .build_rustls()
+fn tls_parameters(
+    host: &str,
+    ca: Option<&crate::config::ca::CaFile>,
+) -> Result<TlsParameters, lettre::transport::smtp::Error> {
+    let mut b = TlsParameters::builder(host.to_string())
+        .set_min_tls_version(lettre::transport::smtp::client::TlsVersion::Tlsv12);
+    for der in ca.iter().flat_map(|c| c.certs.iter()) {
+        b = b.add_root_certificate(lettre::transport::smtp::client::Certificate::from_der(der.clone())?);
+    }
+    b.build_rustls()
 }
 
 async fn converse(cfg: &SenderConfig, from: &Address, to: &Address, message: &[u8]) -> SendOutcome {
@@ -80,7 +86,7 @@ async fn converse(cfg: &SenderConfig, from: &Address, to: &Address, message: &[u
     };
     let tls = match cfg.tls {
         Tls::None => None,
-        Tls::Tls | Tls::Starttls => match tls_parameters(&cfg.host) {
+        Tls::Tls | Tls::Starttls => match tls_parameters(&cfg.host, cfg.ca_file.as_ref()) {
             Ok(p) => Some(p),
             Err(e) => return own(format!("cannot set up TLS for relay {relay}"), &e, false),
         },
