@@ -7,3 +7,4 @@ pub mod idp;
 pub mod mailstack;
 pub mod receiver;
 pub mod sandboxrig;
+pub mod webapp;
