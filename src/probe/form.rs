@@ -341,6 +341,7 @@ const MAX_INTERMEDIATE: usize = 4;
 /// fill its login form, come back with a SAMLResponse / authorization code.
 async fn login_flow(s: &mut Session, login: &LoginConfig) -> Result<(), Fail> {
     let headers = login_headers(s, login)?;
+    s.vars.remove("_saml_request");
     let start = s.resolve(&s.render(&login.start)?)?;
     let first_hop = s.hops.len();
     s.fetch(Method::GET, start, Body::None, &headers, login_opts(login, true, true))
@@ -378,6 +379,11 @@ async fn login_flow(s: &mut Session, login: &LoginConfig) -> Result<(), Fail> {
             show_url(&page.url)
         )));
     }
+    if let (LoginKind::Saml, Some(pem)) = (login.kind, &login.sp_certificate) {
+        let fact = super::handoff::verify_sent_request(&s.hops[first_hop..], s.vars.get("_saml_request"), pem)?;
+        s.note(fact);
+    }
+    let page = current(s)?;
     if !page.status.is_success() {
         return Err(Fail::refused(format!(
             "the IdP answered HTTP {} at {}{}",

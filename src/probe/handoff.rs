@@ -335,6 +335,42 @@ fn check_signature(h: &Handoff, xml: &str, login: &LoginConfig) -> Result<String
     Ok("unsigned (allowed by require_signed = false)".into())
 }
 
+/// In a login (not a hand-off check): the AuthnRequest the service sent on
+/// the way to the IdP must carry a signature that verifies with the
+/// configured `sp_certificate` (redirect binding: the query's signature;
+/// POST binding: the enveloped XML signature).
+pub fn verify_sent_request(
+    hops: &[super::http::Hop],
+    posted: Option<&String>,
+    cert_pem: &[u8],
+) -> Result<String, Fail> {
+    if let Some(hop) = hops.iter().find(|h| has_param(&h.url, "SAMLRequest")) {
+        let key = public_key_from_pem(cert_pem).map_err(Fail::ours)?;
+        if !has_param(&hop.url, "Signature") {
+            return Err(Fail::refused(
+                "the AuthnRequest is not signed, but sp_certificate is configured to verify its signature",
+            ));
+        }
+        verify_redirect_signature(hop.url.query().unwrap_or(""), &key).map_err(Fail::refused)?;
+        return Ok("the AuthnRequest's signature verified (redirect binding)".into());
+    }
+    let Some(b64) = posted else {
+        return Err(Fail::refused(
+            "no SAMLRequest on the way to the IdP to verify with sp_certificate",
+        ));
+    };
+    let xml = decode_b64(b64)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .map_err(|e| Fail::refused(format!("the posted SAMLRequest is not base64: {e}")))?;
+    if !(xml.contains(DS) && xml.contains("SignatureValue")) {
+        return Err(Fail::refused(
+            "the AuthnRequest is not signed, but sp_certificate is configured to verify its signature",
+        ));
+    }
+    verify_posted_signature(&xml, cert_pem).map_err(Fail::refused)?;
+    Ok("the AuthnRequest's signature verified (POST binding, XML-DSig)".into())
+}
+
 /// The certificate's public key as a `PUBLIC KEY` (SubjectPublicKeyInfo) PEM.
 fn spki_pem(cert_pem: &[u8]) -> Result<String, String> {
     let (_, p) = x509_parser::pem::parse_x509_pem(cert_pem).map_err(|e| format!("sp_certificate is not PEM: {e}"))?;

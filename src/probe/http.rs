@@ -530,6 +530,9 @@ impl Session {
         if let Some(v) = body.field("SAMLResponse") {
             self.vars.insert("_saml_response".into(), v.to_string());
         }
+        if let Some(v) = body.field("SAMLRequest") {
+            self.vars.insert("_saml_request".into(), v.to_string());
+        }
         Ok(Page {
             url: url.clone(),
             status,
