@@ -260,7 +260,7 @@ fn browser_headers(nav: &Nav, method: &Method, url: &Url) -> Vec<(&'static str, 
     // is "null" after a cross-origin redirect or on a downgrade to http.
     if *method != Method::GET && *method != Method::HEAD {
         let origin = match &nav.initiator {
-            Some(from) if !nav.tainted && !(from.scheme() == "https" && url.scheme() != "https") => {
+            Some(from) if !(nav.tainted || from.scheme() == "https" && url.scheme() != "https") => {
                 from.origin().ascii_serialization()
             }
             _ => "null".to_string(),
