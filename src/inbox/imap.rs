@@ -636,3 +636,110 @@ async fn delete(session: &mut ImapSession, set: &str) -> Result<(), WatchError> 
     op("UID EXPUNGE", stream.try_collect::<Vec<_>>()).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod ca_tests {
+    use std::process::Command;
+
+    use super::*;
+
+    /// An internal CA and a server certificate for 127.0.0.1, made by the openssl CLI.
+    fn internal_ca(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=intern CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        run(&[
+            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=imap", "-keyout", "srv.key", "-out",
+            "srv.csr",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("ext");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "srv.pem",
+        ]);
+        run(&[
+            "pkcs8", "-topk8", "-nocrypt", "-in", "srv.key", "-outform", "DER", "-out", "srv.der",
+        ]);
+        let cert = x509_parser::pem::parse_x509_pem(&std::fs::read(dir.join("srv.pem")).expect("pem"))
+            .expect("pem")
+            .1
+            .contents;
+        (cert, std::fs::read(dir.join("srv.der")).expect("key"))
+    }
+
+    #[tokio::test]
+    async fn imap_tls_trusts_an_internal_ca_only_through_ca_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = internal_ca(dir.path());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![rustls::pki_types::CertificateDer::from(cert)],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            for _ in 0..2 {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        let ca = crate::config::ca::CaFile::read(dir.path(), "ca.pem").expect("ca_file");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        tls_wrap("127.0.0.1", tcp, Some(&ca))
+            .await
+            .expect("trusted through ca_file");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let e = tls_wrap("127.0.0.1", tcp, None)
+            .await
+            .expect_err("not in the built-in roots");
+        assert!(
+            e.0.contains("TLS handshake with 127.0.0.1") && e.0.contains("UnknownIssuer"),
+            "{}",
+            e.0
+        );
+    }
+}

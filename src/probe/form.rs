@@ -619,3 +619,54 @@ fn find_login_form<'a>(html: &'a scraper::Html, login: &LoginConfig) -> Option<E
 pub fn has_param(u: &url::Url, name: &str) -> bool {
     u.query_pairs().any(|(k, _)| k == name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn hop(url: &str) -> super::super::http::Hop {
+        super::super::http::Hop {
+            method: Method::GET,
+            url: url::Url::parse(url).expect("url"),
+            status: 302,
+            sent_fields: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn oauth_errors_are_quoted_without_codes_or_states() {
+        let back = [
+            hop("https://idp.example/o/authorize/?client_id=c&state=s3cr3t"),
+            hop("https://svc.example/cb?error=access_denied&error_description=The+user+said+no&state=s3cr3t"),
+        ];
+        let a = idp_answer(&back, None).expect("answer");
+        assert_eq!(a, "error=access_denied (\"The user said no\")");
+        assert!(idp_answer(&[hop("https://svc.example/cb?code=abc&state=x")], None).is_none());
+    }
+
+    #[test]
+    fn saml_statuses_other_than_success_are_quoted() {
+        let resp = |inner: &str| {
+            base64::engine::general_purpose::STANDARD.encode(format!(
+                r#"<samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" ID="_r"><samlp:Status>{inner}</samlp:Status></samlp:Response>"#
+            ))
+        };
+        let failed = resp(
+            r#"<samlp:StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:Responder"><samlp:StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:AuthnFailed"/></samlp:StatusCode><samlp:StatusMessage>Brugeren afbrød</samlp:StatusMessage>"#,
+        );
+        assert_eq!(
+            saml_status(&failed).as_deref(),
+            Some("SAML status Responder/AuthnFailed (\"Brugeren afbrød\")")
+        );
+        let ok = resp(r#"<samlp:StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:Success"/>"#);
+        assert_eq!(saml_status(&ok), None);
+        assert_eq!(saml_status("not base64!"), None);
+        assert_eq!(
+            idp_answer(&[], Some(&failed))
+                .as_deref()
+                .map(|s| s.starts_with("SAML status")),
+            Some(true)
+        );
+    }
+}
