@@ -257,13 +257,13 @@ fn browser_headers(nav: &Nav, method: &Method, url: &Url) -> Vec<(&'static str, 
         }
     }
     // Fetch: a navigation sends Origin unless it is a GET or HEAD; the origin
-    // is "null" after a cross-origin redirect or on a downgrade to http.
-    if *method != Method::GET && *method != Method::HEAD {
-        let origin = match &nav.initiator {
-            Some(from) if !(nav.tainted || from.scheme() == "https" && url.scheme() != "https") => {
-                from.origin().ascii_serialization()
-            }
-            _ => "null".to_string(),
+    // is "null" after a cross-origin redirect or on a downgrade to http. A
+    // request no page started (a first `post` step) has no origin to send.
+    if let (false, Some(from)) = (*method == Method::GET || *method == Method::HEAD, &nav.initiator) {
+        let origin = if nav.tainted || from.scheme() == "https" && url.scheme() != "https" {
+            "null".to_string()
+        } else {
+            from.origin().ascii_serialization()
         };
         h.push(("origin", origin));
     }
@@ -384,11 +384,12 @@ impl Session {
             timeout,
         } = opts;
         let (mut method, mut url, mut body) = (method, url, body);
+        let initiator = self.page.as_ref().map(|p| p.url.clone());
         let mut nav = Nav {
-            initiator: self.page.as_ref().map(|p| p.url.clone()),
+            site: fetch_site(initiator.as_ref(), &url),
+            initiator,
             user: true,
             tainted: false,
-            site: "none",
         };
         for hop in 0..=MAX_HOPS {
             if hop == MAX_HOPS {
@@ -398,7 +399,7 @@ impl Session {
                 )));
             }
             let site = fetch_site(nav.initiator.as_ref(), &url);
-            if rank(site) > rank(nav.site) || hop == 0 {
+            if rank(site) > rank(nav.site) {
                 nav.site = site;
             }
             let mut all: Vec<(String, String)> = browser_headers(&nav, &method, &url)
@@ -439,11 +440,12 @@ impl Session {
                 if let Some((m, u, b)) = self.auto_submit_form()? {
                     self.note(format!("auto-submitting the form to {}", show_url(&u)));
                     // A new navigation, started by the page's script.
+                    let initiator = self.page.as_ref().map(|p| p.url.clone());
                     nav = Nav {
-                        initiator: self.page.as_ref().map(|p| p.url.clone()),
+                        site: fetch_site(initiator.as_ref(), &u),
+                        initiator,
                         user: false,
                         tainted: false,
-                        site: "none",
                     };
                     (method, url, body) = (m, u, b);
                     continue;
