@@ -95,3 +95,71 @@ mod tests {
         assert!(e.contains("cannot read"), "{e}");
     }
 }
+
+/// For tests of TLS clients: an internal CA made by the openssl CLI.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::process::Command;
+
+    /// An internal CA and a server certificate for 127.0.0.1, made by the openssl CLI.
+    pub(crate) fn internal_ca(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=intern CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        run(&[
+            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=imap", "-keyout", "srv.key", "-out",
+            "srv.csr",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("ext");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "srv.pem",
+        ]);
+        run(&[
+            "pkcs8", "-topk8", "-nocrypt", "-in", "srv.key", "-outform", "DER", "-out", "srv.der",
+        ]);
+        let cert = x509_parser::pem::parse_x509_pem(&std::fs::read(dir.join("srv.pem")).expect("pem"))
+            .expect("pem")
+            .1
+            .contents;
+        (cert, std::fs::read(dir.join("srv.der")).expect("key"))
+    }
+}

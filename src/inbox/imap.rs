@@ -639,76 +639,12 @@ async fn delete(session: &mut ImapSession, set: &str) -> Result<(), WatchError> 
 
 #[cfg(test)]
 mod ca_tests {
-    use std::process::Command;
-
     use super::*;
-
-    /// An internal CA and a server certificate for 127.0.0.1, made by the openssl CLI.
-    fn internal_ca(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("openssl");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-new",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=intern CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ]);
-        run(&[
-            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=imap", "-keyout", "srv.key", "-out",
-            "srv.csr",
-        ]);
-        std::fs::write(
-            dir.join("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-        )
-        .expect("ext");
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "srv.pem",
-        ]);
-        run(&[
-            "pkcs8", "-topk8", "-nocrypt", "-in", "srv.key", "-outform", "DER", "-out", "srv.der",
-        ]);
-        let cert = x509_parser::pem::parse_x509_pem(&std::fs::read(dir.join("srv.pem")).expect("pem"))
-            .expect("pem")
-            .1
-            .contents;
-        (cert, std::fs::read(dir.join("srv.der")).expect("key"))
-    }
 
     #[tokio::test]
     async fn imap_tls_trusts_an_internal_ca_only_through_ca_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (cert, key) = internal_ca(dir.path());
+        let (cert, key) = crate::config::ca::testing::internal_ca(dir.path());
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .expect("versions")
