@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test. Installs what the tests need (Postfix, Dovecot, Chromium,
 # OpenSSL's CLI, Node.js and the npm identity providers saml-idp and
-# oidc-provider) when missing; the tests start their own private instances on
+# oidc-provider, Python with a venv of pinned Django packages, xmlsec1) when missing; the tests start their own private instances on
 # loopback from temp dirs and never touch the system's mail services.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +54,15 @@ if [ ! -x /usr/lib/nagios/plugins/check_email_delivery ] || ! perl -MMail::IMAPC
 fi
 # Node.js (apt-get when missing) and the pinned npm identity providers.
 bash tests/idp/idp.sh install
+# The Django site of tests/webapp_e2e.rs: pinned packages in a venv in the cache dir.
+bash tests/webapp/webapp.sh install >/dev/null
+# xmlsec1 (libxmlsec1's CLI) signs the test SP's POST-binding AuthnRequests.
+if ! command -v xmlsec1 >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends xmlsec1 >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends xmlsec1 >/dev/null
+  }
+fi
 # --all-targets also runs the benchmarks (harness = false) once each, as a
 # smoke test with a small size; the figures in docs/benchmarks.md come from
 # `cargo bench` at full size.

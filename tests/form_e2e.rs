@@ -12,7 +12,7 @@ use postcanary::config::Config;
 use postcanary::engine::Engine;
 use postcanary::ledger::ProbeRecord;
 use postcanary::verdict::Verdict;
-use support::formsite::{FormSite, OidcRp, Options, SamlSp};
+use support::formsite::{FormSite, OidcRp, Options, PostSigner, SamlSp};
 use support::idp::{OidcProvider, SamlIdp};
 use support::mailstack::MailStack;
 
@@ -249,6 +249,7 @@ fn saml_sp(idp: &SamlIdp, signing_key: Option<Vec<u8>>) -> SamlSp {
         sp_entity_id: "https://selvbetjening.kommune.example/saml".into(),
         signing_key,
         loa: SUBSTANTIAL.into(),
+        post_binding: None,
     }
 }
 
@@ -427,17 +428,131 @@ async fn oidc_login_through_oidc_provider_delivers() {
         client_secret: op.client_secret.clone(),
     });
     let _site = FormSite::start_on(listener, addr, opts).await;
+    // oidc-provider's consent page (one hidden `prompt`, a "Continue" button) is on:
+    // it is pressed only because the login names its button.
+    let login = |name: &str, extra: &str| {
+        format!(
+            "[[login]]\nname = \"{name}\"\nkind = \"oidc\"\nstart = \"{site_url}/erhverv/kontakt\"\nidp = \"{}/\"\n\
+             username = \"file:sim.user\"\npassword = \"file:sim.pw\"\n{extra}\n\n",
+            op.issuer
+        )
+    };
     let rest = format!(
-        "[[login]]\nname = \"erhverv\"\nkind = \"oidc\"\nstart = \"{site_url}/erhverv/kontakt\"\nidp = \"{}/\"\n\
-         username = \"file:sim.user\"\npassword = \"file:sim.pw\"\n\n{}",
-        op.issuer,
-        webform_channel("erhverv-form", "[[channel.step]]\nlogin = \"erhverv\"\n", "")
+        "{}{}{}{}",
+        login("erhverv", "continue = [\"Continue\"]"),
+        login("erhverv-blind", ""),
+        webform_channel("erhverv-form", "[[channel.step]]\nlogin = \"erhverv\"\n", ""),
+        webform_channel(
+            "erhverv-blind-form",
+            "[[channel.step]]\nlogin = \"erhverv-blind\"\n",
+            ""
+        )
     );
     let s = setup(&stack, &rest);
     let engine = start(&s).await;
     let p = check(&engine, "erhverv-form").await;
     let ev = evidence(&engine, &p).await;
     assert_eq!(p.verdict, Verdict::Delivered, "{p:?}\n{ev}\n{}", op.log());
-    assert!(ev.contains("confirming at the IdP (consent)"), "{ev}");
+    assert!(ev.contains("pressing the button \"Continue\" at the IdP"), "{ev}");
+    let p = check(&engine, "erhverv-blind-form").await;
+    assert_eq!(p.verdict, Verdict::Rejected, "{p:?}");
+    let d = p.detail.unwrap_or_default();
+    assert!(
+        d.contains("stuck at the IdP") && d.contains("buttons \"Continue\""),
+        "{d}"
+    );
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_binding_signature_is_checked_with_the_right_and_a_wrong_certificate() {
+    support::idp::install().expect("npm identity providers");
+    let stack = MailStack::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (_, cert) = sp_key(keys.path());
+    let other = tempfile::tempdir().expect("tempdir");
+    let (_, wrong_cert) = sp_key(other.path());
+    let (listener, addr) = bind().await;
+    let site_url = format!("http://{addr}");
+    let idp = SamlIdp::start(
+        &format!("{site_url}/saml/acs"),
+        "https://selvbetjening.kommune.example/saml",
+    )
+    .expect("saml-idp");
+    let mut opts = options(&stack);
+    let mut sp = saml_sp(&idp, None);
+    sp.post_binding = Some(PostSigner {
+        key_pem: keys.path().join("sp-key.pem"),
+        cert_pem: cert.clone(),
+    });
+    opts.saml = Some(sp);
+    let _site = FormSite::start_on(listener, addr, opts).await;
+    let handoff = |name: &str, cert: &std::path::Path| {
+        format!(
+            "acs = \"{site_url}/saml/acs\"\nloa = \"{SUBSTANTIAL}\"\nsp_certificate = \"{}\"\n\n\
+             [[channel]]\nid = \"{name}\"\nname = \"{name}\"\nkind = \"form\"\nexpect = \"handoff\"\n\
+             [[channel.step]]\nhandoff = \"{name}\"\n",
+            cert.display()
+        )
+    };
+    let rest = format!(
+        "{}{}{}{}{}",
+        saml_login("post-right", &site_url, &idp, &handoff("post-right", &cert)),
+        saml_login("post-wrong", &site_url, &idp, &handoff("post-wrong", &wrong_cert)),
+        saml_login(
+            "post-login",
+            &site_url,
+            &idp,
+            &format!("sp_certificate = \"{}\"\n", cert.display())
+        ),
+        saml_login(
+            "post-login-wrong",
+            &site_url,
+            &idp,
+            &format!("sp_certificate = \"{}\"\n", wrong_cert.display())
+        ),
+        [
+            webform_channel("post-form", "[[channel.step]]\nlogin = \"post-login\"\n", ""),
+            webform_channel(
+                "post-form-wrong",
+                "[[channel.step]]\nlogin = \"post-login-wrong\"\n",
+                ""
+            ),
+        ]
+        .concat()
+    );
+    let s = setup(&stack, &rest);
+    let engine = start(&s).await;
+
+    let p = check(&engine, "post-right").await;
+    assert_eq!(p.verdict, Verdict::HandedOff, "{p:?}\n{}", evidence(&engine, &p).await);
+    assert!(
+        p.detail
+            .unwrap_or_default()
+            .contains("signature verified (POST binding, XML-DSig)"),
+        "signed by libxmlsec1, verified by postcanary"
+    );
+    let p = check(&engine, "post-wrong").await;
+    assert_eq!(p.verdict, Verdict::Rejected, "{p:?}");
+    assert!(
+        p.detail
+            .unwrap_or_default()
+            .contains("does not verify with sp_certificate"),
+        "a configured certificate that does not verify is never a success"
+    );
+    // The same in a real login through saml-idp's POST-binding endpoint.
+    let p = check(&engine, "post-form").await;
+    let ev = evidence(&engine, &p).await;
+    assert_eq!(p.verdict, Verdict::Delivered, "{p:?}\n{ev}\n{}", idp.log());
+    assert!(
+        ev.contains("the AuthnRequest's signature verified (POST binding, XML-DSig)"),
+        "{ev}"
+    );
+    let p = check(&engine, "post-form-wrong").await;
+    assert_eq!(p.verdict, Verdict::Rejected, "{p:?}");
+    assert!(p
+        .detail
+        .unwrap_or_default()
+        .contains("does not verify with sp_certificate"));
     engine.stop().await;
 }

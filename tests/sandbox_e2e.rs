@@ -112,6 +112,7 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
             mx: None,
             bounce_inbox: None,
             dkim: None,
+            ca_file: None,
         },
         to: "canary@sandbox.test".parse().unwrap(),
         sandbox,
@@ -132,6 +133,7 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
         folder: postcanary::inbox::Folder::Main,
         graph: None,
         oauth: None,
+        ca_file: None,
     };
     let matcher = Matcher {
         store: Arc::clone(&rig.ledger),

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::form;
-use super::loader::{check_notify_list, valid_id, Loader, Names, Origin};
+use super::loader::{base_dir, check_notify_list, valid_id, Loader, Origin};
 use super::values::{HumanDuration, Schedule};
 use crate::verdict::Expect;
 
@@ -34,6 +34,8 @@ pub struct Channel {
     /// A control channel: the prober's own mailbox through the same sender.
     /// Its failure means postcanary itself is degraded.
     pub control: bool,
+    /// Form channels: extra trust anchors for the steps' HTTPS requests.
+    pub ca_file: Option<super::ca::CaFile>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +107,8 @@ pub(super) struct RawChannel {
     pub(super) deadline: Option<HumanDuration>,
     pub(super) notify: Option<Vec<String>>,
     pub(super) control: Option<bool>,
+    /// Form channels: a PEM file of extra CA certificates (an internal CA) for the steps' HTTPS.
+    pub(super) ca_file: Option<String>,
     #[serde(default)]
     pub(super) step: Vec<form::RawStep>,
 }
@@ -178,8 +182,15 @@ pub(super) fn build_channels(
                     );
                 }
                 let steps = std::mem::take(&mut c.step);
-                form::build_steps(loader, &origin, steps, names.logins, expect == Expect::Handoff)
-                    .map(|steps| ChannelKind::Form { steps })
+                form::build_steps(
+                    loader,
+                    &origin,
+                    steps,
+                    names.logins,
+                    names.step_lists,
+                    expect == Expect::Handoff,
+                )
+                .map(|steps| ChannelKind::Form { steps })
             }
             RawChannelKind::Mail => {
                 if expect == Expect::Handoff {
@@ -262,6 +273,28 @@ pub(super) fn build_channels(
                     .map(|(_, n)| n.clone())
             })
             .unwrap_or_else(|| defaults.notify.clone());
+        let ca_file = match (&c.ca_file, c.kind) {
+            (None, _) => None,
+            (Some(_), RawChannelKind::Mail) => {
+                loader.err(
+                    &origin,
+                    A,
+                    "ca_file",
+                    "`ca_file` on a channel is for form steps; a mail channel's TLS is its sender's (set it there)",
+                );
+                None
+            }
+            (Some(p), RawChannelKind::Form) => {
+                let base = base_dir(&loader.files[origin.file].path);
+                match super::ca::CaFile::read(&base, p) {
+                    Ok(c) => Some(c),
+                    Err(m) => {
+                        loader.err(&origin, A, "ca_file", m);
+                        None
+                    }
+                }
+            }
+        };
         let control = c.control.unwrap_or(false);
         if control && expect != Expect::Deliver {
             loader.err(&origin, A, "control", "a control channel must expect = \"deliver\"");
@@ -279,8 +312,17 @@ pub(super) fn build_channels(
                 schedule,
                 deadline,
                 jitter_offset,
+                ca_file,
             });
         }
     }
     out
+}
+
+/// Every declared name a channel may refer to.
+pub(super) struct Names<'a> {
+    pub(super) senders: &'a [String],
+    pub(super) inboxes: &'a [String],
+    pub(super) logins: &'a [String],
+    pub(super) step_lists: &'a [form::StepList],
 }

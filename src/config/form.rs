@@ -6,122 +6,16 @@
 //! only on loopback), every `{{variable}}` is a built-in or was extracted by
 //! an earlier step, and a step does exactly one thing.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use super::loader::{base_dir, Loader, Origin};
+pub(super) use super::login::{build_logins, RawLogin};
+pub use super::login::{public_key_from_pem, LoginConfig, LoginKind};
+pub(super) use super::step_list::{build_step_lists, RawStep, RawStepList, StepList};
+use super::step_list::{expand, report, Src, StatusList};
+use super::template::{build_fields, check_url_template, template_vars, valid_var, DEFAULT_STEP_TIMEOUT, MAX_STEPS};
+pub use super::template::{check_selector, check_url, Button, Extract, FieldValue, Template, BUILTIN_VARS};
 use super::values::HumanDuration;
-use super::values::{Secret, SecretRef};
-
-/// Variables every step may use.
-pub const BUILTIN_VARS: [&str; 4] = ["token", "channel", "probe_id", "now"];
-
-/// A `{{var}}` template, checked at load time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template(pub String);
-
-impl Template {
-    /// The variable names used, in order.
-    pub fn vars(&self) -> Result<Vec<String>, String> {
-        template_vars(&self.0)
-    }
-
-    /// Fills the template; a variable without a value is an error naming it.
-    pub fn render(&self, vars: &BTreeMap<String, String>) -> Result<String, String> {
-        let mut out = String::with_capacity(self.0.len());
-        let mut rest = self.0.as_str();
-        while let Some(start) = rest.find("{{") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let end = after.find("}}").ok_or("unclosed {{")?;
-            let name = after[..end].trim();
-            match vars.get(name) {
-                Some(v) => out.push_str(v),
-                None => return Err(format!("no value for {{{{{name}}}}}")),
-            }
-            rest = &after[end + 2..];
-        }
-        out.push_str(rest);
-        Ok(out)
-    }
-}
-
-fn template_vars(s: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    let mut rest = s;
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or_else(|| format!("unclosed `{{{{` in {s:?}"))?;
-        let name = after[..end].trim();
-        if !valid_var(name) {
-            return Err(format!("`{{{{{name}}}}}`: a variable name is letters, digits and _"));
-        }
-        out.push(name.to_string());
-        rest = &after[end + 2..];
-    }
-    Ok(out)
-}
-
-fn valid_var(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-/// Where an extracted value comes from.
-#[derive(Debug, Clone)]
-pub enum Extract {
-    /// A CSS selector on the page; the attribute's value, or the element's text.
-    Css { selector: String, attr: Option<String> },
-    /// A response header.
-    Header(String),
-    /// The first capture group (or the whole match) of a regex over the page's text.
-    Regex(regex::Regex),
-}
-
-impl Extract {
-    pub fn parse(spec: &str) -> Result<Extract, String> {
-        if let Some(h) = spec.strip_prefix("header:") {
-            let h = h.trim();
-            if h.is_empty() {
-                return Err("`header:` needs a header name".into());
-            }
-            return Ok(Extract::Header(h.to_ascii_lowercase()));
-        }
-        if let Some(r) = spec.strip_prefix("regex:") {
-            return regex::Regex::new(r)
-                .map(Extract::Regex)
-                .map_err(|e| format!("invalid regex: {e}"));
-        }
-        let spec = spec.strip_prefix("css:").unwrap_or(spec).trim();
-        // `selector @attr`: the attribute follows the last `@` outside brackets.
-        let (selector, attr) = match spec.rfind('@') {
-            Some(at) if !spec[at..].contains(']') => {
-                let attr = spec[at + 1..].trim();
-                if attr.is_empty() || !attr.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:".contains(&b)) {
-                    return Err(format!("{:?} after `@` is not an attribute name", attr));
-                }
-                (spec[..at].trim(), Some(attr.to_string()))
-            }
-            _ => (spec, None),
-        };
-        check_selector(selector)?;
-        Ok(Extract::Css {
-            selector: selector.to_string(),
-            attr,
-        })
-    }
-}
-
-/// Checks that a CSS selector parses.
-pub fn check_selector(selector: &str) -> Result<(), String> {
-    if selector.is_empty() {
-        return Err("empty CSS selector".into());
-    }
-    scraper::Selector::parse(selector)
-        .map(|_| ())
-        .map_err(|e| format!("invalid CSS selector {selector:?}: {e}"))
-}
 
 /// A file to upload in a multipart POST.
 #[derive(Debug, Clone)]
@@ -170,7 +64,10 @@ pub struct Step {
     /// Shown in evidence and verdicts: the configured name or "step N (verb)".
     pub name: String,
     pub action: Action,
-    pub fields: Vec<(String, Template)>,
+    /// Values to send; a name may repeat (several values of one field).
+    pub fields: Vec<(String, FieldValue)>,
+    /// The submit button to press (`submit` steps); default: the form's first.
+    pub button: Option<Button>,
     pub files: Vec<(String, FileField)>,
     pub headers: Vec<(String, Template)>,
     /// POST as multipart/form-data (also when `files` is set or the form says so).
@@ -191,270 +88,8 @@ pub struct Step {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum LoginKind {
-    /// SAML 2.0 SP-initiated (OIOSAML 3 / NemLog-in).
-    Saml,
-    /// OpenID Connect authorization code flow.
-    Oidc,
-    /// A plain username/password form (e.g. the MitID simulator of test environments).
-    Password,
-}
-
-impl LoginKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LoginKind::Saml => "saml",
-            LoginKind::Oidc => "oidc",
-            LoginKind::Password => "password",
-        }
-    }
-}
-
-/// A reusable login flow (`[[login]]`).
-#[derive(Debug, Clone)]
-pub struct LoginConfig {
-    pub name: String,
-    pub kind: LoginKind,
-    /// Where the flow starts (the service's login link or the protected form).
-    pub start: Template,
-    /// The login must pass through this IdP (URL prefix). A hand-off anywhere
-    /// else is the "login path changed" failure.
-    pub idp: String,
-    pub username: Option<Secret>,
-    pub password: Option<Secret>,
-    pub username_field: Option<String>,
-    pub password_field: Option<String>,
-    /// Selector of the IdP's login form; default: the form holding the password field, else the first form.
-    pub form: Option<String>,
-    /// Other fields to fill on the IdP's form.
-    pub fields: Vec<(String, Template)>,
-    // Hand-off checks.
-    /// The service's assertion consumer service URL (SAML) or redirect URI (OIDC).
-    pub acs: Option<String>,
-    /// The level of assurance the request must ask for.
-    pub loa: Option<String>,
-    pub require_signed: bool,
-    /// The SP's signing certificate (PEM) to verify a HTTP-Redirect signature with.
-    pub sp_certificate: Option<Vec<u8>>,
-    /// IdP metadata URL: the hand-off target must be a published SSO endpoint,
-    /// and its signing certificates must not expire within `cert_min_days`.
-    pub metadata: Option<String>,
-    pub cert_min_days: u32,
-    pub timeout: Duration,
-}
-
 // ---------------------------------------------------------------------------
 // Raw TOML.
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawStep {
-    name: Option<String>,
-    get: Option<String>,
-    post: Option<String>,
-    submit: Option<String>,
-    login: Option<String>,
-    handoff: Option<String>,
-    #[serde(default)]
-    fields: BTreeMap<String, String>,
-    #[serde(default)]
-    files: BTreeMap<String, RawFile>,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    multipart: Option<bool>,
-    follow_redirects: Option<bool>,
-    auto_submit: Option<bool>,
-    #[serde(default)]
-    extract: BTreeMap<String, String>,
-    expect_status: Option<StatusList>,
-    expect_url: Option<String>,
-    expect_text: Option<String>,
-    refuse_text: Option<String>,
-    receipt: Option<String>,
-    timeout: Option<HumanDuration>,
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(untagged)]
-enum StatusList {
-    One(u16),
-    Many(Vec<u16>),
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    name: String,
-    content: Option<String>,
-    path: Option<String>,
-    content_type: Option<String>,
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawLogin {
-    name: String,
-    kind: LoginKind,
-    start: String,
-    idp: String,
-    username: Option<SecretRef>,
-    password: Option<SecretRef>,
-    username_field: Option<String>,
-    password_field: Option<String>,
-    form: Option<String>,
-    #[serde(default)]
-    fields: BTreeMap<String, String>,
-    acs: Option<String>,
-    loa: Option<String>,
-    require_signed: Option<bool>,
-    /// A path (relative to the config file): the certificate is public, not a secret.
-    sp_certificate: Option<String>,
-    metadata: Option<String>,
-    cert_min_days: Option<u32>,
-    timeout: Option<HumanDuration>,
-}
-
-const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Steps per channel; a probe is a short conversation, not a crawl.
-const MAX_STEPS: usize = 32;
-
-/// Checks an absolute http(s) URL (after templating, where it has variables).
-/// Plain http is for loopback only, as `tls = "none"` is for mail.
-pub fn check_url(u: &str) -> Result<url::Url, String> {
-    let parsed = url::Url::parse(u).map_err(|e| format!("{u:?} is not an absolute URL: {e}"))?;
-    match parsed.scheme() {
-        "https" => Ok(parsed),
-        "http" if is_loopback_host(&parsed) => Ok(parsed),
-        "http" => Err(format!(
-            "{u:?}: plain http is allowed only for loopback hosts; use https"
-        )),
-        s => Err(format!("{u:?}: scheme {s:?} is not http(s)")),
-    }
-}
-
-fn is_loopback_host(u: &url::Url) -> bool {
-    match u.host() {
-        Some(url::Host::Ipv4(a)) => a.is_loopback(),
-        Some(url::Host::Ipv6(a)) => a.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
-}
-
-/// A URL template is checked as a URL when it has no variables, else its
-/// fixed prefix must at least name a scheme.
-fn check_url_template(t: &str) -> Result<(), String> {
-    if t.contains("{{") {
-        if t.starts_with("http://") || t.starts_with("https://") || t.starts_with("{{") {
-            return Ok(());
-        }
-        return Err(format!("{t:?} is not an http(s) URL"));
-    }
-    check_url(t).map(|_| ())
-}
-
-pub(super) fn build_logins(loader: &mut Loader, raw: Vec<(Origin, RawLogin)>) -> Vec<LoginConfig> {
-    const A: &str = "login";
-    let mut out: Vec<LoginConfig> = Vec::new();
-    for (origin, r) in raw {
-        if r.name.is_empty() {
-            loader.err(&origin, A, "name", "a login needs a name");
-        } else if out.iter().any(|l| l.name == r.name) {
-            loader.err(&origin, A, "name", format!("login {:?} is already defined", r.name));
-        }
-        if let Err(m) = check_url_template(&r.start) {
-            loader.err(&origin, A, "start", m);
-        }
-        if let Err(m) = check_url(&r.idp) {
-            loader.err(&origin, A, "idp", m);
-        }
-        for (key, v) in [("acs", &r.acs), ("metadata", &r.metadata)] {
-            if let Some(u) = v {
-                if let Err(m) = check_url(u) {
-                    loader.err(&origin, A, key, m);
-                }
-            }
-        }
-        for (key, v) in [("form", &r.form)] {
-            if let Some(s) = v {
-                if let Err(m) = check_selector(s) {
-                    loader.err(&origin, A, key, m);
-                }
-            }
-        }
-        let mut fields = Vec::new();
-        for (k, v) in r.fields {
-            match template_vars(&v) {
-                Ok(vars) => {
-                    if let Some(bad) = vars.iter().find(|v| !BUILTIN_VARS.contains(&v.as_str())) {
-                        loader.err(
-                            &origin,
-                            A,
-                            "fields",
-                            format!("field {k:?}: unknown variable `{{{{{bad}}}}}`"),
-                        );
-                    }
-                }
-                Err(m) => loader.err(&origin, A, "fields", format!("field {k:?}: {m}")),
-            }
-            fields.push((k, Template(v)));
-        }
-        let username = r
-            .username
-            .as_ref()
-            .and_then(|s| loader.secret(&origin, A, "username", s));
-        let password = r
-            .password
-            .as_ref()
-            .and_then(|s| loader.secret(&origin, A, "password", s));
-        let base = base_dir(&loader.files[origin.file].path);
-        let sp_certificate = r
-            .sp_certificate
-            .as_ref()
-            .and_then(|p| match std::fs::read(base.join(p)) {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    loader.err(&origin, A, "sp_certificate", format!("cannot read {p:?}: {e}"));
-                    None
-                }
-            });
-        if let Some(pem) = &sp_certificate {
-            if public_key_from_pem(pem).is_err() {
-                loader.err(
-                    &origin,
-                    A,
-                    "sp_certificate",
-                    "not a PEM X.509 certificate with an RSA key (-----BEGIN CERTIFICATE-----)",
-                );
-            }
-        }
-        out.push(LoginConfig {
-            name: r.name,
-            kind: r.kind,
-            start: Template(r.start),
-            idp: r.idp,
-            username,
-            password,
-            username_field: r.username_field,
-            password_field: r.password_field,
-            form: r.form,
-            fields,
-            acs: r.acs,
-            loa: r.loa,
-            require_signed: r.require_signed.unwrap_or(true),
-            sp_certificate,
-            metadata: r.metadata,
-            cert_min_days: r.cert_min_days.unwrap_or(30),
-            timeout: r
-                .timeout
-                .map(HumanDuration::as_duration)
-                .unwrap_or(DEFAULT_STEP_TIMEOUT),
-        });
-    }
-    out
-}
 
 /// Builds a channel's steps. `handoff_only` is `expect = "handoff"`: the
 /// last step, and only it, must be a hand-off check.
@@ -463,6 +98,7 @@ pub(super) fn build_steps(
     origin: &Origin,
     raw: Vec<RawStep>,
     logins: &[String],
+    lists: &[StepList],
     handoff_only: bool,
 ) -> Option<Vec<Step>> {
     let before = loader.errors.len();
@@ -475,21 +111,26 @@ pub(super) fn build_steps(
         );
         return None;
     }
+    let raw = expand(loader, origin, raw, lists);
     if raw.len() > MAX_STEPS {
         loader.err(
             origin,
             "channel",
             "kind",
-            format!("at most {MAX_STEPS} steps per channel"),
+            format!("at most {MAX_STEPS} steps per channel (step lists counted out)"),
         );
     }
-    let base = base_dir(&loader.files[origin.file].path);
     let mut known: Vec<String> = BUILTIN_VARS.iter().map(|s| s.to_string()).collect();
     let mut steps = Vec::new();
     let count = raw.len();
     let mut has_page = false;
-    for (i, r) in raw.into_iter().enumerate() {
-        let err = |loader: &mut Loader, key: &str, m: String| loader.err_step(origin, i, key, m);
+    for (i, (r, src)) in raw.into_iter().enumerate() {
+        let file = match src {
+            Src::Channel(_) => origin.file,
+            Src::List { list, .. } => list.origin.file,
+        };
+        let base = base_dir(&loader.files[file].path);
+        let err = |loader: &mut Loader, key: &str, m: String| report(loader, origin, src, key, m);
         let actions: Vec<(&str, Action)> = [
             r.get.clone().map(|u| ("get", Action::Get(Template(u)))),
             r.post.clone().map(|u| ("post", Action::Post(Template(u)))),
@@ -506,7 +147,7 @@ pub(super) fn build_steps(
                 err(
                     loader,
                     "name",
-                    "a step needs one of get, post, submit, login, handoff".into(),
+                    "a step needs one of get, post, submit, login, handoff, use".into(),
                 );
                 None
             }
@@ -526,9 +167,10 @@ pub(super) fn build_steps(
             Ok(vars) => {
                 for v in vars {
                     if !known.contains(&v) {
-                        loader.err_step(
+                        report(
+                            loader,
                             origin,
-                            i,
+                            src,
                             key,
                             format!(
                                 "{what}: `{{{{{v}}}}}` is neither built in ({}) nor extracted by an earlier step",
@@ -538,7 +180,7 @@ pub(super) fn build_steps(
                     }
                 }
             }
-            Err(m) => loader.err_step(origin, i, key, format!("{what}: {m}")),
+            Err(m) => report(loader, origin, src, key, format!("{what}: {m}")),
         };
         match &action {
             Action::Get(t) | Action::Post(t) => {
@@ -584,10 +226,22 @@ pub(super) fn build_steps(
                 "a `handoff` check ends the probe: it must be the last step of an expect = \"handoff\" channel".into(),
             );
         }
-        let mut fields = Vec::new();
-        for (k, v) in &r.fields {
-            check_vars(loader, "fields", &format!("field {k:?}"), v, &known);
-            fields.push((k.clone(), Template(v.clone())));
+        let fields = build_fields(
+            loader,
+            &base,
+            &r.fields,
+            |loader, m| report(loader, origin, src, "fields", m),
+            |loader, k, v| check_vars(loader, "fields", &format!("field {k:?}"), v, &known),
+        );
+        let button = r.button.as_deref().and_then(|b| match Button::parse(b) {
+            Ok(b) => Some(b),
+            Err(m) => {
+                err(loader, "button", m);
+                None
+            }
+        });
+        if button.is_some() && !matches!(action, Action::Submit(_)) {
+            err(loader, "button", "`button` goes with `submit`".into());
         }
         if !fields.is_empty() && !matches!(action, Action::Post(_) | Action::Submit(_)) {
             err(loader, "fields", "`fields` go with `post` or `submit`".into());
@@ -676,6 +330,7 @@ pub(super) fn build_steps(
             multipart: r.multipart.unwrap_or(false) || !files.is_empty(),
             action,
             fields,
+            button,
             files,
             headers,
             follow_redirects: r.follow_redirects.unwrap_or(true),
@@ -706,19 +361,10 @@ fn guess_type(name: &str) -> &'static str {
     }
 }
 
-/// The RSA public key (PKCS#1 DER) of a PEM certificate.
-pub fn public_key_from_pem(pem: &[u8]) -> Result<Vec<u8>, String> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
-    let cert = p.parse_x509().map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    let spki = cert.public_key();
-    if spki.algorithm.algorithm.to_id_string() != "1.2.840.113549.1.1.1" {
-        return Err("the certificate's key is not RSA".into());
-    }
-    Ok(spki.subject_public_key.data.to_vec())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]

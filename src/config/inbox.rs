@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::form;
-use super::loader::{check_name, check_tls_host, Loader, Origin};
+use super::loader::{base_dir, check_name, check_tls_host, Loader, Origin};
 use super::values::{AfterConfirm, HumanDuration, Secret, SecretRef, Tls};
 
 /// How long a probe waits for a blind watcher of its inbox past its deadline.
@@ -83,6 +83,8 @@ pub struct GraphConfig {
     pub poll_interval: Duration,
     /// `delete` moves to Deleted Items, as Graph's DELETE does.
     pub after_confirm: AfterConfirm,
+    /// Extra trust anchors (an internal CA) for the Graph and token endpoints.
+    pub ca_file: Option<super::ca::CaFile>,
 }
 
 impl GraphConfig {
@@ -110,6 +112,7 @@ impl GraphConfig {
             credentials,
             poll_interval: Duration::from_secs(30),
             after_confirm: AfterConfirm::Keep,
+            ca_file: None,
         }
     }
 }
@@ -142,6 +145,8 @@ pub struct InboxConfig {
     /// `auth = "xoauth2"` on an IMAP inbox: log in with SASL XOAUTH2 and a
     /// client-credentials token instead of a password.
     pub oauth: Option<ClientCredentials>,
+    /// Extra trust anchors for the server's TLS.
+    pub ca_file: Option<super::ca::CaFile>,
 }
 
 /// How to reach a Microsoft Graph mailbox.
@@ -175,6 +180,7 @@ impl InboxConfig {
             },
             poll_interval: self.poll_interval,
             after_confirm: self.after_confirm.clone(),
+            ca_file: self.ca_file.clone(),
         })
     }
 }
@@ -233,6 +239,8 @@ pub(super) struct RawInbox {
     pub(super) idle: Option<bool>,
     pub(super) junk: Option<String>,
     pub(super) filter: Option<String>,
+    /// A PEM file of extra CA certificates (an internal CA) for the server's TLS (IMAP or Graph).
+    pub(super) ca_file: Option<String>,
 }
 
 pub(super) fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -> Vec<InboxConfig> {
@@ -361,6 +369,12 @@ pub(super) fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -
                 (String::new(), 0, Tls::Tls, secret, graph, None)
             }
         };
+        let ca_file = i.ca_file.as_deref().and_then(|p| {
+            let base = base_dir(&loader.files[origin.file].path);
+            super::ca::CaFile::read(&base, p)
+                .map_err(|m| loader.err(&origin, "inbox", "ca_file", m))
+                .ok()
+        });
         if let Some(password) = password {
             let mailbox = match (&i.mailbox, i.kind) {
                 (Some(m), _) => m.clone(),
@@ -386,6 +400,7 @@ pub(super) fn build_inboxes(loader: &mut Loader, raw: Vec<(Origin, RawInbox)>) -
                 folder: Folder::Main,
                 graph,
                 oauth,
+                ca_file,
             });
         }
     }

@@ -74,13 +74,6 @@ pub(super) fn base_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// Every declared name a channel may refer to.
-pub(super) struct Names<'a> {
-    pub(super) senders: &'a [String],
-    pub(super) inboxes: &'a [String],
-    pub(super) logins: &'a [String],
-}
-
 pub(super) fn push_indexed<T>(out: &mut Vec<(Origin, T)>, file: usize, items: Vec<T>) {
     out.extend(
         items

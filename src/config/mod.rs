@@ -3,15 +3,19 @@
 //! reference resolved. The result is a [`Config`] in which every reference
 //! (a channel's sender and inbox) is known to exist.
 
+pub mod ca;
 mod channel;
 pub mod form;
 mod inbox;
 mod loader;
+mod login;
 mod notify;
 mod schema;
 mod sender;
 mod service;
 mod source;
+mod step_list;
+mod template;
 pub mod values;
 
 use std::path::{Path, PathBuf};
@@ -109,6 +113,8 @@ impl Config {
         push_indexed(&mut channels, 0, main.channel);
         let mut logins: Vec<(Origin, form::RawLogin)> = Vec::new();
         push_indexed(&mut logins, 0, main.login);
+        let mut step_lists: Vec<(Origin, form::RawStepList)> = Vec::new();
+        push_indexed(&mut step_lists, 0, main.step_list);
 
         let base = base_dir(path);
         let line = loader.files[0].top_key_line("include");
@@ -143,6 +149,7 @@ impl Config {
                         push_indexed(&mut inboxes, idx, inc.inbox);
                         push_indexed(&mut channels, idx, inc.channel);
                         push_indexed(&mut logins, idx, inc.login);
+                        push_indexed(&mut step_lists, idx, inc.step_list);
                         loader.files.push(src);
                     }
                     Err(e) => loader.errors.push(e),
@@ -206,10 +213,12 @@ impl Config {
         };
         let logins = form::build_logins(&mut loader, logins);
         let login_names: Vec<String> = logins.iter().map(|l| l.name.clone()).collect();
+        let step_lists = form::build_step_lists(&mut loader, step_lists);
         let names = Names {
             senders: &sender_names,
             inboxes: &inbox_names,
             logins: &login_names,
+            step_lists: &step_lists,
         };
         let channels = build_channels(&mut loader, channels, &names, &defaults);
         let mut raw_silences = Vec::new();

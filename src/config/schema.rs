@@ -34,6 +34,8 @@ pub(super) struct RawMain {
     #[serde(default)]
     pub(super) login: Vec<form::RawLogin>,
     #[serde(default)]
+    pub(super) step_list: Vec<form::RawStepList>,
+    #[serde(default)]
     pub(super) notifier: Vec<RawNotifier>,
     #[serde(default)]
     pub(super) owner: Vec<RawOwner>,
@@ -59,6 +61,8 @@ pub(super) struct RawInclude {
     pub(super) channel: Vec<RawChannel>,
     #[serde(default)]
     pub(super) login: Vec<form::RawLogin>,
+    #[serde(default)]
+    pub(super) step_list: Vec<form::RawStepList>,
 }
 
 /// The duration syntax of `values::parse_duration`.

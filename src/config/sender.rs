@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::loader::{check_name, check_tls_host, Loader, Origin};
+use super::loader::{base_dir, check_name, check_tls_host, Loader, Origin};
 use super::service::parse_nameserver;
 use super::values::{HumanDuration, Secret, SecretRef, Tls};
 
@@ -32,6 +32,8 @@ pub struct SenderConfig {
     pub bounce_inbox: Option<String>,
     /// Sign probes with DKIM (`dkim_domain`, `dkim_selector`, `dkim_key`).
     pub dkim: Option<crate::dkim::DkimSigner>,
+    /// Extra trust anchors for the relay's TLS (`kind = "smtp"`).
+    pub ca_file: Option<super::ca::CaFile>,
 }
 
 /// How a `kind = "mx"` sender delivers.
@@ -71,6 +73,8 @@ pub(super) struct RawSender {
     pub(super) dkim_selector: Option<String>,
     pub(super) dkim_domain: Option<String>,
     pub(super) dkim_key: Option<SecretRef>,
+    /// `kind = "smtp"`: a PEM file of extra CA certificates (an internal CA) for the relay's TLS.
+    pub(super) ca_file: Option<String>,
 }
 
 pub(super) fn build_senders(
@@ -173,6 +177,21 @@ pub(super) fn build_senders(
             .map(HumanDuration::as_duration)
             .unwrap_or(Duration::from_secs(60));
         let dkim = build_dkim(loader, &origin, &s, from.as_ref());
+        let ca_file = s.ca_file.as_deref().and_then(|p| {
+            if s.kind != SenderKind::Smtp {
+                loader.err(
+                    &origin,
+                    "sender",
+                    "ca_file",
+                    "`ca_file` is for kind = \"smtp\" (a relay you run); an mx sender meets public MX hosts",
+                );
+                return None;
+            }
+            let base = base_dir(&loader.files[origin.file].path);
+            super::ca::CaFile::read(&base, p)
+                .map_err(|m| loader.err(&origin, "sender", "ca_file", m))
+                .ok()
+        });
         if let Some(from) = from {
             out.push(SenderConfig {
                 name: s.name,
@@ -187,6 +206,7 @@ pub(super) fn build_senders(
                 mx,
                 bounce_inbox: s.bounce_inbox,
                 dkim,
+                ca_file,
             });
         }
     }

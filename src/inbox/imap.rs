@@ -128,10 +128,8 @@ async fn op<T, E: fmt::Display>(
     }
 }
 
-pub(crate) fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
+pub(crate) fn tls_connector(ca: Option<&crate::config::ca::CaFile>) -> Result<tokio_rustls::TlsConnector, String> {
+    let roots = crate::config::ca::CaFile::root_store(ca);
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -140,11 +138,15 @@ pub(crate) fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
-async fn tls_wrap(host: &str, tcp: TcpStream) -> Result<ImapStream, WatchError> {
-    let connector = tls_connector().map_err(WatchError)?;
+async fn tls_wrap(
+    host: &str,
+    tcp: TcpStream,
+    ca: Option<&crate::config::ca::CaFile>,
+) -> Result<ImapStream, WatchError> {
+    let connector = tls_connector(ca).map_err(WatchError)?;
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| WatchError(format!("invalid TLS server name {host:?}: {e}")))?;
-    let tls = op("TLS handshake", connector.connect(name, tcp)).await?;
+    let tls = op(&format!("TLS handshake with {host}"), connector.connect(name, tcp)).await?;
     Ok(ImapStream::Tls(Box::new(tls)))
 }
 
@@ -161,7 +163,7 @@ async fn open(
     .await?;
     let _ = tcp.set_nodelay(true);
     let stream = match cfg.tls {
-        Tls::Tls => tls_wrap(&cfg.host, tcp).await?,
+        Tls::Tls => tls_wrap(&cfg.host, tcp, cfg.ca_file.as_ref()).await?,
         Tls::None | Tls::Starttls => ImapStream::Plain(tcp),
     };
     let mut client = Client::new(stream);
@@ -178,7 +180,7 @@ async fn open(
         let ImapStream::Plain(tcp) = client.into_inner() else {
             return Err(WatchError("STARTTLS on an already encrypted connection".into()));
         };
-        client = Client::new(tls_wrap(&cfg.host, tcp).await?);
+        client = Client::new(tls_wrap(&cfg.host, tcp, cfg.ca_file.as_ref()).await?);
     }
     let login = match oauth {
         // Exchange Online and other OAuth-only servers: SASL XOAUTH2 with a client-credentials token.
@@ -634,4 +636,47 @@ async fn delete(session: &mut ImapSession, set: &str) -> Result<(), WatchError> 
     let stream = op("UID EXPUNGE", session.uid_expunge(set)).await?;
     op("UID EXPUNGE", stream.try_collect::<Vec<_>>()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod ca_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn imap_tls_trusts_an_internal_ca_only_through_ca_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = crate::config::ca::testing::internal_ca(dir.path());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![rustls::pki_types::CertificateDer::from(cert)],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            for _ in 0..2 {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        let ca = crate::config::ca::CaFile::read(dir.path(), "ca.pem").expect("ca_file");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        tls_wrap("127.0.0.1", tcp, Some(&ca))
+            .await
+            .expect("trusted through ca_file");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let e = tls_wrap("127.0.0.1", tcp, None)
+            .await
+            .expect_err("not in the built-in roots");
+        assert!(
+            e.0.contains("TLS handshake with 127.0.0.1") && e.0.contains("UnknownIssuer"),
+            "{}",
+            e.0
+        );
+    }
 }

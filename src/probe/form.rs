@@ -15,7 +15,10 @@ use crate::config::{Channel, Config, Expect};
 use crate::ledger::StoreError;
 use crate::verdict::{now_millis, Judgement, Verdict};
 
-use super::http::{login_opts, read_form, sel, show_url, submit_request, Body, Fail, FetchOpts, Page, Session};
+use super::http::{
+    button_list, has_param, login_headers, login_opts, read_form, says, sel, show_url, submit_request, under, Body,
+    Fail, FetchOpts, Page, Session,
+};
 use super::{record, ProbeContext, Started};
 
 /// How a walk through the steps ended when nothing failed.
@@ -77,7 +80,16 @@ pub async fn walk(
     steps: &[Step],
     vars: BTreeMap<String, String>,
 ) -> (Result<Outcome, Fail>, Vec<(i64, String)>) {
-    let mut session = match Session::new(vars) {
+    // The channel's own CA and those of the logins its steps run.
+    let mut cas: Vec<&crate::config::ca::CaFile> = channel.ca_file.iter().collect();
+    for step in steps {
+        if let Action::Login(name) | Action::Handoff(name) = &step.action {
+            if let Some(ca) = config.login(name).and_then(|l| l.ca_file.as_ref()) {
+                cas.push(ca);
+            }
+        }
+    }
+    let mut session = match Session::with_ca(vars, &cas) {
         Ok(s) => s,
         Err(f) => return (Err(f), Vec::new()),
     };
@@ -122,10 +134,7 @@ async fn run_step(config: &Config, s: &mut Session, step: &Step) -> Result<StepD
     for (k, v) in &step.headers {
         headers.push((k.clone(), s.render(v)?));
     }
-    let mut fields = Vec::new();
-    for (k, v) in &step.fields {
-        fields.push((k.clone(), s.render(v)?));
-    }
+    let fields = s.values(&step.fields)?;
     match &step.action {
         Action::Get(t) => {
             let url = s.resolve(&s.render(t)?)?;
@@ -161,7 +170,7 @@ async fn run_step(config: &Config, s: &mut Session, step: &Step) -> Result<StepD
                         form.value().name()
                     )));
                 }
-                submit_request(s, &form, &fields, &step.files, step.multipart)?
+                submit_request(s, &form, &fields, &step.files, step.multipart, step.button.as_ref())?
             };
             s.fetch(method, url, body, &headers, step_opts(step)).await?;
         }
@@ -219,7 +228,10 @@ fn check_page(s: &mut Session, step: &Step) -> Result<(), Fail> {
         } else {
             format!("{:?}", step.expect_status)
         };
-        return Err(Fail::refused(format!("HTTP {status} at {at}, expected {want}")));
+        return Err(Fail::refused(format!(
+            "HTTP {status} at {at}, expected {want}{}",
+            says(page)
+        )));
     }
     if let Some(u) = &step.expect_url {
         if !page.url.as_str().contains(u.as_str()) {
@@ -307,19 +319,17 @@ pub fn extract(page: &Page, ex: &Extract) -> Option<String> {
     (!v.is_empty()).then_some(v)
 }
 
-/// Whether `url` is at or under the configured IdP prefix.
-pub fn under(url: &url::Url, prefix: &str) -> bool {
-    url.as_str().starts_with(prefix)
-        || url::Url::parse(prefix)
-            .is_ok_and(|p| p.origin() == url.origin() && url.path().starts_with(p.path().trim_end_matches('/')))
-}
+/// Most intermediate pages (consent, "continue", account choice) in one login.
+const MAX_INTERMEDIATE: usize = 4;
 
 /// SP-initiated login: start at the service, arrive at the configured IdP,
 /// fill its login form, come back with a SAMLResponse / authorization code.
 async fn login_flow(s: &mut Session, login: &LoginConfig) -> Result<(), Fail> {
+    let headers = login_headers(s, login)?;
+    s.vars.remove("_saml_request");
     let start = s.resolve(&s.render(&login.start)?)?;
     let first_hop = s.hops.len();
-    s.fetch(Method::GET, start, Body::None, &[], login_opts(login, true, true))
+    s.fetch(Method::GET, start, Body::None, &headers, login_opts(login, true, true))
         .await
         .map_err(|f| Fail {
             detail: format!("to the IdP: {}", f.detail),
@@ -354,11 +364,17 @@ async fn login_flow(s: &mut Session, login: &LoginConfig) -> Result<(), Fail> {
             show_url(&page.url)
         )));
     }
+    if let (LoginKind::Saml, Some(pem)) = (login.kind, &login.sp_certificate) {
+        let fact = super::handoff::verify_sent_request(&s.hops[first_hop..], s.vars.get("_saml_request"), pem)?;
+        s.note(fact);
+    }
+    let page = current(s)?;
     if !page.status.is_success() {
         return Err(Fail::refused(format!(
-            "the IdP answered HTTP {} at {}",
+            "the IdP answered HTTP {} at {}{}",
             page.status.as_u16(),
-            show_url(&page.url)
+            show_url(&page.url),
+            says(page)
         )));
     }
     // The IdP's login form.
@@ -386,55 +402,98 @@ async fn login_flow(s: &mut Session, login: &LoginConfig) -> Result<(), Fail> {
                 .ok_or_else(|| Fail::refused(format!("IdP login form: no {what} field at {}", show_url(&page.url))))?;
             fields.push((name, secret.expose().to_string()));
         }
-        for (k, v) in &login.fields {
-            fields.push((k.clone(), s.render(v)?));
-        }
-        submit_request(s, &form, &fields, &[], false)?
+        fields.extend(s.values(&login.fields)?);
+        submit_request(s, &form, &fields, &[], false, None)?
     };
     let sent_from = s.hops.len();
-    s.fetch(method, url, body, &[], login_opts(login, true, true))
+    s.fetch(method, url, body, &headers, login_opts(login, true, true))
         .await
         .map_err(|f| Fail {
             detail: format!("IdP login: {}", f.detail),
             ..f
         })?;
-    // Consent or "continue" pages: a form with nothing to fill, a few at most.
-    for _ in 0..3 {
+    // Intermediate pages: consent, "continue", account choice. A page with
+    // buttons is only submitted with a button the login names.
+    for _ in 0..MAX_INTERMEDIATE {
         let page = current(s)?;
         if !under(&page.url, &login.idp) {
             break;
         }
+        let continue_fields = s.values(&login.continue_fields)?;
         let next = {
             let html = page.html();
             let forms: Vec<ElementRef> = html.select(&sel("form")).collect();
             if forms.iter().any(|f| !read_form(f).password_fields.is_empty()) {
                 return Err(Fail::refused(format!(
-                    "the IdP did not accept the login: still at its login form ({}, HTTP {})",
+                    "the IdP did not accept the login: still at its login form ({}, HTTP {}){}",
                     show_url(&page.url),
-                    page.status.as_u16()
+                    page.status.as_u16(),
+                    says(page)
                 )));
             }
-            match forms.as_slice() {
-                [only] if read_form(only).visible_inputs == 0 => Some(submit_request(s, only, &[], &[], false)?),
-                _ => None,
+            let mut chosen = None;
+            'choice: for b in &login.continue_with {
+                for f in &forms {
+                    let with = super::http::read_form_with(f, super::http::Press::This(b));
+                    if with.buttons.iter().any(|x| x.visible && x.is_pressable(b)) {
+                        chosen = Some((b, *f));
+                        break 'choice;
+                    }
+                }
+            }
+            match chosen {
+                Some((b, f)) => {
+                    s.note(format!("pressing {} at the IdP", b.describe()));
+                    Some(submit_request(s, &f, &continue_fields, &[], false, Some(b))?)
+                }
+                None => match forms.as_slice() {
+                    // A form with nothing to fill and no button: what its script would send.
+                    [only] if read_form(only).visible_inputs == 0 && read_form(only).buttons.is_empty() => {
+                        s.note("submitting the IdP's form (no buttons)".into());
+                        Some(submit_request(s, only, &continue_fields, &[], false, None)?)
+                    }
+                    _ => None,
+                },
             }
         };
         let Some((method, url, body)) = next else {
             let page = current(s)?;
+            let html = page.html();
+            let buttons: Vec<_> = html
+                .select(&sel("form"))
+                .flat_map(|f| read_form(&f).buttons)
+                .filter(|b| b.visible)
+                .collect();
+            let hint = if buttons.is_empty() {
+                String::new()
+            } else if login.continue_with.is_empty() {
+                format!(
+                    "; a page with buttons {} is not pressed blindly: name the one to press with `continue`",
+                    button_list(&buttons)
+                )
+            } else {
+                format!("; none of `continue` is among its buttons {}", button_list(&buttons))
+            };
             return Err(Fail::refused(format!(
-                "stuck at the IdP: {} (HTTP {})",
+                "stuck at the IdP: {} (HTTP {}){hint}{}",
                 show_url(&page.url),
-                page.status.as_u16()
+                page.status.as_u16(),
+                says(page)
             )));
         };
-        s.note("confirming at the IdP (consent)".into());
-        s.fetch(method, url, body, &[], login_opts(login, true, true)).await?;
+        s.fetch(method, url, body, &headers, login_opts(login, true, true))
+            .await?;
     }
     let page = current(s)?;
     if under(&page.url, &login.idp) {
-        return Err(Fail::refused(format!("never left the IdP: at {}", show_url(&page.url))));
+        return Err(Fail::refused(format!(
+            "never left the IdP: at {}{}",
+            show_url(&page.url),
+            says(page)
+        )));
     }
     let back = &s.hops[sent_from..];
+    let answer = idp_answer(back, s.vars.get("_saml_response").map(String::as_str));
     let answered = match login.kind {
         LoginKind::Saml => back.iter().any(|h| h.sent_fields.iter().any(|f| f == "SAMLResponse")),
         LoginKind::Oidc => back
@@ -443,25 +502,88 @@ async fn login_flow(s: &mut Session, login: &LoginConfig) -> Result<(), Fail> {
         LoginKind::Password => true,
     };
     if !answered {
+        let said = answer.map(|a| format!(": the IdP answered {a}")).unwrap_or_default();
         return Err(Fail::refused(format!(
-            "back at {} without a {} from the IdP",
+            "back at {} without a {} from the IdP{said}{}",
             show_url(&page.url),
             if login.kind == LoginKind::Saml {
                 "SAMLResponse"
             } else {
                 "authorization code"
-            }
+            },
+            says(page)
         )));
     }
     if !page.status.is_success() {
+        let said = idp_answer(back, s.vars.get("_saml_response").map(String::as_str))
+            .map(|a| format!(" (the IdP answered {a})"))
+            .unwrap_or_default();
         return Err(Fail::refused(format!(
-            "back at the service: it refused the login with HTTP {} at {}",
+            "back at the service: it refused the login with HTTP {} at {}{said}{}",
             page.status.as_u16(),
-            show_url(&page.url)
+            show_url(&page.url),
+            says(page)
         )));
     }
     s.note(format!("logged in, at {}", show_url(&page.url)));
     Ok(())
+}
+
+/// A failed IdP answer on the way back, quoted: the OAuth `error` and
+/// `error_description` of a callback URL, or a SAML status that is not
+/// Success. Codes, states and assertions are never quoted.
+pub fn idp_answer(back: &[super::http::Hop], saml_response: Option<&str>) -> Option<String> {
+    for h in back {
+        let q = |name: &str| {
+            h.url
+                .query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| clean(&v, 200))
+        };
+        if let Some(e) = q("error") {
+            let mut out = format!("error={e}");
+            if let Some(d) = q("error_description") {
+                out.push_str(&format!(" ({d:?})"));
+            }
+            return Some(out);
+        }
+    }
+    saml_response.and_then(saml_status)
+}
+
+/// Printable characters only, cut at `max`.
+fn clean(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect::<String>()
+}
+
+/// The status of a base64 SAMLResponse when it is not Success: the codes
+/// (top-level and nested) and the StatusMessage.
+pub fn saml_status(b64: &str) -> Option<String> {
+    use base64::Engine;
+    let cleaned: String = b64.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(cleaned).ok()?;
+    let xml = String::from_utf8(bytes).ok()?;
+    let doc = roxmltree::Document::parse(&xml).ok()?;
+    const P: &str = "urn:oasis:names:tc:SAML:2.0:protocol";
+    let status = doc.root_element().children().find(|n| n.has_tag_name((P, "Status")))?;
+    let codes: Vec<&str> = status
+        .descendants()
+        .filter(|n| n.has_tag_name((P, "StatusCode")))
+        .filter_map(|n| n.attribute("Value"))
+        .map(|v| v.rsplit(':').next().unwrap_or(v))
+        .collect();
+    if codes.first() == Some(&"Success") {
+        return None;
+    }
+    let mut out = format!("SAML status {}", codes.join("/"));
+    if let Some(m) = status
+        .children()
+        .find(|n| n.has_tag_name((P, "StatusMessage")))
+        .and_then(|n| n.text())
+    {
+        out.push_str(&format!(" ({:?})", clean(m.trim(), 200)));
+    }
+    Some(out)
 }
 
 fn find_login_form<'a>(html: &'a scraper::Html, login: &LoginConfig) -> Option<ElementRef<'a>> {
@@ -479,6 +601,53 @@ fn find_login_form<'a>(html: &'a scraper::Html, login: &LoginConfig) -> Option<E
         .copied()
 }
 
-pub fn has_param(u: &url::Url, name: &str) -> bool {
-    u.query_pairs().any(|(k, _)| k == name)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn hop(url: &str) -> super::super::http::Hop {
+        super::super::http::Hop {
+            method: Method::GET,
+            url: url::Url::parse(url).expect("url"),
+            status: 302,
+            sent_fields: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn oauth_errors_are_quoted_without_codes_or_states() {
+        let back = [
+            hop("https://idp.example/o/authorize/?client_id=c&state=s3cr3t"),
+            hop("https://svc.example/cb?error=access_denied&error_description=The+user+said+no&state=s3cr3t"),
+        ];
+        let a = idp_answer(&back, None).expect("answer");
+        assert_eq!(a, "error=access_denied (\"The user said no\")");
+        assert!(idp_answer(&[hop("https://svc.example/cb?code=abc&state=x")], None).is_none());
+    }
+
+    #[test]
+    fn saml_statuses_other_than_success_are_quoted() {
+        let resp = |inner: &str| {
+            base64::engine::general_purpose::STANDARD.encode(format!(
+                r#"<samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" ID="_r"><samlp:Status>{inner}</samlp:Status></samlp:Response>"#
+            ))
+        };
+        let failed = resp(
+            r#"<samlp:StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:Responder"><samlp:StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:AuthnFailed"/></samlp:StatusCode><samlp:StatusMessage>Brugeren afbrød</samlp:StatusMessage>"#,
+        );
+        assert_eq!(
+            saml_status(&failed).as_deref(),
+            Some("SAML status Responder/AuthnFailed (\"Brugeren afbrød\")")
+        );
+        let ok = resp(r#"<samlp:StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:Success"/>"#);
+        assert_eq!(saml_status(&ok), None);
+        assert_eq!(saml_status("not base64!"), None);
+        assert_eq!(
+            idp_answer(&[], Some(&failed))
+                .as_deref()
+                .map(|s| s.starts_with("SAML status")),
+            Some(true)
+        );
+    }
 }

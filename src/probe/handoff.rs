@@ -14,8 +14,7 @@ use url::Url;
 
 use crate::config::form::{public_key_from_pem, LoginConfig, LoginKind};
 
-use super::form::{has_param, under};
-use super::http::{login_opts, read_form, sel, show_url, Body, Fail, Session};
+use super::http::{has_param, login_headers, login_opts, read_form, sel, show_url, under, Body, Fail, Session};
 
 /// Hops followed on the service's side before the hand-off.
 const MAX_SP_HOPS: usize = 10;
@@ -41,8 +40,9 @@ pub struct Handoff {
 }
 
 pub async fn check(s: &mut Session, login: &LoginConfig) -> Result<String, Fail> {
+    let headers = login_headers(s, login)?;
     let mut url = s.resolve(&s.render(&login.start)?)?;
-    let handoff = find_handoff(s, &mut url, login).await?;
+    let handoff = find_handoff(s, &mut url, login, &headers).await?;
     let target = &handoff.target;
     if !under(target, &login.idp) {
         return Err(Fail::refused(format!(
@@ -74,7 +74,7 @@ pub async fn check(s: &mut Session, login: &LoginConfig) -> Result<String, Fail>
         Method::GET,
         target.clone(),
         Body::None,
-        &[],
+        &headers,
         login_opts(login, true, false),
     )
     .await
@@ -100,7 +100,7 @@ pub async fn check(s: &mut Session, login: &LoginConfig) -> Result<String, Fail>
     }
     if let Some(md) = &login.metadata {
         let url = s.resolve(md)?;
-        s.fetch(Method::GET, url, Body::None, &[], login_opts(login, true, false))
+        s.fetch(Method::GET, url, Body::None, &headers, login_opts(login, true, false))
             .await
             .map_err(|f| Fail {
                 detail: format!("IdP metadata: {}", f.detail),
@@ -124,14 +124,19 @@ pub async fn check(s: &mut Session, login: &LoginConfig) -> Result<String, Fail>
 
 /// Walks the service's redirects until one leaves for the IdP carrying a
 /// login request (HTTP-Redirect), or a page posts one (HTTP-POST binding).
-async fn find_handoff(s: &mut Session, url: &mut Url, login: &LoginConfig) -> Result<Handoff, Fail> {
+async fn find_handoff(
+    s: &mut Session,
+    url: &mut Url,
+    login: &LoginConfig,
+    headers: &[(String, String)],
+) -> Result<Handoff, Fail> {
     for _ in 0..MAX_SP_HOPS {
         let page = s
             .fetch(
                 Method::GET,
                 url.clone(),
                 Body::None,
-                &[],
+                headers,
                 login_opts(login, false, false),
             )
             .await?;
@@ -311,12 +316,113 @@ fn check_signature(h: &Handoff, xml: &str, login: &LoginConfig) -> Result<String
         return Ok("signature verified".into());
     }
     if posted_signature {
-        return Ok("signed (POST binding; XML signature present, not verified)".into());
+        let Some(pem) = &login.sp_certificate else {
+            return Ok("signed (POST binding; no sp_certificate to verify with)".into());
+        };
+        verify_posted_signature(xml, pem).map_err(Fail::refused)?;
+        return Ok("signature verified (POST binding, XML-DSig)".into());
+    }
+    if login.sp_certificate.is_some() {
+        // A configured certificate is never left unused.
+        return Err(Fail::refused(
+            "the AuthnRequest is not signed, but sp_certificate is configured to verify its signature",
+        ));
     }
     if login.require_signed {
         return Err(Fail::refused("the AuthnRequest is not signed"));
     }
     Ok("unsigned (allowed by require_signed = false)".into())
+}
+
+/// In a login (not a hand-off check): the AuthnRequest the service sent on
+/// the way to the IdP must carry a signature that verifies with the
+/// configured `sp_certificate` (redirect binding: the query's signature;
+/// POST binding: the enveloped XML signature).
+pub fn verify_sent_request(
+    hops: &[super::http::Hop],
+    posted: Option<&String>,
+    cert_pem: &[u8],
+) -> Result<String, Fail> {
+    if let Some(hop) = hops.iter().find(|h| has_param(&h.url, "SAMLRequest")) {
+        let key = public_key_from_pem(cert_pem).map_err(Fail::ours)?;
+        if !has_param(&hop.url, "Signature") {
+            return Err(Fail::refused(
+                "the AuthnRequest is not signed, but sp_certificate is configured to verify its signature",
+            ));
+        }
+        verify_redirect_signature(hop.url.query().unwrap_or(""), &key).map_err(Fail::refused)?;
+        return Ok("the AuthnRequest's signature verified (redirect binding)".into());
+    }
+    let Some(b64) = posted else {
+        return Err(Fail::refused(
+            "no SAMLRequest on the way to the IdP to verify with sp_certificate",
+        ));
+    };
+    let xml = decode_b64(b64)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .map_err(|e| Fail::refused(format!("the posted SAMLRequest is not base64: {e}")))?;
+    if !(xml.contains(DS) && xml.contains("SignatureValue")) {
+        return Err(Fail::refused(
+            "the AuthnRequest is not signed, but sp_certificate is configured to verify its signature",
+        ));
+    }
+    verify_posted_signature(&xml, cert_pem).map_err(Fail::refused)?;
+    Ok("the AuthnRequest's signature verified (POST binding, XML-DSig)".into())
+}
+
+/// The certificate's public key as a `PUBLIC KEY` (SubjectPublicKeyInfo) PEM.
+fn spki_pem(cert_pem: &[u8]) -> Result<String, String> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(cert_pem).map_err(|e| format!("sp_certificate is not PEM: {e}"))?;
+    let cert = p
+        .parse_x509()
+        .map_err(|e| format!("sp_certificate is not an X.509 certificate: {e}"))?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(cert.public_key().raw);
+    let mut out = String::from("-----BEGIN PUBLIC KEY-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END PUBLIC KEY-----\n");
+    Ok(out)
+}
+
+/// Verifies the enveloped XML signature (XML-DSig; exclusive C14N, RSA-SHA256
+/// or stronger, as the library's default policy allows) of a POST-binding
+/// AuthnRequest with the service's certificate, and that it covers the
+/// request itself (its `ID`), not some other element.
+pub fn verify_posted_signature(xml: &str, cert_pem: &[u8]) -> Result<(), String> {
+    use xml_sec::xmldsig::{DsigStatus, FailureReason};
+    let key = spki_pem(cert_pem)?;
+    let id = roxmltree::Document::parse(xml)
+        .ok()
+        .and_then(|d| d.root_element().attribute("ID").map(str::to_string))
+        .ok_or("the signed AuthnRequest has no ID")?;
+    let result = xml_sec::xmldsig::verify_signature_with_pem_key(xml, &key, false)
+        .map_err(|e| format!("the AuthnRequest's XML signature cannot be verified: {e}"))?;
+    match result.status {
+        DsigStatus::Valid => {}
+        DsigStatus::Invalid(FailureReason::SignatureMismatch) => {
+            return Err("the AuthnRequest's XML signature does not verify with sp_certificate".into())
+        }
+        DsigStatus::Invalid(FailureReason::ReferenceDigestMismatch { .. }) => {
+            return Err("the AuthnRequest was changed after it was signed (its digest does not match)".into())
+        }
+        DsigStatus::Invalid(reason) => return Err(format!("the AuthnRequest's XML signature is invalid: {reason:?}")),
+        _ => return Err("the AuthnRequest's XML signature was not checked".into()),
+    }
+    let want = format!("#{id}");
+    if !result
+        .signed_info_references
+        .iter()
+        .any(|r| r.status == DsigStatus::Valid && (r.uri == want || r.uri.is_empty()))
+    {
+        let uris: Vec<&str> = result.signed_info_references.iter().map(|r| r.uri.as_str()).collect();
+        return Err(format!(
+            "the XML signature does not cover the AuthnRequest {id:?} (it signs {})",
+            uris.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// Verifies the HTTP-Redirect binding signature: over the query's own

@@ -13,7 +13,8 @@ use reqwest::{Method, StatusCode};
 use scraper::{ElementRef, Html, Selector};
 use url::Url;
 
-use crate::config::form::{FileContent, FileField, Template};
+use crate::config::ca::CaFile;
+use crate::config::form::{Button, FieldValue, FileContent, FileField, Template};
 use crate::verdict::{now_millis, Millis, Verdict};
 
 /// Largest page body read; a probe reads forms, not downloads.
@@ -66,6 +67,48 @@ impl Page {
             out.push_str(t);
         }
         out
+    }
+}
+
+impl Page {
+    /// What the page says, in short: its title and the start of its visible
+    /// text (no scripts or styles), whitespace collapsed, at most `max` characters.
+    pub fn gist(&self, max: usize) -> String {
+        let html = self.html();
+        let mut words: Vec<&str> = Vec::new();
+        for node in html.root_element().descendants() {
+            let Some(text) = node.value().as_text() else { continue };
+            let hidden = node.ancestors().any(|a| {
+                a.value()
+                    .as_element()
+                    .is_some_and(|e| matches!(e.name(), "script" | "style" | "template" | "noscript"))
+            });
+            if !hidden {
+                words.extend(text.split_whitespace());
+            }
+        }
+        let mut out = String::new();
+        for w in words {
+            if out.chars().count() + w.chars().count() + 1 > max {
+                out.push('…');
+                break;
+            }
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(w);
+        }
+        out
+    }
+}
+
+/// Quoted for a detail: `; the page says "…"`, or nothing for an empty page.
+pub fn says(page: &Page) -> String {
+    let g = page.gist(200);
+    if g.is_empty() {
+        String::new()
+    } else {
+        format!("; the page says {g:?}")
     }
 }
 
@@ -128,6 +171,105 @@ pub struct FetchOpts {
     pub timeout: Duration,
 }
 
+/// The Fetch standard's request facts a browser derives for a navigation:
+/// who initiated it and what happened on the way.
+#[derive(Debug, Clone)]
+struct Nav {
+    /// The document the navigation started from (its referrer and origin).
+    initiator: Option<Url>,
+    /// A person pressed something (`Sec-Fetch-User`); not for scripted submits.
+    user: bool,
+    /// A redirect crossed origins: the request's origin is now opaque ("null").
+    tainted: bool,
+    /// The least related site seen on the way (`Sec-Fetch-Site` never improves).
+    site: &'static str,
+}
+
+/// `Referer` under `strict-origin-when-cross-origin`.
+fn referrer(from: &Url, to: &Url) -> Option<String> {
+    if from.scheme() == "https" && to.scheme() != "https" {
+        return None;
+    }
+    if from.origin() == to.origin() {
+        let mut r = from.clone();
+        r.set_fragment(None);
+        let _ = r.set_username("");
+        let _ = r.set_password(None);
+        return Some(r.to_string());
+    }
+    Some(format!("{}/", from.origin().ascii_serialization()))
+}
+
+/// The registrable part of a host, cheaply: the last two labels (IP
+/// addresses and single labels as they are). No public-suffix list.
+fn site_of(u: &Url) -> Option<String> {
+    match u.host()? {
+        url::Host::Domain(d) => {
+            let labels: Vec<&str> = d.trim_end_matches('.').rsplitn(3, '.').collect();
+            Some(match labels.as_slice() {
+                [tld, name, ..] => format!("{name}.{tld}").to_ascii_lowercase(),
+                _ => d.to_ascii_lowercase(),
+            })
+        }
+        h => Some(h.to_string()),
+    }
+}
+
+/// `Sec-Fetch-Site` of one hop.
+fn fetch_site(from: Option<&Url>, to: &Url) -> &'static str {
+    let Some(from) = from else { return "none" };
+    if from.origin() == to.origin() {
+        "same-origin"
+    } else if from.scheme() == to.scheme() && site_of(from).is_some() && site_of(from) == site_of(to) {
+        "same-site"
+    } else {
+        "cross-site"
+    }
+}
+
+fn rank(site: &str) -> u8 {
+    match site {
+        "none" | "same-origin" => 0,
+        "same-site" => 1,
+        _ => 2,
+    }
+}
+
+/// The headers a browser sends with a navigation hop (configured headers override them).
+fn browser_headers(nav: &Nav, method: &Method, url: &Url) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        (
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8".to_string(),
+        ),
+        ("accept-language", "da,en;q=0.8".to_string()),
+        ("upgrade-insecure-requests", "1".to_string()),
+        ("sec-fetch-site", nav.site.to_string()),
+        ("sec-fetch-mode", "navigate".to_string()),
+        ("sec-fetch-dest", "document".to_string()),
+    ];
+    if nav.user {
+        h.push(("sec-fetch-user", "?1".to_string()));
+    }
+    if let Some(from) = &nav.initiator {
+        if let Some(r) = referrer(from, url) {
+            h.push(("referer", r));
+        }
+    }
+    // Fetch: a navigation sends Origin unless it is a GET or HEAD; the origin
+    // is "null" after a cross-origin redirect or on a downgrade to http. A
+    // request no page started (a first `post` step) has no origin to send.
+    if let (false, Some(from)) = (*method == Method::GET || *method == Method::HEAD, &nav.initiator) {
+        let origin = if nav.tainted || from.scheme() == "https" && url.scheme() != "https" {
+            "null".to_string()
+        } else {
+            from.origin().ascii_serialization()
+        };
+        h.push(("origin", origin));
+    }
+    h
+}
+
 /// The fetch options of a login flow's requests.
 pub fn login_opts(login: &crate::config::form::LoginConfig, follow: bool, auto_submit: bool) -> FetchOpts {
     FetchOpts {
@@ -159,8 +301,21 @@ pub struct Session {
 
 impl Session {
     pub fn new(vars: BTreeMap<String, String>) -> Result<Session, Fail> {
+        Session::with_ca(vars, &[])
+    }
+
+    /// A session that also trusts the certificates of these `ca_file`s.
+    pub fn with_ca(vars: BTreeMap<String, String>, cas: &[&CaFile]) -> Result<Session, Fail> {
         let jar = Arc::new(reqwest::cookie::Jar::default());
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        for ca in cas {
+            for der in &ca.certs {
+                let cert =
+                    reqwest::Certificate::from_der(der).map_err(|e| Fail::ours(format!("ca_file {}: {e}", ca.path)))?;
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
             .cookie_provider(jar)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!(
@@ -181,6 +336,19 @@ impl Session {
 
     pub fn render(&self, t: &Template) -> Result<String, Fail> {
         t.render(&self.vars).map_err(Fail::ours)
+    }
+
+    /// A field's value: rendered text, or the secret itself (sent, never shown).
+    pub fn value(&self, v: &FieldValue) -> Result<String, Fail> {
+        match v {
+            FieldValue::Text(t) => self.render(t),
+            FieldValue::Secret(s) => Ok(s.expose().to_string()),
+        }
+    }
+
+    /// Rendered `(name, value)` pairs; a name may repeat.
+    pub fn values(&self, fields: &[(String, FieldValue)]) -> Result<Vec<(String, String)>, Fail> {
+        fields.iter().map(|(k, v)| Ok((k.clone(), self.value(v)?))).collect()
     }
 
     pub fn note(&mut self, line: String) {
@@ -216,6 +384,13 @@ impl Session {
             timeout,
         } = opts;
         let (mut method, mut url, mut body) = (method, url, body);
+        let initiator = self.page.as_ref().map(|p| p.url.clone());
+        let mut nav = Nav {
+            site: fetch_site(initiator.as_ref(), &url),
+            initiator,
+            user: true,
+            tainted: false,
+        };
         for hop in 0..=MAX_HOPS {
             if hop == MAX_HOPS {
                 return Err(Fail::refused(format!(
@@ -223,7 +398,17 @@ impl Session {
                     show_url(&url)
                 )));
             }
-            let page = self.send_once(&method, &url, &body, headers, timeout).await?;
+            let site = fetch_site(nav.initiator.as_ref(), &url);
+            if rank(site) > rank(nav.site) {
+                nav.site = site;
+            }
+            let mut all: Vec<(String, String)> = browser_headers(&nav, &method, &url)
+                .into_iter()
+                .filter(|(k, _)| !headers.iter().any(|(c, _)| c.eq_ignore_ascii_case(k)))
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            all.extend(headers.iter().cloned());
+            let page = self.send_once(&method, &url, &body, &all, timeout).await?;
             let status = page.status;
             self.page = Some(page);
             if follow && status.is_redirection() {
@@ -240,6 +425,9 @@ impl Session {
                     )));
                 };
                 let next = self.resolve(&location)?;
+                if next.origin() != url.origin() {
+                    nav.tainted = true;
+                }
                 // 307/308 repeat the request; the others turn into a GET.
                 if !matches!(status.as_u16(), 307 | 308) {
                     method = Method::GET;
@@ -251,6 +439,14 @@ impl Session {
             if auto_submit && status.is_success() {
                 if let Some((m, u, b)) = self.auto_submit_form()? {
                     self.note(format!("auto-submitting the form to {}", show_url(&u)));
+                    // A new navigation, started by the page's script.
+                    let initiator = self.page.as_ref().map(|p| p.url.clone());
+                    nav = Nav {
+                        site: fetch_site(initiator.as_ref(), &u),
+                        initiator,
+                        user: false,
+                        tainted: false,
+                    };
                     (method, url, body) = (m, u, b);
                     continue;
                 }
@@ -336,6 +532,9 @@ impl Session {
         if let Some(v) = body.field("SAMLResponse") {
             self.vars.insert("_saml_response".into(), v.to_string());
         }
+        if let Some(v) = body.field("SAMLRequest") {
+            self.vars.insert("_saml_request".into(), v.to_string());
+        }
         Ok(Page {
             url: url.clone(),
             status,
@@ -351,15 +550,22 @@ impl Session {
         let html = page.html();
         let forms: Vec<ElementRef> = html.select(&sel("form")).collect();
         let [form] = forms.as_slice() else { return Ok(None) };
-        let filled = read_form(form);
+        let filled = read_form_with(form, Press::Nothing);
         if filled.visible_inputs > 0 {
             return Ok(None);
         }
+        // A page with buttons to choose from (a consent page: "Cancel" and
+        // "Authorize") is never submitted blindly; one button only if a
+        // script presses it, and a scripted submit sends no button.
+        let buttons = filled.buttons.iter().filter(|b| b.visible).count();
         const PROTOCOL: [&str; 6] = ["SAMLResponse", "SAMLRequest", "RelayState", "code", "id_token", "state"];
         let protocol = filled.fields.iter().any(|(k, _)| PROTOCOL.contains(&k.as_str()));
         let lower = page.body.to_ascii_lowercase();
         let scripted = lower.contains(".submit()") || lower.contains("onload");
         if !(protocol || (scripted && !filled.fields.is_empty())) {
+            return Ok(None);
+        }
+        if buttons > 1 || (buttons == 1 && !scripted) {
             return Ok(None);
         }
         let url = self.resolve(form.value().attr("action").unwrap_or(""))?;
@@ -409,12 +615,117 @@ pub struct FilledForm {
     pub password_fields: Vec<String>,
     pub text_fields: Vec<String>,
     pub file_fields: Vec<String>,
+    /// The form's submit buttons, in document order.
+    pub buttons: Vec<FormButton>,
+}
+
+/// A submit button of a form.
+#[derive(Debug, Clone)]
+pub struct FormButton {
+    pub name: String,
+    pub value: String,
+    /// What a reader sees on it: its text (`<button>`) or value (`<input>`).
+    pub label: String,
+    /// Not inside `<noscript>`: a browser with scripts shows it.
+    pub visible: bool,
+    /// Its place among the form's controls, to tell it apart.
+    index: usize,
+    matches_css: bool,
+}
+
+/// Which button a submission presses.
+#[derive(Debug, Clone, Copy)]
+pub enum Press<'a> {
+    /// The first submit button (what pressing Enter does).
+    First,
+    /// The one the config names.
+    This(&'a Button),
+    /// None (a scripted `form.submit()`).
+    Nothing,
+}
+
+fn label_of(el: &ElementRef) -> String {
+    let v = el.value();
+    let raw = if v.name() == "button" {
+        el.text().collect::<String>()
+    } else {
+        v.attr("value").unwrap_or("").to_string()
+    };
+    raw.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn in_noscript(el: &ElementRef) -> bool {
+    el.ancestors()
+        .any(|a| a.value().as_element().is_some_and(|e| e.name() == "noscript"))
+}
+
+impl FormButton {
+    /// Whether this is the button `b` names (CSS: as read with `Press::This(b)`).
+    pub fn is_pressable(&self, b: &Button) -> bool {
+        match b {
+            Button::Text(t) => self.label.to_lowercase() == t.to_lowercase(),
+            Button::NameValue(n, v) => &self.name == n && &self.value == v,
+            Button::Css(_) => self.matches_css,
+        }
+    }
+}
+
+/// How the form's buttons read in a detail: `"Cancel", "Authorize"`.
+pub fn button_list(buttons: &[FormButton]) -> String {
+    if buttons.is_empty() {
+        return "none".into();
+    }
+    buttons
+        .iter()
+        .map(|b| {
+            if b.name.is_empty() {
+                format!("{:?}", b.label)
+            } else {
+                format!("{:?} ({}={})", b.label, b.name, b.value)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Reads a form's successful controls: hidden and prefilled inputs, checked
 /// boxes, selected options, textareas, and the first named submit button.
 /// Empty visible inputs stay empty — which is how a honeypot stays unfilled.
 pub fn read_form(form: &ElementRef) -> FilledForm {
+    read_form_with(form, Press::First)
+}
+
+/// [`read_form`], pressing the given button.
+pub fn read_form_with(form: &ElementRef, press: Press) -> FilledForm {
+    let css = match press {
+        Press::This(Button::Css(c)) => Some(sel(c)),
+        _ => None,
+    };
+    // The buttons first: which one is pressed decides which one is sent.
+    let mut buttons = Vec::new();
+    for (index, el) in form.select(&sel("input, button")).enumerate() {
+        let v = el.value();
+        let t = v
+            .attr("type")
+            .unwrap_or(if v.name() == "button" { "submit" } else { "text" })
+            .to_ascii_lowercase();
+        if !(t == "submit" || (t == "image" && v.name() == "input")) || v.attr("disabled").is_some() {
+            continue;
+        }
+        buttons.push(FormButton {
+            name: v.attr("name").unwrap_or("").to_string(),
+            value: v.attr("value").unwrap_or("").to_string(),
+            label: label_of(&el),
+            visible: !in_noscript(&el),
+            index,
+            matches_css: css.as_ref().is_some_and(|c| c.matches(&el)),
+        });
+    }
+    let pressed: Option<usize> = match press {
+        Press::First => buttons.first().map(|b| b.index),
+        Press::This(b) => buttons.iter().find(|x| x.is_pressable(b)).map(|x| x.index),
+        Press::Nothing => None,
+    };
     let mut out = FilledForm {
         method_post: form
             .value()
@@ -426,8 +737,15 @@ pub fn read_form(form: &ElementRef) -> FilledForm {
             .is_some_and(|e| e.eq_ignore_ascii_case("multipart/form-data")),
         ..FilledForm::default()
     };
-    let mut button_taken = false;
+    let mut control = 0usize;
     for el in form.select(&sel("input, textarea, select, button")) {
+        let this_control = if matches!(el.value().name(), "input" | "button") {
+            control += 1;
+            Some(control - 1)
+        } else {
+            None
+        };
+        let pressed_here = this_control.is_some() && this_control == pressed;
         let v = el.value();
         if v.attr("disabled").is_some() {
             continue;
@@ -443,26 +761,30 @@ pub fn read_form(form: &ElementRef) -> FilledForm {
             }
             "select" => {
                 out.visible_inputs += 1;
-                let chosen = el
-                    .select(&sel("option[selected]"))
-                    .next()
-                    .or_else(|| el.select(&sel("option")).next());
-                if let (false, Some(o)) = (name.is_empty(), chosen) {
-                    let value = o
-                        .value()
+                let option_value = |o: &ElementRef| {
+                    o.value()
                         .attr("value")
                         .map(str::to_string)
-                        .unwrap_or_else(|| o.text().collect::<String>().trim().to_string());
-                    out.fields.push((name, value));
+                        .unwrap_or_else(|| o.text().collect::<String>().trim().to_string())
+                };
+                if !name.is_empty() {
+                    if v.attr("multiple").is_some() {
+                        // A multi-select sends every selected option, or nothing.
+                        for o in el.select(&sel("option[selected]")) {
+                            out.fields.push((name.clone(), option_value(&o)));
+                        }
+                    } else if let Some(o) = el
+                        .select(&sel("option[selected]"))
+                        .next()
+                        .or_else(|| el.select(&sel("option")).next())
+                    {
+                        out.fields.push((name, option_value(&o)));
+                    }
                 }
             }
             "button" => {
-                let t = v.attr("type").unwrap_or("submit").to_ascii_lowercase();
-                if t == "submit" && !button_taken {
-                    button_taken = true;
-                    if !name.is_empty() {
-                        out.fields.push((name, v.attr("value").unwrap_or("").to_string()));
-                    }
+                if pressed_here && !name.is_empty() {
+                    out.fields.push((name, v.attr("value").unwrap_or("").to_string()));
                 }
             }
             _ => {
@@ -470,11 +792,8 @@ pub fn read_form(form: &ElementRef) -> FilledForm {
                 let value = v.attr("value").unwrap_or("").to_string();
                 match t.as_str() {
                     "submit" | "image" => {
-                        if !button_taken {
-                            button_taken = true;
-                            if !name.is_empty() {
-                                out.fields.push((name, value));
-                            }
+                        if pressed_here && !name.is_empty() {
+                            out.fields.push((name, value));
                         }
                     }
                     "button" | "reset" => {}
@@ -508,7 +827,29 @@ pub fn read_form(form: &ElementRef) -> FilledForm {
             }
         }
     }
+    out.buttons = buttons;
     out
+}
+
+/// Puts the configured values in: every value the form had for a configured
+/// name is replaced by the configured ones (several for a checkbox group or
+/// a multi-select), at the place of the form's first.
+pub fn override_fields(fields: &mut Vec<(String, String)>, set: &[(String, String)]) {
+    let mut names: Vec<&str> = Vec::new();
+    for (k, _) in set {
+        if !names.contains(&k.as_str()) {
+            names.push(k);
+        }
+    }
+    for name in names {
+        let values: Vec<String> = set.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect();
+        let at = fields.iter().position(|(k, _)| k == name).unwrap_or(fields.len());
+        fields.retain(|(k, _)| k != name);
+        let at = at.min(fields.len());
+        for (j, v) in values.into_iter().enumerate() {
+            fields.insert(at + j, (name.to_string(), v));
+        }
+    }
 }
 
 /// Sets a field's value, replacing what the form had or adding it.
@@ -528,11 +869,21 @@ pub fn submit_request(
     fields: &[(String, String)],
     files: &[(String, FileField)],
     force_multipart: bool,
+    button: Option<&Button>,
 ) -> Result<(Method, Url, Body), Fail> {
-    let mut filled = read_form(form);
-    for (k, v) in fields {
-        set_field(&mut filled.fields, k, v.clone());
+    let press = button.map_or(Press::First, Press::This);
+    let mut filled = read_form_with(form, press);
+    if let Some(b) = button {
+        if !filled.buttons.iter().any(|x| x.is_pressable(b)) {
+            return Err(Fail::refused(format!(
+                "no {} in the form at {}; its buttons: {}",
+                b.describe(),
+                session.page.as_ref().map(|p| show_url(&p.url)).unwrap_or_default(),
+                button_list(&filled.buttons)
+            )));
+        }
     }
+    override_fields(&mut filled.fields, fields);
     let url = session.resolve(form.value().attr("action").unwrap_or(""))?;
     let method = if filled.method_post { Method::POST } else { Method::GET };
     if filled.multipart || force_multipart || !files.is_empty() {
@@ -568,6 +919,26 @@ pub fn render_files(session: &Session, files: &[(String, FileField)]) -> Result<
             })
         })
         .collect()
+}
+
+/// Whether `url` is at or under the configured IdP prefix.
+pub fn under(url: &url::Url, prefix: &str) -> bool {
+    url.as_str().starts_with(prefix)
+        || url::Url::parse(prefix)
+            .is_ok_and(|p| p.origin() == url.origin() && url.path().starts_with(p.path().trim_end_matches('/')))
+}
+
+/// The login's own request headers, rendered.
+pub fn login_headers(s: &Session, login: &crate::config::form::LoginConfig) -> Result<Vec<(String, String)>, Fail> {
+    login
+        .headers
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), s.render(v)?)))
+        .collect()
+}
+
+pub fn has_param(u: &url::Url, name: &str) -> bool {
+    u.query_pairs().any(|(k, _)| k == name)
 }
 
 #[cfg(test)]
@@ -665,5 +1036,164 @@ mod tests {
             matches!(s.auto_submit_form(), Ok(None)),
             "a hidden field alone is not a protocol form"
         );
+    }
+
+    const CONSENT: &str = r#"<html><body><h1>Authorize postcanary?</h1>
+<form method="post" action="/o/authorize/">
+  <input type="hidden" name="csrfmiddlewaretoken" value="t">
+  <input type="hidden" name="state" value="st1">
+  <input type="hidden" name="client_id" value="c">
+  <input type="submit" class="btn" value="Cancel"/>
+  <input type="submit" class="btn btn-primary" name="allow" value="Authorize"/>
+</form></body></html>"#;
+
+    fn page(body: &str) -> Page {
+        Page {
+            url: Url::parse("https://idp.kommune.example/o/authorize/?client_id=c").expect("url"),
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: body.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_consent_page_with_buttons_is_never_auto_submitted() {
+        let mut s = Session::new(BTreeMap::new()).expect("session");
+        s.page = Some(page(CONSENT));
+        assert!(
+            matches!(s.auto_submit_form(), Ok(None)),
+            "Cancel/Authorize must not be pressed blindly"
+        );
+        // The same hidden protocol field with a single visible button and no script: not either.
+        s.page = Some(page(
+            r#"<form method=post action="/cb"><input type=hidden name=state value=x><button>Continue</button></form>"#,
+        ));
+        assert!(matches!(s.auto_submit_form(), Ok(None)));
+        // A script that submits the form sends no button.
+        s.page = Some(page(
+            r#"<body onload="document.forms[0].submit()"><form method=post action="/cb"><input type=hidden name=code value=x><input type=submit name=go value=Go></form></body>"#,
+        ));
+        match s.auto_submit_form() {
+            Ok(Some((_, _, Body::Form(f)))) => assert_eq!(f, vec![("code".to_string(), "x".to_string())]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_named_button_is_pressed_by_text_name_value_or_css() {
+        let html = Html::parse_document(CONSENT);
+        let form = html.select(&sel("form")).next().expect("form");
+        let first = read_form(&form);
+        assert!(
+            first.fields.iter().all(|(k, _)| k != "allow"),
+            "the first button (Cancel) has no name"
+        );
+        assert_eq!(
+            button_list(&first.buttons),
+            "\"Cancel\", \"Authorize\" (allow=Authorize)"
+        );
+        for spec in [
+            "Authorize",
+            "text:authorize",
+            "allow=Authorize",
+            "css:input.btn-primary",
+        ] {
+            let b = Button::parse(spec).expect("button");
+            let f = read_form_with(&form, Press::This(&b));
+            assert!(
+                f.fields.contains(&("allow".to_string(), "Authorize".to_string())),
+                "{spec}: {:?}",
+                f.fields
+            );
+        }
+        let mut s = Session::new(BTreeMap::new()).expect("session");
+        s.page = Some(page(CONSENT));
+        let b = Button::parse("Godkend").expect("button");
+        let e = submit_request(&s, &form, &[], &[], false, Some(&b)).expect_err("no such button");
+        assert!(e.detail.contains("its buttons: \"Cancel\""), "{}", e.detail);
+    }
+
+    #[test]
+    fn several_values_replace_a_checkbox_group_and_multi_selects_send_all_selected() {
+        let html = Html::parse_document(
+            r#"<form method=post><input type=checkbox name=topic value=a checked><input type=checkbox name=topic value=b>
+            <select name=areas multiple><option value=x selected>X</option><option value=y selected>Y</option><option value=z>Z</option></select>
+            <input type=hidden name=after value=1></form>"#,
+        );
+        let form = html.select(&sel("form")).next().expect("form");
+        let mut f = read_form(&form).fields;
+        let areas: Vec<&str> = f
+            .iter()
+            .filter(|(k, _)| k == "areas")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(areas, ["x", "y"]);
+        override_fields(
+            &mut f,
+            &[
+                ("topic".into(), "b".into()),
+                ("topic".into(), "c".into()),
+                ("new".into(), "n".into()),
+            ],
+        );
+        let names: Vec<String> = f.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(names, ["topic=b", "topic=c", "areas=x", "areas=y", "after=1", "new=n"]);
+    }
+
+    #[test]
+    fn requests_carry_origin_referer_and_sec_fetch_like_a_browser() {
+        let from = Url::parse("https://www.kommune.example/kontakt?x=1#top").expect("url");
+        let same = Url::parse("https://www.kommune.example/kontakt/send").expect("url");
+        let sibling = Url::parse("https://login.kommune.example/sso").expect("url");
+        let other = Url::parse("https://idp.example.net/sso").expect("url");
+        let plain = Url::parse("http://www.kommune.example/x").expect("url");
+        assert_eq!(
+            referrer(&from, &same).as_deref(),
+            Some("https://www.kommune.example/kontakt?x=1")
+        );
+        assert_eq!(referrer(&from, &other).as_deref(), Some("https://www.kommune.example/"));
+        assert_eq!(referrer(&from, &plain), None, "no referrer on a downgrade");
+        assert_eq!(fetch_site(Some(&from), &same), "same-origin");
+        assert_eq!(fetch_site(Some(&from), &sibling), "same-site");
+        assert_eq!(fetch_site(Some(&from), &other), "cross-site");
+        assert_eq!(fetch_site(None, &other), "none");
+        let nav = Nav {
+            initiator: Some(from.clone()),
+            user: true,
+            tainted: false,
+            site: "same-origin",
+        };
+        let get = |h: &[(&str, String)], k: &str| h.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        let h = browser_headers(&nav, &Method::POST, &same);
+        assert_eq!(get(&h, "origin").as_deref(), Some("https://www.kommune.example"));
+        assert_eq!(get(&h, "sec-fetch-user").as_deref(), Some("?1"));
+        assert!(get(&h, "accept").is_some_and(|a| a.starts_with("text/html")));
+        let h = browser_headers(&nav, &Method::GET, &same);
+        assert_eq!(get(&h, "origin"), None, "a navigation GET sends no Origin");
+        let tainted = Nav {
+            tainted: true,
+            ..nav.clone()
+        };
+        let h = browser_headers(&tainted, &Method::POST, &same);
+        assert_eq!(get(&h, "origin").as_deref(), Some("null"));
+        let scripted = Nav { user: false, ..nav };
+        assert_eq!(
+            get(&browser_headers(&scripted, &Method::POST, &same), "sec-fetch-user"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_gist_of_a_page_is_its_visible_text() {
+        let p = page(
+            "<html><head><title>403 Forbidden</title><style>h1{color:red}</style><script>var x=1;</script></head>\
+             <body><h1>Forbidden (403)</h1><p>CSRF verification failed. Request aborted.</p></body></html>",
+        );
+        assert_eq!(
+            p.gist(200),
+            "403 Forbidden Forbidden (403) CSRF verification failed. Request aborted."
+        );
+        assert!(p.gist(20).ends_with('…'));
+        assert_eq!(says(&page("")), "");
     }
 }

@@ -760,7 +760,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_messages_get_552_and_sessions_are_bounded() {
-        let store = MailStore::with_limits(crate::sandbox::StoreLimits {
+        let store = MailStore::with_limits(crate::sandbox::store::StoreLimits {
             max_messages_per_folder: 10,
             max_message_bytes: 2048,
         });

@@ -66,10 +66,16 @@ fn channel_refusal(e: &lettre::transport::smtp::Error, relay: &str) -> SendOutco
     }
 }
 
-fn tls_parameters(host: &str) -> Result<TlsParameters, lettre::transport::smtp::Error> {
-    TlsParameters::builder(host.to_string())
-        .set_min_tls_version(lettre::transport::smtp::client::TlsVersion::Tlsv12)
-        .build_rustls()
+fn tls_parameters(
+    host: &str,
+    ca: Option<&crate::config::ca::CaFile>,
+) -> Result<TlsParameters, lettre::transport::smtp::Error> {
+    let mut b = TlsParameters::builder(host.to_string())
+        .set_min_tls_version(lettre::transport::smtp::client::TlsVersion::Tlsv12);
+    for der in ca.iter().flat_map(|c| c.certs.iter()) {
+        b = b.add_root_certificate(lettre::transport::smtp::client::Certificate::from_der(der.clone())?);
+    }
+    b.build_rustls()
 }
 
 async fn converse(cfg: &SenderConfig, from: &Address, to: &Address, message: &[u8]) -> SendOutcome {
@@ -80,7 +86,7 @@ async fn converse(cfg: &SenderConfig, from: &Address, to: &Address, message: &[u
     };
     let tls = match cfg.tls {
         Tls::None => None,
-        Tls::Tls | Tls::Starttls => match tls_parameters(&cfg.host) {
+        Tls::Tls | Tls::Starttls => match tls_parameters(&cfg.host, cfg.ca_file.as_ref()) {
             Ok(p) => Some(p),
             Err(e) => return own(format!("cannot set up TLS for relay {relay}"), &e, false),
         },
@@ -162,4 +168,101 @@ async fn converse(cfg: &SenderConfig, from: &Address, to: &Address, message: &[u
     // The message is accepted or not by now; a failed QUIT changes nothing.
     let _ = conn.quit().await;
     outcome
+}
+
+#[cfg(test)]
+mod ca_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    use super::*;
+
+    /// A relay with implicit TLS under an internal CA that accepts one message per connection.
+    async fn relay(cert: Vec<u8>, key: Vec<u8>) -> std::net::SocketAddr {
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![rustls::pki_types::CertificateDer::from(cert)],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            for _ in 0..2 {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else { continue };
+                let (r, mut w) = tokio::io::split(tls);
+                let mut lines = BufReader::new(r).lines();
+                let _ = w.write_all(b"220 relay.test ESMTP\r\n").await;
+                let mut in_data = false;
+                for _ in 0..100 {
+                    let Ok(Some(line)) = lines.next_line().await else { break };
+                    let reply: &[u8] = if in_data {
+                        if line != "." {
+                            continue;
+                        }
+                        in_data = false;
+                        b"250 2.0.0 Ok: queued as T1\r\n"
+                    } else if line.starts_with("EHLO") {
+                        b"250 relay.test\r\n"
+                    } else if line.starts_with("DATA") {
+                        in_data = true;
+                        b"354 go ahead\r\n"
+                    } else if line.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n").await;
+                        break;
+                    } else {
+                        b"250 ok\r\n"
+                    };
+                    let _ = w.write_all(reply).await;
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn smtp_relay_tls_trusts_an_internal_ca_only_through_ca_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = crate::config::ca::testing::internal_ca(dir.path());
+        let addr = relay(cert, key).await;
+        let ca = crate::config::ca::CaFile::read(dir.path(), "ca.pem").expect("ca_file");
+        let mut cfg = SenderConfig {
+            name: "relay".into(),
+            host: "127.0.0.1".into(),
+            port: addr.port(),
+            tls: Tls::Tls,
+            username: None,
+            password: None,
+            from: "Postcanary <canary@kommune.example>".parse().expect("from"),
+            helo: Some("prober.test".into()),
+            timeout: Duration::from_secs(10),
+            mx: None,
+            bounce_inbox: None,
+            dkim: None,
+            ca_file: Some(ca),
+        };
+        let to: Address = "borger@kommune.example".parse().expect("to");
+        let msg = b"Subject: t\r\n\r\nbody\r\n";
+        match send(&cfg, &to, msg).await {
+            SendOutcome::Accepted { reply, .. } => assert!(reply.contains("queued as T1"), "{reply}"),
+            other => panic!("with ca_file: {other:?}"),
+        }
+        cfg.ca_file = None;
+        match send(&cfg, &to, msg).await {
+            SendOutcome::OwnSide { error, .. } => {
+                assert!(
+                    error.contains("127.0.0.1") && error.contains("UnknownIssuer"),
+                    "{error}"
+                )
+            }
+            other => panic!("without ca_file: {other:?}"),
+        }
+    }
 }

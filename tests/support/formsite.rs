@@ -35,6 +35,47 @@ pub struct SamlSp {
     /// PKCS#8 DER of the SP's RSA key: sign the redirect binding when set.
     pub signing_key: Option<Vec<u8>>,
     pub loa: String,
+    /// Send the AuthnRequest with the HTTP-POST binding (an auto-submit page),
+    /// signed with an enveloped XML signature by `xmlsec1 --sign` (libxmlsec1).
+    pub post_binding: Option<PostSigner>,
+}
+
+/// The SP's key and certificate (PEM files) for POST-binding signatures.
+#[derive(Clone, Debug)]
+pub struct PostSigner {
+    pub key_pem: std::path::PathBuf,
+    pub cert_pem: std::path::PathBuf,
+}
+
+/// Signs an AuthnRequest (root `ID` = `id`) with an enveloped RSA-SHA256
+/// signature over exclusive C14N, placed after the Issuer as SAML requires.
+fn xmlsec_sign(xml: &str, signer: &PostSigner) -> Result<String, String> {
+    let sig = r##"<ds:Signature xmlns:ds="http://www.w3.org/2000/09/xmldsig#"><ds:SignedInfo><ds:CanonicalizationMethod Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/><ds:SignatureMethod Algorithm="http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"/><ds:Reference URI="#ID"><ds:Transforms><ds:Transform Algorithm="http://www.w3.org/2000/09/xmldsig#enveloped-signature"/><ds:Transform Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/></ds:Transforms><ds:DigestMethod Algorithm="http://www.w3.org/2001/04/xmlenc#sha256"/><ds:DigestValue/></ds:Reference></ds:SignedInfo><ds:SignatureValue/><ds:KeyInfo><ds:X509Data><ds:X509Certificate/></ds:X509Data></ds:KeyInfo></ds:Signature>"##;
+    let id = xml
+        .split("ID=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .ok_or("no ID")?;
+    let template = xml.replacen(
+        "</saml:Issuer>",
+        &format!("</saml:Issuer>{}", sig.replace("#ID", &format!("#{id}"))),
+        1,
+    );
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let input = dir.path().join("request.xml");
+    std::fs::write(&input, template).map_err(|e| e.to_string())?;
+    let out = std::process::Command::new("xmlsec1")
+        .arg("--sign")
+        .arg("--privkey-pem")
+        .arg(format!("{},{}", signer.key_pem.display(), signer.cert_pem.display()))
+        .args(["--id-attr:ID", "urn:oasis:names:tc:SAML:2.0:protocol:AuthnRequest"])
+        .arg(&input)
+        .output()
+        .map_err(|e| format!("xmlsec1 (apt-get install xmlsec1): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("xmlsec1 --sign: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[derive(Clone, Debug)]
@@ -276,6 +317,19 @@ fn login_redirect(inner: &mut Inner, sid: &str, g: &str, path: &str) -> Response
                 issuer = sp.sp_entity_id,
                 loa = sp.loa,
             );
+            if let Some(signer) = &sp.post_binding {
+                let signed = match xmlsec_sign(&xml, signer) {
+                    Ok(x) => x,
+                    Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+                };
+                let b64 = base64::engine::general_purpose::STANDARD.encode(signed.as_bytes());
+                let page = format!(
+                    r#"<html><body onload="document.forms[0].submit()"><form method="post" action="{}"><input type="hidden" name="SAMLRequest" value="{b64}"><input type="hidden" name="RelayState" value="{}"><noscript><input type="submit" value="Continue"></noscript></form></body></html>"#,
+                    html_escape(&sp.idp_sso_url),
+                    html_escape(path)
+                );
+                return Html(page).into_response();
+            }
             let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
             let _ = enc.write_all(xml.as_bytes());
             let deflated = enc.finish().unwrap_or_default();

@@ -8,3 +8,4 @@ pub mod mailstack;
 pub mod otherimap;
 pub mod receiver;
 pub mod sandboxrig;
+pub mod webapp;

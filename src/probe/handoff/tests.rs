@@ -16,6 +16,10 @@ fn login() -> LoginConfig {
         password_field: None,
         form: None,
         fields: Vec::new(),
+        headers: Vec::new(),
+        continue_with: Vec::new(),
+        continue_fields: Vec::new(),
+        ca_file: None,
         acs: Some("https://selvbetjening.kommune.example/saml/acs".into()),
         loa: Some("https://data.gov.dk/concept/core/nsis/loa/Substantial".into()),
         require_signed: true,
@@ -153,4 +157,37 @@ fn metadata_lists_the_endpoint_and_certificates_last() {
         e.detail
     );
     assert!(check_metadata("<x", &target(), &l, NOW).is_err());
+}
+
+#[test]
+fn posted_signatures_verify_with_the_right_certificate_only() {
+    let xml = include_str!("../../../tests/fixtures/saml/post/signed-authn-request.xml");
+    let right = include_bytes!("../../../tests/fixtures/saml/post/sp-cert.pem");
+    let wrong = include_bytes!("../../../tests/fixtures/saml/post/other-cert.pem");
+    verify_posted_signature(xml, right).expect("signed by libxmlsec1 (xmlsec1 --sign), verifies");
+    let e = verify_posted_signature(xml, wrong).expect_err("wrong certificate");
+    assert!(e.contains("does not verify with sp_certificate"), "{e}");
+    let changed = xml.replace("nsis/loa/Substantial", "nsis/loa/Low");
+    let e = verify_posted_signature(&changed, right).expect_err("changed");
+    assert!(e.contains("changed after it was signed"), "{e}");
+
+    // Through check_signature: the verdict follows the certificate; an unsigned
+    // request with a configured certificate is never passed.
+    let h = Handoff {
+        target: target(),
+        request_xml: None,
+        redirect_signed: false,
+    };
+    let mut l = login();
+    l.sp_certificate = Some(right.to_vec());
+    assert_eq!(
+        check_signature(&h, xml, &l).expect("ok"),
+        "signature verified (POST binding, XML-DSig)"
+    );
+    l.sp_certificate = Some(wrong.to_vec());
+    let e = check_signature(&h, xml, &l).expect_err("wrong");
+    assert_eq!(e.verdict, crate::verdict::Verdict::Rejected);
+    l.require_signed = false;
+    let e = check_signature(&h, &request(ACS, SUBSTANTIAL, INSTANT), &l).expect_err("unsigned");
+    assert!(e.detail.contains("sp_certificate is configured"), "{}", e.detail);
 }
