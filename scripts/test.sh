@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash tests/mailstack/mailstack.sh install
+# PostgreSQL (Debian's package, no system cluster started) for the Postgres ledger tests.
+bash tests/postgres/postgres.sh install
 # Debian's Chromium, for the status-page test in a real browser.
 if ! command -v chromium >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || {

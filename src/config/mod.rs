@@ -4,6 +4,7 @@
 //! (a channel's sender and inbox) is known to exist.
 
 pub mod form;
+pub mod ledger;
 mod schema;
 mod source;
 pub mod values;
@@ -162,13 +163,16 @@ pub struct HeartbeatConfig {
 
 #[derive(Debug, Clone)]
 pub struct LedgerConfig {
-    /// Where the ledger lives; only SQLite for now.
+    /// Where the ledger lives.
     pub backend: LedgerBackend,
+    /// Several instances on one (PostgreSQL) ledger, one active (`ha = true`).
+    pub ha: Option<ledger::HaConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LedgerBackend {
     Sqlite(PathBuf),
+    Postgres(ledger::PostgresLedger),
 }
 
 #[derive(Debug, Clone)]
@@ -500,11 +504,7 @@ struct RawDns {
     nameserver: Option<String>,
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct RawLedger {
-    url: Option<String>,
-}
+use ledger::RawLedger;
 
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -979,28 +979,14 @@ fn push_indexed<T>(out: &mut Vec<(Origin, T)>, file: usize, items: Vec<T>) {
 }
 
 fn build_ledger(loader: &mut Loader, raw: Option<RawLedger>, base: &Path) -> LedgerConfig {
-    let url = raw
-        .and_then(|r| r.url)
-        .unwrap_or_else(|| "sqlite://postcanary.db".to_string());
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
-    let backend = match rest {
-        Some(p) if !p.is_empty() => {
-            let p = PathBuf::from(p);
-            LedgerBackend::Sqlite(if p.is_absolute() { p } else { base.join(p) })
-        }
-        _ => {
-            let line = loader.files[0].table_key_line("ledger", "url");
-            let msg = if url.starts_with("postgres") {
-                "the Postgres ledger is not available yet; use \"sqlite://PATH\"".to_string()
-            } else {
-                format!("unsupported ledger url {url:?}: expected \"sqlite://PATH\"")
-            };
-            let e = loader.files[0].error(line, Some("ledger.url"), msg);
-            loader.errors.push(e);
-            LedgerBackend::Sqlite(base.join("postcanary.db"))
-        }
-    };
-    LedgerConfig { backend }
+    let secrets_base = base_dir(&loader.files[0].path);
+    let (config, findings) = ledger::build(raw.unwrap_or_default(), base, &|r| loader.resolve(r, &secrets_base));
+    for (key, msg) in findings {
+        let line = loader.files[0].table_key_line("ledger", key);
+        let e = loader.files[0].error(line, Some(&format!("ledger.{key}")), msg);
+        loader.errors.push(e);
+    }
+    config
 }
 
 fn build_token(loader: &mut Loader, raw: Option<RawToken>) -> TokenConfig {

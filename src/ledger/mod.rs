@@ -4,8 +4,11 @@
 //! has not been judged yet, in one atomic statement — so no probe is judged
 //! twice, whoever races.
 
-#[cfg(test)]
-pub(crate) mod contract;
+/// The store contract suite, public so integration tests run it against a real PostgreSQL.
+#[doc(hidden)]
+pub mod contract;
+pub mod migrate;
+pub mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use crate::config::{Expect, LedgerBackend};
 use crate::notify::Page;
 use crate::verdict::{Judgement, Millis, Verdict};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Errors of the store itself (I/O, corruption): never a probe's fault.
@@ -294,6 +298,7 @@ pub type DynStore = Arc<dyn Store>;
 pub async fn open(backend: &LedgerBackend) -> StoreResult<DynStore> {
     match backend {
         LedgerBackend::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
+        LedgerBackend::Postgres(pg) => Ok(Arc::new(PostgresStore::open(pg).await?)),
     }
 }
 

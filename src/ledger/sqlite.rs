@@ -991,6 +991,7 @@ mod tests {
     #[tokio::test]
     async fn sqlite_in_memory_meets_the_store_contract() {
         crate::ledger::contract::run_all(Arc::new(SqliteStore::in_memory().unwrap())).await;
+        crate::ledger::contract::run_paging(Arc::new(SqliteStore::in_memory().unwrap())).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,5 +5,6 @@ pub mod formsite;
 pub mod graphdouble;
 pub mod idp;
 pub mod mailstack;
+pub mod postgres;
 pub mod receiver;
 pub mod sandboxrig;
