@@ -543,6 +543,9 @@ fn print_probes(probes: &[ProbeRecord], json: bool) {
 }
 
 async fn run(config: Config) -> ExitCode {
+    if config.ledger.ha.is_some() {
+        return crate::ha::run(config).await;
+    }
     let mut engine = match Engine::start(config).await {
         Ok(e) => e,
         Err(e) => {
@@ -590,7 +593,7 @@ async fn run(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -23,7 +23,7 @@ pub use source::{ConfigError, ConfigErrors, SourceFile};
 pub use values::{AfterConfirm, Expect, HumanDuration, Schedule, Secret, SecretRef, Tls};
 
 /// The loaded, validated configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// The main config file.
     pub path: PathBuf,
