@@ -361,7 +361,7 @@ url = "{url}"
     }
     Setup {
         pg,
-        sandbox: sandbox,
+        sandbox,
         hook,
         dir,
         config,
