@@ -3,6 +3,7 @@ pub mod dns;
 pub mod faultproxy;
 pub mod formsite;
 pub mod graphdouble;
+pub mod hadaemons;
 pub mod idp;
 pub mod mailstack;
 pub mod postgres;
