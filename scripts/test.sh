@@ -10,6 +10,8 @@ bash tests/mailstack/mailstack.sh install
 # Courier IMAP, the second real IMAP server (tests/otherimap_e2e.rs): its .debs
 # conflict with Dovecot, so they are fetched and extracted, never installed.
 bash tests/otherimap/otherimap.sh install
+# PostgreSQL (Debian's package, no system cluster started) for the Postgres ledger tests.
+bash tests/postgres/postgres.sh install
 # Debian's Chromium, for the status-page test in a real browser.
 if ! command -v chromium >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || {

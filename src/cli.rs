@@ -88,6 +88,8 @@ enum Command {
     /// Crawl sites for every published address and form, compare them with
     /// the config (-c), flag look-alike addresses; read-only.
     Discover(crate::discover::Args),
+    /// Copy a SQLite ledger into an empty PostgreSQL one and verify the counts.
+    Migrate(crate::ledger::migrate::Args),
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -133,6 +135,10 @@ pub fn main() -> ExitCode {
             None => None,
         };
         return with_runtime(crate::discover::run(args.clone(), config));
+    }
+    if let Command::Migrate(args) = &cli.command {
+        init_logging(cli.log_format, "warn", None);
+        return with_runtime(crate::ledger::migrate::run(args.clone()));
     }
     if let Command::Inspect { json, files } = &cli.command {
         init_logging(cli.log_format, "error", None);
@@ -187,7 +193,11 @@ pub fn main() -> ExitCode {
         Command::Check { channels, json } => with_runtime(check(config, channels, json)),
         Command::Run => with_runtime(run(config)),
         Command::Dns { accept } => with_runtime(dns(config, accept)),
-        Command::Demo { .. } | Command::Discover(_) | Command::Inspect { .. } | Command::Schema => ExitCode::SUCCESS,
+        Command::Demo { .. }
+        | Command::Discover(_)
+        | Command::Inspect { .. }
+        | Command::Schema
+        | Command::Migrate(_) => ExitCode::SUCCESS,
     };
     if let Some(t) = telemetry {
         t.shutdown();
@@ -533,6 +543,9 @@ fn print_probes(probes: &[ProbeRecord], json: bool) {
 }
 
 async fn run(config: Config) -> ExitCode {
+    if config.ledger.ha.is_some() {
+        return crate::ha::run(config, wait_for_signal()).await;
+    }
     let mut engine = match Engine::start(config).await {
         Ok(e) => e,
         Err(e) => {
@@ -580,7 +593,7 @@ async fn run(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

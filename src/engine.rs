@@ -51,12 +51,19 @@ pub struct Engine {
     pub watch_points: WatchPoints,
     /// When the scheduler loop last ran (ms), for the heartbeat.
     scheduler_tick: Arc<AtomicI64>,
+    /// With `[ledger] ha`: this instance's role, shown by `/healthz` (set by `ha::run`).
+    pub role: Option<String>,
 }
 
 impl Engine {
     /// Opens the ledger and starts the watchers and the sweeper.
     pub async fn start(config: Config) -> Result<Engine, EngineError> {
         let store = ledger::backend::open(&config.ledger.backend).await?;
+        Engine::start_with_store(config, store).await
+    }
+
+    /// [`Engine::start`] on a ledger already open (`ha::run` passes its fenced store).
+    pub async fn start_with_store(config: Config, store: DynStore) -> Result<Engine, EngineError> {
         let key = match &config.token.key {
             Some(secret) => TokenKey::new(secret.expose().as_bytes().to_vec()),
             None => {
@@ -78,6 +85,7 @@ impl Engine {
             watcher_states: HashMap::new(),
             watch_points: WatchPoints::default(),
             scheduler_tick: Arc::new(AtomicI64::new(now_millis())),
+            role: None,
         };
         engine.start_watchers();
         engine.start_sweeper();

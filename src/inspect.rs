@@ -39,7 +39,15 @@ pub fn key_source(config: Option<&Config>) -> KeySource {
             from: "[token] key".into(),
         };
     }
-    let LedgerBackend::Sqlite(path) = &config.ledger.backend;
+    let path = match &config.ledger.backend {
+        LedgerBackend::Sqlite(path) => path,
+        LedgerBackend::Postgres(pg) => {
+            return KeySource::Unknown(format!(
+                "unknown key: inspect reads kept keys from SQLite ledgers only, not {}; configure [token] key",
+                pg.display()
+            ))
+        }
+    };
     match ledger_key(path) {
         Ok(Some(key)) => KeySource::Known {
             key,

@@ -10,6 +10,7 @@ pub mod discover_watch;
 pub mod dkim;
 pub mod drift;
 pub mod engine;
+pub mod ha;
 pub mod heartbeat;
 pub mod inbox;
 pub mod incident;

@@ -8,6 +8,7 @@ use postcanary::ledger::Store;
 #[tokio::test]
 async fn sqlite_in_memory_meets_the_store_contract() {
     postcanary::ledger::contract::run_all(Arc::new(SqliteStore::in_memory().unwrap())).await;
+    postcanary::ledger::contract::run_paging(Arc::new(SqliteStore::in_memory().unwrap())).await;
 }
 
 #[tokio::test]

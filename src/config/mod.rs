@@ -7,6 +7,7 @@ pub mod ca;
 mod channel;
 pub mod form;
 mod inbox;
+pub mod ledger;
 mod loader;
 mod login;
 mod notify;
@@ -24,6 +25,7 @@ use std::time::Duration;
 pub use crate::verdict::Expect;
 pub use channel::*;
 pub use inbox::*;
+pub use ledger::{LedgerBackend, LedgerConfig};
 pub use loader::*;
 pub use notify::*;
 pub use schema::config_schema;
@@ -34,7 +36,7 @@ pub use source::{ConfigError, ConfigErrors, SourceFile};
 pub use values::{AfterConfirm, HumanDuration, Schedule, Secret, SecretRef, Tls};
 
 /// The loaded, validated configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// The main config file.
     pub path: PathBuf,

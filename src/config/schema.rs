@@ -12,9 +12,10 @@ use serde::Deserialize;
 use super::channel::{RawChannel, RawDefaults};
 use super::form;
 use super::inbox::RawInbox;
+use super::ledger::RawLedger;
 use super::notify::{RawNotifier, RawOwner, RawPaging, RawSilence};
 use super::sender::RawSender;
-use super::service::{RawDiscover, RawDns, RawHeartbeat, RawLedger, RawServer, RawTelemetry, RawToken};
+use super::service::{RawDiscover, RawDns, RawHeartbeat, RawServer, RawTelemetry, RawToken};
 use super::values::{AfterConfirm, HumanDuration, Schedule, SecretRef};
 
 #[derive(Deserialize, schemars::JsonSchema)]

@@ -1,11 +1,12 @@
 //! The daemon's own sections: `[ledger]`, `[token]`, `[server]`,
 //! `[heartbeat]`, `[telemetry]`, `[dns]`, `[discover]`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::ledger::{LedgerConfig, RawLedger};
 use super::loader::{base_dir, Loader};
 use super::values::{HumanDuration, Secret, SecretRef};
 
@@ -81,17 +82,6 @@ pub struct HeartbeatConfig {
 }
 
 #[derive(Debug, Clone)]
-pub struct LedgerConfig {
-    /// Where the ledger lives; only SQLite for now.
-    pub backend: LedgerBackend,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LedgerBackend {
-    Sqlite(PathBuf),
-}
-
-#[derive(Debug, Clone)]
 pub struct TokenConfig {
     /// HMAC key for token tags; when `None`, one is generated once and kept in the ledger.
     pub key: Option<Secret>,
@@ -155,12 +145,6 @@ pub(super) struct RawDns {
 
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawLedger {
-    pub(super) url: Option<String>,
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawToken {
     pub(super) key: Option<SecretRef>,
     pub(super) max_age: Option<HumanDuration>,
@@ -176,28 +160,14 @@ pub(super) fn parse_nameserver(n: &str) -> Option<std::net::SocketAddr> {
 }
 
 pub(super) fn build_ledger(loader: &mut Loader, raw: Option<RawLedger>, base: &Path) -> LedgerConfig {
-    let url = raw
-        .and_then(|r| r.url)
-        .unwrap_or_else(|| "sqlite://postcanary.db".to_string());
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
-    let backend = match rest {
-        Some(p) if !p.is_empty() => {
-            let p = PathBuf::from(p);
-            LedgerBackend::Sqlite(if p.is_absolute() { p } else { base.join(p) })
-        }
-        _ => {
-            let line = loader.files[0].table_key_line("ledger", "url");
-            let msg = if url.starts_with("postgres") {
-                "the Postgres ledger is not available yet; use \"sqlite://PATH\"".to_string()
-            } else {
-                format!("unsupported ledger url {url:?}: expected \"sqlite://PATH\"")
-            };
-            let e = loader.files[0].error(line, Some("ledger.url"), msg);
-            loader.errors.push(e);
-            LedgerBackend::Sqlite(base.join("postcanary.db"))
-        }
-    };
-    LedgerConfig { backend }
+    let secrets_base = base_dir(&loader.files[0].path);
+    let (config, findings) = super::ledger::build(raw.unwrap_or_default(), base, &|r| loader.resolve(r, &secrets_base));
+    for (key, msg) in findings {
+        let line = loader.files[0].table_key_line("ledger", key);
+        let e = loader.files[0].error(line, Some(&format!("ledger.{key}")), msg);
+        loader.errors.push(e);
+    }
+    config
 }
 
 pub(super) fn build_token(loader: &mut Loader, raw: Option<RawToken>) -> TokenConfig {

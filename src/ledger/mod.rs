@@ -8,6 +8,8 @@ pub mod backend;
 /// The store contract suite; tests/ledger_contract.rs runs it on every backend.
 #[doc(hidden)]
 pub mod contract;
+pub mod migrate;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -33,6 +33,8 @@ pub struct AppState {
     /// What each watcher has looked at, and since when it is blind.
     pub points: crate::inbox::watchpoint::WatchPoints,
     pub scheduler_tick: Arc<AtomicI64>,
+    /// With `[ledger] ha`: "active …", shown by `/healthz`.
+    pub role: Option<String>,
 }
 
 impl AppState {
@@ -84,12 +86,23 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState, mut shutd
 }
 
 async fn healthz(State(s): State<AppState>) -> Response {
+    let (status, mut text) = health(&s);
+    match &s.role {
+        Some(role) => {
+            text.push_str(&format!("role: {role}\n"));
+            with_role(status, text, "active")
+        }
+        None => (status, text).into_response(),
+    }
+}
+
+fn health(s: &AppState) -> (StatusCode, String) {
     match crate::heartbeat::unhealthy(
         s.scheduler_tick.load(Ordering::Relaxed),
         now_millis(),
         &s.watcher_states(),
     ) {
-        None => (StatusCode::OK, "ok\n").into_response(),
+        None => (StatusCode::OK, "ok\n".to_string()),
         Some(why) => {
             let mut text = format!("unhealthy: {why}\n");
             for (name, since, reason) in s.blind_watchers() {
@@ -99,7 +112,7 @@ async fn healthz(State(s): State<AppState>) -> Response {
                     (now_millis() - since).max(0) / 1000
                 ));
             }
-            (StatusCode::SERVICE_UNAVAILABLE, text).into_response()
+            (StatusCode::SERVICE_UNAVAILABLE, text)
         }
     }
 }
@@ -172,8 +185,18 @@ pub async fn start(engine: &mut crate::engine::Engine) -> Result<Option<std::net
         watchers: Arc::new(engine.watcher_receivers().into_iter().collect()),
         points: engine.watch_points.clone(),
         scheduler_tick: engine.scheduler_tick(),
+        role: engine.role.clone(),
     };
     engine.spawn_service(|shutdown| serve(listener, state, shutdown));
     tracing::info!(%addr, "status page and API listening");
     Ok(Some(addr))
+}
+
+/// The `/healthz` response with the role in a header (`x-postcanary-role`).
+pub fn with_role(status: StatusCode, text: String, role: &str) -> Response {
+    let mut resp = (status, text).into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(role) {
+        resp.headers_mut().insert("x-postcanary-role", v);
+    }
+    resp
 }

@@ -139,11 +139,24 @@ fn connect(client: TcpStream, upstream: u16, st: Arc<State>) {
         let _ = to.shutdown(Shutdown::Both);
         let _ = from.shutdown(Shutdown::Both);
     });
-    // server → client: line by line, so untagged EXISTS/RECENT can be dropped.
+    // server → client: line by line while swallowing, so untagged
+    // EXISTS/RECENT can be dropped; otherwise bytes as they come (binary
+    // protocols such as PostgreSQL's have no lines).
     let mut r = BufReader::new(server);
     let mut w = client;
     let mut line = Vec::new();
     loop {
+        if !st.swallow.load(Ordering::Relaxed) {
+            let chunk = match r.fill_buf() {
+                Ok(b) if !b.is_empty() => b.to_vec(),
+                _ => break,
+            };
+            r.consume(chunk.len());
+            if w.write_all(&chunk).is_err() {
+                break;
+            }
+            continue;
+        }
         line.clear();
         match r.read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => break,

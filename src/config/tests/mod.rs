@@ -286,13 +286,53 @@ fn wrong_value_type_and_enum() {
 }
 
 #[test]
-fn postgres_is_not_yet_available() {
+fn postgres_ledger_keys_and_their_errors() {
+    // A URL without a user names the line of `url`.
     let e = one_error(
         &MAIN.replace("sqlite://state/ledger.db", "postgres://db/canary"),
         CHANNELS,
     );
     assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("ledger.url")));
-    assert!(e.message.contains("Postgres"));
+    assert!(e.message.contains("user"), "{}", e.message);
+    // A password in the URL is refused without being repeated.
+    let e = one_error(
+        &MAIN.replace("sqlite://state/ledger.db", "postgres://canary:hunter2@db/canary"),
+        CHANNELS,
+    );
+    assert_eq!(e.key.as_deref(), Some("ledger.url"));
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    // Postgres keys on a SQLite ledger, and `ha` without Postgres.
+    let e = one_error(
+        &MAIN.replace(
+            "url = \"sqlite://state/ledger.db\"",
+            "url = \"sqlite://l.db\"\nha = true",
+        ),
+        CHANNELS,
+    );
+    assert_eq!((e.line, e.key.as_deref()), (Some(5), Some("ledger.ha")));
+    // A full Postgres ledger with HA loads; the CA file is taken from the config's directory.
+    set_pw();
+    let d = Dir::new();
+    let main = MAIN.replace(
+        "url = \"sqlite://state/ledger.db\"",
+        "url = \"postgres://canary@db.kommune.example/postcanary\"\npassword = \"env:POSTCANARY_TEST_PW\"\n\
+         ca_file = \"pg-ca.pem\"\nha = true\nlease = \"20s\"\ninstance = \"vm-1\"",
+    );
+    let path = d.write("postcanary.toml", &main);
+    d.write("probes/kommune.toml", CHANNELS);
+    let c = Config::load(&path).unwrap();
+    let LedgerBackend::Postgres(pg) = &c.ledger.backend else {
+        panic!("expected a Postgres ledger");
+    };
+    assert_eq!(pg.display(), "postgres://canary@db.kommune.example:5432/postcanary");
+    assert_eq!(pg.password.as_ref().map(Secret::expose), Some("pw-from-env"));
+    assert_eq!(pg.ca_file.as_deref(), Some(d.0.path().join("pg-ca.pem").as_path()));
+    assert!(!format!("{:?}", c.ledger).contains("pw-from-env"));
+    let ha = c.ledger.ha.as_ref().unwrap();
+    assert_eq!(
+        (ha.lease, ha.instance.as_deref()),
+        (Duration::from_secs(20), Some("vm-1"))
+    );
 }
 
 #[test]
