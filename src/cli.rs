@@ -1,4 +1,4 @@
-//! The command line: `validate`, `check`, `run`, `dns`, `inspect`, `demo`. Exit codes: 0 success,
+//! The command line: `validate`, `check`, `run`, `dns`, `inspect`, `demo`, `report`, `evidence`. Exit codes: 0 success,
 //! 1 a failing verdict (check) or a runtime failure, 2 an invalid config.
 
 use std::path::PathBuf;
@@ -88,6 +88,12 @@ enum Command {
     /// Crawl sites for every published address and form, compare them with
     /// the config (-c), flag look-alike addresses; read-only.
     Discover(crate::discover::Args),
+    /// Availability, incidents (time to detect, acknowledge, resolve), pages
+    /// and watchers' blind spells per channel and owner, from the ledger
+    /// alone (the daemon need not run).
+    Report(crate::report::Args),
+    /// The complete record of one incident: probes, pages, timeline, resolution.
+    Evidence(crate::report::evidence::Args),
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -153,7 +159,8 @@ pub fn main() -> ExitCode {
     }
     let path = config::default_path(cli.config.clone());
     let loaded = match cli.command {
-        Command::Validate { offline: true } => Config::load_offline(&path),
+        // Reports read the ledger only: they need no secret.
+        Command::Validate { offline: true } | Command::Report(_) | Command::Evidence(_) => Config::load_offline(&path),
         _ => Config::load(&path),
     };
     let config = match loaded {
@@ -187,6 +194,8 @@ pub fn main() -> ExitCode {
         Command::Check { channels, json } => with_runtime(check(config, channels, json)),
         Command::Run => with_runtime(run(config)),
         Command::Dns { accept } => with_runtime(dns(config, accept)),
+        Command::Report(args) => with_runtime(crate::report::run(config, args)),
+        Command::Evidence(args) => with_runtime(crate::report::evidence::run(config, args)),
         Command::Demo { .. } | Command::Discover(_) | Command::Inspect { .. } | Command::Schema => ExitCode::SUCCESS,
     };
     if let Some(t) = telemetry {

@@ -231,6 +231,12 @@ impl Engine {
                 self.shutdown.subscribe(),
             ));
         }
+        // The watchers' blind spells, for reports.
+        self.tasks.spawn(crate::blindlog::run(
+            Arc::clone(&self.store),
+            self.watch_points.clone(),
+            self.shutdown.subscribe(),
+        ));
         let processor = crate::incident::Processor {
             config: Arc::clone(&self.config),
             store: Arc::clone(&self.store),

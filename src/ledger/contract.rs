@@ -1,6 +1,6 @@
 //! The store contract: one suite, run against every backend.
 
-use super::{Cursor, DynStore, NewProbe};
+use super::{Cursor, DynStore, IncidentAction, IncidentChange, NewProbe, DAY_MS};
 use crate::config::Expect;
 use crate::verdict::{Found, Judgement, Verdict};
 
@@ -204,5 +204,200 @@ pub async fn run_all(s: DynStore) {
             uid_validity: 7,
             last_uid: 9
         })
+    );
+
+    reports(&s).await;
+}
+
+/// A probe of channel `channel` created at `created`, for the report cases.
+fn at(channel: &str, n: u32, created: i64) -> NewProbe {
+    NewProbe {
+        id: format!("r-{channel}-{n}"),
+        token: format!("pc-r-{channel}-{n}"),
+        channel: channel.into(),
+        kind: "mail".into(),
+        expect: Expect::Deliver,
+        inbox: Some("social".into()),
+        target: "x@kommune.example".into(),
+        created_at: created,
+        deadline: created + 60_000,
+        run_id: "run-r".into(),
+    }
+}
+
+fn judged(verdict: Verdict, at: i64, latency: Option<i64>) -> Judgement {
+    Judgement {
+        verdict,
+        detail: verdict.to_string(),
+        at,
+        found: latency.map(|_| Found {
+            inbox: "social".into(),
+            at,
+        }),
+        latency_ms: latency,
+        fault: None,
+    }
+}
+
+/// Reports and evidence: daily counts, incidents of a period, pages, blind spells.
+async fn reports(s: &DynStore) {
+    // Day 20,000 (2024-10-04) and the next, far from the other cases.
+    let d0 = 20_000 * DAY_MS;
+    let d1 = d0 + DAY_MS;
+    let rows = [
+        ("rep-a", 1, d0 + 1_000, Some((Verdict::Delivered, Some(2_000)))),
+        ("rep-a", 2, d0 + 2_000, Some((Verdict::Delivered, Some(4_000)))),
+        ("rep-a", 3, d0 + 3_000, Some((Verdict::Missed, None))),
+        ("rep-a", 4, d0 + 4_000, Some((Verdict::Error, None))),
+        ("rep-a", 5, d1 - 1, None),
+        ("rep-a", 6, d1, Some((Verdict::ExpectedBounce, None))),
+        ("rep-b", 1, d0 + 5, Some((Verdict::Rejected, None))),
+    ];
+    for (ch, n, created, verdict) in rows {
+        s.insert_probe(&at(ch, n, created)).await.unwrap();
+        if let Some((v, lat)) = verdict {
+            assert!(s
+                .judge(&format!("r-{ch}-{n}"), &judged(v, created + 10, lat))
+                .await
+                .unwrap());
+        }
+    }
+    let a = s.daily_counts(&["rep-a".to_string()], d0, d1 + DAY_MS).await.unwrap();
+    assert_eq!(a.len(), 2, "one entry per day with probes: {a:?}");
+    let day0 = &a[0];
+    assert_eq!(
+        (
+            day0.channel.as_str(),
+            day0.day,
+            day0.judged,
+            day0.successful,
+            day0.errors,
+            day0.pending
+        ),
+        ("rep-a", d0, 4, 2, 1, 1)
+    );
+    assert_eq!(
+        (day0.latency_count, day0.latency_sum, day0.latency_max),
+        (2, 6_000, 4_000)
+    );
+    assert_eq!(
+        (a[1].day, a[1].judged, a[1].successful),
+        (d1, 1, 1),
+        "a probe counts on its creation day"
+    );
+    let only_d0 = s.daily_counts(&[], d0, d1).await.unwrap();
+    let chans: Vec<&str> = only_d0.iter().map(|c| c.channel.as_str()).collect();
+    assert_eq!(chans, vec!["rep-a", "rep-b"], "no filter: every channel, by name");
+
+    // Incidents of a period: open at any moment of it.
+    let open = |channel: &str, key: &str, at: i64, pages: bool| IncidentChange {
+        probe_id: None,
+        reclassify: None,
+        action: IncidentAction::Open {
+            channel: channel.into(),
+            dedup_key: key.into(),
+            verdict: "missed".into(),
+            detail: "nothing".into(),
+            at,
+            silenced: None,
+            pages: if pages {
+                vec![(
+                    "oncall".to_string(),
+                    crate::notify::fixtures::page(crate::notify::PageEvent::Trigger),
+                )]
+            } else {
+                Vec::new()
+            },
+        },
+    };
+    let early = s
+        .apply_incident(&open("rep-a", "k-early", d0 + 3_100, true))
+        .await
+        .unwrap()
+        .unwrap();
+    s.apply_incident(&IncidentChange {
+        probe_id: None,
+        reclassify: None,
+        action: IncidentAction::Resolve {
+            incident_id: early,
+            at: d0 + 50_000,
+            detail: "delivered".into(),
+            pages: Vec::new(),
+        },
+    })
+    .await
+    .unwrap();
+    let later = s
+        .apply_incident(&open("rep-b", "k-later", d1 + 10, false))
+        .await
+        .unwrap()
+        .unwrap();
+    let ids = |v: Vec<super::Incident>| v.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.incidents_between(d0, d1).await.unwrap()), vec![early]);
+    assert_eq!(
+        ids(s.incidents_between(d0 + 50_000, d1 + 20).await.unwrap()),
+        vec![early, later],
+        "resolved at the period's first moment still counts; an open one counts"
+    );
+    assert_eq!(
+        ids(s.incidents_between(d0 + 50_001, d1).await.unwrap()),
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        ids(s.incidents_between(d1 + 11, d1 + DAY_MS).await.unwrap()),
+        vec![later]
+    );
+
+    // Pages: written pending, accepted with their time.
+    let pages = s.incident_pages(early).await.unwrap();
+    assert_eq!(pages.len(), 1);
+    assert_eq!(
+        (
+            pages[0].notifier.as_str(),
+            pages[0].event.as_str(),
+            pages[0].state.as_str(),
+            pages[0].sent_at
+        ),
+        ("oncall", "trigger", "pending", None)
+    );
+    s.page_sent(pages[0].id, d0 + 3_900).await.unwrap();
+    let pages = s.incident_pages(early).await.unwrap();
+    assert_eq!((pages[0].state.as_str(), pages[0].sent_at), ("sent", Some(d0 + 3_900)));
+    assert!(s.incident_pages(later).await.unwrap().is_empty());
+
+    // Blind spells: the first moment is kept, a second report only updates
+    // the reason; the end closes it; overlap selects.
+    s.blind_started("social", "social", d0 + 100, "connecting")
+        .await
+        .unwrap();
+    s.blind_started("social", "social", d0 + 200, "login refused")
+        .await
+        .unwrap();
+    s.blind_ended("social", d0 + 1_100).await.unwrap();
+    s.blind_ended("social", d0 + 9_999).await.unwrap();
+    s.blind_started("social (Junk)", "social", d0 + 5_000, "connection refused")
+        .await
+        .unwrap();
+    let spells = s.blind_spells(d0, d1).await.unwrap();
+    let got: Vec<_> = spells
+        .iter()
+        .map(|b| (b.watcher.as_str(), b.since, b.until, b.why.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("social", d0 + 100, Some(d0 + 1_100), "login refused"),
+            ("social (Junk)", d0 + 5_000, None, "connection refused"),
+        ]
+    );
+    assert_eq!(
+        s.blind_spells(d0 + 1_100, d0 + 5_000).await.unwrap().len(),
+        0,
+        "touching is not overlapping"
+    );
+    assert_eq!(
+        s.blind_spells(d1, d1 + 1).await.unwrap().len(),
+        1,
+        "an open spell lasts"
     );
 }

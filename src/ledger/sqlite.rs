@@ -16,6 +16,10 @@ use super::{
 use crate::config::Expect;
 use crate::verdict::{Judgement, Millis, Verdict};
 
+/// Reports, evidence and retention (the queries behind the `Store` methods of those).
+#[path = "sqlite_report.rs"]
+mod report;
+
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
 /// Append only: a later change adds a new entry.
 const MIGRATIONS: &[&str] = &[
@@ -117,6 +121,21 @@ CREATE TABLE dns_baselines (
     r#"
 UPDATE probes SET token = substr(token, 1, 29) WHERE length(token) > 29;
 ALTER TABLE probes ADD COLUMN fault TEXT;
+"#,
+    // Reports and evidence: inbox watchers' blind spells, pages by incident,
+    // incidents by opening time.
+    r#"
+CREATE TABLE watcher_blind (
+    watcher TEXT NOT NULL,
+    inbox   TEXT NOT NULL,
+    since   INTEGER NOT NULL,
+    until   INTEGER,
+    why     TEXT NOT NULL
+);
+CREATE UNIQUE INDEX watcher_blind_open ON watcher_blind (watcher) WHERE until IS NULL;
+CREATE INDEX watcher_blind_since ON watcher_blind (since);
+CREATE INDEX outbox_incident ON outbox (incident_id, id);
+CREATE INDEX incidents_opened ON incidents (opened_at);
 "#,
 ];
 
@@ -942,6 +961,30 @@ impl Store for SqliteStore {
             Ok((counts, n, sum))
         })
         .await
+    }
+
+    async fn incidents_between(&self, from: Millis, to: Millis) -> StoreResult<Vec<Incident>> {
+        self.report_incidents_between(from, to).await
+    }
+
+    async fn incident_pages(&self, incident_id: i64) -> StoreResult<Vec<super::PageRecord>> {
+        self.report_incident_pages(incident_id).await
+    }
+
+    async fn daily_counts(&self, channels: &[String], from: Millis, to: Millis) -> StoreResult<Vec<super::DayCounts>> {
+        self.report_daily_counts(channels, from, to).await
+    }
+
+    async fn blind_started(&self, watcher: &str, inbox: &str, since: Millis, why: &str) -> StoreResult<()> {
+        self.report_blind_started(watcher, inbox, since, why).await
+    }
+
+    async fn blind_ended(&self, watcher: &str, at: Millis) -> StoreResult<()> {
+        self.report_blind_ended(watcher, at).await
+    }
+
+    async fn blind_spells(&self, from: Millis, to: Millis) -> StoreResult<Vec<super::BlindSpell>> {
+        self.report_blind_spells(from, to).await
     }
 
     async fn dns_baseline(&self, domain: &str) -> StoreResult<Option<(String, Millis)>> {
