@@ -94,6 +94,10 @@ enum Command {
     Report(crate::report::Args),
     /// The complete record of one incident: probes, pages, timeline, resolution.
     Evidence(crate::report::evidence::Args),
+    /// Run the ledger's retention once, now (the daemon does it daily):
+    /// roll up days, slim old successes, prune by [ledger] keep_probes and
+    /// keep_rollups.
+    Prune,
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -160,7 +164,9 @@ pub fn main() -> ExitCode {
     let path = config::default_path(cli.config.clone());
     let loaded = match cli.command {
         // Reports read the ledger only: they need no secret.
-        Command::Validate { offline: true } | Command::Report(_) | Command::Evidence(_) => Config::load_offline(&path),
+        Command::Validate { offline: true } | Command::Report(_) | Command::Evidence(_) | Command::Prune => {
+            Config::load_offline(&path)
+        }
         _ => Config::load(&path),
     };
     let config = match loaded {
@@ -196,6 +202,7 @@ pub fn main() -> ExitCode {
         Command::Dns { accept } => with_runtime(dns(config, accept)),
         Command::Report(args) => with_runtime(crate::report::run(config, args)),
         Command::Evidence(args) => with_runtime(crate::report::evidence::run(config, args)),
+        Command::Prune => with_runtime(prune(config)),
         Command::Demo { .. } | Command::Discover(_) | Command::Inspect { .. } | Command::Schema => ExitCode::SUCCESS,
     };
     if let Some(t) = telemetry {
@@ -370,6 +377,30 @@ async fn dns(config: Config, accept: Vec<String>) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// `postcanary prune`: one retention run, now.
+async fn prune(config: Config) -> ExitCode {
+    let store = match crate::ledger::open(&config.ledger.backend).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot open the ledger: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match crate::retention::run_once(&store, &config.ledger, crate::verdict::now_millis()).await {
+        Ok(s) => {
+            println!(
+                "removed {} probe(s), kept {} older one(s) for incidents, slimmed {} success(es), removed {} rollup(s)",
+                s.probes_removed, s.probes_kept_for_incidents, s.probes_slimmed, s.rollups_removed
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("retention failed: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
     }
 }
 

@@ -21,6 +21,7 @@ pub mod notify;
 pub mod outbox;
 pub mod probe;
 pub mod report;
+pub mod retention;
 pub mod sandbox;
 pub mod sender;
 pub mod server;

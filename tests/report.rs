@@ -677,3 +677,65 @@ async fn the_cli_writes_table_json_csv_and_html_without_secrets_or_daemon() {
     let missing = bin().args(["evidence", "-c", cfg, "9999"]).output().unwrap();
     assert_eq!(missing.status.code(), Some(1));
 }
+
+#[tokio::test]
+async fn pruning_keeps_reports_rollups_and_open_incidents() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store, [a, _, c, _]) = build(dir.path()).await;
+    let now = DEC + 2 * DAY_MS + HOUR;
+    let before = postcanary::report::gather(&store, &config, &[], &[], november(), now)
+        .await
+        .unwrap();
+    let mut ledger = config.ledger.clone();
+    ledger.keep_probes = Some(std::time::Duration::from_secs(86_400));
+    let stats = postcanary::retention::run_once(&store, &ledger, now).await.unwrap();
+    // 13 probes, all older than the cut; kept: the pending one, and the
+    // probes that opened (A, B, C) or resolved (A, B) an incident.
+    assert_eq!(
+        (stats.probes_removed, stats.probes_kept_for_incidents),
+        (7, 5),
+        "{stats:?}"
+    );
+    let after = postcanary::report::gather(&store, &config, &[], &[], november(), now)
+        .await
+        .unwrap();
+    assert_eq!(after, before, "November's report is the same from the rollups");
+
+    // The open incident keeps every probe; a resolved one its first and last.
+    let ev = postcanary::report::evidence::gather(&store, &config, c, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.probes.len(), 1);
+    assert!(!ev.probes[0].events.is_empty(), "with its evidence trail");
+    let ev = postcanary::report::evidence::gather(&store, &config, a, now)
+        .await
+        .unwrap()
+        .unwrap();
+    let roles: Vec<&str> = ev.probes.iter().map(|p| p.role.as_str()).collect();
+    assert_eq!(roles, vec!["opened", "resolved"]);
+
+    // The CLI runs the same (with the config's keep times: none here, so only slimming).
+    drop(store);
+    let cfg = dir.path().join("postcanary.toml");
+    let out = run(&["prune", "-c", cfg.to_str().unwrap()]);
+    assert!(out.starts_with("removed 0 probe(s)"), "{out}");
+
+    // keep_probes must be whole days.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        CONFIG.replace(
+            "url = \"sqlite://ledger.db\"",
+            "url = \"sqlite://ledger.db\"\nkeep_probes = \"36h\"",
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["validate", "--offline", "-c", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ledger.keep_probes") && err.contains(":3"), "{err}");
+}

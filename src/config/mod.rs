@@ -164,7 +164,14 @@ pub struct HeartbeatConfig {
 pub struct LedgerConfig {
     /// Where the ledger lives; only SQLite for now.
     pub backend: LedgerBackend,
+    /// Probes (with their evidence) older than this are pruned daily; `None`: kept for ever.
+    pub keep_probes: Option<Duration>,
+    /// Daily per-channel rollups older than this are pruned.
+    pub keep_rollups: Duration,
 }
+
+/// How long daily rollups are kept by default (a year and a month).
+pub const DEFAULT_KEEP_ROLLUPS: Duration = Duration::from_secs(400 * 86_400);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LedgerBackend {
@@ -504,6 +511,11 @@ struct RawDns {
 #[serde(deny_unknown_fields)]
 struct RawLedger {
     url: Option<String>,
+    /// Prune probes and their evidence older than this (whole days, at least
+    /// "1d"), daily; unset: keep every probe. Open incidents keep theirs.
+    keep_probes: Option<HumanDuration>,
+    /// Prune daily per-channel rollups older than this (default "400d").
+    keep_rollups: Option<HumanDuration>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -979,9 +991,23 @@ fn push_indexed<T>(out: &mut Vec<(Origin, T)>, file: usize, items: Vec<T>) {
 }
 
 fn build_ledger(loader: &mut Loader, raw: Option<RawLedger>, base: &Path) -> LedgerConfig {
-    let url = raw
-        .and_then(|r| r.url)
-        .unwrap_or_else(|| "sqlite://postcanary.db".to_string());
+    let (url, keep_probes, keep_rollups) = match raw {
+        Some(r) => (r.url, r.keep_probes.map(|d| d.0), r.keep_rollups.map(|d| d.0)),
+        None => (None, None, None),
+    };
+    for (key, value) in [("keep_probes", keep_probes), ("keep_rollups", keep_rollups)] {
+        if let Some(d) = value.filter(|d| d.as_secs() < 86_400 || d.as_secs() % 86_400 != 0) {
+            let line = loader.files[0].table_key_line("ledger", key);
+            let msg = format!(
+                "{} is not whole days: give at least \"1d\", such as \"90d\"",
+                values::format_duration(d)
+            );
+            let e = loader.files[0].error(line, Some(&format!("ledger.{key}")), msg);
+            loader.errors.push(e);
+        }
+    }
+    let keep_rollups = keep_rollups.unwrap_or(DEFAULT_KEEP_ROLLUPS);
+    let url = url.unwrap_or_else(|| "sqlite://postcanary.db".to_string());
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
     let backend = match rest {
         Some(p) if !p.is_empty() => {
@@ -1000,7 +1026,11 @@ fn build_ledger(loader: &mut Loader, raw: Option<RawLedger>, base: &Path) -> Led
             LedgerBackend::Sqlite(base.join("postcanary.db"))
         }
     };
-    LedgerConfig { backend }
+    LedgerConfig {
+        backend,
+        keep_probes,
+        keep_rollups,
+    }
 }
 
 fn build_token(loader: &mut Loader, raw: Option<RawToken>) -> TokenConfig {

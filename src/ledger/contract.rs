@@ -1,6 +1,6 @@
 //! The store contract: one suite, run against every backend.
 
-use super::{Cursor, DynStore, IncidentAction, IncidentChange, NewProbe, DAY_MS};
+use super::{Cursor, DynStore, IncidentAction, IncidentChange, NewProbe, PruneCut, DAY_MS};
 use crate::config::Expect;
 use crate::verdict::{Found, Judgement, Verdict};
 
@@ -207,6 +207,7 @@ pub async fn run_all(s: DynStore) {
     );
 
     reports(&s).await;
+    retention(&s).await;
 }
 
 /// A probe of channel `channel` created at `created`, for the report cases.
@@ -400,4 +401,160 @@ async fn reports(s: &DynStore) {
         1,
         "an open spell lasts"
     );
+}
+
+/// Retention: rollups outlive their probes, pruning keeps what incidents
+/// need, successes are slimmed, status windows read the rollups.
+async fn retention(s: &DynStore) {
+    let d0 = 21_000 * DAY_MS;
+    let (d1, d2) = (d0 + DAY_MS, d0 + 2 * DAY_MS);
+    let handled = |id: &str| IncidentChange {
+        probe_id: Some(id.to_string()),
+        reclassify: None,
+        action: IncidentAction::Nothing,
+    };
+    let mut ids = Vec::new();
+    for (ch, n, created, v) in [
+        ("ret-a", 1, d0 + 1_000, Verdict::Delivered),
+        ("ret-a", 2, d0 + 2_000, Verdict::Delivered),
+        ("ret-a", 3, d0 + 3_000, Verdict::Missed),
+        ("ret-a", 4, d1 + 1_000, Verdict::Delivered),
+        ("ret-a", 5, d2 + 1_000, Verdict::Delivered),
+        ("ret-b", 1, d0 + 500, Verdict::Delivered),
+        ("ret-b", 2, d0 + 4_000, Verdict::Missed),
+        ("ret-b", 3, d0 + 9_000, Verdict::Missed),
+    ] {
+        s.insert_probe(&at(ch, n, created)).await.unwrap();
+        let id = format!("r-{ch}-{n}");
+        let lat = v.is_success().then_some(1_000);
+        assert!(s.judge(&id, &judged(v, created + 10, lat)).await.unwrap());
+        ids.push(id);
+    }
+    for id in ["r-ret-a-1", "r-ret-a-2", "r-ret-a-5", "r-ret-b-1", "r-ret-b-3"] {
+        s.apply_incident(&handled(id)).await.unwrap();
+    }
+    let open = |channel: &str, probe: &str, at: i64| IncidentChange {
+        probe_id: Some(probe.into()),
+        reclassify: None,
+        action: IncidentAction::Open {
+            channel: channel.into(),
+            dedup_key: format!("k-{probe}"),
+            verdict: "missed".into(),
+            detail: "nothing".into(),
+            at,
+            silenced: None,
+            pages: Vec::new(),
+        },
+    };
+    // ret-a: resolved incident (opened by its miss, resolved by the next delivery); ret-b: still open.
+    let a = s
+        .apply_incident(&open("ret-a", "r-ret-a-3", d0 + 4_000))
+        .await
+        .unwrap()
+        .unwrap();
+    s.apply_incident(&IncidentChange {
+        probe_id: Some("r-ret-a-4".into()),
+        reclassify: None,
+        action: IncidentAction::Resolve {
+            incident_id: a,
+            at: d1 + 2_000,
+            detail: "delivered".into(),
+            pages: Vec::new(),
+        },
+    })
+    .await
+    .unwrap();
+    s.apply_incident(&open("ret-b", "r-ret-b-2", d0 + 5_000)).await.unwrap();
+
+    let live = s
+        .daily_counts(&["ret-a".to_string()], d0, d0 + 3 * DAY_MS)
+        .await
+        .unwrap();
+    assert!(s.roll_up(d0, d1).await.unwrap() >= 2, "ret-a and ret-b on day 0");
+    let rolled = s
+        .daily_counts(&["ret-a".to_string()], d0, d0 + 3 * DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(live, rolled, "a rollup says what the probes say");
+
+    let stats = s
+        .prune(&PruneCut {
+            probes_before: Some(d2),
+            rollups_before: None,
+            slim_before: d2 + DAY_MS,
+        })
+        .await
+        .unwrap();
+    assert!(stats.probes_removed >= 3, "{stats:?}");
+    for gone in ["r-ret-a-1", "r-ret-a-2", "r-ret-b-1"] {
+        assert!(s.probe(gone).await.unwrap().is_none(), "{gone} pruned");
+        assert!(s.events(gone).await.unwrap().is_empty(), "{gone}'s evidence pruned");
+    }
+    for kept in ["r-ret-a-3", "r-ret-a-4", "r-ret-b-2", "r-ret-b-3"] {
+        assert!(s.probe(kept).await.unwrap().is_some(), "{kept} kept for an incident");
+    }
+    assert!(
+        !s.events("r-ret-b-3").await.unwrap().is_empty(),
+        "an open incident's failure keeps its evidence"
+    );
+    assert!(
+        s.probe("id-6").await.unwrap().is_some(),
+        "a pending probe is never pruned"
+    );
+    let after = s
+        .daily_counts(&["ret-a".to_string()], d0, d0 + 3 * DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(after, live, "pruned days are counted from their rollups");
+    // A later roll-up cannot recount a pruned day from the probes left.
+    s.roll_up(d0, d0 + 3 * DAY_MS).await.unwrap();
+    assert_eq!(
+        s.daily_counts(&["ret-a".to_string()], d0, d0 + 3 * DAY_MS)
+            .await
+            .unwrap(),
+        live
+    );
+
+    // The slimmed success keeps its verdict, times, place and reply; not its trail.
+    let slim = s.probe("r-ret-a-5").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            slim.verdict,
+            slim.found_in.as_deref(),
+            slim.latency_ms,
+            slim.detail.as_deref()
+        ),
+        (Verdict::Delivered, Some("social"), Some(1_000), None)
+    );
+    assert_eq!(slim.created_at, d2 + 1_000);
+    assert!(s.events("r-ret-a-5").await.unwrap().is_empty());
+    assert!(
+        !s.events("r-ret-a-4").await.unwrap().is_empty(),
+        "the success that resolved an incident keeps its evidence"
+    );
+
+    // Status windows (whole UTC days) read the rollups of pruned days.
+    let st = s
+        .channel_status(&["ret-a".to_string()], d2 + 3_600_000, 5)
+        .await
+        .unwrap();
+    assert_eq!(st[0].window_30d, (5, 4));
+    assert_eq!(st[0].window_7d, (5, 4));
+    assert_eq!(st[0].window_24h, (1, 1));
+
+    // Old rollups go.
+    let stats = s
+        .prune(&PruneCut {
+            probes_before: None,
+            rollups_before: Some(d1),
+            slim_before: d2 + DAY_MS,
+        })
+        .await
+        .unwrap();
+    assert!(stats.rollups_removed >= 2, "{stats:?}");
+    let left = s
+        .daily_counts(&["ret-a".to_string()], d0, d0 + 3 * DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(left.iter().map(|d| d.day).collect::<Vec<_>>(), vec![d1, d2]);
 }

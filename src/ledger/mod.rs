@@ -238,6 +238,19 @@ pub struct BlindSpell {
     pub why: String,
 }
 
+/// What a pruning run removes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PruneCut {
+    /// Probes created before this (a day start) go, with their evidence; `None`: all are kept.
+    pub probes_before: Option<Millis>,
+    /// Rollups of days before this go; `None`: all are kept.
+    pub rollups_before: Option<Millis>,
+    /// Successful probes created before this lose their evidence trail and
+    /// the columns a success does not need (detail, target, run id): the
+    /// row keeps times, verdict, where found, latency and the server's reply.
+    pub slim_before: Millis,
+}
+
 /// What one pruning run removed and kept.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct PruneStats {
@@ -357,8 +370,23 @@ pub trait Store: Send + Sync + 'static {
     async fn incident_pages(&self, incident_id: i64) -> StoreResult<Vec<PageRecord>>;
     /// Probe counts per channel and UTC day for the days starting in
     /// `[from, to)` (both day starts); `channels` empty means all. Days with
-    /// no probe have no entry. Ordered by channel, then day.
+    /// no probe have no entry. Ordered by channel, then day. Days that have
+    /// been rolled up ([`Store::roll_up`]) are read from their rollups (so
+    /// they outlive their probes), later days are counted from the probes.
     async fn daily_counts(&self, channels: &[String], from: Millis, to: Millis) -> StoreResult<Vec<DayCounts>>;
+
+    // --- retention
+
+    /// (Re)computes the daily rollups of the UTC days in `[from, to)` (day
+    /// starts) from the probes — and of any earlier day not rolled up yet —
+    /// and marks the days before `to` as rolled up. A day whose probes have
+    /// already been pruned keeps the rollup it has. Returns the number of
+    /// rollups written.
+    async fn roll_up(&self, from: Millis, to: Millis) -> StoreResult<i64>;
+    /// Removes what [`PruneCut`] says, never a pending probe, a probe of an
+    /// open incident, or the probe that opened or resolved any incident;
+    /// rolls up the days it prunes first, so their counts remain.
+    async fn prune(&self, cut: &PruneCut) -> StoreResult<PruneStats>;
 
     // --- inbox watchers' blind spells
 

@@ -137,6 +137,28 @@ CREATE INDEX watcher_blind_since ON watcher_blind (since);
 CREATE INDEX outbox_incident ON outbox (incident_id, id);
 CREATE INDEX incidents_opened ON incidents (opened_at);
 "#,
+    // Retention: daily rollups per channel; slimmer indexes (only the few
+    // pending and unhandled probes are indexed by state).
+    r#"
+CREATE TABLE rollups (
+    channel       TEXT NOT NULL,
+    day           INTEGER NOT NULL,
+    judged        INTEGER NOT NULL,
+    successful    INTEGER NOT NULL,
+    errors        INTEGER NOT NULL,
+    pending       INTEGER NOT NULL,
+    latency_count INTEGER NOT NULL,
+    latency_sum   INTEGER NOT NULL,
+    latency_max   INTEGER NOT NULL,
+    PRIMARY KEY (channel, day)
+) WITHOUT ROWID;
+DROP INDEX probes_pending;
+CREATE INDEX probes_pending ON probes (deadline) WHERE verdict = 'pending';
+DROP INDEX probes_unhandled;
+CREATE INDEX probes_unhandled ON probes (judged_at) WHERE handled = 0;
+CREATE INDEX incidents_opened_by ON incidents (opened_by);
+CREATE INDEX incidents_resolved_by ON incidents (resolved_by);
+"#,
 ];
 
 /// A send not confirmed by its own process is given this long past its
@@ -896,13 +918,24 @@ impl Store for SqliteStore {
             ))?;
             let mut pending =
                 c.prepare_cached("SELECT COUNT(*) FROM probes WHERE channel = ?1 AND verdict = 'pending'")?;
+            // 7 and 30 days: whole UTC days (today included), from the daily
+            // rollups where the days are rolled up; 24 h from the probes.
+            let today = super::day_start(now);
+            let mut windows: std::collections::HashMap<String, [(i64, i64); 2]> = std::collections::HashMap::new();
+            for d in report::merged_counts(c, &channels, today - 29 * super::DAY_MS, today + super::DAY_MS)? {
+                let w = windows.entry(d.channel).or_default();
+                if d.day >= today - 6 * super::DAY_MS {
+                    w[0] = (w[0].0 + d.judged, w[0].1 + d.successful);
+                }
+                w[1] = (w[1].0 + d.judged, w[1].1 + d.successful);
+            }
             let mut out = Vec::with_capacity(channels.len());
             for ch in channels {
                 let recent: Vec<ProbeRecord> = last
                     .query_map(params![ch, recent], row_to_probe)?
                     .collect::<rusqlite::Result<_>>()?;
-                let mut w = |ms: i64| window.query_row(params![ch, now - ms], |r| Ok((r.get(0)?, r.get(1)?)));
-                let (window_24h, window_7d, window_30d) = (w(86_400_000)?, w(7 * 86_400_000)?, w(30 * 86_400_000)?);
+                let window_24h = window.query_row(params![ch, now - 86_400_000], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let [window_7d, window_30d] = windows.get(&ch).copied().unwrap_or_default();
                 let pending: i64 = pending.query_row(params![ch], |r| r.get(0))?;
                 out.push(ChannelStatus {
                     channel: ch,
@@ -973,6 +1006,14 @@ impl Store for SqliteStore {
 
     async fn daily_counts(&self, channels: &[String], from: Millis, to: Millis) -> StoreResult<Vec<super::DayCounts>> {
         self.report_daily_counts(channels, from, to).await
+    }
+
+    async fn roll_up(&self, from: Millis, to: Millis) -> StoreResult<i64> {
+        self.report_roll_up(from, to).await
+    }
+
+    async fn prune(&self, cut: &super::PruneCut) -> StoreResult<super::PruneStats> {
+        self.report_prune(cut.clone()).await
     }
 
     async fn blind_started(&self, watcher: &str, inbox: &str, since: Millis, why: &str) -> StoreResult<()> {
@@ -1056,6 +1097,7 @@ mod tests {
         crate::ledger::contract::run_all(Arc::new(store)).await;
         // Reopening runs no migration twice and keeps the data.
         let again = SqliteStore::open(&path).await.unwrap();
-        assert!(again.probe_by_token("pc-tok-1").await.unwrap().is_some());
+        // (The contract's retention case has pruned the old probes; a pending one stays.)
+        assert!(again.probe_by_token("pc-tok-6").await.unwrap().is_some());
     }
 }
