@@ -416,6 +416,27 @@ pub async fn open(backend: &LedgerBackend) -> StoreResult<DynStore> {
     }
 }
 
+/// The queue id an SMTP server names in its reply to the message:
+/// Postfix/Sendmail `queued as ID`, Exim `id=ID`, Exchange `InternalId=ID`.
+pub fn queue_id(reply: &str) -> Option<String> {
+    let clean = |s: &str| {
+        let id: String = s
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+            .collect();
+        (!id.is_empty()).then_some(id)
+    };
+    let lower = reply.to_ascii_lowercase();
+    for marker in ["queued as ", "internalid=", " id="] {
+        if let Some(at) = lower.find(marker) {
+            if let Some(id) = clean(&reply[at + marker.len()..]) {
+                return Some(id);
+            }
+        }
+    }
+    None
+}
+
 /// The detail recorded for a pending probe swept at its deadline.
 pub fn swept_verdict(expect: Expect, sent: bool) -> (Verdict, &'static str) {
     match (sent, expect) {

@@ -189,8 +189,8 @@ fn set_meta_i64(c: &Connection, key: &str, value: i64) -> rusqlite::Result<()> {
 const ROLLED_THROUGH: &str = "rollups_through";
 /// Probes created before this may have been pruned: those days' rollups are final.
 const PRUNED_BEFORE: &str = "probes_pruned_before";
-/// Probes up to this rowid have been looked at for slimming.
-const SLIMMED_ROWID: &str = "probes_slimmed_rowid";
+/// Successes created before this have been slimmed.
+const SLIMMED_BEFORE: &str = "probes_slimmed_before";
 
 /// Channels per query (SQLite limits the number of parameters).
 const CHANNELS_PER_QUERY: usize = 500;
@@ -276,8 +276,33 @@ const KEEP: &str = "p.verdict = 'pending' \
          AND (i.channel = p.channel OR (p.verdict = 'error' AND i.channel LIKE 'postcanary:%')) \
          AND p.created_at >= COALESCE((SELECT o.created_at FROM probes o WHERE o.id = i.opened_by), i.opened_at))";
 
+/// Every channel that has probes, by seeking the channel index once per
+/// channel (not by scanning it).
+fn probe_channels(c: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = c.prepare(
+        "WITH RECURSIVE ch(name) AS (SELECT MIN(channel) FROM probes \
+         UNION ALL SELECT (SELECT MIN(channel) FROM probes WHERE channel > ch.name) FROM ch WHERE ch.name IS NOT NULL) \
+         SELECT name FROM ch WHERE name IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// What a slimmed success keeps of the server's reply: the queue id, when it names one.
+fn slim_reply(reply: Option<String>) -> Option<String> {
+    let reply = reply?;
+    Some(match crate::ledger::queue_id(&reply) {
+        Some(id) => format!("queued as {id}"),
+        None => reply.chars().take(40).collect(),
+    })
+}
+
 fn prune(c: &mut Connection, cut: &PruneCut) -> rusqlite::Result<PruneStats> {
     let mut stats = PruneStats::default();
+    c.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS prune_ids (id TEXT PRIMARY KEY); DELETE FROM prune_ids;",
+    )?;
+    let channels = probe_channels(c)?;
     if let Some(before) = cut.probes_before.map(day_start) {
         // Roll up every day about to lose probes, and freeze those rollups,
         // in one transaction before anything is removed.
@@ -292,34 +317,25 @@ fn prune(c: &mut Connection, cut: &PruneCut) -> rusqlite::Result<PruneStats> {
             }
             tx.commit()?;
         }
-        // Oldest first, in rowid order (probes are written as they are created).
-        let mut after: i64 = 0;
-        loop {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let (last, old): (Option<i64>, i64) = tx.query_row(
-                "SELECT MAX(rowid), COALESCE(SUM(created_at < ?3), 0) FROM \
-                 (SELECT rowid, created_at FROM probes WHERE rowid > ?1 ORDER BY rowid LIMIT ?2)",
-                params![after, CHUNK, before],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            let Some(last) = last.filter(|_| old > 0) else {
+        let pick = format!(
+            "INSERT INTO prune_ids SELECT p.id FROM probes p WHERE p.channel = ?1 AND p.created_at < ?2 \
+             AND NOT ({KEEP}) LIMIT {CHUNK}"
+        );
+        for ch in &channels {
+            loop {
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let n = tx.execute(&pick, params![ch, before])?;
+                if n > 0 {
+                    tx.execute("DELETE FROM probe_events WHERE probe_id IN (SELECT id FROM prune_ids)", [])?;
+                    stats.probes_removed +=
+                        tx.execute("DELETE FROM probes WHERE id IN (SELECT id FROM prune_ids)", [])? as i64;
+                    tx.execute("DELETE FROM prune_ids", [])?;
+                }
                 tx.commit()?;
-                break;
-            };
-            let doomed = format!(
-                "SELECT p.id FROM probes p WHERE p.rowid > ?1 AND p.rowid <= ?2 AND p.created_at < ?3 AND NOT ({KEEP})"
-            );
-            tx.execute(
-                &format!("DELETE FROM probe_events WHERE probe_id IN ({doomed})"),
-                params![after, last, before],
-            )?;
-            let removed = tx.execute(
-                &format!("DELETE FROM probes WHERE id IN ({doomed})"),
-                params![after, last, before],
-            )?;
-            stats.probes_removed += removed as i64;
-            tx.commit()?;
-            after = last;
+                if n == 0 {
+                    break;
+                }
+            }
         }
         stats.probes_kept_for_incidents = c.query_row(
             "SELECT COUNT(*) FROM probes WHERE created_at < ?1 AND verdict <> 'pending'",
@@ -330,37 +346,72 @@ fn prune(c: &mut Connection, cut: &PruneCut) -> rusqlite::Result<PruneStats> {
     if let Some(before) = cut.rollups_before {
         stats.rollups_removed = c.execute("DELETE FROM rollups WHERE day < ?1", params![before])? as i64;
     }
-    // Slim the successes: rowids after the last run's, created before the cut.
+    // Slim the successes created since the last run's mark (a day earlier,
+    // for those judged late): the evidence trail goes, and the row is
+    // written anew without what a success does not need — so the old,
+    // now sparse pages are freed and reused instead of staying half empty.
     let ok = success_list();
-    let mut after = meta_i64(c, SLIMMED_ROWID)?.unwrap_or(0);
-    let end: Option<i64> = c.query_row(
-        "SELECT MAX(rowid) FROM probes WHERE rowid > ?1 AND created_at < ?2",
-        params![after, cut.slim_before],
-        |r| r.get(0),
-    )?;
-    if let Some(end) = end {
-        while after < end {
-            let upto = (after + CHUNK).min(end);
+    let since = meta_i64(c, SLIMMED_BEFORE)?.map_or(i64::MIN, |m| m - DAY_MS);
+    let pick = format!(
+        "INSERT INTO prune_ids SELECT p.id FROM probes p WHERE p.channel = ?1 AND p.created_at >= ?2 \
+         AND p.created_at < ?3 AND p.handled = 1 AND p.verdict IN ({ok}) AND p.run_id <> '' \
+         AND NOT EXISTS (SELECT 1 FROM incidents i WHERE i.opened_by = p.id) \
+         AND NOT EXISTS (SELECT 1 FROM incidents i WHERE i.resolved_by = p.id) LIMIT {CHUNK}"
+    );
+    for ch in &channels {
+        loop {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let slim = format!(
-                "SELECT p.id FROM probes p WHERE p.rowid > ?1 AND p.rowid <= ?2 AND p.created_at < ?3 \
-                 AND p.handled = 1 AND p.verdict IN ({ok}) AND p.run_id <> '' \
-                 AND NOT EXISTS (SELECT 1 FROM incidents i WHERE i.opened_by = p.id) \
-                 AND NOT EXISTS (SELECT 1 FROM incidents i WHERE i.resolved_by = p.id)"
-            );
-            tx.execute(
-                &format!("DELETE FROM probe_events WHERE probe_id IN ({slim})"),
-                params![after, upto, cut.slim_before],
-            )?;
-            let n = tx.execute(
-                &format!("UPDATE probes SET detail = NULL, target = '', run_id = '' WHERE id IN ({slim})"),
-                params![after, upto, cut.slim_before],
-            )?;
-            stats.probes_slimmed += n as i64;
-            set_meta_i64(&tx, SLIMMED_ROWID, upto)?;
+            let n = tx.execute(&pick, params![ch, since, cut.slim_before])?;
+            if n > 0 {
+                tx.execute("DELETE FROM probe_events WHERE probe_id IN (SELECT id FROM prune_ids)", [])?;
+                let rows: Vec<super::ProbeRecord> = {
+                    let mut stmt = tx.prepare(&format!(
+                        "SELECT {} FROM probes WHERE id IN (SELECT id FROM prune_ids)",
+                        super::PROBE_COLUMNS
+                    ))?;
+                    let rows = stmt.query_map([], super::row_to_probe)?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                tx.execute("DELETE FROM probes WHERE id IN (SELECT id FROM prune_ids)", [])?;
+                {
+                    let mut ins = tx.prepare_cached(
+                        "INSERT INTO probes (id, token, channel, kind, expect, inbox, target, run_id, created_at, \
+                         sent_at, deadline, verdict, judged_at, found_in, found_at, latency_ms, detail, smtp_reply, \
+                         fault, handled) VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', '', ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+                         NULL, ?15, ?16, 1)",
+                    )?;
+                    for p in rows {
+                        ins.execute(params![
+                            p.id,
+                            p.token,
+                            p.channel,
+                            p.kind,
+                            p.expect,
+                            p.inbox,
+                            p.created_at,
+                            p.sent_at,
+                            p.deadline,
+                            p.verdict.as_str(),
+                            p.judged_at,
+                            p.found_in,
+                            p.found_at,
+                            p.latency_ms,
+                            slim_reply(p.smtp_reply),
+                            p.fault
+                        ])?;
+                        stats.probes_slimmed += 1;
+                    }
+                }
+                tx.execute("DELETE FROM prune_ids", [])?;
+            }
             tx.commit()?;
-            after = upto;
+            if n == 0 {
+                break;
+            }
         }
+    }
+    if meta_i64(c, SLIMMED_BEFORE)?.is_none_or(|m| m < cut.slim_before) {
+        set_meta_i64(c, SLIMMED_BEFORE, cut.slim_before)?;
     }
     Ok(stats)
 }

@@ -86,26 +86,7 @@ pub struct Evidence {
     pub notes: Vec<String>,
 }
 
-/// The queue id an SMTP server names in its reply to the message:
-/// Postfix/Sendmail `queued as ID`, Exim `id=ID`, Exchange `InternalId=ID`.
-pub fn queue_id(reply: &str) -> Option<String> {
-    let clean = |s: &str| {
-        let id: String = s
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-            .collect();
-        (!id.is_empty()).then_some(id)
-    };
-    let lower = reply.to_ascii_lowercase();
-    for marker in ["queued as ", "internalid=", " id="] {
-        if let Some(at) = lower.find(marker) {
-            if let Some(id) = clean(&reply[at + marker.len()..]) {
-                return Some(id);
-            }
-        }
-    }
-    None
-}
+pub use crate::ledger::queue_id;
 
 fn bounce_facts(p: &ProbeRecord, events: &[Event]) -> Vec<String> {
     let mut out: Vec<String> = events
