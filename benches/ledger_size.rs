@@ -15,6 +15,10 @@
 //!    figures as `report::gather` computes them), and the status page's
 //!    channel windows (`Store::channel_status`).
 //!
+//! Channel ids are 20 characters long, about the mean of the example
+//! config's (11 to 25); each character more costs a probe two bytes (the
+//! row and the channel index).
+//!
 //! Run: `cargo bench --bench ledger_size` (POSTCANARY_BENCH_N: channels C,
 //! default 1000; the CI smoke run uses 10).
 
@@ -24,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use postcanary::config::{Config, Expect, LedgerConfig};
 use postcanary::ledger::{
-    day_start, DynStore, IncidentAction, IncidentChange, NewProbe, PruneCut, SqliteStore, Store, DAY_MS,
+    day_start, DynStore, IncidentAction, IncidentChange, NewProbe, PruneCut, SqliteStore, DAY_MS,
 };
 use postcanary::report::figures::Period;
 use postcanary::verdict::{Found, Judgement, Verdict};
@@ -46,7 +50,8 @@ fn sizes(path: &Path) -> (u64, u64) {
 
 fn vacuumed(path: &Path) -> u64 {
     let c = rusqlite::Connection::open(path).expect("open");
-    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;").expect("vacuum");
+    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")
+        .expect("vacuum");
     drop(c);
     sizes(path).1
 }
@@ -64,7 +69,7 @@ async fn write_probes(store: &DynStore, n: u64, fail: bool, base: u64) {
             .insert_probe(&NewProbe {
                 id: id.clone(),
                 token: format!("pc-{id}"),
-                channel: format!("social-family-mail-{:04}", i % 1_000),
+                channel: format!("social-mail-{:08}", i % 1_000),
                 kind: "mail".into(),
                 expect: Expect::Deliver,
                 inbox: Some("social".into()),
@@ -171,7 +176,14 @@ fn write_day(c: &mut rusqlite::Connection, day: i64, channels: usize, seq: &mut 
                 let target = format!("ch{ch}@kommune.example");
                 let reply = format!("250 2.0.0 Ok: queued as 4X{:010X}", *seq);
                 let (verdict, judged, found_in, found_at, latency, detail) = if fail {
-                    ("missed", created + 900_000, None, None, None, "nothing arrived before the deadline".to_string())
+                    (
+                        "missed",
+                        created + 900_000,
+                        None,
+                        None,
+                        None,
+                        "nothing arrived before the deadline".to_string(),
+                    )
                 } else {
                     (
                         "delivered",
@@ -186,7 +198,7 @@ fn write_day(c: &mut rusqlite::Connection, day: i64, channels: usize, seq: &mut 
                     .execute(rusqlite::params![
                         id,
                         format!("pc-{id}"),
-                        format!("channel-{ch:05}"),
+                        format!("social-mail-{ch:08}"),
                         target,
                         run,
                         created,
@@ -205,7 +217,9 @@ fn write_day(c: &mut rusqlite::Connection, day: i64, channels: usize, seq: &mut 
                 event
                     .execute(rusqlite::params![id, created, "created", created_detail])
                     .expect("event");
-                event.execute(rusqlite::params![id, created + 800, "sent", reply]).expect("event");
+                event
+                    .execute(rusqlite::params![id, created + 800, "sent", reply])
+                    .expect("event");
                 event
                     .execute(rusqlite::params![id, judged, "verdict", format!("{verdict}: {detail}")])
                     .expect("event");
@@ -223,7 +237,7 @@ fn config_with(dir: &Path, channels: usize) -> Config {
     );
     for ch in 0..channels {
         toml.push_str(&format!(
-            "\n[[channel]]\nid = \"channel-{ch:05}\"\nname = \"Channel {ch}\"\nowner = \"owner-{}\"\nkind = \"mail\"\n\
+            "\n[[channel]]\nid = \"social-mail-{ch:08}\"\nname = \"Channel {ch}\"\nowner = \"owner-{}\"\nkind = \"mail\"\n\
              to = \"ch{ch}@kommune.example\"\ninbox = \"social\"\n",
             ch % 20
         ));

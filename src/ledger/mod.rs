@@ -417,7 +417,8 @@ pub async fn open(backend: &LedgerBackend) -> StoreResult<DynStore> {
 }
 
 /// The queue id an SMTP server names in its reply to the message:
-/// Postfix/Sendmail `queued as ID`, Exim `id=ID`, Exchange `InternalId=ID`.
+/// Postfix/Sendmail `queued as ID`, Exim `id=ID`, Exchange `InternalId=ID`
+/// (and `id=ID`, all that a slimmed success keeps of its reply).
 pub fn queue_id(reply: &str) -> Option<String> {
     let clean = |s: &str| {
         let id: String = s
@@ -427,6 +428,10 @@ pub fn queue_id(reply: &str) -> Option<String> {
         (!id.is_empty()).then_some(id)
     };
     let lower = reply.to_ascii_lowercase();
+    // A slimmed success keeps only `id=ID`.
+    if let Some(rest) = lower.strip_prefix("id=") {
+        return clean(&reply[reply.len() - rest.len()..]);
+    }
     for marker in ["queued as ", "internalid=", " id="] {
         if let Some(at) = lower.find(marker) {
             if let Some(id) = clean(&reply[at + marker.len()..]) {

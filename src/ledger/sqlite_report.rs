@@ -292,16 +292,14 @@ fn probe_channels(c: &Connection) -> rusqlite::Result<Vec<String>> {
 fn slim_reply(reply: Option<String>) -> Option<String> {
     let reply = reply?;
     Some(match crate::ledger::queue_id(&reply) {
-        Some(id) => format!("queued as {id}"),
+        Some(id) => format!("id={id}"),
         None => reply.chars().take(40).collect(),
     })
 }
 
 fn prune(c: &mut Connection, cut: &PruneCut) -> rusqlite::Result<PruneStats> {
     let mut stats = PruneStats::default();
-    c.execute_batch(
-        "CREATE TEMP TABLE IF NOT EXISTS prune_ids (id TEXT PRIMARY KEY); DELETE FROM prune_ids;",
-    )?;
+    c.execute_batch("CREATE TEMP TABLE IF NOT EXISTS prune_ids (id TEXT PRIMARY KEY); DELETE FROM prune_ids;")?;
     let channels = probe_channels(c)?;
     if let Some(before) = cut.probes_before.map(day_start) {
         // Roll up every day about to lose probes, and freeze those rollups,
@@ -326,7 +324,10 @@ fn prune(c: &mut Connection, cut: &PruneCut) -> rusqlite::Result<PruneStats> {
                 let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let n = tx.execute(&pick, params![ch, before])?;
                 if n > 0 {
-                    tx.execute("DELETE FROM probe_events WHERE probe_id IN (SELECT id FROM prune_ids)", [])?;
+                    tx.execute(
+                        "DELETE FROM probe_events WHERE probe_id IN (SELECT id FROM prune_ids)",
+                        [],
+                    )?;
                     stats.probes_removed +=
                         tx.execute("DELETE FROM probes WHERE id IN (SELECT id FROM prune_ids)", [])? as i64;
                     tx.execute("DELETE FROM prune_ids", [])?;
@@ -363,7 +364,10 @@ fn prune(c: &mut Connection, cut: &PruneCut) -> rusqlite::Result<PruneStats> {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let n = tx.execute(&pick, params![ch, since, cut.slim_before])?;
             if n > 0 {
-                tx.execute("DELETE FROM probe_events WHERE probe_id IN (SELECT id FROM prune_ids)", [])?;
+                tx.execute(
+                    "DELETE FROM probe_events WHERE probe_id IN (SELECT id FROM prune_ids)",
+                    [],
+                )?;
                 let rows: Vec<super::ProbeRecord> = {
                     let mut stmt = tx.prepare(&format!(
                         "SELECT {} FROM probes WHERE id IN (SELECT id FROM prune_ids)",

@@ -280,6 +280,7 @@ mod tests {
             queue_id("250 2.6.0 <a@b> [InternalId=123456789, Hostname=X] Queued mail for delivery").as_deref(),
             Some("123456789")
         );
+        assert_eq!(queue_id("id=4XyZ12").as_deref(), Some("4XyZ12"), "a slimmed reply");
         assert_eq!(queue_id("250 2.0.0 Ok"), None);
         assert_eq!(queue_id("250 queued as "), None);
     }
