@@ -436,6 +436,16 @@ async fn report_figures_match_the_hand_made_ledger() {
     assert_eq!(social.summary.mean_time_to_detect_ms, Some(15 * MIN + 1_100));
     assert_eq!(social.summary.mean_time_to_resolve_ms, Some(15 * HOUR + 4_000));
     assert_eq!(social.summary.pages_sent, 2);
+    let days: Vec<_> = social
+        .days
+        .iter()
+        .map(|d| (d.date.as_str(), d.availability.judged, d.availability.successful))
+        .collect();
+    assert_eq!(
+        days,
+        vec![("2026-11-01", 5, 3), ("2026-11-02", 2, 2), ("2026-11-30", 1, 0)],
+        "the owner's channels together, per day"
+    );
 
     // postcanary's own incident is reported apart.
     assert_eq!(r.other_incidents.iter().map(|i| i.id).collect::<Vec<_>>(), vec![d]);

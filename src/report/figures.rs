@@ -161,6 +161,8 @@ pub struct OwnerReport {
     pub channels: Vec<String>,
     #[serde(flatten)]
     pub summary: Summary,
+    /// The owner's channels together, per UTC day.
+    pub days: Vec<DayReport>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -328,6 +330,12 @@ pub fn compute(inp: &Inputs) -> Report {
 
     let mut channels = Vec::new();
     let mut owners: BTreeMap<&str, (Vec<String>, Tally, Vec<&IncidentReport>)> = BTreeMap::new();
+    let mut owner_days: BTreeMap<(&str, Millis), Tally> = BTreeMap::new();
+    for c in &inp.counts {
+        if let Some(ch) = inp.channels.iter().find(|ch| ch.id == c.channel) {
+            owner_days.entry((ch.owner.as_str(), c.day)).or_default().add(c);
+        }
+    }
     for ch in &inp.channels {
         let (tally, mut days) = per_channel.remove(ch.id.as_str()).unwrap_or_default();
         days.sort_by_key(|d| d.day);
@@ -351,6 +359,14 @@ pub fn compute(inp: &Inputs) -> Report {
             owner: owner.to_string(),
             channels: chs,
             summary: summary(&tally, &incs),
+            days: owner_days
+                .range((owner, Millis::MIN)..=(owner, Millis::MAX))
+                .map(|((_, day), t)| DayReport {
+                    day: *day,
+                    date: date(*day),
+                    availability: t.availability(),
+                })
+                .collect(),
         })
         .collect();
 

@@ -183,6 +183,13 @@ pub fn report(r: &Report) -> String {
         ));
     }
     b.push_str("</tbody></table>");
+    for o in &r.owners {
+        b.push_str(&format!(
+            "<section class=\"channel\"><h3>{} <span class=\"note\">all channels, per day</span></h3>{}</section>",
+            esc(&o.owner),
+            day_chart(&r.period, &o.days)
+        ));
+    }
     b.push_str("<h2>Channels</h2><table><thead><tr><th>Channel</th><th>Owner</th><th class=\"n\">Availability</th><th class=\"n\">OK / judged</th><th class=\"n\">Pending</th><th class=\"n\">Incidents</th><th class=\"n\">Pages</th><th class=\"n\">MTTD</th><th class=\"n\">MTTR</th></tr></thead><tbody>");
     for c in &r.channels {
         let s = &c.summary;
