@@ -382,10 +382,10 @@ async fn dns(config: Config, accept: Vec<String>) -> ExitCode {
 
 /// `postcanary prune`: one retention run, now.
 async fn prune(config: Config) -> ExitCode {
-    let store = match crate::ledger::open(&config.ledger.backend).await {
+    let store = match crate::report::open_existing(&config).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("cannot open the ledger: {e}");
+            eprintln!("{e}");
             return ExitCode::from(EXIT_FAILED);
         }
     };

@@ -686,6 +686,15 @@ async fn the_cli_writes_table_json_csv_and_html_without_secrets_or_daemon() {
     }
     let missing = bin().args(["evidence", "-c", cfg, "9999"]).output().unwrap();
     assert_eq!(missing.status.code(), Some(1));
+
+    // No ledger: an error, not an empty report (and no ledger is created).
+    let empty = tempfile::tempdir().unwrap();
+    let other = empty.path().join("postcanary.toml");
+    std::fs::write(&other, CONFIG).unwrap();
+    let out = bin().args(["report", "-c", other.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no ledger at"));
+    assert!(!empty.path().join("ledger.db").exists());
 }
 
 #[tokio::test]

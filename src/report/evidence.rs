@@ -231,10 +231,10 @@ pub async fn run(config: Config, args: Args) -> ExitCode {
         eprintln!("incident {:?}: give its number, such as 42", args.incident);
         return ExitCode::from(super::EXIT_USAGE);
     };
-    let store = match crate::ledger::open(&config.ledger.backend).await {
+    let store = match super::open_existing(&config).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("cannot open the ledger: {e}");
+            eprintln!("{e}");
             return ExitCode::from(super::EXIT_FAILED);
         }
     };

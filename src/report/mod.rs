@@ -21,8 +21,8 @@ use crate::ledger::{day_start, DynStore, DAY_MS};
 use crate::verdict::{human_ms, now_millis, Millis};
 use figures::{ChannelInfo, IncidentFacts, Inputs, Period, Report};
 
-const EXIT_FAILED: u8 = 1;
-const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_FAILED: u8 = 1;
+pub(crate) const EXIT_USAGE: u8 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -185,6 +185,20 @@ pub async fn gather(
     }))
 }
 
+/// Opens the configured ledger for reading; a missing SQLite file is an
+/// error (opening would create an empty ledger and report nothing).
+pub async fn open_existing(config: &Config) -> Result<DynStore, String> {
+    match &config.ledger.backend {
+        crate::config::LedgerBackend::Sqlite(path) if !path.exists() => {
+            return Err(format!("no ledger at {} (see [ledger] url)", path.display()));
+        }
+        _ => {}
+    }
+    crate::ledger::open(&config.ledger.backend)
+        .await
+        .map_err(|e| format!("cannot open the ledger: {e}"))
+}
+
 /// `postcanary report`.
 pub async fn run(config: Config, args: Args) -> ExitCode {
     let now = now_millis();
@@ -195,10 +209,10 @@ pub async fn run(config: Config, args: Args) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let store = match crate::ledger::open(&config.ledger.backend).await {
+    let store = match open_existing(&config).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("cannot open the ledger: {e}");
+            eprintln!("{e}");
             return ExitCode::from(EXIT_FAILED);
         }
     };
