@@ -916,8 +916,15 @@ impl Store for SqliteStore {
                 "SELECT COUNT(*), COALESCE(SUM(verdict IN ({ok})), 0) FROM probes \
                  WHERE channel = ?1 AND verdict <> 'pending' AND created_at >= ?2"
             ))?;
-            let mut pending =
-                c.prepare_cached("SELECT COUNT(*) FROM probes WHERE channel = ?1 AND verdict = 'pending'")?;
+            // Pending probes of every channel in one pass over the (partial) pending index:
+            // per channel, the planner would walk all of the channel's probes.
+            let mut pending_of: std::collections::HashMap<String, i64> = c
+                .prepare_cached(
+                    "SELECT channel, COUNT(*) FROM probes INDEXED BY probes_pending WHERE verdict = 'pending' \
+                     GROUP BY channel",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
             // 7 and 30 days: whole UTC days (today included), from the daily
             // rollups where the days are rolled up; 24 h from the probes.
             let today = super::day_start(now);
@@ -936,7 +943,7 @@ impl Store for SqliteStore {
                     .collect::<rusqlite::Result<_>>()?;
                 let window_24h = window.query_row(params![ch, now - 86_400_000], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 let [window_7d, window_30d] = windows.get(&ch).copied().unwrap_or_default();
-                let pending: i64 = pending.query_row(params![ch], |r| r.get(0))?;
+                let pending = pending_of.remove(&ch).unwrap_or(0);
                 out.push(ChannelStatus {
                     channel: ch,
                     recent,
