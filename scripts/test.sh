@@ -19,6 +19,14 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null
   }
 fi
+# poppler-utils (pdftotext, pdftoppm) reads back the report and evidence pages
+# that Chromium prints to PDF (tests/report.rs).
+if ! command -v pdftotext >/dev/null || ! command -v pdftoppm >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends poppler-utils >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends poppler-utils >/dev/null
+  }
+fi
 # openssl makes throwaway keys and certificates for the SAML tests.
 if ! command -v openssl >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssl >/dev/null 2>&1 || {

@@ -1,4 +1,4 @@
-//! The command line: `validate`, `check`, `run`, `dns`, `inspect`, `demo`. Exit codes: 0 success,
+//! The command line: `validate`, `check`, `run`, `dns`, `inspect`, `demo`, `report`, `evidence`. Exit codes: 0 success,
 //! 1 a failing verdict (check) or a runtime failure, 2 an invalid config.
 
 use std::path::PathBuf;
@@ -90,6 +90,16 @@ enum Command {
     Discover(crate::discover::Args),
     /// Copy a SQLite ledger into an empty PostgreSQL one and verify the counts.
     Migrate(crate::ledger::migrate::Args),
+    /// Availability, incidents (time to detect, acknowledge, resolve), pages
+    /// and watchers' blind spells per channel and owner, from the ledger
+    /// alone (the daemon need not run).
+    Report(crate::report::Args),
+    /// The complete record of one incident: probes, pages, timeline, resolution.
+    Evidence(crate::report::evidence::Args),
+    /// Run the ledger's retention once, now (the daemon does it daily):
+    /// roll up days, slim old successes, prune by [ledger] keep_probes and
+    /// keep_rollups.
+    Prune,
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -159,7 +169,10 @@ pub fn main() -> ExitCode {
     }
     let path = config::default_path(cli.config.clone());
     let loaded = match cli.command {
-        Command::Validate { offline: true } => Config::load_offline(&path),
+        // Reports read the ledger only: they need no secret.
+        Command::Validate { offline: true } | Command::Report(_) | Command::Evidence(_) | Command::Prune => {
+            Config::load_offline(&path)
+        }
         _ => Config::load(&path),
     };
     let config = match loaded {
@@ -193,6 +206,9 @@ pub fn main() -> ExitCode {
         Command::Check { channels, json } => with_runtime(check(config, channels, json)),
         Command::Run => with_runtime(run(config)),
         Command::Dns { accept } => with_runtime(dns(config, accept)),
+        Command::Report(args) => with_runtime(crate::report::run(config, args)),
+        Command::Evidence(args) => with_runtime(crate::report::evidence::run(config, args)),
+        Command::Prune => with_runtime(prune(config)),
         Command::Demo { .. }
         | Command::Discover(_)
         | Command::Inspect { .. }
@@ -371,6 +387,30 @@ async fn dns(config: Config, accept: Vec<String>) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// `postcanary prune`: one retention run, now.
+async fn prune(config: Config) -> ExitCode {
+    let store = match crate::report::open_existing(&config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match crate::retention::run_once(&store, &config.ledger, crate::verdict::now_millis()).await {
+        Ok(s) => {
+            println!(
+                "removed {} probe(s), kept {} older one(s) for incidents, slimmed {} success(es), removed {} rollup(s)",
+                s.probes_removed, s.probes_kept_for_incidents, s.probes_slimmed, s.rollups_removed
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("retention failed: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
     }
 }
 

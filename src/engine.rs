@@ -205,6 +205,19 @@ impl Engine {
                 self.shutdown.subscribe(),
             ));
         }
+        // Rollups, slimming and pruning, daily.
+        self.tasks.spawn(crate::retention::run(
+            Arc::clone(&self.store),
+            self.config.ledger.clone(),
+            wake.clone(),
+            self.shutdown.subscribe(),
+        ));
+        // The watchers' blind spells, for reports.
+        self.tasks.spawn(crate::blindlog::run(
+            Arc::clone(&self.store),
+            self.watch_points.clone(),
+            self.shutdown.subscribe(),
+        ));
         let processor = crate::incident::Processor {
             config: Arc::clone(&self.config),
             store: Arc::clone(&self.store),

@@ -1,6 +1,7 @@
 //! postcanary: a synthetic end-to-end delivery prober for public mail and
 //! form channels. See ARCHITECTURE.md for the map.
 
+pub mod blindlog;
 pub mod bounce;
 pub mod cli;
 pub mod config;
@@ -21,6 +22,8 @@ pub mod notify;
 pub mod outbox;
 pub mod page;
 pub mod probe;
+pub mod report;
+pub mod retention;
 pub mod sandbox;
 pub mod sender;
 pub mod server;

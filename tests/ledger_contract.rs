@@ -7,7 +7,9 @@ use postcanary::ledger::Store;
 
 #[tokio::test]
 async fn sqlite_in_memory_meets_the_store_contract() {
-    postcanary::ledger::contract::run_all(Arc::new(SqliteStore::in_memory().unwrap())).await;
+    let s: postcanary::ledger::DynStore = Arc::new(SqliteStore::in_memory().unwrap());
+    postcanary::ledger::contract::run_all(s.clone()).await;
+    postcanary::ledger::contract::run_reports(s).await;
     postcanary::ledger::contract::run_paging(Arc::new(SqliteStore::in_memory().unwrap())).await;
 }
 

@@ -34,6 +34,11 @@ pub(super) struct RawLedger {
     /// With `ha`: this instance's name in the lease and in /healthz
     /// (default: the host name and a random suffix).
     pub instance: Option<String>,
+    /// Prune probes and their evidence older than this (whole days, at least
+    /// "1d"), daily; unset: keep every probe. Open incidents keep theirs.
+    pub keep_probes: Option<HumanDuration>,
+    /// Prune daily per-channel rollups older than this (default "400d").
+    pub keep_rollups: Option<HumanDuration>,
 }
 
 /// Transport security of the connection to PostgreSQL.
@@ -178,6 +183,19 @@ pub(super) fn build(
     resolve: &dyn Fn(&SecretRef) -> Result<Secret, String>,
 ) -> (LedgerConfig, Vec<Finding>) {
     let mut findings = Vec::new();
+    let (keep_probes, keep_rollups) = (raw.keep_probes.map(|d| d.0), raw.keep_rollups.map(|d| d.0));
+    for (key, value) in [("keep_probes", keep_probes), ("keep_rollups", keep_rollups)] {
+        if let Some(d) = value.filter(|d| d.as_secs() < 86_400 || d.as_secs() % 86_400 != 0) {
+            findings.push((
+                key,
+                format!(
+                    "{} is not whole days: give at least \"1d\", such as \"90d\"",
+                    super::values::format_duration(d)
+                ),
+            ));
+        }
+    }
+    let keep_rollups = keep_rollups.unwrap_or(DEFAULT_KEEP_ROLLUPS);
     let url = raw.url.unwrap_or_else(|| "sqlite://postcanary.db".to_string());
     let sqlite = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
     let fallback = LedgerBackend::Sqlite(base.join("postcanary.db"));
@@ -257,7 +275,15 @@ pub(super) fn build(
             None
         }
     };
-    (LedgerConfig { backend, ha }, findings)
+    (
+        LedgerConfig {
+            backend,
+            ha,
+            keep_probes,
+            keep_rollups,
+        },
+        findings,
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -266,7 +292,14 @@ pub struct LedgerConfig {
     pub backend: LedgerBackend,
     /// Several instances on one (PostgreSQL) ledger, one active (`ha = true`).
     pub ha: Option<HaConfig>,
+    /// Probes (with their evidence) older than this are pruned daily; `None`: kept for ever.
+    pub keep_probes: Option<Duration>,
+    /// Daily per-channel rollups older than this are pruned.
+    pub keep_rollups: Duration,
 }
+
+/// How long daily rollups are kept by default (a year and a month).
+pub const DEFAULT_KEEP_ROLLUPS: Duration = Duration::from_secs(400 * 86_400);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LedgerBackend {

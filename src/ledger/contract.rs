@@ -1,6 +1,6 @@
 //! The store contract: one suite, run against every backend.
 
-use super::{Cursor, DynStore, NewProbe};
+use super::{Cursor, DynStore, IncidentAction, IncidentChange, NewProbe, PruneCut, DAY_MS};
 use crate::verdict::Expect;
 use crate::verdict::{Found, Judgement, Verdict};
 
@@ -207,6 +207,355 @@ pub async fn run_all(s: DynStore) {
     );
 }
 
+/// A probe of channel `channel` created at `created`, for the report cases.
+fn at(channel: &str, n: u32, created: i64) -> NewProbe {
+    NewProbe {
+        id: format!("r-{channel}-{n}"),
+        token: format!("pc-r-{channel}-{n}"),
+        channel: channel.into(),
+        kind: "mail".into(),
+        expect: Expect::Deliver,
+        inbox: Some("social".into()),
+        target: "x@kommune.example".into(),
+        created_at: created,
+        deadline: created + 60_000,
+        run_id: "run-r".into(),
+    }
+}
+
+fn judged(verdict: Verdict, at: i64, latency: Option<i64>) -> Judgement {
+    Judgement {
+        verdict,
+        detail: verdict.to_string(),
+        at,
+        found: latency.map(|_| Found {
+            inbox: "social".into(),
+            at,
+        }),
+        latency_ms: latency,
+        fault: None,
+    }
+}
+
+/// Reports and evidence: daily counts, incidents of a period, pages, blind spells.
+async fn reports(s: &DynStore) {
+    // Day 20,000 (2024-10-04) and the next, far from the other cases.
+    let d0 = 20_000 * DAY_MS;
+    let d1 = d0 + DAY_MS;
+    let rows = [
+        ("rep-a", 1, d0 + 1_000, Some((Verdict::Delivered, Some(2_000)))),
+        ("rep-a", 2, d0 + 2_000, Some((Verdict::Delivered, Some(4_000)))),
+        ("rep-a", 3, d0 + 3_000, Some((Verdict::Missed, None))),
+        ("rep-a", 4, d0 + 4_000, Some((Verdict::Error, None))),
+        ("rep-a", 5, d1 - 1, None),
+        ("rep-a", 6, d1, Some((Verdict::ExpectedBounce, None))),
+        ("rep-b", 1, d0 + 5, Some((Verdict::Rejected, None))),
+    ];
+    for (ch, n, created, verdict) in rows {
+        s.insert_probe(&at(ch, n, created)).await.unwrap();
+        if let Some((v, lat)) = verdict {
+            assert!(s
+                .judge(&format!("r-{ch}-{n}"), &judged(v, created + 10, lat))
+                .await
+                .unwrap());
+        }
+    }
+    let a = s.daily_counts(&["rep-a".to_string()], d0, d1 + DAY_MS).await.unwrap();
+    assert_eq!(a.len(), 2, "one entry per day with probes: {a:?}");
+    let day0 = &a[0];
+    assert_eq!(
+        (
+            day0.channel.as_str(),
+            day0.day,
+            day0.judged,
+            day0.successful,
+            day0.errors,
+            day0.pending
+        ),
+        ("rep-a", d0, 4, 2, 1, 1)
+    );
+    assert_eq!(
+        (day0.latency_count, day0.latency_sum, day0.latency_max),
+        (2, 6_000, 4_000)
+    );
+    assert_eq!(
+        (a[1].day, a[1].judged, a[1].successful),
+        (d1, 1, 1),
+        "a probe counts on its creation day"
+    );
+    let only_d0 = s.daily_counts(&[], d0, d1).await.unwrap();
+    let chans: Vec<&str> = only_d0.iter().map(|c| c.channel.as_str()).collect();
+    assert_eq!(chans, vec!["rep-a", "rep-b"], "no filter: every channel, by name");
+
+    // Incidents of a period: open at any moment of it.
+    let open = |channel: &str, key: &str, at: i64, pages: bool| IncidentChange {
+        probe_id: None,
+        reclassify: None,
+        action: IncidentAction::Open {
+            channel: channel.into(),
+            dedup_key: key.into(),
+            verdict: "missed".into(),
+            detail: "nothing".into(),
+            at,
+            silenced: None,
+            pages: if pages {
+                vec![(
+                    "oncall".to_string(),
+                    page(crate::page::PageEvent::Trigger, "postcanary/social-mail/r"),
+                )]
+            } else {
+                Vec::new()
+            },
+        },
+    };
+    let early = s
+        .apply_incident(&open("rep-a", "k-early", d0 + 3_100, true))
+        .await
+        .unwrap()
+        .unwrap();
+    s.apply_incident(&IncidentChange {
+        probe_id: None,
+        reclassify: None,
+        action: IncidentAction::Resolve {
+            incident_id: early,
+            at: d0 + 50_000,
+            detail: "delivered".into(),
+            pages: Vec::new(),
+        },
+    })
+    .await
+    .unwrap();
+    let later = s
+        .apply_incident(&open("rep-b", "k-later", d1 + 10, false))
+        .await
+        .unwrap()
+        .unwrap();
+    let ids = |v: Vec<super::Incident>| v.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.incidents_between(d0, d1).await.unwrap()), vec![early]);
+    assert_eq!(
+        ids(s.incidents_between(d0 + 50_000, d1 + 20).await.unwrap()),
+        vec![early, later],
+        "resolved at the period's first moment still counts; an open one counts"
+    );
+    assert_eq!(
+        ids(s.incidents_between(d0 + 50_001, d1).await.unwrap()),
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        ids(s.incidents_between(d1 + 11, d1 + DAY_MS).await.unwrap()),
+        vec![later]
+    );
+
+    // Pages: written pending, accepted with their time.
+    let pages = s.incident_pages(early).await.unwrap();
+    assert_eq!(pages.len(), 1);
+    assert_eq!(
+        (
+            pages[0].notifier.as_str(),
+            pages[0].event.as_str(),
+            pages[0].state.as_str(),
+            pages[0].sent_at
+        ),
+        ("oncall", "trigger", "pending", None)
+    );
+    s.page_sent(pages[0].id, d0 + 3_900).await.unwrap();
+    let pages = s.incident_pages(early).await.unwrap();
+    assert_eq!((pages[0].state.as_str(), pages[0].sent_at), ("sent", Some(d0 + 3_900)));
+    assert!(s.incident_pages(later).await.unwrap().is_empty());
+
+    // Blind spells: the first moment is kept, a second report only updates
+    // the reason; the end closes it; overlap selects.
+    s.blind_started("social", "social", d0 + 100, "connecting")
+        .await
+        .unwrap();
+    s.blind_started("social", "social", d0 + 200, "login refused")
+        .await
+        .unwrap();
+    s.blind_ended("social", d0 + 1_100).await.unwrap();
+    s.blind_ended("social", d0 + 9_999).await.unwrap();
+    s.blind_started("social (Junk)", "social", d0 + 5_000, "connection refused")
+        .await
+        .unwrap();
+    let spells = s.blind_spells(d0, d1).await.unwrap();
+    let got: Vec<_> = spells
+        .iter()
+        .map(|b| (b.watcher.as_str(), b.since, b.until, b.why.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("social", d0 + 100, Some(d0 + 1_100), "login refused"),
+            ("social (Junk)", d0 + 5_000, None, "connection refused"),
+        ]
+    );
+    assert_eq!(
+        s.blind_spells(d0 + 1_100, d0 + 5_000).await.unwrap().len(),
+        0,
+        "touching is not overlapping"
+    );
+    assert_eq!(
+        s.blind_spells(d1, d1 + 1).await.unwrap().len(),
+        1,
+        "an open spell lasts"
+    );
+}
+
+/// Retention: rollups outlive their probes, pruning keeps what incidents
+/// need, successes are slimmed, status windows read the rollups.
+async fn retention(s: &DynStore) {
+    let d0 = 21_000 * DAY_MS;
+    let (d1, d2) = (d0 + DAY_MS, d0 + 2 * DAY_MS);
+    let handled = |id: &str| IncidentChange {
+        probe_id: Some(id.to_string()),
+        reclassify: None,
+        action: IncidentAction::Nothing,
+    };
+    let mut ids = Vec::new();
+    for (ch, n, created, v) in [
+        ("ret-a", 1, d0 + 1_000, Verdict::Delivered),
+        ("ret-a", 2, d0 + 2_000, Verdict::Delivered),
+        ("ret-a", 3, d0 + 3_000, Verdict::Missed),
+        ("ret-a", 4, d1 + 1_000, Verdict::Delivered),
+        ("ret-a", 5, d2 + 1_000, Verdict::Delivered),
+        ("ret-b", 1, d0 + 500, Verdict::Delivered),
+        ("ret-b", 2, d0 + 4_000, Verdict::Missed),
+        ("ret-b", 3, d0 + 9_000, Verdict::Missed),
+    ] {
+        s.insert_probe(&at(ch, n, created)).await.unwrap();
+        let id = format!("r-{ch}-{n}");
+        let lat = v.is_success().then_some(1_000);
+        assert!(s.judge(&id, &judged(v, created + 10, lat)).await.unwrap());
+        ids.push(id);
+    }
+    for id in ["r-ret-a-1", "r-ret-a-2", "r-ret-a-5", "r-ret-b-1", "r-ret-b-3"] {
+        s.apply_incident(&handled(id)).await.unwrap();
+    }
+    let open = |channel: &str, probe: &str, at: i64| IncidentChange {
+        probe_id: Some(probe.into()),
+        reclassify: None,
+        action: IncidentAction::Open {
+            channel: channel.into(),
+            dedup_key: format!("k-{probe}"),
+            verdict: "missed".into(),
+            detail: "nothing".into(),
+            at,
+            silenced: None,
+            pages: Vec::new(),
+        },
+    };
+    // ret-a: resolved incident (opened by its miss, resolved by the next delivery); ret-b: still open.
+    let a = s
+        .apply_incident(&open("ret-a", "r-ret-a-3", d0 + 4_000))
+        .await
+        .unwrap()
+        .unwrap();
+    s.apply_incident(&IncidentChange {
+        probe_id: Some("r-ret-a-4".into()),
+        reclassify: None,
+        action: IncidentAction::Resolve {
+            incident_id: a,
+            at: d1 + 2_000,
+            detail: "delivered".into(),
+            pages: Vec::new(),
+        },
+    })
+    .await
+    .unwrap();
+    s.apply_incident(&open("ret-b", "r-ret-b-2", d0 + 5_000)).await.unwrap();
+
+    let live = s
+        .daily_counts(&["ret-a".to_string()], d0, d0 + 3 * DAY_MS)
+        .await
+        .unwrap();
+    assert!(s.roll_up(d0, d1).await.unwrap() >= 2, "ret-a and ret-b on day 0");
+    let rolled = s
+        .daily_counts(&["ret-a".to_string()], d0, d0 + 3 * DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(live, rolled, "a rollup says what the probes say");
+
+    let stats = s
+        .prune(&PruneCut {
+            probes_before: Some(d2),
+            rollups_before: None,
+            slim_before: d2 + DAY_MS,
+        })
+        .await
+        .unwrap();
+    assert!(stats.probes_removed >= 3, "{stats:?}");
+    for gone in ["r-ret-a-1", "r-ret-a-2", "r-ret-b-1"] {
+        assert!(s.probe(gone).await.unwrap().is_none(), "{gone} pruned");
+        assert!(s.events(gone).await.unwrap().is_empty(), "{gone}'s evidence pruned");
+    }
+    for kept in ["r-ret-a-3", "r-ret-a-4", "r-ret-b-2", "r-ret-b-3"] {
+        assert!(s.probe(kept).await.unwrap().is_some(), "{kept} kept for an incident");
+    }
+    assert!(
+        !s.events("r-ret-b-3").await.unwrap().is_empty(),
+        "an open incident's failure keeps its evidence"
+    );
+    assert!(
+        s.probe("id-6").await.unwrap().is_some(),
+        "a pending probe is never pruned"
+    );
+    let after = s
+        .daily_counts(&["ret-a".to_string()], d0, d0 + 3 * DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(after, live, "pruned days are counted from their rollups");
+    // A later roll-up cannot recount a pruned day from the probes left.
+    s.roll_up(d0, d0 + 3 * DAY_MS).await.unwrap();
+    assert_eq!(
+        s.daily_counts(&["ret-a".to_string()], d0, d0 + 3 * DAY_MS)
+            .await
+            .unwrap(),
+        live
+    );
+
+    // The slimmed success keeps its verdict, times, place and reply; not its trail.
+    let slim = s.probe("r-ret-a-5").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            slim.verdict,
+            slim.found_in.as_deref(),
+            slim.latency_ms,
+            slim.detail.as_deref()
+        ),
+        (Verdict::Delivered, Some("social"), Some(1_000), None)
+    );
+    assert_eq!(slim.created_at, d2 + 1_000);
+    assert!(s.events("r-ret-a-5").await.unwrap().is_empty());
+    assert!(
+        !s.events("r-ret-a-4").await.unwrap().is_empty(),
+        "the success that resolved an incident keeps its evidence"
+    );
+
+    // Status windows (whole UTC days) read the rollups of pruned days.
+    let st = s
+        .channel_status(&["ret-a".to_string()], d2 + 3_600_000, 5)
+        .await
+        .unwrap();
+    assert_eq!(st[0].window_30d, (5, 4));
+    assert_eq!(st[0].window_7d, (5, 4));
+    assert_eq!(st[0].window_24h, (1, 1));
+
+    // Old rollups go.
+    let stats = s
+        .prune(&PruneCut {
+            probes_before: None,
+            rollups_before: Some(d1),
+            slim_before: d2 + DAY_MS,
+        })
+        .await
+        .unwrap();
+    assert!(stats.rollups_removed >= 2, "{stats:?}");
+    let left = s
+        .daily_counts(&["ret-a".to_string()], d0, d0 + 3 * DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(left.iter().map(|d| d.day).collect::<Vec<_>>(), vec![d1, d2]);
+}
+
 fn page(event: crate::page::PageEvent, key: &str) -> crate::page::Page {
     crate::page::Page {
         event,
@@ -228,6 +577,12 @@ fn page(event: crate::page::PageEvent, key: &str) -> crate::page::Page {
 }
 
 /// Incidents, the outbox and the readers: what paging and the status page rely on.
+/// Reports and retention (rollups, pruning, blind spells); after `run_all` on the same store.
+pub async fn run_reports(s: DynStore) {
+    reports(&s).await;
+    retention(&s).await;
+}
+
 pub async fn run_paging(s: DynStore) {
     use super::{IncidentAction, IncidentChange};
     use crate::page::PageEvent;

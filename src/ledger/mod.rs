@@ -190,6 +190,80 @@ pub struct ChannelStatus {
     pub pending: i64,
 }
 
+/// Probe counts of one channel on one UTC day (a probe counts on the day it
+/// was created), from the probes or from the kept daily rollup.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct DayCounts {
+    pub channel: String,
+    /// Start of the UTC day.
+    pub day: Millis,
+    /// Probes with a verdict (every verdict but `pending`).
+    pub judged: i64,
+    /// Judged probes whose verdict is a success ([`Verdict::is_success`]).
+    pub successful: i64,
+    /// Judged probes whose verdict is `error` (postcanary's own failure).
+    pub errors: i64,
+    /// Probes still pending when counted.
+    pub pending: i64,
+    /// Delivered probes with a latency: how many, their sum and their maximum (ms).
+    pub latency_count: i64,
+    pub latency_sum: i64,
+    pub latency_max: i64,
+}
+
+/// A page in the outbox, as the reports and evidence show it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PageRecord {
+    pub id: i64,
+    pub incident_id: i64,
+    pub notifier: String,
+    /// `trigger`, `reminder` or `resolve`.
+    pub event: String,
+    pub created_at: Millis,
+    /// `pending`, `sent` (accepted by the notifier) or `failed` (given up).
+    pub state: String,
+    pub attempts: i64,
+    /// When the notifier accepted it.
+    pub sent_at: Option<Millis>,
+    pub last_error: Option<String>,
+}
+
+/// A spell during which an inbox watcher could not look.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct BlindSpell {
+    pub watcher: String,
+    pub inbox: String,
+    pub since: Millis,
+    /// `None`: still blind (or the process stopped while blind and has not
+    /// seen the watcher connected since).
+    pub until: Option<Millis>,
+    pub why: String,
+}
+
+/// What a pruning run removes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PruneCut {
+    /// Probes created before this (a day start) go, with their evidence; `None`: all are kept.
+    pub probes_before: Option<Millis>,
+    /// Rollups of days before this go; `None`: all are kept.
+    pub rollups_before: Option<Millis>,
+    /// Successful probes created before this lose their evidence trail and
+    /// the columns a success does not need (detail, target, run id): the
+    /// row keeps times, verdict, where found, latency and the server's reply.
+    pub slim_before: Millis,
+}
+
+/// What one pruning run removed and kept.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct PruneStats {
+    pub probes_removed: i64,
+    /// Probes older than the cut kept because an open incident needs them.
+    pub probes_kept_for_incidents: i64,
+    pub rollups_removed: i64,
+    /// Successful probes whose evidence trail was slimmed away.
+    pub probes_slimmed: i64,
+}
+
 /// The ledger's operations. One implementation per backend; the contract
 /// tests (`contract`, run by tests/ledger_contract.rs) are written against this trait.
 #[async_trait]
@@ -288,9 +362,54 @@ pub trait Store: Send + Sync + 'static {
     /// Latencies (ms) of delivered probes, all time, for the histogram: counts
     /// of latencies ≤ each bound, plus (count, sum).
     async fn latency_histogram(&self, bounds_ms: &[i64]) -> StoreResult<(Vec<i64>, i64, i64)>;
+
+    // --- reports and evidence (read only)
+
+    /// Incidents open at any moment of `[from, to)`: opened before `to` and
+    /// not resolved before `from`; oldest first.
+    async fn incidents_between(&self, from: Millis, to: Millis) -> StoreResult<Vec<Incident>>;
+    /// Every page of an incident, in the order written.
+    async fn incident_pages(&self, incident_id: i64) -> StoreResult<Vec<PageRecord>>;
+    /// Probe counts per channel and UTC day for the days starting in
+    /// `[from, to)` (both day starts); `channels` empty means all. Days with
+    /// no probe have no entry. Ordered by channel, then day. Days that have
+    /// been rolled up ([`Store::roll_up`]) are read from their rollups (so
+    /// they outlive their probes), later days are counted from the probes.
+    async fn daily_counts(&self, channels: &[String], from: Millis, to: Millis) -> StoreResult<Vec<DayCounts>>;
+
+    // --- retention
+
+    /// (Re)computes the daily rollups of the UTC days in `[from, to)` (day
+    /// starts) from the probes — and of any earlier day not rolled up yet —
+    /// and marks the days before `to` as rolled up. A day whose probes have
+    /// already been pruned keeps the rollup it has. Returns the number of
+    /// rollups written.
+    async fn roll_up(&self, from: Millis, to: Millis) -> StoreResult<i64>;
+    /// Removes what [`PruneCut`] says, never a pending probe, a probe of an
+    /// open incident, or the probe that opened or resolved any incident;
+    /// rolls up the days it prunes first, so their counts remain.
+    async fn prune(&self, cut: &PruneCut) -> StoreResult<PruneStats>;
+
+    // --- inbox watchers' blind spells
+
+    /// A watcher went blind at `since`. Opens a spell unless one is open
+    /// (then only its reason is updated).
+    async fn blind_started(&self, watcher: &str, inbox: &str, since: Millis, why: &str) -> StoreResult<()>;
+    /// A watcher can look again: closes its open spell at `at`.
+    async fn blind_ended(&self, watcher: &str, at: Millis) -> StoreResult<()>;
+    /// Spells that overlap `[from, to)` (open ones included), oldest first.
+    async fn blind_spells(&self, from: Millis, to: Millis) -> StoreResult<Vec<BlindSpell>>;
 }
 
 pub type DynStore = Arc<dyn Store>;
+
+/// Milliseconds in a day; days in the ledger are UTC days.
+pub const DAY_MS: Millis = 86_400_000;
+
+/// The start of the UTC day that holds `t`.
+pub fn day_start(t: Millis) -> Millis {
+    t.div_euclid(DAY_MS) * DAY_MS
+}
 
 /// Records a verdict and, if it was the one that counted, reports it to the
 /// incident processor.
@@ -306,6 +425,32 @@ pub async fn record_with(
         verdicts.report(channel, id, j.verdict, &j.detail);
     }
     Ok(changed)
+}
+
+/// The queue id an SMTP server names in its reply to the message:
+/// Postfix/Sendmail `queued as ID`, Exim `id=ID`, Exchange `InternalId=ID`
+/// (and `id=ID`, all that a slimmed success keeps of its reply).
+pub fn queue_id(reply: &str) -> Option<String> {
+    let clean = |s: &str| {
+        let id: String = s
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+            .collect();
+        (!id.is_empty()).then_some(id)
+    };
+    let lower = reply.to_ascii_lowercase();
+    // A slimmed success keeps only `id=ID`.
+    if let Some(rest) = lower.strip_prefix("id=") {
+        return clean(&reply[reply.len() - rest.len()..]);
+    }
+    for marker in ["queued as ", "internalid=", " id="] {
+        if let Some(at) = lower.find(marker) {
+            if let Some(id) = clean(&reply[at + marker.len()..]) {
+                return Some(id);
+            }
+        }
+    }
+    None
 }
 
 /// The detail recorded for a pending probe swept at its deadline.

@@ -640,8 +640,45 @@ fn cursor_value(v: i64, what: &str) -> StoreResult<u32> {
     u32::try_from(v).map_err(|_| StoreError(format!("inbox cursor with a bad {what}: {v}")))
 }
 
+/// Reports, retention and watchers' blind spells are not on PostgreSQL yet:
+/// each says so instead of pretending (see docs/postgres.md).
+fn not_on_postgres(what: &str) -> StoreError {
+    StoreError(format!(
+        "{what} is not available on the PostgreSQL ledger yet (SQLite only)"
+    ))
+}
+
 #[async_trait]
 impl Store for PostgresStore {
+    async fn incidents_between(&self, _from: Millis, _to: Millis) -> StoreResult<Vec<Incident>> {
+        Err(not_on_postgres("the incident report"))
+    }
+    async fn incident_pages(&self, _incident_id: i64) -> StoreResult<Vec<super::PageRecord>> {
+        Err(not_on_postgres("the incident report"))
+    }
+    async fn daily_counts(
+        &self,
+        _channels: &[String],
+        _from: Millis,
+        _to: Millis,
+    ) -> StoreResult<Vec<super::DayCounts>> {
+        Err(not_on_postgres("daily rollups"))
+    }
+    async fn roll_up(&self, _from: Millis, _to: Millis) -> StoreResult<i64> {
+        Err(not_on_postgres("daily rollups"))
+    }
+    async fn prune(&self, _cut: &super::PruneCut) -> StoreResult<super::PruneStats> {
+        Err(not_on_postgres("ledger retention"))
+    }
+    async fn blind_started(&self, _watcher: &str, _inbox: &str, _since: Millis, _why: &str) -> StoreResult<()> {
+        Err(not_on_postgres("recording watchers' blind spells"))
+    }
+    async fn blind_ended(&self, _watcher: &str, _at: Millis) -> StoreResult<()> {
+        Err(not_on_postgres("recording watchers' blind spells"))
+    }
+    async fn blind_spells(&self, _from: Millis, _to: Millis) -> StoreResult<Vec<super::BlindSpell>> {
+        Err(not_on_postgres("watchers' blind spells"))
+    }
     async fn meta_get_or_put(&self, key: &str, value: &str) -> StoreResult<String> {
         let c = self.client().await?;
         c.execute(

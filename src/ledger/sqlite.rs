@@ -16,6 +16,10 @@ use super::{
 use crate::config::Expect;
 use crate::verdict::{Judgement, Millis, Verdict};
 
+/// Reports, evidence and retention (the queries behind the `Store` methods of those).
+#[path = "sqlite_report.rs"]
+mod report;
+
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
 /// Append only: a later change adds a new entry.
 const MIGRATIONS: &[&str] = &[
@@ -117,6 +121,43 @@ CREATE TABLE dns_baselines (
     r#"
 UPDATE probes SET token = substr(token, 1, 29) WHERE length(token) > 29;
 ALTER TABLE probes ADD COLUMN fault TEXT;
+"#,
+    // Reports and evidence: inbox watchers' blind spells, pages by incident,
+    // incidents by opening time.
+    r#"
+CREATE TABLE watcher_blind (
+    watcher TEXT NOT NULL,
+    inbox   TEXT NOT NULL,
+    since   INTEGER NOT NULL,
+    until   INTEGER,
+    why     TEXT NOT NULL
+);
+CREATE UNIQUE INDEX watcher_blind_open ON watcher_blind (watcher) WHERE until IS NULL;
+CREATE INDEX watcher_blind_since ON watcher_blind (since);
+CREATE INDEX outbox_incident ON outbox (incident_id, id);
+CREATE INDEX incidents_opened ON incidents (opened_at);
+"#,
+    // Retention: daily rollups per channel; slimmer indexes (only the few
+    // pending and unhandled probes are indexed by state).
+    r#"
+CREATE TABLE rollups (
+    channel       TEXT NOT NULL,
+    day           INTEGER NOT NULL,
+    judged        INTEGER NOT NULL,
+    successful    INTEGER NOT NULL,
+    errors        INTEGER NOT NULL,
+    pending       INTEGER NOT NULL,
+    latency_count INTEGER NOT NULL,
+    latency_sum   INTEGER NOT NULL,
+    latency_max   INTEGER NOT NULL,
+    PRIMARY KEY (channel, day)
+) WITHOUT ROWID;
+DROP INDEX probes_pending;
+CREATE INDEX probes_pending ON probes (deadline) WHERE verdict = 'pending';
+DROP INDEX probes_unhandled;
+CREATE INDEX probes_unhandled ON probes (judged_at) WHERE handled = 0;
+CREATE INDEX incidents_opened_by ON incidents (opened_by);
+CREATE INDEX incidents_resolved_by ON incidents (resolved_by);
 "#,
 ];
 
@@ -875,16 +916,34 @@ impl Store for SqliteStore {
                 "SELECT COUNT(*), COALESCE(SUM(verdict IN ({ok})), 0) FROM probes \
                  WHERE channel = ?1 AND verdict <> 'pending' AND created_at >= ?2"
             ))?;
-            let mut pending =
-                c.prepare_cached("SELECT COUNT(*) FROM probes WHERE channel = ?1 AND verdict = 'pending'")?;
+            // Pending probes of every channel in one pass over the (partial) pending index:
+            // per channel, the planner would walk all of the channel's probes.
+            let mut pending_of: std::collections::HashMap<String, i64> = c
+                .prepare_cached(
+                    "SELECT channel, COUNT(*) FROM probes INDEXED BY probes_pending WHERE verdict = 'pending' \
+                     GROUP BY channel",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            // 7 and 30 days: whole UTC days (today included), from the daily
+            // rollups where the days are rolled up; 24 h from the probes.
+            let today = super::day_start(now);
+            let mut windows: std::collections::HashMap<String, [(i64, i64); 2]> = std::collections::HashMap::new();
+            for d in report::merged_counts(c, &channels, today - 29 * super::DAY_MS, today + super::DAY_MS)? {
+                let w = windows.entry(d.channel).or_default();
+                if d.day >= today - 6 * super::DAY_MS {
+                    w[0] = (w[0].0 + d.judged, w[0].1 + d.successful);
+                }
+                w[1] = (w[1].0 + d.judged, w[1].1 + d.successful);
+            }
             let mut out = Vec::with_capacity(channels.len());
             for ch in channels {
                 let recent: Vec<ProbeRecord> = last
                     .query_map(params![ch, recent], row_to_probe)?
                     .collect::<rusqlite::Result<_>>()?;
-                let mut w = |ms: i64| window.query_row(params![ch, now - ms], |r| Ok((r.get(0)?, r.get(1)?)));
-                let (window_24h, window_7d, window_30d) = (w(86_400_000)?, w(7 * 86_400_000)?, w(30 * 86_400_000)?);
-                let pending: i64 = pending.query_row(params![ch], |r| r.get(0))?;
+                let window_24h = window.query_row(params![ch, now - 86_400_000], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let [window_7d, window_30d] = windows.get(&ch).copied().unwrap_or_default();
+                let pending = pending_of.remove(&ch).unwrap_or(0);
                 out.push(ChannelStatus {
                     channel: ch,
                     recent,
@@ -942,6 +1001,38 @@ impl Store for SqliteStore {
             Ok((counts, n, sum))
         })
         .await
+    }
+
+    async fn incidents_between(&self, from: Millis, to: Millis) -> StoreResult<Vec<Incident>> {
+        self.report_incidents_between(from, to).await
+    }
+
+    async fn incident_pages(&self, incident_id: i64) -> StoreResult<Vec<super::PageRecord>> {
+        self.report_incident_pages(incident_id).await
+    }
+
+    async fn daily_counts(&self, channels: &[String], from: Millis, to: Millis) -> StoreResult<Vec<super::DayCounts>> {
+        self.report_daily_counts(channels, from, to).await
+    }
+
+    async fn roll_up(&self, from: Millis, to: Millis) -> StoreResult<i64> {
+        self.report_roll_up(from, to).await
+    }
+
+    async fn prune(&self, cut: &super::PruneCut) -> StoreResult<super::PruneStats> {
+        self.report_prune(cut.clone()).await
+    }
+
+    async fn blind_started(&self, watcher: &str, inbox: &str, since: Millis, why: &str) -> StoreResult<()> {
+        self.report_blind_started(watcher, inbox, since, why).await
+    }
+
+    async fn blind_ended(&self, watcher: &str, at: Millis) -> StoreResult<()> {
+        self.report_blind_ended(watcher, at).await
+    }
+
+    async fn blind_spells(&self, from: Millis, to: Millis) -> StoreResult<Vec<super::BlindSpell>> {
+        self.report_blind_spells(from, to).await
     }
 
     async fn dns_baseline(&self, domain: &str) -> StoreResult<Option<(String, Millis)>> {
