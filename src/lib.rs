@@ -3,6 +3,7 @@
 
 pub mod bounce;
 pub mod cli;
+pub mod compliance;
 pub mod config;
 pub mod demo;
 pub mod discover;
