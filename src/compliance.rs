@@ -116,6 +116,23 @@ impl KeptPath {
         }
     }
 
+    /// One line for pages and logs: the hops, then the gateway's results.
+    pub fn line(&self) -> String {
+        let mut s = self.summary.hops.join(" | ");
+        if self.omitted > 0 {
+            s.push_str(&format!(" ({} hops left out)", self.omitted));
+        }
+        if !self.summary.auth.is_empty() {
+            let r: Vec<String> = self.summary.auth.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            s.push_str(&format!(
+                "; at {}: {}",
+                self.summary.authserv_id.as_deref().unwrap_or("the gateway"),
+                r.join(" ")
+            ));
+        }
+        s
+    }
+
     /// The probe event's detail.
     pub fn to_event(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()

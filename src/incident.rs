@@ -66,7 +66,13 @@ fn timeline(events: &[Event]) -> Vec<TimelineEntry> {
         .map(|e| TimelineEntry {
             at: e.at,
             kind: e.kind.clone(),
-            detail: e.detail.clone(),
+            // A kept path is JSON for readers; a page gets its one-line form.
+            detail: match e.kind.as_str() {
+                crate::compliance::PATH_EVENT => crate::compliance::KeptPath::from_event(&e.detail)
+                    .map(|k| k.line())
+                    .unwrap_or_default(),
+                _ => e.detail.clone(),
+            },
         })
         .collect()
 }
@@ -551,6 +557,11 @@ pub fn due_page(
         }
         None => match open.channel.strip_prefix("dns:") {
             Some(domain) => (Subject::dns(config, domain), false),
+            None if open.channel.starts_with("compliance:") => {
+                let ch = config.channel(open.channel.strip_prefix("compliance:").unwrap_or_default())?;
+                let silenced = config.silences.iter().any(|s| s.covers(&ch.id, &ch.owner, now));
+                (Subject::compliance(ch), silenced)
+            }
             None if open.channel.starts_with("discover:") => {
                 let finding = open.channel.strip_prefix("discover:").unwrap_or_default();
                 (Subject::discover(config, finding), false)
@@ -665,6 +676,8 @@ impl Processor {
         };
         let (newest_success, newest_failure) = self.store.channel_order(&ch.id).await?;
         let probe_events = self.store.events(&p.id).await?;
+        // A compliance finding first: the verdict's own change marks it handled.
+        let compliance = self.compliance(ch, p, &probe_events).await?;
         let facts = VerdictFacts {
             probe: p,
             probe_events: &probe_events,
@@ -675,7 +688,8 @@ impl Processor {
             newest_failure,
         };
         let mut queued = false;
-        for change in decide(&self.config, ch, &facts, now_millis(), &self.source) {
+        let decided = decide(&self.config, ch, &facts, now_millis(), &self.source);
+        for change in compliance.into_iter().chain(decided) {
             queued |= has_pages(&change.action);
             if let Some(id) = self.store.apply_incident(&change).await? {
                 log_change(&change.action, id);
@@ -753,6 +767,9 @@ fn log_change(a: &IncidentAction, id: i64) {
         IncidentAction::Update { .. } | IncidentAction::Nothing => {}
     }
 }
+
+pub mod compliance;
+pub use compliance::{compliance_key, decide_compliance, COMPLIANCE_BREACH};
 
 #[cfg(test)]
 mod tests;

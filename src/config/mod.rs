@@ -252,7 +252,13 @@ impl Config {
         let mut raw_owners = Vec::new();
         push_indexed(&mut raw_owners, 0, main.owner);
         let owner_routes = build_owners(&mut loader, raw_owners, &notifier_names);
+        let policy = build_default_policy(
+            &mut loader,
+            defaults.require_tls.as_ref(),
+            defaults.require_auth.as_ref(),
+        );
         let defaults = ChannelDefaults {
+            policy,
             schedule: default_schedule,
             deadline: default_deadline,
             jitter,
