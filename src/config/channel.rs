@@ -143,9 +143,11 @@ pub(super) fn parse_require_auth(list: &[String]) -> Result<Vec<crate::complianc
         match crate::compliance::AuthMethod::parse(m) {
             Some(a) if out.contains(&a) => return Err(format!("require_auth names {m:?} twice")),
             Some(a) => out.push(a),
-            None => return Err(format!(
+            None => {
+                return Err(format!(
                 "require_auth: {m:?} is not a check the gateway reports; use \"spf\", \"dkim\", \"dmarc\" or \"arc\""
-            )),
+            ))
+            }
         }
     }
     Ok(out)

@@ -3,6 +3,7 @@
 //! ledger and the watchers' states; nothing here judges a probe.
 
 mod api;
+mod compliance;
 mod metrics;
 mod page;
 

@@ -1,0 +1,150 @@
+//! The compliance evidence of a channel as the API and the status page show
+//! it: the last 30 days of kept paths summed into one line ("last 30 days
+//! (8640 canaries): every hop TLS ≥ 1.2; DMARC pass"), the newest canary's
+//! path, and the open compliance finding. Read from the ledger only.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::page::esc;
+use super::AppState;
+use crate::compliance::{assess, Assessment, KeptPath, Tally, PATH_EVENT};
+use crate::config::{Channel, Language};
+use crate::ledger::StoreError;
+use crate::verdict::Millis;
+
+/// The window summed.
+pub(super) const WINDOW_MS: i64 = 30 * 86_400_000;
+/// Canaries read per channel for one summary (the newest of the window).
+pub(super) const MAX_CANARIES: usize = 10_000;
+
+/// The newest canary's kept path.
+#[derive(Serialize, Clone)]
+pub(super) struct NewestPath {
+    pub probe: String,
+    pub at: Millis,
+    pub path: KeptPath,
+    pub assessment: Assessment,
+}
+
+#[derive(Serialize, Clone)]
+pub(super) struct ComplianceView {
+    /// `last 30 days (N canaries): …`.
+    pub line: String,
+    /// The channel's policy as text; empty without one.
+    pub policy: String,
+    pub tally: Tally,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newest: Option<NewestPath>,
+    /// The open compliance finding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finding: Option<String>,
+    /// The newest canaries with a kept path, newest first: whether each met the policy.
+    pub recent: Vec<RecentPath>,
+}
+
+/// One recent canary's compliance.
+#[derive(Serialize, Clone)]
+pub(super) struct RecentPath {
+    pub probe: String,
+    pub at: Millis,
+    pub compliant: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weakest: Option<crate::mailpath::TlsLevel>,
+}
+
+/// One channel's compliance view at `now`.
+pub(super) async fn view(s: &AppState, ch: &Channel, now: Millis) -> Result<ComplianceView, StoreError> {
+    let events = s
+        .store
+        .channel_events(&ch.id, PATH_EVENT, now - WINDOW_MS, MAX_CANARIES)
+        .await?;
+    let ours = s.config.our_side(ch);
+    let mut tally = Tally::new(&ch.policy);
+    let mut newest = None;
+    let mut recent = Vec::new();
+    for (probe, e) in events {
+        let Some(path) = KeptPath::from_event(&e.detail) else {
+            continue;
+        };
+        let a = assess(&path, &ours, &ch.policy);
+        tally.add(&a);
+        if recent.len() < super::api::RECENT {
+            recent.push(RecentPath {
+                probe: probe.clone(),
+                at: e.at,
+                compliant: a.breaches.is_empty(),
+                weakest: a.weakest,
+            });
+        }
+        if newest.is_none() {
+            newest = Some(NewestPath {
+                probe,
+                at: e.at,
+                path,
+                assessment: a,
+            });
+        }
+    }
+    let finding = s
+        .store
+        .open_incident(&crate::incident::compliance_key(&ch.id))
+        .await?
+        .map(|i| i.detail);
+    let count = if tally.canaries as usize >= MAX_CANARIES {
+        format!("newest {} canaries", tally.canaries)
+    } else {
+        format!("{} canaries", tally.canaries)
+    };
+    Ok(ComplianceView {
+        line: format!("last 30 days ({count}): {}", tally.line()),
+        policy: ch.policy.describe(),
+        tally,
+        newest,
+        finding,
+        recent,
+    })
+}
+
+/// The status page's block for one channel: the summary line, the open
+/// finding, and the newest canary's hops.
+pub(super) fn html(lang: Language, v: &ComplianceView) -> String {
+    let (title, policy, finding, newest, none) = match lang {
+        Language::Da => (
+            "Overholdelse",
+            "Krav",
+            "Åbent fund",
+            "Nyeste kanariefugls vej",
+            "ingen krav",
+        ),
+        Language::En => ("Compliance", "Policy", "Open finding", "Newest canary's path", "none"),
+    };
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<section class=\"compliance\"><h2>{title}</h2><p>{}</p><p class=\"muted\">{policy}: {}</p>",
+        esc(&v.line),
+        esc(if v.policy.is_empty() { none } else { &v.policy })
+    );
+    if let Some(f) = &v.finding {
+        let _ = write!(out, "<p class=\"finding\"><strong>{finding}:</strong> {}</p>", esc(f));
+    }
+    if let Some(n) = &v.newest {
+        let _ = write!(out, "<details><summary>{newest}</summary><ol>");
+        for h in &n.path.summary.hops {
+            let _ = write!(out, "<li>{}</li>", esc(h));
+        }
+        out.push_str("</ol>");
+        if !n.path.summary.auth.is_empty() {
+            let r: Vec<String> = n.path.summary.auth.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = write!(out, "<p>{}: {}</p>", esc(&n.assessment.gateway), esc(&r.join(" ")));
+        }
+        for b in &n.assessment.breaches {
+            let _ = write!(out, "<p class=\"finding\">{}</p>", esc(b));
+        }
+        out.push_str("</details>");
+    }
+    out.push_str("</section>");
+    out
+}
