@@ -751,6 +751,19 @@ fn parse_received(value: &str) -> Hop {
             hop.from_ip = Some(ip);
         }
     }
+    // Exim without a reverse name: `from [192.0.2.1] (helo=mail.example)`:
+    // the name the host gave is in the comment.
+    if hop.from.as_deref().is_some_and(|f| f.starts_with('[')) {
+        let helo = from_comments.iter().find_map(|c| {
+            c.split_whitespace()
+                .find_map(|w| w.strip_prefix("helo=").or_else(|| w.strip_prefix("HELO=")))
+                .map(|h| h.trim_matches(|ch| ch == ',' || ch == ';' || ch == ')'))
+                .filter(|h| !h.is_empty())
+        });
+        if let Some(h) = helo {
+            hop.from = Some(item(h.trim_end_matches('.')));
+        }
+    }
     // TLS.
     let proto_upper = hop.protocol.as_deref().unwrap_or_default().to_ascii_uppercase();
     let first_proto = proto_upper.split(' ').next().unwrap_or_default().to_string();
