@@ -74,8 +74,10 @@ pub(super) struct ChannelView {
     pub open_incident: Option<IncidentView>,
     /// Newest judged probes, oldest first (for sparklines).
     pub recent: Vec<Point>,
-    /// TLS and authentication evidence of the last 30 days' canaries.
-    pub compliance: super::compliance::ComplianceView,
+    /// TLS and authentication evidence of the last 30 days' canaries; only
+    /// in the view of one channel (it reads every kept path of the window).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compliance: Option<super::compliance::ComplianceView>,
 }
 
 fn percent((total, ok): (i64, i64)) -> Option<f64> {
@@ -130,7 +132,10 @@ pub(super) async fn views(s: &AppState, only: Option<&str>) -> Result<Vec<Channe
             latency_ms: p.latency_ms,
             detail: p.detail.clone().unwrap_or_default(),
         });
-        let compliance = super::compliance::view(s, ch, now_millis()).await?;
+        let compliance = match only {
+            Some(_) => Some(super::compliance::view(s, ch, now_millis()).await?),
+            None => None,
+        };
         let state = match (&incident, st.recent.first()) {
             (Some(_), _) => "failing",
             (None, Some(p)) if p.verdict.is_success() => "ok",

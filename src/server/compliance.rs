@@ -148,3 +148,43 @@ pub(super) fn html(lang: Language, v: &ComplianceView) -> String {
     out.push_str("</section>");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_block_escapes_what_the_headers_say() {
+        let raw = b"Authentication-Results: <b>gw</b>; dmarc=fail header.from=x\r\nReceived: from <script>x</script> ([192.0.2.1]) by mx.example with ESMTP id 1; Tue, 2 Dec 2025 10:15:03 +0100\r\n\r\n";
+        let path = KeptPath::of(&crate::mailpath::parse(raw));
+        let policy = crate::compliance::Policy {
+            require_tls: Some(crate::mailpath::TlsVersion::Tls1_2),
+            require_auth: vec![crate::compliance::AuthMethod::Dmarc],
+        };
+        let a = assess(&path, &crate::compliance::OurSide::Nothing, &policy);
+        let mut tally = Tally::new(&policy);
+        tally.add(&a);
+        let v = ComplianceView {
+            line: format!("last 30 days (1 canaries): {}", tally.line()),
+            policy: policy.describe(),
+            tally,
+            newest: Some(NewestPath {
+                probe: "p".into(),
+                at: 1,
+                path,
+                assessment: a,
+            }),
+            finding: Some("hop <i> → mx".into()),
+            recent: Vec::new(),
+        };
+        let html = html(Language::En, &v);
+        assert!(
+            !html.contains("<script>") && !html.contains("<b>") && !html.contains("<i>"),
+            "{html}"
+        );
+        assert!(html.contains("&lt;script&gt;x&lt;/script&gt;"), "{html}");
+        assert!(html.contains("DMARC fail at &lt;b&gt;gw&lt;/b&gt;"), "{html}");
+        assert!(html.contains("policy broken by 1 of 1"), "{html}");
+        assert!(super::html(Language::Da, &v).contains("Overholdelse"));
+    }
+}

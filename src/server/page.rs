@@ -495,7 +495,9 @@ pub(super) async fn channel(State(s): State<AppState>, Path(id): Path<String>) -
     if let Some(i) = &v.open_incident {
         incident_block(&mut out, l, lang, &v, i);
     }
-    out.push_str(&super::compliance::html(lang, &v.compliance));
+    if let Some(c) = &v.compliance {
+        out.push_str(&super::compliance::html(lang, c));
+    }
     let _ = write!(
         out,
         "<h2>{}</h2><table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
