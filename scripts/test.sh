@@ -55,6 +55,9 @@ if [ ! -x /usr/sbin/opendkim ]; then
   }
   if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
+# The compliance beds (tests/compliance_e2e.rs): OpenDMARC and Exim, fetched with
+# `apt-get download` and extracted (Exim conflicts with Postfix), never installed.
+bash tests/compliance/beds.sh install
 # The peer benchmark's check_email_delivery (Nagios plugin) and its Perl IMAP client.
 if [ ! -x /usr/lib/nagios/plugins/check_email_delivery ] || ! perl -MMail::IMAPClient -e1 2>/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends monitoring-plugins-contrib libmail-imapclient-perl >/dev/null 2>&1 || {

@@ -4,6 +4,7 @@
 pub mod blindlog;
 pub mod bounce;
 pub mod cli;
+pub mod compliance;
 pub mod config;
 pub mod demo;
 pub mod discover;

@@ -106,8 +106,12 @@ impl std::fmt::Display for TlsVersion {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TlsLevel {
-    /// The header shows no TLS (e.g. `with ESMTP`, `with SMTP`).
+    /// The header shows no TLS: an RFC 3848 protocol without TLS (`with
+    /// ESMTP`, `with SMTP`, `with ESMTPA`, …) and no TLS comment.
     Plain,
+    /// The header does not say: no `with` clause, or a protocol outside
+    /// RFC 3848 (`with Microsoft SMTP Server` without a version) and no TLS comment.
+    Unknown,
     /// TLS (e.g. `with ESMTPS`), version not stated.
     UnknownVersion,
     Tls(TlsVersion),
@@ -124,6 +128,7 @@ impl std::fmt::Display for TlsLevel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TlsLevel::Plain => f.write_str("no TLS"),
+            TlsLevel::Unknown => f.write_str("TLS unknown"),
             TlsLevel::UnknownVersion => f.write_str("TLS (version not stated)"),
             TlsLevel::Tls(v) => write!(f, "{v}"),
         }
@@ -175,16 +180,39 @@ impl Hop {
     /// How this hop was protected.
     pub fn tls_level(&self) -> TlsLevel {
         match &self.tls {
-            None => TlsLevel::Plain,
+            None if self.states_plain() => TlsLevel::Plain,
+            None => TlsLevel::Unknown,
             Some(Tls { version: Some(v), .. }) => TlsLevel::Tls(*v),
             Some(_) => TlsLevel::UnknownVersion,
         }
     }
 
-    /// A hop inside one machine, not in transit: from a loopback address,
-    /// `with local`, `with LMTP` (RFC 2033: delivery into the mail store,
-    /// not meant for transit), or with no sending host at all (a local
-    /// pickup, or a provider's internal hop such as Gmail's `by 2002:… with SMTP`).
+    /// Whether the protocol is one of RFC 3848's keywords without TLS
+    /// (`SMTP`, `ESMTP`, `ESMTPA`, `LMTP`, `LMTPA`, `UTF8SMTP`, …): the
+    /// header then says the hop had no TLS (the keywords with TLS end in `S`/`SA`).
+    fn states_plain(&self) -> bool {
+        let first = self
+            .protocol
+            .as_deref()
+            .and_then(|p| p.split(' ').next())
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        matches!(
+            first.as_str(),
+            "SMTP" | "ESMTP" | "ESMTPA" | "LMTP" | "LMTPA" | "UTF8SMTP" | "UTF8SMTPA" | "UTF8LMTP" | "UTF8LMTPA"
+        )
+    }
+
+    /// A hop inside one machine, not in transit: `with local`, `with LMTP`
+    /// (RFC 2033: delivery into the mail store, not meant for transit), no
+    /// sending host at all (a local pickup, or a provider's internal hop such
+    /// as Gmail's `by 2002:… with SMTP`), or from a loopback address where
+    /// one side is this machine by name — the sender greets as `localhost`
+    /// or an address literal, the receiver calls itself `localhost`, or both
+    /// name the same host (a content filter such as amavis handing back to
+    /// Postfix). A loopback hop between two differently named MTAs (a relay
+    /// and an MX on one machine, or behind a tunnel) is in transit: the
+    /// header cannot show that a tunnel protects it.
     pub fn is_local(&self) -> bool {
         let loopback = self
             .from_ip
@@ -195,7 +223,19 @@ impl Hop {
             .protocol
             .as_deref()
             .is_some_and(|p| p.eq_ignore_ascii_case("local") || p.eq_ignore_ascii_case("lmtp"));
-        loopback || local_proto || (self.from.is_none() && self.from_ip.is_none())
+        let this_machine = |name: Option<&str>| {
+            name.is_none_or(|n| {
+                let n = n.to_ascii_lowercase();
+                n == "localhost" || n.starts_with("localhost.") || n.starts_with('[') || n.parse::<IpAddr>().is_ok()
+            })
+        };
+        let same_host = match (self.from.as_deref(), self.by.as_deref()) {
+            (Some(f), Some(b)) => f.eq_ignore_ascii_case(b),
+            _ => false,
+        };
+        let loopback_local =
+            loopback && (this_machine(self.from.as_deref()) || this_machine(self.by.as_deref()) || same_host);
+        loopback_local || local_proto || (self.from.is_none() && self.from_ip.is_none())
     }
 }
 
@@ -356,7 +396,8 @@ pub fn describe_hop(h: &Hop) -> String {
         s.push_str(&format!(", {p}"));
     }
     match &h.tls {
-        None => s.push_str(", no TLS"),
+        None if h.tls_level() == TlsLevel::Plain => s.push_str(", no TLS"),
+        None => s.push_str(", TLS unknown"),
         Some(t) => {
             s.push_str(", ");
             s.push_str(t.version.map(|v| v.as_str()).unwrap_or("TLS"));
@@ -708,6 +749,19 @@ fn parse_received(value: &str) -> Hop {
     if hop.from_ip.is_none() {
         if let Some(ip) = hop.from.as_deref().and_then(address_literal) {
             hop.from_ip = Some(ip);
+        }
+    }
+    // Exim without a reverse name: `from [192.0.2.1] (helo=mail.example)`:
+    // the name the host gave is in the comment.
+    if hop.from.as_deref().is_some_and(|f| f.starts_with('[')) {
+        let helo = from_comments.iter().find_map(|c| {
+            c.split_whitespace()
+                .find_map(|w| w.strip_prefix("helo=").or_else(|| w.strip_prefix("HELO=")))
+                .map(|h| h.trim_matches(|ch| ch == ',' || ch == ';' || ch == ')'))
+                .filter(|h| !h.is_empty())
+        });
+        if let Some(h) = helo {
+            hop.from = Some(item(h.trim_end_matches('.')));
         }
     }
     // TLS.

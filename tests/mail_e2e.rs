@@ -110,7 +110,8 @@ async fn delivered_probe_records_latency_and_queue_id() {
         .into_iter()
         .map(|e| e.kind)
         .collect();
-    assert_eq!(kinds, vec!["created", "sent", "verdict"]);
+    // The arrival keeps the path it travelled (`path`) before the verdict.
+    assert_eq!(kinds, vec!["created", "sent", "path", "verdict"]);
     // after_confirm = "move:Postcanary": the confirmed message left the inbox.
     let pw = stack.password("social");
     let moved = wait_for("the probe moved to Postcanary", Duration::from_secs(10), async || {

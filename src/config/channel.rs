@@ -36,6 +36,9 @@ pub struct Channel {
     pub control: bool,
     /// Form channels: extra trust anchors for the steps' HTTPS requests.
     pub ca_file: Option<super::ca::CaFile>,
+    /// What every delivered canary's path must show (`require_tls`,
+    /// `require_auth`; the channel's keys, else `[defaults]`).
+    pub policy: crate::compliance::Policy,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +86,13 @@ pub(super) struct RawDefaults {
     pub(super) jitter: Option<HumanDuration>,
     pub(super) owner: Option<String>,
     pub(super) notify: Option<Vec<String>>,
+    /// Every hop after postcanary's own submission must show TLS of this
+    /// version or later ("1.2", "1.3"; "none": no requirement). A hop whose
+    /// header does not say is not compliant.
+    pub(super) require_tls: Option<String>,
+    /// The receiving gateway's Authentication-Results must say `pass` for
+    /// each of these ("spf", "dkim", "dmarc", "arc").
+    pub(super) require_auth: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +119,10 @@ pub(super) struct RawChannel {
     pub(super) control: Option<bool>,
     /// Form channels: a PEM file of extra CA certificates (an internal CA) for the steps' HTTPS.
     pub(super) ca_file: Option<String>,
+    /// As in `[defaults]`; overrides it for this channel ("none" turns it off).
+    pub(super) require_tls: Option<String>,
+    /// As in `[defaults]`; overrides it for this channel (`[]` turns it off).
+    pub(super) require_auth: Option<Vec<String>>,
     #[serde(default)]
     pub(super) step: Vec<form::RawStep>,
 }
@@ -121,6 +135,68 @@ pub(super) struct ChannelDefaults {
     pub(super) notify: Vec<String>,
     pub(super) owner_routes: Vec<(String, Vec<String>)>,
     pub(super) notifiers: Vec<String>,
+    pub(super) policy: crate::compliance::Policy,
+}
+
+/// `require_tls`: a version ("1.2", "TLSv1.3"), or "none".
+pub(super) fn parse_require_tls(v: &str) -> Result<Option<crate::mailpath::TlsVersion>, String> {
+    use crate::mailpath::TlsVersion;
+    if v.trim().eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    match TlsVersion::parse(v) {
+        Some(t) if t >= TlsVersion::Tls1_0 => Ok(Some(t)),
+        _ => Err(format!(
+            "require_tls = {v:?}: use a TLS version (\"1.2\", \"1.3\") or \"none\""
+        )),
+    }
+}
+
+/// `require_auth`: methods from spf, dkim, dmarc, arc, each once.
+pub(super) fn parse_require_auth(list: &[String]) -> Result<Vec<crate::compliance::AuthMethod>, String> {
+    let mut out = Vec::new();
+    for m in list {
+        match crate::compliance::AuthMethod::parse(m) {
+            Some(a) if out.contains(&a) => return Err(format!("require_auth names {m:?} twice")),
+            Some(a) => out.push(a),
+            None => {
+                return Err(format!(
+                "require_auth: {m:?} is not a check the gateway reports; use \"spf\", \"dkim\", \"dmarc\" or \"arc\""
+            ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `[defaults]` policy; errors name `defaults.KEY`.
+pub(super) fn build_default_policy(
+    loader: &mut Loader,
+    require_tls: Option<&String>,
+    require_auth: Option<&Vec<String>>,
+) -> crate::compliance::Policy {
+    let mut policy = crate::compliance::Policy::default();
+    if let Some(v) = require_tls {
+        match parse_require_tls(v) {
+            Ok(t) => policy.require_tls = t,
+            Err(m) => {
+                let line = loader.files[0].table_key_line("defaults", "require_tls");
+                let e = loader.files[0].error(line, Some("defaults.require_tls"), m);
+                loader.errors.push(e);
+            }
+        }
+    }
+    if let Some(list) = require_auth {
+        match parse_require_auth(list) {
+            Ok(a) => policy.require_auth = a,
+            Err(m) => {
+                let line = loader.files[0].table_key_line("defaults", "require_auth");
+                let e = loader.files[0].error(line, Some("defaults.require_auth"), m);
+                loader.errors.push(e);
+            }
+        }
+    }
+    policy
 }
 
 /// A stable offset in `[0, min(jitter, interval/2))` derived from the channel id,
@@ -299,8 +375,22 @@ pub(super) fn build_channels(
         if control && expect != Expect::Deliver {
             loader.err(&origin, A, "control", "a control channel must expect = \"deliver\"");
         }
+        let mut policy = defaults.policy.clone();
+        if let Some(v) = &c.require_tls {
+            match parse_require_tls(v) {
+                Ok(t) => policy.require_tls = t,
+                Err(m) => loader.err(&origin, A, "require_tls", m),
+            }
+        }
+        if let Some(list) = &c.require_auth {
+            match parse_require_auth(list) {
+                Ok(a) => policy.require_auth = a,
+                Err(m) => loader.err(&origin, A, "require_auth", m),
+            }
+        }
         if let Some(kind) = kind {
             out.push(Channel {
+                policy,
                 notify,
                 control,
                 id: c.id,

@@ -204,7 +204,13 @@ impl Config {
         let mut raw_owners = Vec::new();
         push_indexed(&mut raw_owners, 0, main.owner);
         let owner_routes = build_owners(&mut loader, raw_owners, &notifier_names);
+        let policy = build_default_policy(
+            &mut loader,
+            defaults.require_tls.as_ref(),
+            defaults.require_auth.as_ref(),
+        );
         let defaults = ChannelDefaults {
+            policy,
             schedule: default_schedule,
             deadline: default_deadline,
             jitter,
@@ -349,6 +355,21 @@ impl Config {
             channels,
             logins,
         })
+    }
+}
+
+impl Config {
+    /// Where postcanary's own part of a channel's canary path ends: a
+    /// `kind = "smtp"` sender's relay wrote the first hop; an `mx` sender
+    /// and a form leave nothing of ours in the path.
+    pub fn our_side(&self, ch: &Channel) -> crate::compliance::OurSide {
+        match &ch.kind {
+            ChannelKind::Mail { via, .. } => match self.sender(via) {
+                Some(s) if s.mx.is_none() => crate::compliance::OurSide::Relay { host: s.host.clone() },
+                _ => crate::compliance::OurSide::Nothing,
+            },
+            ChannelKind::Form { .. } => crate::compliance::OurSide::Nothing,
+        }
     }
 }
 

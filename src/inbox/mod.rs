@@ -37,7 +37,11 @@ pub async fn consider_message(
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
-    matcher.consider_in(inbox, folder, &candidates, arrived).await
+    // The path the message travelled, kept with the probe it proves arrived.
+    let path = crate::compliance::KeptPath::of(&crate::mailpath::parse(raw));
+    matcher
+        .consider_with_path(inbox, folder, &candidates, arrived, Some(&path))
+        .await
 }
 
 /// At most this many token-shaped strings of one message are looked at: a
@@ -104,9 +108,23 @@ impl Matcher {
         candidates: &[String],
         seen_at: Millis,
     ) -> Result<Vec<TokenFate>, StoreError> {
+        self.consider_with_path(inbox, folder, candidates, seen_at, None).await
+    }
+
+    /// [`Matcher::consider_in`] with the message's path: an arrival it
+    /// decides keeps the path as the probe's `path` event, written before
+    /// the verdict so that whoever handles the verdict finds it.
+    pub async fn consider_with_path(
+        &self,
+        inbox: &str,
+        folder: &Folder,
+        candidates: &[String],
+        seen_at: Millis,
+        path: Option<&crate::compliance::KeptPath>,
+    ) -> Result<Vec<TokenFate>, StoreError> {
         let mut fates = Vec::with_capacity(candidates.len().min(MAX_CANDIDATES_PER_MESSAGE));
         for c in candidates.iter().take(MAX_CANDIDATES_PER_MESSAGE) {
-            fates.push(self.consider_one(inbox, folder, c, seen_at).await?);
+            fates.push(self.consider_one(inbox, folder, c, seen_at, path).await?);
         }
         let refused = fates.iter().filter(|f| matches!(f, TokenFate::Refused(_))).count();
         if refused > 0 {
@@ -254,6 +272,7 @@ impl Matcher {
         folder: &Folder,
         candidate: &str,
         seen_at: Millis,
+        path: Option<&crate::compliance::KeptPath>,
     ) -> Result<TokenFate, StoreError> {
         let token = match self.key.verify(candidate, SystemTime::now(), self.max_age) {
             Ok(t) => t,
@@ -280,6 +299,16 @@ impl Matcher {
             Folder::Junk(name) => Some(name.as_str()),
         };
         let judged = judge_arrival_in(&facts, inbox, junk, seen_at);
+        if let (Some(j), Some(path)) = (&judged, path) {
+            if matches!(
+                j.verdict,
+                Verdict::Delivered | Verdict::Late | Verdict::Misrouted | Verdict::Junked
+            ) {
+                self.store
+                    .add_event(&probe.id, seen_at, crate::compliance::PATH_EVENT, &path.to_event())
+                    .await?;
+            }
+        }
         self.record_judgement(inbox, &probe, token.as_str(), judged).await
     }
 }

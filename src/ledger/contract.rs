@@ -205,6 +205,27 @@ pub async fn run_all(s: DynStore) {
             last_uid: 9
         })
     );
+    channel_events(&s).await;
+}
+
+/// `channel_events`: the newest event of a kind per probe of one channel
+/// since a time, newest probe first, at most `limit`.
+async fn channel_events(s: &DynStore) {
+    for (n, created) in [(1u32, 10_000i64), (2, 20_000), (3, 30_000), (4, 5_000)] {
+        let mut p = probe(900 + n, Expect::Deliver, created, created + 1_000, "run-e");
+        p.channel = "path-mail".into();
+        s.insert_probe(&p).await.unwrap();
+    }
+    s.add_event("id-901", 10_001, "path", "{\"a\":1}").await.unwrap();
+    s.add_event("id-902", 20_001, "path", "{\"a\":2}").await.unwrap();
+    s.add_event("id-902", 20_002, "path", "{\"a\":3}").await.unwrap();
+    s.add_event("id-903", 30_001, "foreign", "x").await.unwrap();
+    s.add_event("id-904", 5_001, "path", "{\"a\":0}").await.unwrap();
+    let got = s.channel_events("path-mail", "path", 6_000, 10).await.unwrap();
+    let got: Vec<(&str, &str)> = got.iter().map(|(id, e)| (id.as_str(), e.detail.as_str())).collect();
+    assert_eq!(got, vec![("id-902", "{\"a\":3}"), ("id-901", "{\"a\":1}")]);
+    assert_eq!(s.channel_events("path-mail", "path", 0, 1).await.unwrap().len(), 1);
+    assert!(s.channel_events("social-mail", "path", 0, 10).await.unwrap().is_empty());
 }
 
 /// A probe of channel `channel` created at `created`, for the report cases.

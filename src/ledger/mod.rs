@@ -399,6 +399,30 @@ pub trait Store: Send + Sync + 'static {
     async fn blind_ended(&self, watcher: &str, at: Millis) -> StoreResult<()>;
     /// Spells that overlap `[from, to)` (open ones included), oldest first.
     async fn blind_spells(&self, from: Millis, to: Millis) -> StoreResult<Vec<BlindSpell>>;
+    /// The events of one `kind` of a channel's probes created at or after
+    /// `since`, as (probe id, event), newest probe first, at most `limit`
+    /// (the compliance summary reads the kept paths this way). The default
+    /// asks per probe; a backend may answer it in one query.
+    async fn channel_events(
+        &self,
+        channel: &str,
+        kind: &str,
+        since: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Event)>> {
+        let mut probes = self.probes_since(channel, since, usize::MAX >> 1).await?;
+        probes.reverse();
+        let mut out = Vec::new();
+        for p in probes {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(e) = self.events(&p.id).await?.into_iter().rev().find(|e| e.kind == kind) {
+                out.push((p.id, e));
+            }
+        }
+        Ok(out)
+    }
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -966,6 +966,35 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn channel_events(
+        &self,
+        channel: &str,
+        kind: &str,
+        since: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Event)>> {
+        // The newest event of that kind per probe (a probe keeps one path).
+        let sql = "SELECT p.id, e.at, e.kind, e.detail FROM probes p JOIN probe_events e ON e.probe_id = p.id \
+                   WHERE p.channel = ?1 AND p.created_at >= ?2 AND e.kind = ?3 \
+                   AND e.rowid = (SELECT MAX(rowid) FROM probe_events WHERE probe_id = p.id AND kind = ?3) \
+                   ORDER BY p.created_at DESC, p.id DESC LIMIT ?4";
+        self.all(
+            sql.into(),
+            vec![text(channel), since.into(), text(kind), limit_arg(limit)],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    Event {
+                        at: r.get(1)?,
+                        kind: r.get(2)?,
+                        detail: r.get(3)?,
+                    },
+                ))
+            },
+        )
+        .await
+    }
+
     async fn recent_incidents(&self, limit: usize) -> StoreResult<Vec<Incident>> {
         let sql = format!("SELECT {INCIDENT_COLUMNS} FROM incidents ORDER BY id DESC LIMIT ?1");
         self.all(sql, vec![limit_arg(limit)], row_to_incident).await

@@ -190,7 +190,7 @@ fn exim_current_and_old_tls_formats_and_a_plain_first_hop() {
                 Some(1)
             ),
             (
-                Some("[192.0.2.44]"),
+                Some("mail.sender.example"),
                 Some("192.0.2.44"),
                 Some("mx.exim.example"),
                 Some("esmtps"),

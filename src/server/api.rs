@@ -74,6 +74,10 @@ pub(super) struct ChannelView {
     pub open_incident: Option<IncidentView>,
     /// Newest judged probes, oldest first (for sparklines).
     pub recent: Vec<Point>,
+    /// TLS and authentication evidence of the last 30 days' canaries; only
+    /// in the view of one channel (it reads every kept path of the window).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compliance: Option<super::compliance::ComplianceView>,
 }
 
 fn percent((total, ok): (i64, i64)) -> Option<f64> {
@@ -128,6 +132,10 @@ pub(super) async fn views(s: &AppState, only: Option<&str>) -> Result<Vec<Channe
             latency_ms: p.latency_ms,
             detail: p.detail.clone().unwrap_or_default(),
         });
+        let compliance = match only {
+            Some(_) => Some(super::compliance::view(s, ch, now_millis()).await?),
+            None => None,
+        };
         let state = match (&incident, st.recent.first()) {
             (Some(_), _) => "failing",
             (None, Some(p)) if p.verdict.is_success() => "ok",
@@ -164,6 +172,7 @@ pub(super) async fn views(s: &AppState, only: Option<&str>) -> Result<Vec<Channe
                     latency_ms: p.latency_ms,
                 })
                 .collect(),
+            compliance,
         });
     }
     Ok(out)
@@ -205,6 +214,11 @@ struct ProbeView<'a> {
     #[serde(flatten)]
     probe: &'a ProbeRecord,
     events: Vec<Event>,
+    /// The path its arrival kept, and how it meets the channel's policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<crate::compliance::KeptPath>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compliance: Option<crate::compliance::Assessment>,
 }
 
 pub(super) async fn probes(State(s): State<AppState>, Path(id): Path<String>, Query(q): Query<Since>) -> Response {
@@ -230,10 +244,23 @@ pub(super) async fn probes(State(s): State<AppState>, Path(id): Path<String>, Qu
         Ok(p) => p,
         Err(e) => return store_error(e),
     };
+    let ch = s.config.channel(&id);
     let mut out = Vec::with_capacity(probes.len());
     for p in &probes {
         match s.store.events(&p.id).await {
-            Ok(events) => out.push(ProbeView { probe: p, events }),
+            Ok(events) => {
+                let path = crate::incident::compliance::kept_path(&events);
+                let compliance = match (&path, ch) {
+                    (Some(k), Some(ch)) => Some(crate::compliance::assess(k, &s.config.our_side(ch), &ch.policy)),
+                    _ => None,
+                };
+                out.push(ProbeView {
+                    probe: p,
+                    events,
+                    path,
+                    compliance,
+                })
+            }
             Err(e) => return store_error(e),
         }
     }

@@ -3,6 +3,8 @@
 //! ledger and the watchers' states; nothing here judges a probe.
 
 mod api;
+mod compliance;
+mod escape;
 mod metrics;
 mod page;
 

@@ -2,6 +2,7 @@
 //! JavaScript. Every text that comes from outside (server replies, channel
 //! names) is escaped.
 
+use super::escape::esc;
 use std::fmt::Write as _;
 
 use axum::extract::{Path, State};
@@ -13,21 +14,6 @@ use super::{store_error, AppState};
 use crate::config::Language;
 use crate::verdict::{human_ms, now_millis};
 
-/// HTML-escapes text for element content and attribute values.
-pub(super) fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 struct Labels {
     lang: &'static str,
@@ -494,6 +480,9 @@ pub(super) async fn channel(State(s): State<AppState>, Path(id): Path<String>) -
     );
     if let Some(i) = &v.open_incident {
         incident_block(&mut out, l, lang, &v, i);
+    }
+    if let Some(c) = &v.compliance {
+        out.push_str(&super::compliance::html(lang, c));
     }
     let _ = write!(
         out,
