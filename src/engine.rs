@@ -205,19 +205,26 @@ impl Engine {
                 self.shutdown.subscribe(),
             ));
         }
-        // Rollups, slimming and pruning, daily.
-        self.tasks.spawn(crate::retention::run(
-            Arc::clone(&self.store),
-            self.config.ledger.clone(),
-            wake.clone(),
-            self.shutdown.subscribe(),
-        ));
-        // The watchers' blind spells, for reports.
-        self.tasks.spawn(crate::blindlog::run(
-            Arc::clone(&self.store),
-            self.watch_points.clone(),
-            self.shutdown.subscribe(),
-        ));
+        if matches!(self.config.ledger.backend, crate::config::LedgerBackend::Sqlite(_)) {
+            // Rollups, slimming and pruning, daily.
+            self.tasks.spawn(crate::retention::run(
+                Arc::clone(&self.store),
+                self.config.ledger.clone(),
+                wake.clone(),
+                self.shutdown.subscribe(),
+            ));
+            // The watchers' blind spells, for reports.
+            self.tasks.spawn(crate::blindlog::run(
+                Arc::clone(&self.store),
+                self.watch_points.clone(),
+                self.shutdown.subscribe(),
+            ));
+        } else {
+            tracing::warn!(
+                "ledger retention and the record of watchers' blind spells are not on PostgreSQL yet: \
+                 every probe is kept (see docs/postgres.md)"
+            );
+        }
         let processor = crate::incident::Processor {
             config: Arc::clone(&self.config),
             store: Arc::clone(&self.store),

@@ -14,7 +14,6 @@ use super::{store_error, AppState};
 use crate::config::Language;
 use crate::verdict::{human_ms, now_millis};
 
-
 struct Labels {
     lang: &'static str,
     status: &'static str,
