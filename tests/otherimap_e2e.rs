@@ -257,7 +257,11 @@ async fn move_after_confirm_on_courier_moves_only_the_probe() {
     let engine = engine(&path).await;
     let p = check(&engine, &["ok"]).await;
     assert_eq!(p[0].verdict, Verdict::Delivered, "{:?}", p[0]);
-    wait_for_sync(Duration::from_secs(15), || c.count("social", "Postcanary") == 1);
+    // COPY, then \Deleted + UID EXPUNGE: two steps, so wait for both to show.
+    wait_for_sync(Duration::from_secs(15), || {
+        c.count("social", "Postcanary") == 1 && c.count("social", "") == 1
+    });
+    assert_eq!(c.count("social", "Postcanary"), 1, "the probe is in INBOX.Postcanary");
     assert_eq!(c.count("social", ""), 1, "the citizen's message stays in INBOX");
     // What IMAP clients see agrees with the Maildir.
     let mut raw = Raw::login(c.imap_port, "social", &c.password("social"));
