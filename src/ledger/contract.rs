@@ -226,6 +226,10 @@ async fn channel_events(s: &DynStore) {
     assert_eq!(got, vec![("id-902", "{\"a\":3}"), ("id-901", "{\"a\":1}")]);
     assert_eq!(s.channel_events("path-mail", "path", 0, 1).await.unwrap().len(), 1);
     assert!(s.channel_events("social-mail", "path", 0, 10).await.unwrap().is_empty());
+    // Judged, so that nothing of this case is left pending for the later parts.
+    for n in 901..=904 {
+        assert!(s.judge(&format!("id-{n}"), &delivered(40_000)).await.unwrap());
+    }
 }
 
 /// A probe of channel `channel` created at `created`, for the report cases.
