@@ -21,15 +21,12 @@ mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postcanary::config::Config;
 use postcanary::engine::Engine;
 use postcanary::ledger::{sqlite::SqliteStore, ProbeRecord, Store};
-use postcanary::outbox::RealDelivery;
 use postcanary::verdict::Verdict;
-use support::canary::{send_raw_smtp, wait_for, Daemon};
+use support::canary::{mail_channel, paging_engine, send_raw_smtp, wait_for, Daemon};
 use support::faultproxy::FaultProxy;
 use support::otherimap::Courier;
 use support::receiver::Receiver;
@@ -62,27 +59,6 @@ fn config(
     let path = dir.join("postcanary.toml");
     std::fs::write(&path, toml).expect("config");
     path
-}
-
-fn channel(id: &str, to: &str, inbox: &str, extra: &str) -> String {
-    format!(
-        "[[channel]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"mail\"\nto = \"{to}\"\ninbox = \"{inbox}\"\n{extra}\n\n"
-    )
-}
-
-async fn engine(config: &Path) -> Engine {
-    let mut engine = Engine::start(Config::load(config).unwrap_or_else(|e| panic!("{e}")))
-        .await
-        .expect("engine");
-    engine.start_paging(Arc::new(
-        RealDelivery::new(Arc::clone(&engine.config)).expect("delivery"),
-    ));
-    assert!(
-        engine.wait_watchers_connected(Duration::from_secs(15)).await,
-        "{:?}",
-        engine.watcher_states()
-    );
-    engine
 }
 
 async fn check(engine: &Engine, ids: &[&str]) -> Vec<ProbeRecord> {
@@ -206,8 +182,8 @@ async fn delivered_and_misrouted_on_courier_within_a_15s_deadline() {
     let dir = tempfile::tempdir().expect("tempdir");
     let channels = format!(
         "{}{}",
-        channel("ok", "social@kommune.example", "social", "deadline = \"15s\""),
-        channel("wrong", "borger@kommune.example", "social", "deadline = \"15s\""),
+        mail_channel("ok", "social@kommune.example", "social", "deadline = \"15s\""),
+        mail_channel("wrong", "borger@kommune.example", "social", "deadline = \"15s\""),
     );
     let path = config(
         dir.path(),
@@ -217,7 +193,7 @@ async fn delivered_and_misrouted_on_courier_within_a_15s_deadline() {
         &[("social", ""), ("borger", "")],
         &channels,
     );
-    let engine = engine(&path).await;
+    let engine = paging_engine(&path).await;
     let t0 = Instant::now();
     let p = check(&engine, &["ok", "wrong"]).await;
     assert_eq!(p[0].verdict, Verdict::Delivered, "{:?}\n{}", p[0], c.log_tail());
@@ -246,7 +222,7 @@ async fn move_after_confirm_on_courier_moves_only_the_probe() {
         c.imap_port,
         &hook.url("/hook"),
         &[("social", "after_confirm = \"move:INBOX.Postcanary\"")],
-        &channel("ok", "social@kommune.example", "social", "deadline = \"10s\""),
+        &mail_channel("ok", "social@kommune.example", "social", "deadline = \"10s\""),
     );
     send_raw_smtp(
         c.smtp_port,
@@ -254,7 +230,7 @@ async fn move_after_confirm_on_courier_moves_only_the_probe() {
         "Subject: a citizen\r\n\r\nnot a probe\r\n",
     );
     wait_for_sync(Duration::from_secs(10), || c.count("social", "") == 1);
-    let engine = engine(&path).await;
+    let engine = paging_engine(&path).await;
     let p = check(&engine, &["ok"]).await;
     assert_eq!(p[0].verdict, Verdict::Delivered, "{:?}", p[0]);
     // COPY, then \Deleted + UID EXPUNGE: two steps, so wait for both to show.
@@ -286,7 +262,7 @@ async fn move_to_a_missing_folder_on_courier_is_one_clear_error_and_no_reconnect
         proxy.port,
         &hook.url("/hook"),
         &[("social", "after_confirm = \"move:Missing\"")],
-        &channel(
+        &mail_channel(
             "ok",
             "social@kommune.example",
             "social",
@@ -337,7 +313,7 @@ async fn reconnect_after_a_cut_and_a_restart_on_courier() {
     let n = 8;
     let channels: String = (0..n)
         .map(|i| {
-            channel(
+            mail_channel(
                 &format!("ch-{i}"),
                 "social@kommune.example",
                 "social",
@@ -353,7 +329,7 @@ async fn reconnect_after_a_cut_and_a_restart_on_courier() {
         &[("social", "")],
         &channels,
     );
-    let engine = engine(&path).await;
+    let engine = paging_engine(&path).await;
     proxy.cut();
     let ctx = engine.probe_context();
     let mut ids = Vec::new();

@@ -9,15 +9,12 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use postcanary::config::Config;
 use postcanary::engine::Engine;
 use postcanary::ledger::{sqlite::SqliteStore, ProbeRecord, Store};
-use postcanary::outbox::RealDelivery;
 use postcanary::verdict::Verdict;
-use support::canary::{lmtp_deliver, send_raw_smtp, wait_for, Daemon, StackExt};
+use support::canary::{lmtp_deliver, mail_channel, paging_engine, send_raw_smtp, wait_for, Daemon, StackExt};
 use support::mailstack::MailStack;
 use support::receiver::Receiver;
 
@@ -50,28 +47,6 @@ fn config(
     let path = dir.join("postcanary.toml");
     std::fs::write(&path, toml).expect("config");
     path
-}
-
-fn channel(id: &str, to: &str, inbox: &str, extra: &str) -> String {
-    format!(
-        "[[channel]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"mail\"\nto = \"{to}\"\ninbox = \"{inbox}\"\n{extra}\n\n"
-    )
-}
-
-/// The real engine in this process, paging through the webhook.
-async fn engine(config: &Path) -> Engine {
-    let mut engine = Engine::start(Config::load(config).unwrap_or_else(|e| panic!("{e}")))
-        .await
-        .expect("engine");
-    engine.start_paging(Arc::new(
-        RealDelivery::new(Arc::clone(&engine.config)).expect("delivery"),
-    ));
-    assert!(
-        engine.wait_watchers_connected(Duration::from_secs(15)).await,
-        "{:?}",
-        engine.watcher_states()
-    );
-    engine
 }
 
 /// Fires one channel now; returns its probe id.
@@ -161,7 +136,7 @@ async fn a_refused_imap_login_pages_no_channel_and_after_repair_every_probe_is_d
     let n = 10;
     let channels: String = (0..n)
         .map(|i| {
-            channel(
+            mail_channel(
                 &format!("ch-{i}"),
                 "social@kommune.example",
                 "social",
@@ -178,7 +153,7 @@ async fn a_refused_imap_login_pages_no_channel_and_after_repair_every_probe_is_d
         &[("social", "")],
         &channels,
     );
-    let engine = engine(&path).await;
+    let engine = paging_engine(&path).await;
     let good = stack.password("social");
     break_password(&stack, "social", "not-the-watchers-password");
     let refused = wait_for("the watcher to be refused", Duration::from_secs(15), async || {
@@ -261,7 +236,7 @@ async fn a_flap_with_the_deadline_longer_than_the_interval_is_one_trigger_and_on
         &hook.url("/hook"),
         "",
         &[("borger", "")],
-        &channel(
+        &mail_channel(
             "flap",
             "flap@kommune.example",
             "borger",
@@ -337,9 +312,9 @@ async fn a_copied_token_from_another_sender_changes_no_verdict() {
         &hook.url("/hook"),
         "",
         &[("borger", "")],
-        &channel("hole", "flap@kommune.example", "borger", "deadline = \"12s\""),
+        &mail_channel("hole", "flap@kommune.example", "borger", "deadline = \"12s\""),
     );
-    let engine = engine(&path).await;
+    let engine = paging_engine(&path).await;
     let first = fire(&engine, "hole").await;
     let missed = wait_final(
         engine.store.as_ref(),
@@ -450,9 +425,9 @@ async fn a_forged_dsn_in_the_main_inbox_is_ignored() {
         &hook.url("/hook"),
         "bounce_inbox = \"canary\"",
         &[("social", ""), ("canary", "")],
-        &channel("healthy", "social@kommune.example", "social", "deadline = \"40s\""),
+        &mail_channel("healthy", "social@kommune.example", "social", "deadline = \"40s\""),
     );
-    let engine = engine(&path).await;
+    let engine = paging_engine(&path).await;
     hold_deliveries(&stack, true);
     let id = fire(&engine, "healthy").await;
     let message = wait_for("the probe in the queue", Duration::from_secs(10), async || {

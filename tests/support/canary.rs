@@ -208,3 +208,25 @@ pub async fn scripted_smtp(host: &'static str, rcpt_reply: &'static str) -> u16 
     });
     port
 }
+
+/// A `[[channel]]` table of a mail channel, with extra keys.
+pub fn mail_channel(id: &str, to: &str, inbox: &str, extra: &str) -> String {
+    format!(
+        "[[channel]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"mail\"\nto = \"{to}\"\ninbox = \"{inbox}\"\n{extra}\n\n"
+    )
+}
+
+/// The real engine in this process, paging through the config's notifiers,
+/// once its watchers are connected.
+pub async fn paging_engine(config: &Path) -> postcanary::engine::Engine {
+    let cfg = postcanary::config::Config::load(config).unwrap_or_else(|e| panic!("{e}"));
+    let mut engine = postcanary::engine::Engine::start(cfg).await.expect("engine");
+    let delivery = postcanary::outbox::RealDelivery::new(std::sync::Arc::clone(&engine.config)).expect("delivery");
+    engine.start_paging(std::sync::Arc::new(delivery));
+    assert!(
+        engine.wait_watchers_connected(Duration::from_secs(15)).await,
+        "{:?}",
+        engine.watcher_states()
+    );
+    engine
+}
