@@ -14,7 +14,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::{Channel, ChannelKind, Config};
-use crate::ledger::{DynStore, Event, Incident, IncidentAction, IncidentChange, Pages, ProbeRecord, StoreError};
+use crate::ledger::{
+    DynStore, Event, Incident, IncidentAction, IncidentChange, Pages, ProbeRecord, SilenceRecord, StoreError,
+};
 use crate::notify::{Page, PageEvent, TimelineEntry};
 use crate::verdict::VerdictSink;
 use crate::verdict::{now_millis, Millis, Verdict};
@@ -72,6 +74,7 @@ fn timeline(events: &[Event]) -> Vec<TimelineEntry> {
 }
 
 /// Who an incident is about, for pages.
+#[derive(Clone)]
 struct Subject {
     channel: String,
     name: String,
@@ -167,7 +170,14 @@ pub fn decide_dns(
     let subject = Subject::dns(config, domain);
     if changes.is_empty() {
         return match open {
-            Some(o) => resolve(&subject, o, "the DNS records are as accepted again", now, source),
+            Some(o) => resolve(
+                config,
+                &subject,
+                o,
+                "the DNS records are as accepted again",
+                now,
+                source,
+            ),
             None => IncidentAction::Nothing,
         };
     }
@@ -245,7 +255,7 @@ pub fn decide_discover(
 ) -> IncidentAction {
     let subject = Subject::discover(config, finding);
     match (detail, open) {
-        (None, Some(o)) => resolve(&subject, o, "no longer published, or probed now", now, source),
+        (None, Some(o)) => resolve(config, &subject, o, "no longer published, or probed now", now, source),
         (None, None) | (Some(_), Some(_)) => IncidentAction::Nothing,
         (Some(detail), None) => {
             let key = format!("postcanary/discover/{finding}/{now}");
@@ -310,6 +320,7 @@ fn pages(
                     probe_token: probe_token.clone(),
                     timeline: timeline.clone(),
                     source: source.to_string(),
+                    by: None,
                 },
             )
         })
@@ -330,6 +341,8 @@ pub struct VerdictFacts<'a> {
     pub newest_success: Option<Millis>,
     /// Creation time of the channel's newest failing probe already handled.
     pub newest_failure: Option<Millis>,
+    /// Silences set at run time (in the ledger), besides the config's.
+    pub silences: &'a [SilenceRecord],
 }
 
 /// Decides what one verdict means for incidents. Returns the changes to
@@ -354,6 +367,7 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
                 probe_id: None,
                 reclassify: None,
                 action: resolve(
+                    config,
                     &subject,
                     d,
                     &format!("channel `{}` succeeded through `{sender}`", ch.id),
@@ -369,6 +383,7 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
                 probe_id: None,
                 reclassify: None,
                 action: resolve(
+                    config,
                     &subject,
                     d,
                     &format!("channel `{}`: a probe was found in `{inbox}`", ch.id),
@@ -383,6 +398,7 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
         let action = match f.channel_incident {
             Some(_) if newer_failure => IncidentAction::Nothing,
             Some(open) => resolve(
+                config,
                 &Subject::channel(ch),
                 open,
                 &format!("{verdict}: {detail}"),
@@ -471,7 +487,7 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
         None => {
             let subject = Subject::channel(ch);
             let key = format!("postcanary/{}/{}", ch.id, p.id);
-            let silence = config.silences.iter().find(|s| s.covers(&ch.id, &ch.owner, now));
+            let silence = silence_reason(config, f.silences, ch, now);
             let pages = match silence {
                 Some(_) => Vec::new(),
                 None => pages(
@@ -494,13 +510,7 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
                 verdict: verdict.to_string(),
                 detail,
                 at: now,
-                silenced: silence.map(|s| {
-                    format!(
-                        "maintenance window until {}: {}",
-                        crate::notify::rfc3339(s.until),
-                        s.reason
-                    )
-                }),
+                silenced: silence,
                 pages,
             }
         }
@@ -509,11 +519,18 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
     changes
 }
 
-fn resolve(subject: &Subject, open: &Incident, detail: &str, now: Millis, source: &str) -> IncidentAction {
+fn resolve(
+    config: &Config,
+    subject: &Subject,
+    open: &Incident,
+    detail: &str,
+    now: Millis,
+    source: &str,
+) -> IncidentAction {
     // Nobody was paged (a silence held it back): nobody needs the all-clear.
     let pages = if open.paged {
         pages(
-            subject,
+            &with_escalated(config, subject, open),
             PageEvent::Resolve,
             &open.dedup_key,
             open.id,
@@ -536,6 +553,44 @@ fn resolve(subject: &Subject, open: &Incident, detail: &str, now: Millis, source
     }
 }
 
+/// Who an open incident is about (`None`: a key no config part knows).
+fn subject_of(config: &Config, open: &Incident) -> Option<Subject> {
+    match config.channel(&open.channel) {
+        Some(ch) => Some(Subject::channel(ch)),
+        None => match open.channel.strip_prefix("dns:") {
+            Some(domain) => Some(Subject::dns(config, domain)),
+            None if open.channel.starts_with("discover:") => {
+                let finding = open.channel.strip_prefix("discover:").unwrap_or_default();
+                Some(Subject::discover(config, finding))
+            }
+            None => {
+                let sender = open.channel.strip_prefix("postcanary:")?;
+                Some(Subject::degraded(config, sender))
+            }
+        },
+    }
+}
+
+/// Why a channel's pages are held back at `now`: a maintenance window of
+/// the config or a silence set at run time.
+fn silence_reason(config: &Config, runtime: &[SilenceRecord], ch: &Channel, now: Millis) -> Option<String> {
+    if let Some(s) = config.silences.iter().find(|s| s.covers(&ch.id, &ch.owner, now)) {
+        return Some(format!(
+            "maintenance window until {}: {}",
+            crate::notify::rfc3339(s.until),
+            s.reason
+        ));
+    }
+    runtime.iter().find(|s| s.covers(&ch.id, &ch.owner, now)).map(|s| {
+        format!(
+            "silenced by {} until {}: {}",
+            s.created_by,
+            crate::notify::rfc3339(s.until),
+            s.reason
+        )
+    })
+}
+
 /// Reminders and held-back triggers for one open incident at `now`.
 pub fn due_page(
     config: &Config,
@@ -544,23 +599,29 @@ pub fn due_page(
     now: Millis,
     source: &str,
 ) -> Option<IncidentChange> {
-    let (subject, silenced) = match config.channel(&open.channel) {
-        Some(ch) => {
-            let silenced = config.silences.iter().any(|s| s.covers(&ch.id, &ch.owner, now));
-            (Subject::channel(ch), silenced)
+    due_page_with(config, open, events, now, source, &[])
+}
+
+/// [`due_page`] with the silences set at run time; also escalates an
+/// incident nobody acknowledged in time. An acknowledged incident gets no
+/// reminder and no escalation; a silenced one neither.
+pub fn due_page_with(
+    config: &Config,
+    open: &Incident,
+    events: &[Event],
+    now: Millis,
+    source: &str,
+    runtime: &[SilenceRecord],
+) -> Option<IncidentChange> {
+    let subject = subject_of(config, open)?;
+    let silenced = config
+        .channel(&open.channel)
+        .is_some_and(|ch| silence_reason(config, runtime, ch, now).is_some());
+    if open.paged && !silenced && open.acknowledged_at.is_none() {
+        if let Some(change) = escalation_due(config, &subject, open, events, now, source) {
+            return Some(change);
         }
-        None => match open.channel.strip_prefix("dns:") {
-            Some(domain) => (Subject::dns(config, domain), false),
-            None if open.channel.starts_with("discover:") => {
-                let finding = open.channel.strip_prefix("discover:").unwrap_or_default();
-                (Subject::discover(config, finding), false)
-            }
-            None => {
-                let sender = open.channel.strip_prefix("postcanary:")?;
-                (Subject::degraded(config, sender), false)
-            }
-        },
-    };
+    }
     let (event, note) = if !open.paged {
         // Held back only by a maintenance window; without one there is nothing to catch up.
         if silenced || open.silenced.is_none() {
@@ -571,6 +632,9 @@ pub fn due_page(
             "maintenance window over and still failing: paging".to_string(),
         )
     } else {
+        if silenced || open.acknowledged_at.is_some() {
+            return None;
+        }
         let every = config.paging.reminder_interval?;
         let last = open.last_paged_at.unwrap_or(open.opened_at);
         if now - last < i64::try_from(every.as_millis()).unwrap_or(i64::MAX) {
@@ -665,6 +729,7 @@ impl Processor {
         };
         let (newest_success, newest_failure) = self.store.channel_order(&ch.id).await?;
         let probe_events = self.store.events(&p.id).await?;
+        let silences = self.store.silences(Some(now_millis()), 1000).await?;
         let facts = VerdictFacts {
             probe: p,
             probe_events: &probe_events,
@@ -673,6 +738,7 @@ impl Processor {
             inbox_incident: inbox_incident.as_ref(),
             newest_success,
             newest_failure,
+            silences: &silences,
         };
         let mut queued = false;
         for change in decide(&self.config, ch, &facts, now_millis(), &self.source) {
@@ -690,9 +756,10 @@ impl Processor {
     /// Queues reminders and held-back triggers that are due.
     pub async fn tick(&self) -> Result<(), StoreError> {
         let now = now_millis();
+        let silences = self.store.silences(Some(now), 1000).await?;
         for open in self.store.open_incidents().await? {
             let events = self.store.incident_events(open.id).await?;
-            if let Some(change) = due_page(&self.config, &open, &events, now, &self.source) {
+            if let Some(change) = due_page_with(&self.config, &open, &events, now, &self.source, &silences) {
                 self.store.apply_incident(&change).await?;
                 log_change(&change.action, open.id);
                 self.outbox.all();
@@ -728,6 +795,7 @@ fn has_pages(a: &IncidentAction) -> bool {
     match a {
         IncidentAction::Open { pages, .. }
         | IncidentAction::Page { pages, .. }
+        | IncidentAction::Escalate { pages, .. }
         | IncidentAction::Resolve { pages, .. } => !pages.is_empty(),
         IncidentAction::Nothing | IncidentAction::Update { .. } => false,
     }
@@ -750,9 +818,16 @@ fn log_change(a: &IncidentAction, id: i64) {
         IncidentAction::Page { note, pages, .. } => {
             tracing::warn!(incident = id, %note, pages = pages.len(), "paging again")
         }
+        IncidentAction::Escalate { note, pages, .. } => {
+            tracing::warn!(incident = id, %note, pages = pages.len(), "escalating")
+        }
         IncidentAction::Update { .. } | IncidentAction::Nothing => {}
     }
 }
+
+mod ops;
+pub use ops::acknowledge_pages;
+use ops::{escalation_due, with_escalated};
 
 #[cfg(test)]
 mod tests;
