@@ -114,3 +114,168 @@ pub(super) fn escalation_due(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"
+[defaults]
+notify = ["pd"]
+[paging]
+reminder_interval = "1h"
+escalate_after = "30m"
+escalate_to = ["og", "manager"]
+[[sender]]
+name = "relay"
+kind = "smtp"
+host = "127.0.0.1"
+port = 2525
+tls = "none"
+from = "canary@kommune.example"
+[[notifier]]
+name = "pd"
+kind = "pagerduty"
+routing_key = "env:PATH"
+[[notifier]]
+name = "og"
+kind = "opsgenie"
+api_key = "env:PATH"
+[[notifier]]
+name = "manager"
+kind = "alertmanager"
+url = "http://127.0.0.1:9/am"
+[[owner]]
+name = "quiet"
+notify = ["pd"]
+escalate_after = "2h"
+escalate_to = ["manager"]
+[[channel]]
+id = "social-mail"
+name = "Social"
+kind = "mail"
+to = "social@kommune.example"
+expect = "bounce"
+[[channel]]
+id = "quiet-mail"
+name = "Quiet"
+owner = "quiet"
+kind = "mail"
+to = "quiet@kommune.example"
+expect = "bounce"
+"#;
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        (dir, c)
+    }
+
+    fn open(channel: &str) -> Incident {
+        Incident {
+            id: 4,
+            channel: channel.into(),
+            dedup_key: format!("postcanary/{channel}/p1"),
+            opened_at: 1_000_000,
+            opened_by: Some("p1".into()),
+            verdict: "missed".into(),
+            detail: "nothing arrived".into(),
+            failures: 1,
+            last_failure_at: 1_000_000,
+            paged: true,
+            last_paged_at: Some(1_000_000),
+            silenced: None,
+            resolved_at: None,
+            resolved_by: None,
+            acknowledged_at: None,
+            acknowledged_by: None,
+            escalations: 0,
+        }
+    }
+
+    const MIN: i64 = 60_000;
+
+    fn escalated_to(c: Option<IncidentChange>) -> Option<(i64, Vec<String>)> {
+        match c.map(|c| c.action) {
+            Some(IncidentAction::Escalate { level, pages, .. }) => {
+                Some((level, pages.into_iter().map(|(n, _)| n).collect()))
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn escalation_pages_the_next_notifier_each_step() {
+        let (_d, c) = config();
+        let mut o = open("social-mail");
+        assert!(super::super::due_page(&c, &o, &[], 1_000_000 + 29 * MIN, "h").is_none());
+        let step1 = super::super::due_page(&c, &o, &[], 1_000_000 + 30 * MIN, "h");
+        assert_eq!(escalated_to(step1), Some((1, vec!["og".to_string()])));
+        o.escalations = 1;
+        assert!(super::super::due_page(&c, &o, &[], 1_000_000 + 59 * MIN, "h").is_none());
+        let step2 = super::super::due_page(&c, &o, &[], 1_000_000 + 60 * MIN, "h");
+        assert_eq!(escalated_to(step2), Some((2, vec!["manager".to_string()])));
+        // Past the last step only reminders remain.
+        o.escalations = 2;
+        assert!(escalated_to(super::super::due_page(&c, &o, &[], 1_000_000 + 200 * MIN, "h")).is_none());
+    }
+
+    #[test]
+    fn an_owner_has_its_own_escalation_and_an_acknowledged_incident_none() {
+        let (_d, c) = config();
+        let mut o = open("quiet-mail");
+        assert!(escalated_to(super::super::due_page(&c, &o, &[], 1_000_000 + 60 * MIN, "h")).is_none());
+        let step = super::super::due_page(&c, &o, &[], 1_000_000 + 120 * MIN, "h");
+        assert_eq!(escalated_to(step), Some((1, vec!["manager".to_string()])));
+        o.acknowledged_at = Some(1_000_000 + MIN);
+        o.acknowledged_by = Some("anne".into());
+        assert!(
+            super::super::due_page(&c, &o, &[], 1_000_000 + 500 * MIN, "h").is_none(),
+            "acknowledged: neither escalation nor reminder"
+        );
+    }
+
+    #[test]
+    fn acknowledge_goes_to_everyone_paged_that_takes_it() {
+        let (_d, c) = config();
+        let mut o = open("social-mail");
+        o.escalations = 2;
+        let pages = acknowledge_pages(&c, &o, "anne", "on it", 2_000_000, "h");
+        let to: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(to, vec!["pd", "og"], "alertmanager takes no acknowledgement");
+        let p = &pages[0].1;
+        assert_eq!(p.event, PageEvent::Acknowledge);
+        assert_eq!(p.dedup_key, "postcanary/social-mail/p1");
+        assert_eq!(p.by.as_deref(), Some("anne"));
+        assert_eq!(p.detail, "on it");
+        o.paged = false;
+        assert!(acknowledge_pages(&c, &o, "anne", "", 2_000_000, "h").is_empty());
+    }
+
+    #[test]
+    fn a_runtime_silence_holds_back_reminders() {
+        let (_d, c) = config();
+        let o = open("social-mail");
+        let s = crate::ledger::SilenceRecord {
+            id: 1,
+            channel: Some("social-mail".into()),
+            owner: None,
+            from: 0,
+            until: 1_000_000 + 600 * MIN,
+            reason: "relay migration".into(),
+            created_by: "anne".into(),
+            created_at: 0,
+            ended_at: None,
+            ended_by: None,
+        };
+        let at = 1_000_000 + 61 * MIN;
+        assert!(super::super::due_page(&c, &o, &[], at, "h").is_some());
+        assert!(super::super::due_page_with(&c, &o, &[], at, "h", std::slice::from_ref(&s)).is_none());
+        let ended = crate::ledger::SilenceRecord {
+            ended_at: Some(at - 1),
+            ..s
+        };
+        assert!(super::super::due_page_with(&c, &o, &[], at, "h", &[ended]).is_some());
+    }
+}
