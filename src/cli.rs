@@ -569,8 +569,9 @@ async fn run(config: Config) -> ExitCode {
             }
         }
     });
+    let reloader = engine.reloader();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        wait_for_signal(&reloader).await;
         let _ = stop_tx.send(true);
     });
     tracing::info!(run_id = %engine.run_id, channels = engine.config.channels.len(), inboxes = engine.config.inboxes.len(), "postcanary running");
@@ -580,7 +581,9 @@ async fn run(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT; each SIGHUP in between reloads the config
+/// (validated first; on errors the running config stays).
+async fn wait_for_signal(reloader: &crate::engine::Reloader) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -589,15 +592,19 @@ async fn wait_for_signal() {
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
         ) {
-            (Ok(mut term), Ok(mut int), Ok(mut hup)) => {
+            (Ok(mut term), Ok(mut int), Ok(mut hup)) => loop {
                 tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = int.recv() => tracing::info!("SIGINT received"),
-                    // No live reload: stop cleanly, and the service manager
-                    // (systemd's Restart=always) starts again with the new config.
-                    _ = hup.recv() => tracing::info!("SIGHUP received: stopping so the service restarts with the new config"),
+                    _ = term.recv() => { tracing::info!("SIGTERM received"); return; }
+                    _ = int.recv() => { tracing::info!("SIGINT received"); return; }
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP received: reloading the config");
+                        let status = reloader.reload(None, "SIGHUP").await;
+                        if !status.ok {
+                            tracing::error!(errors = status.errors.len(), "reload refused; still running the previous config");
+                        }
+                    }
                 }
-            }
+            },
             _ => {
                 let _ = tokio::signal::ctrl_c().await;
             }
@@ -605,6 +612,7 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     {
+        let _ = reloader;
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -101,12 +101,22 @@ pub(super) async fn incident_view(s: &AppState, i: &Incident) -> Result<Incident
 
 /// Views of the given channels (all when `only` is `None`), in config order.
 pub(super) async fn views(s: &AppState, only: Option<&str>) -> Result<Vec<ChannelView>, StoreError> {
-    let channels: Vec<&Channel> = s
-        .config
+    let config = s.config();
+    let ids: Vec<String> = config
         .channels
         .iter()
         .filter(|c| only.is_none_or(|id| c.id == id))
+        .map(|c| c.id.clone())
         .collect();
+    views_for(s, &ids).await
+}
+
+/// Full views (uptime, sparkline, open incident) of the named channels, in
+/// that order; unknown ids are left out. Costs a few reads per channel: for
+/// the rows a page shows, not for all channels at once.
+pub(super) async fn views_for(s: &AppState, ids: &[String]) -> Result<Vec<ChannelView>, StoreError> {
+    let config = s.config();
+    let channels: Vec<&Channel> = ids.iter().filter_map(|id| config.channel(id)).collect();
     let ids: Vec<String> = channels.iter().map(|c| c.id.clone()).collect();
     let statuses = s.store.channel_status(&ids, now_millis(), RECENT).await?;
     let mut open: HashMap<String, Incident> = s
@@ -208,7 +218,7 @@ struct ProbeView<'a> {
 }
 
 pub(super) async fn probes(State(s): State<AppState>, Path(id): Path<String>, Query(q): Query<Since>) -> Response {
-    if s.config.channel(&id).is_none() {
+    if s.config().channel(&id).is_none() {
         return not_found(&id);
     }
     let since = match q.since.as_deref() {
