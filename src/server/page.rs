@@ -242,6 +242,9 @@ fn verdict_text(l: Language, v: &str) -> &str {
         return match v {
             "expected_bounce" => "expected bounce",
             "handed_off" => "handed off to IdP",
+            "routing_changed" => "routing changed",
+            "unmonitored_channel" => "not monitored",
+            "error" => "postcanary could not probe",
             other => other,
         };
     }
@@ -257,6 +260,8 @@ fn verdict_text(l: Language, v: &str) -> &str {
         "handed_off" => "sendt videre til login",
         "error" => "fejl hos postcanary",
         "pending" => "afventer",
+        "routing_changed" => "routning ændret",
+        "unmonitored_channel" => "ikke overvåget",
         other => other,
     }
 }
