@@ -63,6 +63,9 @@ enum Command {
         /// Address of the status page.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Also print the daemon's log (as RUST_LOG does); otherwise only the story and the pages.
+        #[arg(long)]
+        verbose: bool,
     },
     /// What postcanary reads in raw messages: tokens (and whether each
     /// verifies), bounce facts, auto-reply, hops with TLS, authentication
@@ -106,9 +109,10 @@ pub fn main() -> ExitCode {
         Command::Run => "info",
         _ => "error",
     };
-    if let Command::Demo { listen } = &cli.command {
-        // The demo writes its own config; it needs none.
-        init_logging(cli.log_format, "warn", None);
+    if let Command::Demo { listen, verbose } = &cli.command {
+        // The demo writes its own config; it needs none. Its story and the
+        // pages are its output; the log only when asked (--verbose or RUST_LOG).
+        init_logging(cli.log_format, if *verbose { "info" } else { "off" }, None);
         return with_runtime(async move {
             match crate::demo::run(listen).await {
                 Ok(()) => ExitCode::SUCCESS,
