@@ -568,8 +568,11 @@ fn channel_rows(out: &mut String, c: &Ctx, views: &[ChannelView], states: &HashM
     out.push_str("</tbody></table>");
 }
 
-/// Most channels a page shows in full.
+/// Most channels a page shows in full (owner pages, filtered lists).
 const FULL_ROWS: usize = 200;
+/// On the overview: most incident summaries and failing rows shown (the
+/// rest are one click away, `?state=failing`), so the page stays small.
+const OVERVIEW_ROWS: usize = 50;
 
 async fn pages_by_incident(
     s: &AppState,
@@ -671,25 +674,44 @@ async fn render(
     }
     // Every open incident, as a summary.
     let mut open: Vec<&Incident> = ov.others.iter().filter(|_| owner_page.is_none()).collect();
+    let owner_of: HashMap<&str, &str> = match owner_page {
+        Some(_) => config
+            .channels
+            .iter()
+            .map(|c| (c.id.as_str(), c.owner.as_str()))
+            .collect(),
+        None => HashMap::new(),
+    };
     let mut chan_open: Vec<&Incident> = ov
         .open
         .values()
-        .filter(|i| owner_page.is_none_or(|o| config.channel(&i.channel).is_some_and(|c| c.owner == o)))
+        .filter(|i| owner_page.is_none_or(|o| owner_of.get(i.channel.as_str()).is_some_and(|c| *c == o)))
         .collect();
     chan_open.sort_by_key(|i| i.opened_at);
     open.extend(chan_open);
-    let ids: Vec<i64> = open.iter().map(|i| i.id).collect();
+    let cap = if owner_page.is_some() || filter.active() {
+        FULL_ROWS
+    } else {
+        OVERVIEW_ROWS
+    };
+    let ids: Vec<i64> = open.iter().take(cap).map(|i| i.id).collect();
     let pages = pages_by_incident(s, &ids).await?;
     let _ = write!(out, "<h2>{} ({})</h2>", l.open_incidents, open.len());
     if open.is_empty() {
         let _ = write!(out, "<p class=\"muted\">{}</p>", l.none_open);
     }
-    for i in open.iter().take(FULL_ROWS) {
+    for i in open.iter().take(cap) {
         let p: Vec<&PageRecord> = pages.get(&i.id).map(|v| v.iter().collect()).unwrap_or_default();
         incident_summary(&mut out, s, c, i, &p, &here);
     }
-    if open.len() > FULL_ROWS {
-        let _ = write!(out, "<p class=\"muted\">+{} {}</p>", open.len() - FULL_ROWS, l.more);
+    if open.len() > cap {
+        let _ = write!(
+            out,
+            "<p class=\"muted\"><a href=\"{}\">+{} {} →</a></p>",
+            esc(&link("failing")),
+            open.len() - cap,
+            l.more
+        );
     }
 
     // Search and filter (a GET form: works without scripts).
@@ -746,7 +768,7 @@ async fn render(
         ov.selected
             .iter()
             .filter(|id| matches!(ov.states.get(*id).copied(), Some("failing" | "degraded")))
-            .take(FULL_ROWS)
+            .take(OVERVIEW_ROWS)
             .cloned()
             .collect()
     };

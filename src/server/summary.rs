@@ -111,10 +111,11 @@ pub(super) async fn overview(s: &AppState, config: &Config, filter: &Filter) -> 
         .into_iter()
         .map(|l| (l.channel.clone(), l))
         .collect();
+    let known: std::collections::HashSet<&str> = config.channels.iter().map(|c| c.id.as_str()).collect();
     let mut open = HashMap::new();
     let mut others = Vec::new();
     for i in s.store.open_incidents().await? {
-        if config.channel(&i.channel).is_some() {
+        if known.contains(i.channel.as_str()) {
             open.insert(i.channel.clone(), i);
         } else {
             others.push(i);
