@@ -236,6 +236,35 @@ async fn operators_act_viewers_read_and_every_action_is_audited() {
         vec![("anne", "end-silence"), ("anne", "silence"), ("anne", "acknowledge")]
     );
 
+    // Channel lists and probe histories page.
+    let r = http
+        .get(format!("{base}/api/channels?limit=1"))
+        .bearer_auth("view-secret")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("link").is_none(), "one channel: no next page");
+    let probes: serde_json::Value = http
+        .get(format!(
+            "{base}/api/channels/social-mail/probes?before={}:zzzz&limit=5",
+            now_millis()
+        ))
+        .bearer_auth("view-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(probes.as_array().unwrap().len(), 1);
+    let bad = http
+        .get(format!("{base}/api/channels/social-mail/probes?before=yesterday"))
+        .bearer_auth("view-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
     // The page shows the acknowledgement, the zone, and the audit log; no dedup key.
     let html = http
         .get(format!("{base}/"))

@@ -192,6 +192,19 @@ async fn access_api_and_metrics() {
         .iter()
         .any(|e| e["kind"] == "opened"));
 
+    // Pages of the channel list: a `next` link until the last.
+    let first = get("/api/channels?limit=2", ok).await.unwrap();
+    assert_eq!(
+        first.headers()["link"],
+        "</api/channels?limit=2&after=borger%2Dmail>; rel=\"next\""
+    );
+    let first: serde_json::Value = first.json().await.unwrap();
+    assert_eq!(first.as_array().unwrap().len(), 2);
+    let rest = get("/api/channels?limit=2&after=borger-mail", ok).await.unwrap();
+    assert!(rest.headers().get("link").is_none());
+    let rest: serde_json::Value = rest.json().await.unwrap();
+    assert_eq!(rest[0]["id"], "never-probed");
+
     let one: serde_json::Value = get("/api/channels/borger-mail", ok)
         .await
         .unwrap()

@@ -187,9 +187,46 @@ fn not_found(id: &str) -> Response {
         .into_response()
 }
 
-pub(super) async fn channels(State(s): State<AppState>) -> Response {
-    match views(&s, None).await {
-        Ok(v) => Json(v).into_response(),
+#[derive(Deserialize)]
+pub(super) struct ChannelPage {
+    /// At most this many channels (default 1000, at most 10,000).
+    limit: Option<usize>,
+    /// The channels after this id, in config order (the `next` link carries it).
+    after: Option<String>,
+}
+
+pub(super) async fn channels(State(s): State<AppState>, Query(q): Query<ChannelPage>) -> Response {
+    let config = s.config();
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let start = match q.after.as_deref() {
+        None => 0,
+        Some(a) => match config.channels.iter().position(|c| c.id == a) {
+            Some(i) => i + 1,
+            None => return not_found(a),
+        },
+    };
+    let ids: Vec<String> = config
+        .channels
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|c| c.id.clone())
+        .collect();
+    let more = config.channels.len() > start + ids.len();
+    match views_for(&s, &ids).await {
+        Ok(v) => {
+            let mut resp = Json(v).into_response();
+            if let (true, Some(last)) = (more, ids.last()) {
+                let next = format!(
+                    "</api/channels?limit={limit}&after={}>; rel=\"next\"",
+                    percent_encoding::utf8_percent_encode(last, percent_encoding::NON_ALPHANUMERIC)
+                );
+                if let Ok(h) = header::HeaderValue::from_str(&next) {
+                    resp.headers_mut().insert(header::LINK, h);
+                }
+            }
+            resp
+        }
         Err(e) => store_error(e),
     }
 }
@@ -207,6 +244,9 @@ pub(super) struct Since {
     /// RFC 3339 time or milliseconds since the epoch; default: 24 hours ago.
     since: Option<String>,
     limit: Option<usize>,
+    /// `created_at:id` of the oldest probe already seen: the page before it,
+    /// newest first (instead of `since`).
+    before: Option<String>,
 }
 
 /// A probe as the API shows it.
@@ -220,6 +260,20 @@ struct ProbeView<'a> {
 pub(super) async fn probes(State(s): State<AppState>, Path(id): Path<String>, Query(q): Query<Since>) -> Response {
     if s.config().channel(&id).is_none() {
         return not_found(&id);
+    }
+    if let Some(b) = q.before.as_deref() {
+        let Some(cursor) = b
+            .split_once(':')
+            .and_then(|(t, i)| t.parse::<i64>().ok().map(|t| (t, i.to_string())))
+        else {
+            let msg = format!("before={b:?}: use created_at:id of a probe, as the previous page ends");
+            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": msg }))).into_response();
+        };
+        let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+        return match s.store.probes_before(&id, Some(cursor), limit).await {
+            Ok(p) => with_events(&s, &p).await,
+            Err(e) => store_error(e),
+        };
     }
     let since = match q.since.as_deref() {
         None => now_millis() - 86_400_000,
@@ -240,8 +294,13 @@ pub(super) async fn probes(State(s): State<AppState>, Path(id): Path<String>, Qu
         Ok(p) => p,
         Err(e) => return store_error(e),
     };
+    with_events(&s, &probes).await
+}
+
+/// Probes with their evidence trails, as the API shows them.
+async fn with_events(s: &AppState, probes: &[ProbeRecord]) -> Response {
     let mut out = Vec::with_capacity(probes.len());
-    for p in &probes {
+    for p in probes {
         match s.store.events(&p.id).await {
             Ok(events) => out.push(ProbeView { probe: p, events }),
             Err(e) => return store_error(e),
