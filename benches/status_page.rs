@@ -1,21 +1,24 @@
-//! Weight and render time of the status page for 1,000 channels.
+//! Weight and render time of the status page for many channels (issue 20).
 //!
-//! Fills a ledger with N channels (default 1000) × 30 judged probes (a few
-//! failing, one open incident in ten), serves it, and measures: bytes of `/`,
-//! requests it needs (the page has no sub-resources: inline CSS and SVG, no
-//! scripts), server time per request, and — when Debian's chromium is
+//! Fills a ledger with N channels (default 10,000) in 12 owners, each with
+//! 30 days of history (POSTCANARY_BENCH_PROBES judged probes spread over 30
+//! days, default 120: one every 6 h — the page reads rollups, so the count
+//! per day costs nothing at read time), a few failing, one channel in ten with
+//! an open incident; serves it, and measures: bytes of `/` and of one
+//! owner's page, server time per request, and — when Debian's chromium is
 //! installed — the wall time of a headless Chromium load of the page against
 //! the same for a near-empty page (the difference is the page's own cost).
+//! The ledger is filled with SQL in one transaction (pending rows, then the
+//! verdicts as an UPDATE, so the ledger's own triggers keep the rollups).
 //!
 //! Run: `cargo bench --bench status_page` (POSTCANARY_BENCH_N sets N).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postcanary::config::{Config, Expect};
+use postcanary::config::Config;
 use postcanary::engine::Engine;
-use postcanary::ledger::NewProbe;
-use postcanary::verdict::{now_millis, Judgement, Verdict};
+use postcanary::verdict::now_millis;
 
 fn chromium_ms(url: &str) -> Option<f64> {
     let bin = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -52,7 +55,7 @@ fn main() {
     let n: usize = std::env::var("POSTCANARY_BENCH_N")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(10_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -71,40 +74,62 @@ fn main() {
         }
         let path = dir.path().join("postcanary.toml");
         std::fs::write(&path, toml).expect("config");
-        let mut engine = Engine::start(Config::load(&path).expect("config")).await.expect("engine");
+        let probes: i64 = std::env::var("POSTCANARY_BENCH_PROBES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(120);
         let t = Instant::now();
-        let base = now_millis() - 31 * 600_000;
-        for i in 0..n {
-            for k in 0..30i64 {
-                let id = format!("{:010}{:016}", i, k);
-                let created = base + k * 600_000;
-                engine
-                    .store
-                    .insert_probe(&NewProbe {
-                        id: id.clone(),
-                        token: format!("pc-{id}"),
-                        channel: format!("channel-{i}"),
-                        kind: "mail".into(),
-                        expect: Expect::Bounce,
-                        inbox: None,
-                        target: "x".into(),
-                        created_at: created,
-                        deadline: created + 86_400_000,
-                        run_id: "bench".into(),
-                    })
-                    .await
-                    .expect("insert");
-                let fail = i % 10 == 0 && k == 29 || (i + k as usize).is_multiple_of(97);
-                let j = Judgement {
-                    verdict: if fail { Verdict::Missed } else { Verdict::Delivered },
-                    detail: "bench".into(),
-                    at: created + 500,
-                    found: None,
-                    latency_ms: (!fail).then_some(400 + (k * 37) % 900),
-                    fault: None,
-                };
-                engine.store.judge(&id, &j).await.expect("judge");
+        let db = dir.path().join("ledger.db");
+        drop(postcanary::ledger::sqlite::SqliteStore::open(&db).await.expect("ledger"));
+        {
+            let mut conn = rusqlite::Connection::open(&db).expect("open");
+            let tx = conn.transaction().expect("tx");
+            let step = 30 * 86_400_000 / probes;
+            let base = now_millis() - 30 * 86_400_000;
+            {
+                let mut ins = tx
+                    .prepare(
+                        "INSERT INTO probes (id, token, channel, kind, expect, target, run_id, created_at, sent_at, deadline, handled) \
+                         VALUES (?1, ?2, ?3, 'mail', 'bounce', 'x', 'bench', ?4, ?4, ?5, 1)",
+                    )
+                    .expect("prepare");
+                let mut judge = tx
+                    .prepare(
+                        "UPDATE probes SET verdict = ?2, judged_at = ?3, latency_ms = ?4, detail = 'bench' WHERE id = ?1",
+                    )
+                    .expect("prepare");
+                for i in 0..n {
+                    for k in 0..probes {
+                        let id = format!("{:010}{:016}", i, k);
+                        let created = base + k * step;
+                        ins.execute(rusqlite::params![id, format!("pc-{id}"), format!("channel-{i}"), created, created + 86_400_000])
+                            .expect("insert");
+                        let fail = i % 10 == 0 && k == probes - 1 || (i + k as usize).is_multiple_of(97);
+                        let (verdict, latency) = if fail { ("missed", None) } else { ("delivered", Some(400 + (k * 37) % 900)) };
+                        judge.execute(rusqlite::params![id, verdict, created + 500, latency]).expect("judge");
+                    }
+                }
             }
+            tx.commit().expect("commit");
+        }
+        let mut engine = Engine::start(Config::load(&path).expect("config")).await.expect("engine");
+        // The open incidents: the newest probe of one channel in ten failed.
+        for i in (0..n).step_by(10) {
+            let id = format!("{:010}{:016}", i, probes - 1);
+            let change = postcanary::ledger::IncidentChange {
+                probe_id: Some(id.clone()),
+                reclassify: None,
+                action: postcanary::ledger::IncidentAction::Open {
+                    channel: format!("channel-{i}"),
+                    dedup_key: format!("postcanary/channel-{i}/{id}"),
+                    verdict: "missed".into(),
+                    detail: "bench".into(),
+                    at: now_millis(),
+                    silenced: None,
+                    pages: Vec::new(),
+                },
+            };
+            engine.store.apply_incident(&change).await.expect("incident");
         }
         let processor = postcanary::incident::Processor {
             config: Arc::clone(&engine.config),
@@ -117,15 +142,23 @@ fn main() {
         let addr = postcanary::server::start(&mut engine).await.expect("server").expect("addr");
         let url = format!("http://{addr}/");
         let client = reqwest::Client::new();
-        let mut times = Vec::new();
-        let mut bytes = 0;
-        for _ in 0..10 {
-            let t = Instant::now();
-            let body = client.get(&url).send().await.expect("get").bytes().await.expect("body");
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
-            bytes = body.len();
-        }
-        times.sort_by(|a, b| a.total_cmp(b));
+        let measure = |url: String| {
+            let client = client.clone();
+            async move {
+                let mut times = Vec::new();
+                let mut bytes = 0;
+                for _ in 0..10 {
+                    let t = Instant::now();
+                    let body = client.get(&url).send().await.expect("get").bytes().await.expect("body");
+                    times.push(t.elapsed().as_secs_f64() * 1000.0);
+                    bytes = body.len();
+                }
+                times.sort_by(|a, b| a.total_cmp(b));
+                (times, bytes)
+            }
+        };
+        let (times, bytes) = measure(url.clone()).await;
+        let (owner_times, owner_bytes) = measure(format!("http://{addr}/owners/team-1")).await;
         let open = engine.store.open_incidents().await.expect("incidents").len();
         let page_ms = tokio::task::spawn_blocking({
             let url = url.clone();
@@ -136,13 +169,14 @@ fn main() {
         .flatten();
         let empty_ms = tokio::task::spawn_blocking(move || chromium_ms(&format!("http://{addr}/api/openapi.json"))).await.ok().flatten();
         engine.stop().await;
-        println!("| channels | probes | open incidents | bytes of / | requests | server p50 ms | server max ms | chromium load ms (page / near-empty) |");
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("| channels | probes | open incidents | bytes of / | server p50 ms | server max ms | bytes of an owner's page | its p50 ms | chromium load ms (page / near-empty) |");
+        println!("|---|---|---|---|---|---|---|---|---|");
         println!(
-            "| {n} | {} | {open} | {bytes} | 1 | {:.0} | {:.0} | {} |",
-            n * 30,
+            "| {n} | {} | {open} | {bytes} | {:.0} | {:.0} | {owner_bytes} | {:.0} | {} |",
+            n as i64 * probes,
             times[times.len() / 2],
             times[times.len() - 1],
+            owner_times[owner_times.len() / 2],
             match (page_ms, empty_ms) {
                 (Some(p), Some(e)) => format!("{p:.0} / {e:.0}"),
                 _ => "chromium not installed".into(),

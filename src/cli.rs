@@ -63,6 +63,9 @@ enum Command {
         /// Address of the status page.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Also print the daemon's log (as RUST_LOG does); otherwise only the story and the pages.
+        #[arg(long)]
+        verbose: bool,
     },
     /// What postcanary reads in raw messages: tokens (and whether each
     /// verifies), bounce facts, auto-reply, hops with TLS, authentication
@@ -118,9 +121,10 @@ pub fn main() -> ExitCode {
         Command::Run => "info",
         _ => "error",
     };
-    if let Command::Demo { listen } = &cli.command {
-        // The demo writes its own config; it needs none.
-        init_logging(cli.log_format, "warn", None);
+    if let Command::Demo { listen, verbose } = &cli.command {
+        // The demo writes its own config; it needs none. Its story and the
+        // pages are its output; the log only when asked (--verbose or RUST_LOG).
+        init_logging(cli.log_format, if *verbose { "info" } else { "off" }, None);
         return with_runtime(async move {
             match crate::demo::run(listen).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -584,7 +588,7 @@ fn print_probes(probes: &[ProbeRecord], json: bool) {
 
 async fn run(config: Config) -> ExitCode {
     if config.ledger.ha.is_some() {
-        return crate::ha::run(config, wait_for_signal()).await;
+        return crate::ha::run(config, wait_for_signal(None)).await;
     }
     let mut engine = match Engine::start(config).await {
         Ok(e) => e,
@@ -622,8 +626,9 @@ async fn run(config: Config) -> ExitCode {
             }
         }
     });
+    let reloader = engine.reloader();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        wait_for_signal(Some(reloader)).await;
         let _ = stop_tx.send(true);
     });
     tracing::info!(run_id = %engine.run_id, channels = engine.config.channels.len(), inboxes = engine.config.inboxes.len(), "postcanary running");
@@ -633,7 +638,11 @@ async fn run(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub(crate) async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT; each SIGHUP in between reloads the config
+/// (validated first; on errors the running config stays). Under `[ledger] ha`
+/// the engine comes and goes with the lease, so a SIGHUP there only says
+/// how to reload (`POST /api/reload` on the active instance, or a restart).
+pub(crate) async fn wait_for_signal(reloader: Option<crate::engine::Reloader>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -642,15 +651,23 @@ pub(crate) async fn wait_for_signal() {
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
         ) {
-            (Ok(mut term), Ok(mut int), Ok(mut hup)) => {
+            (Ok(mut term), Ok(mut int), Ok(mut hup)) => loop {
                 tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = int.recv() => tracing::info!("SIGINT received"),
-                    // No live reload: stop cleanly, and the service manager
-                    // (systemd's Restart=always) starts again with the new config.
-                    _ = hup.recv() => tracing::info!("SIGHUP received: stopping so the service restarts with the new config"),
+                    _ = term.recv() => { tracing::info!("SIGTERM received"); return; }
+                    _ = int.recv() => { tracing::info!("SIGINT received"); return; }
+                    _ = hup.recv() => {
+                        let Some(reloader) = &reloader else {
+                            tracing::warn!("SIGHUP received: with [ledger] ha, reload through POST /api/reload on the active instance, or restart this one");
+                            continue;
+                        };
+                        tracing::info!("SIGHUP received: reloading the config");
+                        let status = reloader.reload(None, "SIGHUP").await;
+                        if !status.ok {
+                            tracing::error!(errors = status.errors.len(), "reload refused; still running the previous config");
+                        }
+                    }
                 }
-            }
+            },
             _ => {
                 let _ = tokio::signal::ctrl_c().await;
             }
@@ -658,6 +675,7 @@ pub(crate) async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     {
+        let _ = reloader;
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -28,7 +28,8 @@ const DOMAIN: &str = "kommune.example";
 /// When the story's turns happen, from the start.
 const REVERT_AT: Duration = Duration::from_secs(45);
 const LOGIN_MOVES_AT: Duration = Duration::from_secs(75);
-const STORY_ENDS_AT: Duration = Duration::from_secs(120);
+const FIX_AT: Duration = Duration::from_secs(100);
+const STORY_ENDS_AT: Duration = Duration::from_secs(130);
 
 /// The form site's switchable behaviour.
 #[derive(Clone, Default)]
@@ -142,7 +143,11 @@ async fn mail(smtp: SocketAddr, text: &str) -> Result<(), String> {
 async fn hook(body: String) -> StatusCode {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
-    let icon = if s("event") == "resolve" { "✅" } else { "🚨" };
+    let icon = match s("event").as_str() {
+        "resolve" => "✅",
+        "acknowledge" => "👀",
+        _ => "🚨",
+    };
     let channel = v["channel"]["id"].as_str().unwrap_or("");
     println!(
         "{icon} PAGE {} {channel}: {} — {}",
@@ -333,9 +338,15 @@ pub async fn run(listen: &str) -> Result<(), String> {
                 "t+{}s   the form's login moves to MitID Erhverv; the old handler now drops submissions",
                 LOGIN_MOVES_AT.as_secs()
             );
-            tokio::time::sleep(STORY_ENDS_AT - LOGIN_MOVES_AT).await;
+            tokio::time::sleep(FIX_AT - LOGIN_MOVES_AT).await;
+            store.set_route(&format!("familie@{DOMAIN}"), Route::deliver("social", "INBOX"));
             println!(
-                "t+{}s  that was the story: every failure paged on its first miss. The status page stays up; Ctrl-C ends the demo.",
+                "t+{}s  the vendor fixes familie@: it delivers to Social again (watch for the all-clear)",
+                FIX_AT.as_secs()
+            );
+            tokio::time::sleep(STORY_ENDS_AT - FIX_AT).await;
+            println!(
+                "t+{}s  that was the story: every failure paged on its first miss, the fix paged its all-clear. The status page stays up; Ctrl-C ends the demo.",
                 STORY_ENDS_AT.as_secs()
             );
         })

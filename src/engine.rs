@@ -15,7 +15,6 @@ use tokio::task::JoinSet;
 use crate::config::{Channel, Config};
 use crate::inbox::imap::WatcherState;
 use crate::inbox::watchpoint::{watched_past, WatchPoint, WatchPoints};
-use crate::inbox::Matcher;
 use crate::ledger::{self, DynStore, ProbeRecord, StoreError};
 use crate::probe::{self, ProbeContext, Started};
 use crate::token::TokenKey;
@@ -53,7 +52,16 @@ pub struct Engine {
     scheduler_tick: Arc<AtomicI64>,
     /// With `[ledger] ha`: this instance's role, shown by `/healthz` (set by `ha::run`).
     pub role: Option<String>,
+    /// The config in force (replaced by a reload); `config` is the one it started with.
+    live: watch::Sender<Arc<Config>>,
+    slots: Arc<tokio::sync::Mutex<reload::Slots>>,
+    reload_status: watch::Sender<reload::ReloadStatus>,
+    reload_busy: Arc<tokio::sync::Mutex<()>>,
 }
+
+pub mod reload;
+pub use crate::page::hostname;
+pub use reload::{ReloadStatus, Reloader};
 
 impl Engine {
     /// Opens the ledger and starts the watchers and the sweeper.
@@ -74,8 +82,14 @@ impl Engine {
         };
         let run_id = ulid::Ulid::new().to_string();
         let (shutdown, _) = watch::channel(false);
+        let config = Arc::new(config);
+        let (live, _) = watch::channel(Arc::clone(&config));
         let mut engine = Engine {
-            config: Arc::new(config),
+            live,
+            slots: Arc::default(),
+            reload_status: watch::channel(ReloadStatus::default()).0,
+            reload_busy: Arc::default(),
+            config,
             store,
             key,
             run_id,
@@ -102,49 +116,38 @@ impl Engine {
     }
 
     fn start_watchers(&mut self) {
-        let matcher = Matcher {
-            store: Arc::clone(&self.store),
-            key: self.key.clone(),
-            max_age: self.config.token.max_age,
-            verdicts: self.verdicts.clone(),
-            return_paths: Arc::new(
-                self.config
-                    .channels
-                    .iter()
-                    .filter_map(|c| match &c.kind {
-                        crate::config::ChannelKind::Mail { via, .. } => self
-                            .config
-                            .sender(via)
-                            .and_then(|s| s.bounce_inbox.clone())
-                            .map(|b| (c.id.clone(), b)),
-                        crate::config::ChannelKind::Form { .. } => None,
-                    })
-                    .collect(),
-            ),
+        let matcher = reload::matcher(&self.config, &self.store, &self.key, &self.verdicts);
+        let Ok(mut slots) = self.slots.try_lock() else {
+            return;
         };
         // One watcher per inbox, and one more for its junk folder when it has one.
-        let watchers: Vec<_> = self
-            .config
-            .inboxes
-            .iter()
-            .flat_map(|i| std::iter::once(i.clone()).chain(i.junk_watcher()))
-            .collect();
-        for inbox in watchers {
+        for inbox in reload::watcher_configs(&self.config) {
             let (tx, rx) = watch::channel(WatcherState::Connecting);
             self.watcher_states.insert(inbox.watcher_name(), rx);
             let point = WatchPoint::new(inbox.watcher_name(), inbox.name.clone(), inbox.blind_grace);
             self.watch_points.0.push(Arc::clone(&point));
-            match inbox.graph_config() {
-                Some(g) => {
-                    let fut = crate::inbox::graph::watch_with(g, matcher.clone(), point, self.shutdown.subscribe(), tx);
-                    self.tasks.spawn(fut);
-                }
-                None => {
-                    let fut =
-                        crate::inbox::imap::watch_with(inbox, matcher.clone(), point, self.shutdown.subscribe(), tx);
-                    self.tasks.spawn(fut);
-                }
-            }
+            let name = inbox.watcher_name();
+            let slot = reload::spawn_watcher(inbox, matcher.clone(), point, tx, self.shutdown.subscribe());
+            slots.watchers.insert(name, slot);
+        }
+    }
+
+    /// The config in force, following reloads.
+    pub fn live(&self) -> watch::Receiver<Arc<Config>> {
+        self.live.subscribe()
+    }
+
+    /// A handle that reloads the config (SIGHUP, `POST /api/reload`).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            live: self.live.clone(),
+            slots: Arc::clone(&self.slots),
+            status: self.reload_status.clone(),
+            store: Arc::clone(&self.store),
+            key: self.key.clone(),
+            verdicts: self.verdicts.clone(),
+            shutdown: self.shutdown.subscribe(),
+            busy: Arc::clone(&self.reload_busy),
         }
     }
 
@@ -178,61 +181,26 @@ impl Engine {
     /// Starts what `run` adds to `check`: the incident processor, one outbox
     /// worker per notifier, and the heartbeat.
     pub fn start_paging(&mut self, delivery: Arc<dyn crate::outbox::Deliver>) {
-        let wake = crate::outbox::Wake::default();
-        crate::outbox::spawn_workers(
+        let paging = reload::spawn_paging(
             &self.config,
             &self.store,
-            delivery,
-            &wake,
-            &self.shutdown,
-            &mut self.tasks,
+            Arc::clone(&delivery),
+            &self.verdicts,
+            self.shutdown.subscribe(),
+            &hostname(),
         );
-        if self.config.dns.is_some() {
-            self.tasks.spawn(crate::drift::run(
-                Arc::clone(&self.config),
-                Arc::clone(&self.store),
-                hostname(),
-                wake.clone(),
-                self.shutdown.subscribe(),
-            ));
-        }
-        if self.config.discover.is_some() {
-            self.tasks.spawn(crate::discover_watch::run(
-                Arc::clone(&self.config),
-                Arc::clone(&self.store),
-                hostname(),
-                wake.clone(),
-                self.shutdown.subscribe(),
-            ));
+        if let Ok(mut slots) = self.slots.try_lock() {
+            slots.delivery = Some(delivery);
+            slots.paging = Some(paging);
         }
         if matches!(self.config.ledger.backend, crate::config::LedgerBackend::Sqlite(_)) {
-            // Rollups, slimming and pruning, daily.
-            self.tasks.spawn(crate::retention::run(
-                Arc::clone(&self.store),
-                self.config.ledger.clone(),
-                wake.clone(),
-                self.shutdown.subscribe(),
-            ));
             // The watchers' blind spells, for reports.
             self.tasks.spawn(crate::blindlog::run(
                 Arc::clone(&self.store),
                 self.watch_points.clone(),
                 self.shutdown.subscribe(),
             ));
-        } else {
-            tracing::warn!(
-                "ledger retention and the record of watchers' blind spells are not on PostgreSQL yet: \
-                 every probe is kept (see docs/postgres.md)"
-            );
         }
-        let processor = crate::incident::Processor {
-            config: Arc::clone(&self.config),
-            store: Arc::clone(&self.store),
-            source: hostname(),
-            outbox: wake,
-        };
-        self.tasks
-            .spawn(processor.run(self.verdicts.clone(), self.shutdown.subscribe()));
         if let Some(hb) = self.config.heartbeat.clone() {
             let watchers = self
                 .watcher_states
@@ -305,6 +273,7 @@ impl Engine {
     /// Stops watchers and the sweeper and waits for them (bounded).
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
+        reload::stop_all(&self.slots).await;
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
             tracing::warn!("some tasks did not stop within 10s; aborting them");
@@ -360,48 +329,58 @@ impl Engine {
         let ctx = self.probe_context();
         let sends = Arc::new(Semaphore::new(MAX_CONCURRENT_SENDS));
         let mut in_flight = JoinSet::new();
-        let mut queue: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> = BinaryHeap::new();
-        let now = Utc::now();
-        for (i, ch) in self.config.channels.iter().enumerate() {
-            match ch.schedule.next_after(now, ch.jitter_offset) {
-                Some(t) => queue.push(Reverse((t, i))),
-                None => {
-                    tracing::error!(channel = %ch.id, schedule = %ch.schedule, "schedule has no next firing; channel not scheduled")
-                }
-            }
-        }
+        let mut live = self.live.subscribe();
+        let mut config: Arc<Config> = Arc::clone(&live.borrow_and_update());
+        let mut queue = schedule_all(&config, &HashMap::new());
         if let Some(Reverse((t, i))) = queue.peek() {
-            tracing::info!(channels = self.config.channels.len(), first = %self.config.channels[*i].id, at = %t, "scheduler started");
+            tracing::info!(channels = config.channels.len(), first = %config.channels[*i].id, at = %t, "scheduler started");
         }
         loop {
-            let Some(Reverse((due, i))) = queue.peek().copied() else {
-                let _ = stop.changed().await;
-                break;
-            };
             self.scheduler_tick.store(now_millis(), Ordering::Relaxed);
+            let next = queue.peek().copied();
             // Wake at least every few seconds so the heartbeat sees a live scheduler.
-            let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            let wait = next
+                .map(|Reverse((due, _))| (due - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(SCHEDULER_LIVENESS);
             tokio::select! {
                 _ = tokio::time::sleep(wait.min(SCHEDULER_LIVENESS)) => {}
                 _ = stop.changed() => break,
+                changed = live.changed() => {
+                    if changed.is_ok() {
+                        // A reload: channels whose schedule is unchanged keep their next firing.
+                        let kept: HashMap<String, (String, Duration, DateTime<Utc>)> = queue
+                            .iter()
+                            .map(|Reverse((t, i))| {
+                                let c = &config.channels[*i];
+                                (c.id.clone(), (c.schedule.to_string(), c.jitter_offset, *t))
+                            })
+                            .collect();
+                        config = Arc::clone(&live.borrow_and_update());
+                        queue = schedule_all(&config, &kept);
+                        tracing::info!(channels = config.channels.len(), "scheduler took the reloaded config");
+                    }
+                    continue;
+                }
             }
             if *stop.borrow() {
                 break;
             }
+            let Some(Reverse((due, i))) = next else {
+                continue;
+            };
             if Utc::now() < due {
                 continue;
             }
             queue.pop();
-            let ch = &self.config.channels[i];
+            let ch = &config.channels[i];
             let lateness = (Utc::now() - due).num_milliseconds();
             tracing::debug!(channel = %ch.id, lateness_ms = lateness, "firing");
-            let (ctx, config, channel, permits) =
-                (ctx.clone(), Arc::clone(&self.config), ch.clone(), Arc::clone(&sends));
+            let (ctx, cfg, channel, permits) = (ctx.clone(), Arc::clone(&config), ch.clone(), Arc::clone(&sends));
             in_flight.spawn(async move {
                 let Ok(_permit) = permits.acquire_owned().await else {
                     return;
                 };
-                if let Err(e) = probe::run(&ctx, &config, &channel).await {
+                if let Err(e) = probe::run(&ctx, &cfg, &channel).await {
                     tracing::error!(channel = %channel.id, error = %e, "probe could not be recorded");
                 }
             });
@@ -420,6 +399,29 @@ impl Engine {
             in_flight.abort_all();
         }
     }
+}
+
+/// The firing queue of a config: each channel's next firing, or the one it
+/// had (`kept`: id → (schedule, jitter, next)) when its schedule is unchanged.
+fn schedule_all(
+    config: &Config,
+    kept: &HashMap<String, (String, Duration, DateTime<Utc>)>,
+) -> BinaryHeap<Reverse<(DateTime<Utc>, usize)>> {
+    let mut queue = BinaryHeap::new();
+    let now = Utc::now();
+    for (i, ch) in config.channels.iter().enumerate() {
+        let keep = kept
+            .get(&ch.id)
+            .filter(|(schedule, jitter, _)| *schedule == ch.schedule.to_string() && *jitter == ch.jitter_offset)
+            .map(|(_, _, t)| *t);
+        match keep.or_else(|| ch.schedule.next_after(now, ch.jitter_offset)) {
+            Some(t) => queue.push(Reverse((t, i))),
+            None => {
+                tracing::error!(channel = %ch.id, schedule = %ch.schedule, "schedule has no next firing; channel not scheduled")
+            }
+        }
+    }
+    queue
 }
 
 /// How often the sweeper may ask one watcher to look again.
@@ -506,13 +508,4 @@ pub async fn sweep_watched(
         verdicts.report(&p.channel, &p.id, p.verdict, &detail);
     }
     Ok(())
-}
-
-/// This machine's name, for the `source` of pages.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "postcanary".to_string())
 }

@@ -14,7 +14,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::{Channel, ChannelKind, Config};
-use crate::ledger::{DynStore, Event, Incident, IncidentAction, IncidentChange, Pages, ProbeRecord, StoreError};
+use crate::ledger::{
+    DynStore, Event, Incident, IncidentAction, IncidentChange, Pages, ProbeRecord, SilenceRecord, StoreError,
+};
 use crate::notify::{Page, PageEvent, TimelineEntry};
 use crate::verdict::VerdictSink;
 use crate::verdict::{now_millis, Millis, Verdict};
@@ -78,6 +80,7 @@ fn timeline(events: &[Event]) -> Vec<TimelineEntry> {
 }
 
 /// Who an incident is about, for pages.
+#[derive(Clone)]
 struct Subject {
     channel: String,
     name: String,
@@ -173,7 +176,14 @@ pub fn decide_dns(
     let subject = Subject::dns(config, domain);
     if changes.is_empty() {
         return match open {
-            Some(o) => resolve(&subject, o, "the DNS records are as accepted again", now, source),
+            Some(o) => resolve(
+                config,
+                &subject,
+                o,
+                "the DNS records are as accepted again",
+                now,
+                source,
+            ),
             None => IncidentAction::Nothing,
         };
     }
@@ -251,7 +261,7 @@ pub fn decide_discover(
 ) -> IncidentAction {
     let subject = Subject::discover(config, finding);
     match (detail, open) {
-        (None, Some(o)) => resolve(&subject, o, "no longer published, or probed now", now, source),
+        (None, Some(o)) => resolve(config, &subject, o, "no longer published, or probed now", now, source),
         (None, None) | (Some(_), Some(_)) => IncidentAction::Nothing,
         (Some(detail), None) => {
             let key = format!("postcanary/discover/{finding}/{now}");
@@ -316,6 +326,7 @@ fn pages(
                     probe_token: probe_token.clone(),
                     timeline: timeline.clone(),
                     source: source.to_string(),
+                    by: None,
                 },
             )
         })
@@ -336,6 +347,8 @@ pub struct VerdictFacts<'a> {
     pub newest_success: Option<Millis>,
     /// Creation time of the channel's newest failing probe already handled.
     pub newest_failure: Option<Millis>,
+    /// Silences set at run time (in the ledger), besides the config's.
+    pub silences: &'a [SilenceRecord],
 }
 
 /// Decides what one verdict means for incidents. Returns the changes to
@@ -360,6 +373,7 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
                 probe_id: None,
                 reclassify: None,
                 action: resolve(
+                    config,
                     &subject,
                     d,
                     &format!("channel `{}` succeeded through `{sender}`", ch.id),
@@ -375,6 +389,7 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
                 probe_id: None,
                 reclassify: None,
                 action: resolve(
+                    config,
                     &subject,
                     d,
                     &format!("channel `{}`: a probe was found in `{inbox}`", ch.id),
@@ -389,6 +404,7 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
         let action = match f.channel_incident {
             Some(_) if newer_failure => IncidentAction::Nothing,
             Some(open) => resolve(
+                config,
                 &Subject::channel(ch),
                 open,
                 &format!("{verdict}: {detail}"),
@@ -477,7 +493,7 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
         None => {
             let subject = Subject::channel(ch);
             let key = format!("postcanary/{}/{}", ch.id, p.id);
-            let silence = config.silences.iter().find(|s| s.covers(&ch.id, &ch.owner, now));
+            let silence = silence_reason(config, f.silences, ch, now);
             let pages = match silence {
                 Some(_) => Vec::new(),
                 None => pages(
@@ -500,13 +516,7 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
                 verdict: verdict.to_string(),
                 detail,
                 at: now,
-                silenced: silence.map(|s| {
-                    format!(
-                        "maintenance window until {}: {}",
-                        crate::notify::rfc3339(s.until),
-                        s.reason
-                    )
-                }),
+                silenced: silence,
                 pages,
             }
         }
@@ -515,11 +525,18 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
     changes
 }
 
-fn resolve(subject: &Subject, open: &Incident, detail: &str, now: Millis, source: &str) -> IncidentAction {
+fn resolve(
+    config: &Config,
+    subject: &Subject,
+    open: &Incident,
+    detail: &str,
+    now: Millis,
+    source: &str,
+) -> IncidentAction {
     // Nobody was paged (a silence held it back): nobody needs the all-clear.
     let pages = if open.paged {
         pages(
-            subject,
+            &with_escalated(config, subject, open),
             PageEvent::Resolve,
             &open.dedup_key,
             open.id,
@@ -542,6 +559,48 @@ fn resolve(subject: &Subject, open: &Incident, detail: &str, now: Millis, source
     }
 }
 
+/// Who an open incident is about (`None`: a key no config part knows).
+fn subject_of(config: &Config, open: &Incident) -> Option<Subject> {
+    match config.channel(&open.channel) {
+        Some(ch) => Some(Subject::channel(ch)),
+        None => match open.channel.strip_prefix("dns:") {
+            Some(domain) => Some(Subject::dns(config, domain)),
+            None if open.channel.starts_with("compliance:") => {
+                let ch = config.channel(open.channel.strip_prefix("compliance:").unwrap_or_default())?;
+                Some(Subject::compliance(ch))
+            }
+            None if open.channel.starts_with("discover:") => {
+                let finding = open.channel.strip_prefix("discover:").unwrap_or_default();
+                Some(Subject::discover(config, finding))
+            }
+            None => {
+                let sender = open.channel.strip_prefix("postcanary:")?;
+                Some(Subject::degraded(config, sender))
+            }
+        },
+    }
+}
+
+/// Why a channel's pages are held back at `now`: a maintenance window of
+/// the config or a silence set at run time.
+fn silence_reason(config: &Config, runtime: &[SilenceRecord], ch: &Channel, now: Millis) -> Option<String> {
+    if let Some(s) = config.silences.iter().find(|s| s.covers(&ch.id, &ch.owner, now)) {
+        return Some(format!(
+            "maintenance window until {}: {}",
+            crate::notify::rfc3339(s.until),
+            s.reason
+        ));
+    }
+    runtime.iter().find(|s| s.covers(&ch.id, &ch.owner, now)).map(|s| {
+        format!(
+            "silenced by {} until {}: {}",
+            s.created_by,
+            crate::notify::rfc3339(s.until),
+            s.reason
+        )
+    })
+}
+
 /// Reminders and held-back triggers for one open incident at `now`.
 pub fn due_page(
     config: &Config,
@@ -550,28 +609,30 @@ pub fn due_page(
     now: Millis,
     source: &str,
 ) -> Option<IncidentChange> {
-    let (subject, silenced) = match config.channel(&open.channel) {
-        Some(ch) => {
-            let silenced = config.silences.iter().any(|s| s.covers(&ch.id, &ch.owner, now));
-            (Subject::channel(ch), silenced)
+    due_page_with(config, open, events, now, source, &[])
+}
+
+/// [`due_page`] with the silences set at run time; also escalates an
+/// incident nobody acknowledged in time. An acknowledged incident gets no
+/// reminder and no escalation; a silenced one neither.
+pub fn due_page_with(
+    config: &Config,
+    open: &Incident,
+    events: &[Event],
+    now: Millis,
+    source: &str,
+    runtime: &[SilenceRecord],
+) -> Option<IncidentChange> {
+    let subject = subject_of(config, open)?;
+    // A compliance incident is silenced with its channel.
+    let silenced = config
+        .channel(open.channel.strip_prefix("compliance:").unwrap_or(&open.channel))
+        .is_some_and(|ch| silence_reason(config, runtime, ch, now).is_some());
+    if open.paged && !silenced && open.acknowledged_at.is_none() {
+        if let Some(change) = escalation_due(config, &subject, open, events, now, source) {
+            return Some(change);
         }
-        None => match open.channel.strip_prefix("dns:") {
-            Some(domain) => (Subject::dns(config, domain), false),
-            None if open.channel.starts_with("compliance:") => {
-                let ch = config.channel(open.channel.strip_prefix("compliance:").unwrap_or_default())?;
-                let silenced = config.silences.iter().any(|s| s.covers(&ch.id, &ch.owner, now));
-                (Subject::compliance(ch), silenced)
-            }
-            None if open.channel.starts_with("discover:") => {
-                let finding = open.channel.strip_prefix("discover:").unwrap_or_default();
-                (Subject::discover(config, finding), false)
-            }
-            None => {
-                let sender = open.channel.strip_prefix("postcanary:")?;
-                (Subject::degraded(config, sender), false)
-            }
-        },
-    };
+    }
     let (event, note) = if !open.paged {
         // Held back only by a maintenance window; without one there is nothing to catch up.
         if silenced || open.silenced.is_none() {
@@ -582,6 +643,9 @@ pub fn due_page(
             "maintenance window over and still failing: paging".to_string(),
         )
     } else {
+        if silenced || open.acknowledged_at.is_some() {
+            return None;
+        }
         let every = config.paging.reminder_interval?;
         let last = open.last_paged_at.unwrap_or(open.opened_at);
         if now - last < i64::try_from(every.as_millis()).unwrap_or(i64::MAX) {
@@ -678,6 +742,7 @@ impl Processor {
         let probe_events = self.store.events(&p.id).await?;
         // A compliance finding first: the verdict's own change marks it handled.
         let compliance = self.compliance(ch, p, &probe_events).await?;
+        let silences = self.store.silences(Some(now_millis()), 1000).await?;
         let facts = VerdictFacts {
             probe: p,
             probe_events: &probe_events,
@@ -686,6 +751,7 @@ impl Processor {
             inbox_incident: inbox_incident.as_ref(),
             newest_success,
             newest_failure,
+            silences: &silences,
         };
         let mut queued = false;
         let decided = decide(&self.config, ch, &facts, now_millis(), &self.source);
@@ -704,9 +770,10 @@ impl Processor {
     /// Queues reminders and held-back triggers that are due.
     pub async fn tick(&self) -> Result<(), StoreError> {
         let now = now_millis();
+        let silences = self.store.silences(Some(now), 1000).await?;
         for open in self.store.open_incidents().await? {
             let events = self.store.incident_events(open.id).await?;
-            if let Some(change) = due_page(&self.config, &open, &events, now, &self.source) {
+            if let Some(change) = due_page_with(&self.config, &open, &events, now, &self.source, &silences) {
                 self.store.apply_incident(&change).await?;
                 log_change(&change.action, open.id);
                 self.outbox.all();
@@ -742,6 +809,7 @@ fn has_pages(a: &IncidentAction) -> bool {
     match a {
         IncidentAction::Open { pages, .. }
         | IncidentAction::Page { pages, .. }
+        | IncidentAction::Escalate { pages, .. }
         | IncidentAction::Resolve { pages, .. } => !pages.is_empty(),
         IncidentAction::Nothing | IncidentAction::Update { .. } => false,
     }
@@ -763,6 +831,9 @@ fn log_change(a: &IncidentAction, id: i64) {
         }
         IncidentAction::Page { note, pages, .. } => {
             tracing::warn!(incident = id, %note, pages = pages.len(), "paging again")
+        }
+        IncidentAction::Escalate { note, pages, .. } => {
+            tracing::warn!(incident = id, %note, pages = pages.len(), "escalating")
         }
         IncidentAction::Update { .. } | IncidentAction::Nothing => {}
     }
@@ -818,6 +889,7 @@ pub mod compliance {
         probe_events: &[Event],
         a: &Assessment,
         open: Option<&Incident>,
+        runtime: &[SilenceRecord],
         now: Millis,
         source: &str,
     ) -> IncidentAction {
@@ -825,6 +897,7 @@ pub mod compliance {
         if a.breaches.is_empty() {
             return match open {
                 Some(o) => resolve(
+                    config,
                     &subject,
                     o,
                     &format!("a compliant canary: {}", ch.policy.describe()),
@@ -845,7 +918,7 @@ pub mod compliance {
             },
             None => {
                 let key = format!("postcanary/compliance/{}/{}", ch.id, probe.id);
-                let silence = config.silences.iter().find(|s| s.covers(&ch.id, &ch.owner, now));
+                let silence = silence_reason(config, runtime, ch, now);
                 let pages = match silence {
                     Some(_) => Vec::new(),
                     None => pages(
@@ -868,13 +941,7 @@ pub mod compliance {
                     verdict: COMPLIANCE_BREACH.into(),
                     detail,
                     at: now,
-                    silenced: silence.map(|s| {
-                        format!(
-                            "maintenance window until {}: {}",
-                            crate::notify::rfc3339(s.until),
-                            s.reason
-                        )
-                    }),
+                    silenced: silence,
                     pages,
                 }
             }
@@ -910,6 +977,8 @@ pub mod compliance {
                 tracing::warn!(channel = %ch.id, token = %p.token, finding = %a.finding(), "compliance breach");
             }
             let open = self.store.open_incident(&compliance_key(&ch.id)).await?;
+            let now = now_millis();
+            let runtime = self.store.silences(Some(now), 1000).await?;
             let action = decide_compliance(
                 &self.config,
                 ch,
@@ -917,7 +986,8 @@ pub mod compliance {
                 probe_events,
                 &a,
                 open.as_ref(),
-                now_millis(),
+                &runtime,
+                now,
                 &self.source,
             );
             Ok(Some(IncidentChange {
@@ -1111,6 +1181,298 @@ pub mod compliance {
     }
 }
 pub use compliance::{compliance_key, decide_compliance, COMPLIANCE_BREACH};
+mod ops {
+    //! What operators add to the paging policy: acknowledging an incident (its
+    //! pages to the notifiers that take them) and escalating one nobody
+    //! acknowledged in time. Pure functions, like the rest of the policy.
+
+    use super::{pages, subject_of, timeline, Subject};
+    use crate::config::Config;
+    use crate::ledger::{Event, Incident, IncidentAction, IncidentChange, Pages};
+    use crate::notify::PageEvent;
+    use crate::verdict::Millis;
+
+    /// The subject with the notifiers its escalation has paged so far added,
+    /// so that they hear the acknowledgement and the all-clear too.
+    pub(super) fn with_escalated(config: &Config, subject: &Subject, open: &Incident) -> Subject {
+        let mut s = subject.clone();
+        if let Some(e) = config.paging.escalation_for(&subject.owner) {
+            let paged = usize::try_from(open.escalations).unwrap_or(0).min(e.to.len());
+            for n in &e.to[..paged] {
+                if !s.notify.contains(n) {
+                    s.notify.push(n.clone());
+                }
+            }
+        }
+        s
+    }
+
+    /// The acknowledge pages of an open incident: one per notifier that was
+    /// paged for it and whose kind takes acknowledgements (PagerDuty and
+    /// Opsgenie acknowledge their incident by its dedup key; chat, webhook and
+    /// e-mail get a message). None when nobody was paged.
+    pub fn acknowledge_pages(
+        config: &Config,
+        open: &Incident,
+        by: &str,
+        note: &str,
+        now: Millis,
+        source: &str,
+    ) -> Pages {
+        if !open.paged {
+            return Vec::new();
+        }
+        let Some(subject) = subject_of(config, open) else {
+            return Vec::new();
+        };
+        let mut subject = with_escalated(config, &subject, open);
+        subject
+            .notify
+            .retain(|n| config.notifier(n).is_some_and(|n| n.kind.forwards_acknowledge()));
+        let detail = if note.is_empty() {
+            format!("acknowledged by {by}")
+        } else {
+            note.to_string()
+        };
+        let mut out = pages(
+            &subject,
+            PageEvent::Acknowledge,
+            &open.dedup_key,
+            open.id,
+            &open.verdict,
+            &detail,
+            open.opened_at,
+            now,
+            None,
+            Vec::new(),
+            source,
+        );
+        for (_, p) in &mut out {
+            p.by = Some(by.to_string());
+        }
+        out
+    }
+
+    /// The next escalation step of an open, paged, unacknowledged incident, if
+    /// it is due: step k (1-based) pages `escalate_to[k-1]` once the incident
+    /// has been open k × `escalate_after`.
+    pub(super) fn escalation_due(
+        config: &Config,
+        subject: &Subject,
+        open: &Incident,
+        events: &[Event],
+        now: Millis,
+        source: &str,
+    ) -> Option<IncidentChange> {
+        let e = config.paging.escalation_for(&subject.owner)?;
+        let done = usize::try_from(open.escalations).unwrap_or(0);
+        let next = e.to.get(done)?;
+        let step = i64::try_from(e.after.as_millis()).unwrap_or(i64::MAX);
+        let level = i64::try_from(done + 1).unwrap_or(i64::MAX);
+        if now - open.opened_at < step.saturating_mul(level) {
+            return None;
+        }
+        let to = Subject {
+            notify: vec![next.clone()],
+            ..subject.clone()
+        };
+        let note = format!(
+            "not acknowledged after {}: escalating to {next}",
+            crate::verdict::human_ms(now - open.opened_at)
+        );
+        let pages = pages(
+            &to,
+            PageEvent::Trigger,
+            &open.dedup_key,
+            open.id,
+            &open.verdict,
+            &open.detail,
+            open.opened_at,
+            now,
+            None,
+            timeline(events),
+            source,
+        );
+        Some(IncidentChange {
+            probe_id: None,
+            reclassify: None,
+            action: IncidentAction::Escalate {
+                incident_id: open.id,
+                level,
+                at: now,
+                note,
+                pages,
+            },
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn config() -> (tempfile::TempDir, Config) {
+            let dir = tempfile::tempdir().unwrap();
+            let text = r#"
+    [defaults]
+    notify = ["pd"]
+    [paging]
+    reminder_interval = "1h"
+    escalate_after = "30m"
+    escalate_to = ["og", "manager"]
+    [[sender]]
+    name = "relay"
+    kind = "smtp"
+    host = "127.0.0.1"
+    port = 2525
+    tls = "none"
+    from = "canary@kommune.example"
+    [[notifier]]
+    name = "pd"
+    kind = "pagerduty"
+    routing_key = "env:PATH"
+    [[notifier]]
+    name = "og"
+    kind = "opsgenie"
+    api_key = "env:PATH"
+    [[notifier]]
+    name = "manager"
+    kind = "alertmanager"
+    url = "http://127.0.0.1:9/am"
+    [[owner]]
+    name = "quiet"
+    notify = ["pd"]
+    escalate_after = "2h"
+    escalate_to = ["manager"]
+    [[channel]]
+    id = "social-mail"
+    name = "Social"
+    kind = "mail"
+    to = "social@kommune.example"
+    expect = "bounce"
+    [[channel]]
+    id = "quiet-mail"
+    name = "Quiet"
+    owner = "quiet"
+    kind = "mail"
+    to = "quiet@kommune.example"
+    expect = "bounce"
+    "#;
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, text).unwrap();
+            let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            (dir, c)
+        }
+
+        fn open(channel: &str) -> Incident {
+            Incident {
+                id: 4,
+                channel: channel.into(),
+                dedup_key: format!("postcanary/{channel}/p1"),
+                opened_at: 1_000_000,
+                opened_by: Some("p1".into()),
+                verdict: "missed".into(),
+                detail: "nothing arrived".into(),
+                failures: 1,
+                last_failure_at: 1_000_000,
+                paged: true,
+                last_paged_at: Some(1_000_000),
+                silenced: None,
+                resolved_at: None,
+                resolved_by: None,
+                acknowledged_at: None,
+                acknowledged_by: None,
+                escalations: 0,
+            }
+        }
+
+        const MIN: i64 = 60_000;
+
+        fn escalated_to(c: Option<IncidentChange>) -> Option<(i64, Vec<String>)> {
+            match c.map(|c| c.action) {
+                Some(IncidentAction::Escalate { level, pages, .. }) => {
+                    Some((level, pages.into_iter().map(|(n, _)| n).collect()))
+                }
+                _ => None,
+            }
+        }
+
+        #[test]
+        fn escalation_pages_the_next_notifier_each_step() {
+            let (_d, c) = config();
+            let mut o = open("social-mail");
+            assert!(super::super::due_page(&c, &o, &[], 1_000_000 + 29 * MIN, "h").is_none());
+            let step1 = super::super::due_page(&c, &o, &[], 1_000_000 + 30 * MIN, "h");
+            assert_eq!(escalated_to(step1), Some((1, vec!["og".to_string()])));
+            o.escalations = 1;
+            assert!(super::super::due_page(&c, &o, &[], 1_000_000 + 59 * MIN, "h").is_none());
+            let step2 = super::super::due_page(&c, &o, &[], 1_000_000 + 60 * MIN, "h");
+            assert_eq!(escalated_to(step2), Some((2, vec!["manager".to_string()])));
+            // Past the last step only reminders remain.
+            o.escalations = 2;
+            assert!(escalated_to(super::super::due_page(&c, &o, &[], 1_000_000 + 200 * MIN, "h")).is_none());
+        }
+
+        #[test]
+        fn an_owner_has_its_own_escalation_and_an_acknowledged_incident_none() {
+            let (_d, c) = config();
+            let mut o = open("quiet-mail");
+            assert!(escalated_to(super::super::due_page(&c, &o, &[], 1_000_000 + 60 * MIN, "h")).is_none());
+            let step = super::super::due_page(&c, &o, &[], 1_000_000 + 120 * MIN, "h");
+            assert_eq!(escalated_to(step), Some((1, vec!["manager".to_string()])));
+            o.acknowledged_at = Some(1_000_000 + MIN);
+            o.acknowledged_by = Some("anne".into());
+            assert!(
+                super::super::due_page(&c, &o, &[], 1_000_000 + 500 * MIN, "h").is_none(),
+                "acknowledged: neither escalation nor reminder"
+            );
+        }
+
+        #[test]
+        fn acknowledge_goes_to_everyone_paged_that_takes_it() {
+            let (_d, c) = config();
+            let mut o = open("social-mail");
+            o.escalations = 2;
+            let pages = acknowledge_pages(&c, &o, "anne", "on it", 2_000_000, "h");
+            let to: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(to, vec!["pd", "og"], "alertmanager takes no acknowledgement");
+            let p = &pages[0].1;
+            assert_eq!(p.event, PageEvent::Acknowledge);
+            assert_eq!(p.dedup_key, "postcanary/social-mail/p1");
+            assert_eq!(p.by.as_deref(), Some("anne"));
+            assert_eq!(p.detail, "on it");
+            o.paged = false;
+            assert!(acknowledge_pages(&c, &o, "anne", "", 2_000_000, "h").is_empty());
+        }
+
+        #[test]
+        fn a_runtime_silence_holds_back_reminders() {
+            let (_d, c) = config();
+            let o = open("social-mail");
+            let s = crate::ledger::SilenceRecord {
+                id: 1,
+                channel: Some("social-mail".into()),
+                owner: None,
+                from: 0,
+                until: 1_000_000 + 600 * MIN,
+                reason: "relay migration".into(),
+                created_by: "anne".into(),
+                created_at: 0,
+                ended_at: None,
+                ended_by: None,
+            };
+            let at = 1_000_000 + 61 * MIN;
+            assert!(super::super::due_page(&c, &o, &[], at, "h").is_some());
+            assert!(super::super::due_page_with(&c, &o, &[], at, "h", std::slice::from_ref(&s)).is_none());
+            let ended = crate::ledger::SilenceRecord {
+                ended_at: Some(at - 1),
+                ..s
+            };
+            assert!(super::super::due_page_with(&c, &o, &[], at, "h", &[ended]).is_some());
+        }
+    }
+}
+pub use ops::acknowledge_pages;
+use ops::{escalation_due, with_escalated};
 
 #[cfg(test)]
 mod tests;

@@ -30,6 +30,11 @@ pub struct DeliveryError {
 #[async_trait]
 pub trait Deliver: Send + Sync {
     async fn deliver(&self, n: &NotifierConfig, page: &Page) -> Result<(), DeliveryError>;
+
+    /// The same delivery for a reloaded config (`None`: this one serves any config).
+    fn reconfigure(&self, _config: Arc<Config>) -> Option<Arc<dyn Deliver>> {
+        None
+    }
 }
 
 /// Delivers over HTTP (all kinds but e-mail) and SMTP (e-mail).
@@ -120,6 +125,13 @@ impl RealDelivery {
 
 #[async_trait]
 impl Deliver for RealDelivery {
+    fn reconfigure(&self, config: Arc<Config>) -> Option<Arc<dyn Deliver>> {
+        Some(Arc::new(RealDelivery {
+            config,
+            client: self.client.clone(),
+        }))
+    }
+
     async fn deliver(&self, n: &NotifierConfig, page: &Page) -> Result<(), DeliveryError> {
         match n.kind {
             NotifierKind::Email => self.email(n, page).await,

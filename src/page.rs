@@ -16,6 +16,8 @@ pub enum PageEvent {
     Reminder,
     /// The channel works again.
     Resolve,
+    /// An operator has taken the incident (stops reminders and escalation).
+    Acknowledge,
 }
 
 impl PageEvent {
@@ -24,6 +26,7 @@ impl PageEvent {
             PageEvent::Trigger => "trigger",
             PageEvent::Reminder => "reminder",
             PageEvent::Resolve => "resolve",
+            PageEvent::Acknowledge => "acknowledge",
         }
     }
 }
@@ -64,6 +67,9 @@ pub struct Page {
     pub timeline: Vec<TimelineEntry>,
     /// Which postcanary instance sent it (host name).
     pub source: String,
+    /// For an acknowledgement: who acknowledged (a `[[server.user]]` name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// Milliseconds since the epoch as RFC 3339 UTC, e.g. `2026-11-22T18:42:21.123Z`.
@@ -71,4 +77,13 @@ pub fn rfc3339(ms: Millis) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// This machine's name, for the `source` of pages.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "postcanary".to_string())
 }

@@ -110,6 +110,7 @@ async fn a_stale_generation_can_neither_judge_nor_page() {
         probe_token: None,
         timeline: vec![],
         source: "test".into(),
+        by: None,
     };
     let remind = IncidentChange {
         probe_id: None,

@@ -9,7 +9,8 @@ use postcanary::ledger::Store;
 async fn sqlite_in_memory_meets_the_store_contract() {
     let s: postcanary::ledger::DynStore = Arc::new(SqliteStore::in_memory().unwrap());
     postcanary::ledger::contract::run_all(s.clone()).await;
-    postcanary::ledger::contract::run_reports(s).await;
+    postcanary::ledger::contract::run_reports(s.clone()).await;
+    postcanary::ledger::contract::run_ops(s).await;
     postcanary::ledger::contract::run_paging(Arc::new(SqliteStore::in_memory().unwrap())).await;
 }
 
@@ -18,7 +19,9 @@ async fn sqlite_file_meets_the_store_contract_and_reopens() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sub/ledger.db");
     let store = SqliteStore::open(&path).await.unwrap();
-    postcanary::ledger::contract::run_all(Arc::new(store)).await;
+    let store: postcanary::ledger::DynStore = Arc::new(store);
+    postcanary::ledger::contract::run_all(store.clone()).await;
+    postcanary::ledger::contract::run_ops(store).await;
     // Reopening runs no migration twice and keeps the data.
     let again = SqliteStore::open(&path).await.unwrap();
     assert!(again.probe_by_token("pc-tok-1").await.unwrap().is_some());

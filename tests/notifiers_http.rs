@@ -34,6 +34,7 @@ fn page(event: PageEvent) -> Page {
             detail: "250 2.0.0 Ok".into(),
         }],
         source: "canary-01".into(),
+        by: None,
     }
 }
 

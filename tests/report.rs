@@ -103,6 +103,7 @@ fn page(event: PageEvent, channel: &str, at: i64) -> Page {
         probe_token: None,
         timeline: Vec::new(),
         source: "test".into(),
+        by: None,
     }
 }
 

@@ -192,6 +192,19 @@ async fn access_api_and_metrics() {
         .iter()
         .any(|e| e["kind"] == "opened"));
 
+    // Pages of the channel list: a `next` link until the last.
+    let first = get("/api/channels?limit=2", ok).await.unwrap();
+    assert_eq!(
+        first.headers()["link"],
+        "</api/channels?limit=2&after=borger%2Dmail>; rel=\"next\""
+    );
+    let first: serde_json::Value = first.json().await.unwrap();
+    assert_eq!(first.as_array().unwrap().len(), 2);
+    let rest = get("/api/channels?limit=2&after=borger-mail", ok).await.unwrap();
+    assert!(rest.headers().get("link").is_none());
+    let rest: serde_json::Value = rest.json().await.unwrap();
+    assert_eq!(rest[0]["id"], "never-probed");
+
     let one: serde_json::Value = get("/api/channels/borger-mail", ok)
         .await
         .unwrap()
@@ -356,11 +369,12 @@ async fn status_page_shows_failing_channels_escaped_and_in_danish() {
             .find(|r| r.starts_with(" data-channel=\"social-mail\""))
             .unwrap_or("");
         assert!(row.contains("FEJLER"), "{dom}");
-        let ok_row = dom
+        // Healthy channels are summarised per owner, linked to the owner's page.
+        let owner_row = dom
             .split("<tr")
-            .find(|r| r.starts_with(" data-channel=\"borger-mail\""))
+            .find(|r| r.starts_with(" data-owner=\"borgerservice\""))
             .unwrap_or("");
-        assert!(ok_row.contains(">OK<"), "{dom}");
+        assert!(owner_row.contains("href=\"/owners/borgerservice\""), "{dom}");
     } else {
         eprintln!("chromium not installed: browser check skipped (scripts/test.sh installs it)");
     }

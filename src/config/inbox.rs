@@ -47,7 +47,7 @@ impl Folder {
 }
 
 /// The client-credentials grant of one app registration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClientCredentials {
     /// `https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token`.
     pub token_url: String,
@@ -117,7 +117,7 @@ impl GraphConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InboxConfig {
     pub name: String,
     pub host: String,
@@ -150,7 +150,7 @@ pub struct InboxConfig {
 }
 
 /// How to reach a Microsoft Graph mailbox.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GraphSettings {
     /// `filter = "subject"`: list only messages whose subject carries a token.
     pub subject_filter: bool,

@@ -11,6 +11,7 @@ pub mod ledger;
 mod loader;
 mod login;
 mod notify;
+mod ops;
 mod schema;
 mod sender;
 mod service;
@@ -28,6 +29,7 @@ pub use inbox::*;
 pub use ledger::{LedgerBackend, LedgerConfig};
 pub use loader::*;
 pub use notify::*;
+pub use ops::*;
 pub use schema::config_schema;
 use schema::{RawInclude, RawMain};
 pub use sender::*;
@@ -100,7 +102,7 @@ impl Config {
 
     fn load_with(path: &Path, offline: bool) -> Result<Config, ConfigErrors> {
         let main_src = SourceFile::read(path)?;
-        let main: RawMain = main_src.parse()?;
+        let mut main: RawMain = main_src.parse()?;
         let mut loader = Loader {
             files: vec![main_src],
             errors: Vec::new(),
@@ -203,7 +205,8 @@ impl Config {
         }
         let mut raw_owners = Vec::new();
         push_indexed(&mut raw_owners, 0, main.owner);
-        let owner_routes = build_owners(&mut loader, raw_owners, &notifier_names);
+        let mut owner_escalation = Vec::new();
+        let owner_routes = build_owners(&mut loader, raw_owners, &notifier_names, &mut owner_escalation);
         let policy = build_default_policy(
             &mut loader,
             defaults.require_tls.as_ref(),
@@ -232,7 +235,13 @@ impl Config {
         let mut raw_silences = Vec::new();
         push_indexed(&mut raw_silences, 0, main.silence);
         let silences = build_silences(&mut loader, raw_silences, &channels);
+        let escalation = main.paging.as_mut().and_then(|p| {
+            let (after, to) = (p.escalate_after, p.escalate_to.take());
+            build_escalation(&mut loader, None, "paging", after, to, &defaults.notifiers)
+        });
         let paging = PagingConfig {
+            escalation,
+            owner_escalation,
             default_notify,
             reminder_interval: main
                 .paging

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::channel::Channel;
 use super::loader::{check_name, check_notify_list, Loader, Origin};
+use super::ops::{build_escalation, Escalation};
 use super::values::{HumanDuration, Secret, SecretRef};
 
 /// The built-in notifier kinds.
@@ -34,6 +35,13 @@ impl NotifierKind {
             NotifierKind::Email => "email",
             NotifierKind::Alertmanager => "alertmanager",
         }
+    }
+
+    /// Whether an acknowledgement is forwarded to this kind: PagerDuty and
+    /// Opsgenie acknowledge their incident, chat, webhook and e-mail get a
+    /// message; Alertmanager has no acknowledgement (it would re-fire).
+    pub fn forwards_acknowledge(self) -> bool {
+        !matches!(self, NotifierKind::Alertmanager)
     }
 }
 
@@ -69,6 +77,21 @@ pub struct PagingConfig {
     pub reminder_interval: Option<Duration>,
     /// Use a notifier's fallback once it has failed for this long.
     pub fallback_after: Duration,
+    /// Escalation of unacknowledged incidents (`[paging]`); owners may override it.
+    pub escalation: Option<Escalation>,
+    /// Per-owner escalation (`[[owner]]` `escalate_after`/`escalate_to`).
+    pub owner_escalation: Vec<(String, Escalation)>,
+}
+
+impl PagingConfig {
+    /// The escalation that applies to an owner's incidents.
+    pub fn escalation_for(&self, owner: &str) -> Option<&Escalation> {
+        self.owner_escalation
+            .iter()
+            .find(|(o, _)| o == owner)
+            .map(|(_, e)| e)
+            .or(self.escalation.as_ref())
+    }
 }
 
 /// A maintenance window: failures are recorded but not paged until `until`.
@@ -109,6 +132,11 @@ pub(super) struct RawNotifier {
 pub(super) struct RawOwner {
     pub(super) name: String,
     pub(super) notify: Vec<String>,
+    /// Page `escalate_to` when this owner's incident is not acknowledged in time
+    /// (overrides `[paging]`).
+    pub(super) escalate_after: Option<HumanDuration>,
+    /// Notifiers paged one after another, each `escalate_after` later.
+    pub(super) escalate_to: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -126,6 +154,10 @@ pub(super) struct RawSilence {
 pub(super) struct RawPaging {
     pub(super) reminder_interval: Option<HumanDuration>,
     pub(super) fallback_after: Option<HumanDuration>,
+    /// Page `escalate_to` when an incident is not acknowledged this long after its trigger page.
+    pub(super) escalate_after: Option<HumanDuration>,
+    /// Notifiers paged one after another, each `escalate_after` later.
+    pub(super) escalate_to: Option<Vec<String>>,
 }
 
 /// `url` may be a literal or a secret reference; webhook URLs of Slack and
@@ -233,10 +265,21 @@ pub(super) fn build_owners(
     loader: &mut Loader,
     raw: Vec<(Origin, RawOwner)>,
     notifiers: &[String],
+    escalations: &mut Vec<(String, Escalation)>,
 ) -> Vec<(String, Vec<String>)> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for (origin, o) in raw {
+        if let Some(e) = build_escalation(
+            loader,
+            Some(&origin),
+            "owner",
+            o.escalate_after,
+            o.escalate_to.clone(),
+            notifiers,
+        ) {
+            escalations.push((o.name.clone(), e));
+        }
         if !seen.insert(o.name.clone()) {
             loader.err(
                 &origin,

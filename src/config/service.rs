@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::ledger::{LedgerConfig, RawLedger};
 use super::loader::{base_dir, Loader};
+use super::ops::{build_users, parse_timezone, system_timezone, RawServerUser, ServerUser};
 use super::values::{HumanDuration, Secret, SecretRef};
 
 pub(super) const DEFAULT_TOKEN_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
@@ -65,11 +66,16 @@ pub struct ServerConfig {
     pub public_healthz: bool,
     /// `/metrics` without credentials (default false).
     pub public_metrics: bool,
+    /// Named credentials with a role (`[[server.user]]`); `bearer_tokens` and
+    /// `basic_user` are viewers.
+    pub users: Vec<ServerUser>,
+    /// The zone every time on the page is shown in (`timezone`, default the system's).
+    pub timezone: chrono_tz::Tz,
 }
 
 impl ServerConfig {
     pub fn has_auth(&self) -> bool {
-        !self.bearer_tokens.is_empty() || self.basic.is_some()
+        !self.bearer_tokens.is_empty() || self.basic.is_some() || !self.users.is_empty()
     }
 }
 
@@ -126,6 +132,11 @@ pub(super) struct RawServer {
     pub(super) basic_password: Option<SecretRef>,
     pub(super) public_healthz: Option<bool>,
     pub(super) public_metrics: Option<bool>,
+    /// IANA time zone of the times on the page (default: the system's).
+    pub(super) timezone: Option<String>,
+    /// Named credentials with a role: `[[server.user]]`.
+    #[serde(default)]
+    pub(super) user: Vec<RawServerUser>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -237,6 +248,15 @@ pub(super) fn build_server(loader: &mut Loader, raw: Option<RawServer>) -> Optio
             None
         }
     };
+    let users = build_users(loader, raw.user, &base);
+    let timezone = match raw.timezone.as_deref().map(parse_timezone) {
+        None => system_timezone(),
+        Some(Ok(tz)) => tz,
+        Some(Err(m)) => {
+            err(loader, "timezone", m);
+            chrono_tz::UTC
+        }
+    };
     let cfg = ServerConfig {
         listen: listen?,
         language: raw.language.unwrap_or(Language::En),
@@ -245,6 +265,8 @@ pub(super) fn build_server(loader: &mut Loader, raw: Option<RawServer>) -> Optio
         basic,
         public_healthz: raw.public_healthz.unwrap_or(true),
         public_metrics: raw.public_metrics.unwrap_or(false),
+        users,
+        timezone,
     };
     if !cfg.listen.ip().is_loopback() && !cfg.has_auth() {
         err(

@@ -99,6 +99,7 @@ fn facts<'a>(p: &'a ProbeRecord, ch: Option<&'a Incident>, d: Option<&'a Inciden
         inbox_incident: None,
         newest_success: None,
         newest_failure: None,
+        silences: &[],
     }
 }
 
@@ -118,6 +119,9 @@ fn incident(id: i64, channel: &str, paged: bool) -> Incident {
         silenced: None,
         resolved_at: None,
         resolved_by: None,
+        acknowledged_at: None,
+        acknowledged_by: None,
+        escalations: 0,
     }
 }
 

@@ -110,6 +110,11 @@ pub struct Incident {
     pub silenced: Option<String>,
     pub resolved_at: Option<Millis>,
     pub resolved_by: Option<String>,
+    /// When and by whom it was acknowledged (stops reminders and escalation).
+    pub acknowledged_at: Option<Millis>,
+    pub acknowledged_by: Option<String>,
+    /// How many escalation steps have been paged.
+    pub escalations: i64,
 }
 
 /// A page queued for one notifier.
@@ -175,6 +180,102 @@ pub enum IncidentAction {
         detail: String,
         pages: Pages,
     },
+    /// Not acknowledged in time: page escalation step `level` (1-based).
+    Escalate {
+        incident_id: i64,
+        level: i64,
+        at: Millis,
+        note: String,
+        pages: Pages,
+    },
+}
+
+/// An operator's acknowledgement of an open incident, applied by
+/// [`Store::acknowledge`] in one transaction with its audit row and pages.
+#[derive(Clone, Debug)]
+pub struct Acknowledgement {
+    pub incident_id: i64,
+    pub by: String,
+    pub note: String,
+    pub at: Millis,
+    /// Acknowledge pages for the notifiers that take them.
+    pub pages: Pages,
+}
+
+/// A silence set at run time (an operator's, kept in the ledger).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SilenceRecord {
+    pub id: i64,
+    pub channel: Option<String>,
+    pub owner: Option<String>,
+    pub from: Millis,
+    pub until: Millis,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: Millis,
+    pub ended_at: Option<Millis>,
+    pub ended_by: Option<String>,
+}
+
+impl SilenceRecord {
+    /// Whether it holds back pages of this channel at `at`.
+    pub fn covers(&self, channel: &str, owner: &str, at: Millis) -> bool {
+        let who = self.channel.as_deref() == Some(channel) || self.owner.as_deref() == Some(owner);
+        who && self.from <= at && at < self.until && self.ended_at.is_none_or(|e| at < e)
+    }
+}
+
+/// A silence to set: exactly one of `channel` or `owner`.
+#[derive(Clone, Debug)]
+pub struct NewSilence {
+    pub channel: Option<String>,
+    pub owner: Option<String>,
+    pub from: Millis,
+    pub until: Millis,
+    pub reason: String,
+    pub by: String,
+    pub at: Millis,
+}
+
+/// One row of the audit log: who did what, when, and why.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: Millis,
+    pub actor: String,
+    /// `acknowledge`, `silence`, `end-silence`, `reload`, `reload-failed`.
+    pub action: String,
+    /// What it was done to, in words (`incident 4 (social-mail)`, `channel social-mail`).
+    pub target: String,
+    pub reason: String,
+}
+
+/// A notifier's queue as the readers see it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct OutboxState {
+    pub notifier: String,
+    /// Pages waiting to be sent.
+    pub queued: i64,
+    /// Of those, pages that have failed at least once.
+    pub failing: i64,
+    /// Pages given up (refused for good).
+    pub given_up: i64,
+    pub oldest_queued_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub last_sent_at: Option<Millis>,
+}
+
+/// One channel's latest judged probe, and its success counts per UTC day
+/// (kept up to date by the ledger itself as verdicts are written).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ChannelLatest {
+    pub channel: String,
+    pub probe_id: String,
+    pub created_at: Millis,
+    pub judged_at: Option<Millis>,
+    pub verdict: Verdict,
+    pub latency_ms: Option<i64>,
+    pub detail: Option<String>,
 }
 
 /// What the status page, API and metrics need to know about one channel.
@@ -211,13 +312,14 @@ pub struct DayCounts {
     pub latency_max: i64,
 }
 
-/// A page in the outbox, as the reports and evidence show it.
+/// A page in the outbox, as the readers, reports and evidence show it:
+/// who was paged when, and how it went.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct PageRecord {
     pub id: i64,
     pub incident_id: i64,
     pub notifier: String,
-    /// `trigger`, `reminder` or `resolve`.
+    /// `trigger`, `reminder`, `acknowledge` or `resolve`.
     pub event: String,
     pub created_at: Millis,
     /// `pending`, `sent` (accepted by the notifier) or `failed` (given up).
@@ -423,6 +525,46 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(out)
     }
+
+    // --- operating it: acknowledge, silence, audit (issue 15)
+
+    /// Acknowledges an open, unacknowledged incident: sets who and when,
+    /// adds an `acknowledged` timeline entry, queues the pages and writes the
+    /// audit row, in one transaction. `false` (and nothing written) when the
+    /// incident is resolved, unknown or already acknowledged.
+    async fn acknowledge(&self, ack: &Acknowledgement) -> StoreResult<bool>;
+    /// Sets a silence and writes its audit row; returns its id.
+    async fn add_silence(&self, s: &NewSilence) -> StoreResult<i64>;
+    /// Ends a silence early and writes the audit row; `false` when it is
+    /// unknown or already ended (nothing written).
+    async fn end_silence(&self, id: i64, by: &str, reason: &str, at: Millis) -> StoreResult<bool>;
+    /// Silences in force at `active_at` (not ended, `from <= at < until`), or
+    /// with `None` the newest ones (ended or not); newest first.
+    async fn silences(&self, active_at: Option<Millis>, limit: usize) -> StoreResult<Vec<SilenceRecord>>;
+    /// Writes an audit row (for actions that change no ledger row, like a reload).
+    async fn add_audit(&self, at: Millis, actor: &str, action: &str, target: &str, reason: &str) -> StoreResult<i64>;
+    /// The audit log, newest first, rows with an id below `before` (all when `None`).
+    async fn audit_log(&self, before: Option<i64>, limit: usize) -> StoreResult<Vec<AuditEntry>>;
+
+    // --- readers at scale (issue 20)
+
+    /// A channel's probes, newest first, strictly older than the cursor
+    /// `(created_at, id)` when one is given: the pages of its history.
+    async fn probes_before(
+        &self,
+        channel: &str,
+        before: Option<(Millis, String)>,
+        limit: usize,
+    ) -> StoreResult<Vec<ProbeRecord>>;
+    /// The pages of the given incidents, oldest first.
+    async fn pages_of(&self, incident_ids: &[i64]) -> StoreResult<Vec<PageRecord>>;
+    /// Every notifier's queue (notifiers that ever had a page).
+    async fn outbox_states(&self) -> StoreResult<Vec<OutboxState>>;
+    /// The latest judged probe of every channel that has one, in one read.
+    async fn channel_latest(&self) -> StoreResult<Vec<ChannelLatest>>;
+    /// (judged, successful) probes per channel created on UTC days
+    /// `from_day..` (days since the epoch), summed per channel.
+    async fn channel_days(&self, channels: &[String], from_day: i64) -> StoreResult<Vec<(String, i64, i64)>>;
 }
 
 pub type DynStore = Arc<dyn Store>;

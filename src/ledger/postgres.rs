@@ -234,6 +234,9 @@ fn row_to_incident(r: &Row) -> StoreResult<Incident> {
         silenced: get(r, 11)?,
         resolved_at: get(r, 12)?,
         resolved_by: get(r, 13)?,
+        acknowledged_at: None,
+        acknowledged_by: None,
+        escalations: 0,
     })
 }
 
@@ -548,6 +551,7 @@ async fn apply_change(tx: &tokio_postgres::Transaction<'_>, change: &IncidentCha
     }
     let touched = match &change.action {
         IncidentAction::Nothing => None,
+        IncidentAction::Escalate { .. } => return Err(not_on_postgres("escalation")),
         IncidentAction::Open {
             channel,
             dedup_key,
@@ -650,6 +654,52 @@ fn not_on_postgres(what: &str) -> StoreError {
 
 #[async_trait]
 impl Store for PostgresStore {
+    async fn acknowledge(&self, _ack: &super::Acknowledgement) -> StoreResult<bool> {
+        Err(not_on_postgres("acknowledging"))
+    }
+    async fn add_silence(&self, _s: &super::NewSilence) -> StoreResult<i64> {
+        Err(not_on_postgres("a run-time silence"))
+    }
+    async fn end_silence(&self, _id: i64, _by: &str, _reason: &str, _at: Millis) -> StoreResult<bool> {
+        Err(not_on_postgres("a run-time silence"))
+    }
+    async fn silences(&self, _active_at: Option<Millis>, _limit: usize) -> StoreResult<Vec<super::SilenceRecord>> {
+        // None can be set on this backend yet (`add_silence` refuses).
+        Ok(Vec::new())
+    }
+    async fn add_audit(
+        &self,
+        _at: Millis,
+        _actor: &str,
+        _action: &str,
+        _target: &str,
+        _reason: &str,
+    ) -> StoreResult<i64> {
+        Err(not_on_postgres("the audit log"))
+    }
+    async fn audit_log(&self, _before: Option<i64>, _limit: usize) -> StoreResult<Vec<super::AuditEntry>> {
+        Err(not_on_postgres("the audit log"))
+    }
+    async fn probes_before(
+        &self,
+        _channel: &str,
+        _before: Option<(Millis, String)>,
+        _limit: usize,
+    ) -> StoreResult<Vec<ProbeRecord>> {
+        Err(not_on_postgres("probe history pages"))
+    }
+    async fn pages_of(&self, _incident_ids: &[i64]) -> StoreResult<Vec<super::PageRecord>> {
+        Err(not_on_postgres("pages by incident"))
+    }
+    async fn outbox_states(&self) -> StoreResult<Vec<super::OutboxState>> {
+        Err(not_on_postgres("the outbox summary"))
+    }
+    async fn channel_latest(&self) -> StoreResult<Vec<super::ChannelLatest>> {
+        Err(not_on_postgres("the channel summary"))
+    }
+    async fn channel_days(&self, _channels: &[String], _from_day: i64) -> StoreResult<Vec<(String, i64, i64)>> {
+        Err(not_on_postgres("the channel summary"))
+    }
     async fn incidents_between(&self, _from: Millis, _to: Millis) -> StoreResult<Vec<Incident>> {
         Err(not_on_postgres("the incident report"))
     }

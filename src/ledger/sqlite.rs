@@ -10,8 +10,9 @@ use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
 use super::{
-    swept_verdict, ChannelStatus, Cursor, Event, Incident, IncidentAction, IncidentChange, NewProbe, OutboxEntry,
-    Pages, ProbeRecord, Store, StoreError, StoreResult,
+    swept_verdict, Acknowledgement, AuditEntry, ChannelLatest, ChannelStatus, Cursor, Event, Incident, IncidentAction,
+    IncidentChange, NewProbe, NewSilence, OutboxEntry, OutboxState, PageRecord, Pages, ProbeRecord, SilenceRecord,
+    Store, StoreError, StoreResult,
 };
 use crate::config::Expect;
 use crate::verdict::{Judgement, Millis, Verdict};
@@ -158,6 +159,72 @@ DROP INDEX probes_unhandled;
 CREATE INDEX probes_unhandled ON probes (judged_at) WHERE handled = 0;
 CREATE INDEX incidents_opened_by ON incidents (opened_by);
 CREATE INDEX incidents_resolved_by ON incidents (resolved_by);
+"#,
+    // Operating it (issue 15): acknowledgements, escalation, run-time
+    // silences, the audit log. Reading it at scale (issue 20): each
+    // channel's latest judged probe and its verdicts per UTC day, kept up to
+    // date by triggers on every verdict change (judge, sweep, reclassify),
+    // so the status page reads one row per channel instead of scanning.
+    r#"
+ALTER TABLE incidents ADD COLUMN acknowledged_at INTEGER;
+ALTER TABLE incidents ADD COLUMN acknowledged_by TEXT;
+ALTER TABLE incidents ADD COLUMN escalations INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE silences (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel    TEXT,
+    owner      TEXT,
+    from_at    INTEGER NOT NULL,
+    until      INTEGER NOT NULL,
+    reason     TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    ended_at   INTEGER,
+    ended_by   TEXT
+);
+CREATE INDEX silences_until ON silences (until);
+CREATE TABLE audit (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at     INTEGER NOT NULL,
+    actor  TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE channel_latest (
+    channel    TEXT PRIMARY KEY,
+    probe_id   TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE channel_days (
+    channel TEXT NOT NULL,
+    day     INTEGER NOT NULL,
+    verdict TEXT NOT NULL,
+    n       INTEGER NOT NULL,
+    PRIMARY KEY (channel, day, verdict)
+) WITHOUT ROWID;
+INSERT INTO channel_days (channel, day, verdict, n)
+    SELECT channel, created_at / 86400000, verdict, COUNT(*) FROM probes WHERE verdict <> 'pending' GROUP BY 1, 2, 3;
+INSERT INTO channel_latest (channel, probe_id, created_at)
+    SELECT channel, id, created_at FROM (
+        SELECT channel, id, created_at,
+               ROW_NUMBER() OVER (PARTITION BY channel ORDER BY created_at DESC, id DESC) AS r
+        FROM probes WHERE verdict <> 'pending')
+    WHERE r = 1;
+CREATE TRIGGER probes_verdict_rollup AFTER UPDATE OF verdict ON probes
+WHEN OLD.verdict <> NEW.verdict
+BEGIN
+    UPDATE channel_days SET n = n - 1
+        WHERE OLD.verdict <> 'pending' AND channel = OLD.channel AND day = OLD.created_at / 86400000
+          AND verdict = OLD.verdict;
+    INSERT INTO channel_days (channel, day, verdict, n)
+        SELECT NEW.channel, NEW.created_at / 86400000, NEW.verdict, 1 WHERE NEW.verdict <> 'pending'
+        ON CONFLICT (channel, day, verdict) DO UPDATE SET n = n + 1;
+    INSERT INTO channel_latest (channel, probe_id, created_at)
+        SELECT NEW.channel, NEW.id, NEW.created_at WHERE NEW.verdict <> 'pending'
+        ON CONFLICT (channel) DO UPDATE SET probe_id = excluded.probe_id, created_at = excluded.created_at
+        WHERE excluded.created_at > channel_latest.created_at
+           OR (excluded.created_at = channel_latest.created_at AND excluded.probe_id >= channel_latest.probe_id);
+END;
 "#,
 ];
 
@@ -315,7 +382,8 @@ impl SqliteStore {
 }
 
 const INCIDENT_COLUMNS: &str = "id, channel, dedup_key, opened_at, opened_by, verdict, detail, failures, \
-     last_failure_at, paged, last_paged_at, silenced, resolved_at, resolved_by";
+     last_failure_at, paged, last_paged_at, silenced, resolved_at, resolved_by, acknowledged_at, acknowledged_by, \
+     escalations";
 
 fn row_to_incident(r: &Row<'_>) -> rusqlite::Result<Incident> {
     Ok(Incident {
@@ -333,7 +401,53 @@ fn row_to_incident(r: &Row<'_>) -> rusqlite::Result<Incident> {
         silenced: r.get(11)?,
         resolved_at: r.get(12)?,
         resolved_by: r.get(13)?,
+        acknowledged_at: r.get(14)?,
+        acknowledged_by: r.get(15)?,
+        escalations: r.get(16)?,
     })
+}
+
+const SILENCE_COLUMNS: &str = "id, channel, owner, from_at, until, reason, created_by, created_at, ended_at, ended_by";
+
+fn row_to_silence(r: &Row<'_>) -> rusqlite::Result<SilenceRecord> {
+    Ok(SilenceRecord {
+        id: r.get(0)?,
+        channel: r.get(1)?,
+        owner: r.get(2)?,
+        from: r.get(3)?,
+        until: r.get(4)?,
+        reason: r.get(5)?,
+        created_by: r.get(6)?,
+        created_at: r.get(7)?,
+        ended_at: r.get(8)?,
+        ended_by: r.get(9)?,
+    })
+}
+
+fn row_to_audit(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        target: r.get(4)?,
+        reason: r.get(5)?,
+    })
+}
+
+fn audit(
+    tx: &rusqlite::Transaction<'_>,
+    at: Millis,
+    actor: &str,
+    action: &str,
+    target: &str,
+    reason: &str,
+) -> rusqlite::Result<i64> {
+    tx.execute(
+        "INSERT INTO audit (at, actor, action, target, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![at, actor, action, target, reason],
+    )?;
+    Ok(tx.last_insert_rowid())
 }
 
 fn incident_event(
@@ -461,6 +575,24 @@ fn apply_change(tx: &rusqlite::Transaction<'_>, change: &IncidentChange) -> rusq
             )?;
             incident_event(tx, *incident_id, *at, "resolved", detail)?;
             enqueue(tx, *incident_id, *at, pages)?;
+            Some(*incident_id)
+        }
+        IncidentAction::Escalate {
+            incident_id,
+            level,
+            at,
+            note,
+            pages,
+        } => {
+            let changed = tx.execute(
+                "UPDATE incidents SET escalations = ?2 WHERE id = ?1 AND resolved_at IS NULL \
+                 AND acknowledged_at IS NULL AND escalations < ?2",
+                params![incident_id, level],
+            )?;
+            if changed == 1 {
+                incident_event(tx, *incident_id, *at, "escalated", note)?;
+                enqueue(tx, *incident_id, *at, pages)?;
+            }
             Some(*incident_id)
         }
     };
@@ -1099,6 +1231,227 @@ impl Store for SqliteStore {
                 params![inbox, cur.uid_validity, cur.last_uid],
             )
             .map(|_| ())
+        })
+        .await
+    }
+
+    async fn acknowledge(&self, ack: &Acknowledgement) -> StoreResult<bool> {
+        let ack = ack.clone();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let changed = tx.execute(
+                "UPDATE incidents SET acknowledged_at = ?2, acknowledged_by = ?3 \
+                 WHERE id = ?1 AND resolved_at IS NULL AND acknowledged_at IS NULL",
+                params![ack.incident_id, ack.at, ack.by],
+            )?;
+            if changed == 0 {
+                return Ok(false);
+            }
+            let channel: String = tx.query_row(
+                "SELECT channel FROM incidents WHERE id = ?1",
+                params![ack.incident_id],
+                |r| r.get(0),
+            )?;
+            let detail = if ack.note.is_empty() {
+                format!("acknowledged by {}", ack.by)
+            } else {
+                format!("acknowledged by {}: {}", ack.by, ack.note)
+            };
+            incident_event(&tx, ack.incident_id, ack.at, "acknowledged", &detail)?;
+            enqueue(&tx, ack.incident_id, ack.at, &ack.pages)?;
+            audit(
+                &tx,
+                ack.at,
+                &ack.by,
+                "acknowledge",
+                &format!("incident {} ({channel})", ack.incident_id),
+                &ack.note,
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn add_silence(&self, s: &NewSilence) -> StoreResult<i64> {
+        let s = s.clone();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO silences (channel, owner, from_at, until, reason, created_by, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![s.channel, s.owner, s.from, s.until, s.reason, s.by, s.at],
+            )?;
+            let id = tx.last_insert_rowid();
+            let who = match (&s.channel, &s.owner) {
+                (Some(c), _) => format!("channel {c}"),
+                (None, Some(o)) => format!("owner {o}"),
+                (None, None) => "nothing".to_string(),
+            };
+            let target = format!("silence {id}: {who} until {}", crate::page::rfc3339(s.until));
+            audit(&tx, s.at, &s.by, "silence", &target, &s.reason)?;
+            tx.commit()?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn end_silence(&self, id: i64, by: &str, reason: &str, at: Millis) -> StoreResult<bool> {
+        let (by, reason) = (by.to_string(), reason.to_string());
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let who: Option<(Option<String>, Option<String>)> = tx
+                .query_row(
+                    "UPDATE silences SET ended_at = ?2, ended_by = ?3 WHERE id = ?1 AND ended_at IS NULL \
+                     RETURNING channel, owner",
+                    params![id, at, by],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((channel, owner)) = who else {
+                return Ok(false);
+            };
+            let what = match (channel, owner) {
+                (Some(c), _) => format!("channel {c}"),
+                (None, Some(o)) => format!("owner {o}"),
+                (None, None) => "nothing".to_string(),
+            };
+            audit(&tx, at, &by, "end-silence", &format!("silence {id}: {what}"), &reason)?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn silences(&self, active_at: Option<Millis>, limit: usize) -> StoreResult<Vec<SilenceRecord>> {
+        match active_at {
+            Some(t) => {
+                let sql = format!(
+                    "SELECT {SILENCE_COLUMNS} FROM silences WHERE until > ?1 AND from_at <= ?1 \
+                     AND (ended_at IS NULL OR ended_at > ?1) ORDER BY id DESC LIMIT ?2"
+                );
+                self.all(sql, vec![Value::Integer(t), limit_arg(limit)], row_to_silence)
+                    .await
+            }
+            None => {
+                let sql = format!("SELECT {SILENCE_COLUMNS} FROM silences ORDER BY id DESC LIMIT ?1");
+                self.all(sql, vec![limit_arg(limit)], row_to_silence).await
+            }
+        }
+    }
+
+    async fn add_audit(&self, at: Millis, actor: &str, action: &str, target: &str, reason: &str) -> StoreResult<i64> {
+        let (actor, action, target, reason) = (
+            actor.to_string(),
+            action.to_string(),
+            target.to_string(),
+            reason.to_string(),
+        );
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let id = audit(&tx, at, &actor, &action, &target, &reason)?;
+            tx.commit()?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn audit_log(&self, before: Option<i64>, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        let sql = "SELECT id, at, actor, action, target, reason FROM audit WHERE id < ?1 ORDER BY id DESC LIMIT ?2";
+        self.all(
+            sql.into(),
+            vec![Value::Integer(before.unwrap_or(i64::MAX)), limit_arg(limit)],
+            row_to_audit,
+        )
+        .await
+    }
+
+    async fn probes_before(
+        &self,
+        channel: &str,
+        before: Option<(Millis, String)>,
+        limit: usize,
+    ) -> StoreResult<Vec<ProbeRecord>> {
+        let (at, id) = before.unwrap_or((i64::MAX, String::new()));
+        let sql = format!(
+            "SELECT {PROBE_COLUMNS} FROM probes WHERE channel = ?1 AND (created_at < ?2 OR (created_at = ?2 AND id < ?3)) \
+             ORDER BY created_at DESC, id DESC LIMIT ?4"
+        );
+        self.all(
+            sql,
+            vec![text(channel), Value::Integer(at), text(&id), limit_arg(limit)],
+            row_to_probe,
+        )
+        .await
+    }
+
+    async fn pages_of(&self, incident_ids: &[i64]) -> StoreResult<Vec<PageRecord>> {
+        let ids = serde_json::Value::from(incident_ids.to_vec()).to_string();
+        let sql =
+            "SELECT id, incident_id, notifier, event, created_at, state, attempts, sent_at, last_error FROM outbox \
+                   WHERE incident_id IN (SELECT value FROM json_each(?1)) ORDER BY id";
+        self.all(sql.into(), vec![Value::Text(ids)], report::row_to_page).await
+    }
+
+    async fn outbox_states(&self) -> StoreResult<Vec<OutboxState>> {
+        let sql = "SELECT notifier, \
+                     COALESCE(SUM(state = 'pending'), 0), \
+                     COALESCE(SUM(state = 'pending' AND attempts > 0), 0), \
+                     COALESCE(SUM(state = 'failed'), 0), \
+                     MIN(CASE WHEN state = 'pending' THEN created_at END), \
+                     (SELECT o2.last_error FROM outbox o2 WHERE o2.notifier = o.notifier AND o2.last_error IS NOT NULL \
+                        AND o2.state <> 'sent' ORDER BY o2.id DESC LIMIT 1), \
+                     MAX(sent_at) \
+                   FROM outbox o GROUP BY notifier ORDER BY notifier";
+        self.all(sql.into(), vec![], |r| {
+            Ok(OutboxState {
+                notifier: r.get(0)?,
+                queued: r.get(1)?,
+                failing: r.get(2)?,
+                given_up: r.get(3)?,
+                oldest_queued_at: r.get(4)?,
+                last_error: r.get(5)?,
+                last_sent_at: r.get(6)?,
+            })
+        })
+        .await
+    }
+
+    async fn channel_latest(&self) -> StoreResult<Vec<ChannelLatest>> {
+        let sql = "SELECT p.channel, p.id, p.created_at, p.judged_at, p.verdict, p.latency_ms, p.detail \
+                   FROM channel_latest l JOIN probes p ON p.id = l.probe_id ORDER BY p.channel";
+        self.all(sql.into(), vec![], |r| {
+            let verdict: String = r.get(4)?;
+            Ok(ChannelLatest {
+                channel: r.get(0)?,
+                probe_id: r.get(1)?,
+                created_at: r.get(2)?,
+                judged_at: r.get(3)?,
+                verdict: verdict.parse().map_err(|e: String| {
+                    rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, e.into())
+                })?,
+                latency_ms: r.get(5)?,
+                detail: r.get(6)?,
+            })
+        })
+        .await
+    }
+
+    async fn channel_days(&self, channels: &[String], from_day: i64) -> StoreResult<Vec<(String, i64, i64)>> {
+        let ok = Verdict::ALL
+            .iter()
+            .filter(|v| v.is_success())
+            .map(|v| format!("'{}'", v.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ids = serde_json::Value::from(channels.to_vec()).to_string();
+        let sql = format!(
+            "SELECT channel, COALESCE(SUM(n), 0), COALESCE(SUM(CASE WHEN verdict IN ({ok}) THEN n ELSE 0 END), 0) \
+             FROM channel_days WHERE channel IN (SELECT value FROM json_each(?1)) AND day >= ?2 \
+             GROUP BY channel ORDER BY channel"
+        );
+        self.all(sql, vec![Value::Text(ids), Value::Integer(from_day)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .await
     }

@@ -20,7 +20,7 @@ pub(super) fn success_list() -> String {
         .join(", ")
 }
 
-fn row_to_page(r: &Row<'_>) -> rusqlite::Result<PageRecord> {
+pub(super) fn row_to_page(r: &Row<'_>) -> rusqlite::Result<PageRecord> {
     Ok(PageRecord {
         id: r.get(0)?,
         incident_id: r.get(1)?,

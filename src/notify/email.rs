@@ -13,6 +13,7 @@ pub fn message(page: &Page) -> (String, String) {
         PageEvent::Trigger => "TRIGGER",
         PageEvent::Reminder => "REMINDER",
         PageEvent::Resolve => "RESOLVED",
+        PageEvent::Acknowledge => "ACKNOWLEDGED",
     };
     let subject = truncate(
         &one_line(&format!("[postcanary] {word}: {}", page.summary)),
@@ -23,6 +24,7 @@ pub fn message(page: &Page) -> (String, String) {
         PageEvent::Trigger => "A channel is failing; a new incident was opened.",
         PageEvent::Reminder => "The incident is still open: the channel keeps failing.",
         PageEvent::Resolve => "The channel works again; the incident is resolved.",
+        PageEvent::Acknowledge => "An operator has acknowledged the incident; reminders stop.",
     };
     let mut body = format!("{headline}\n\n{}\n\n", one_line(&page.summary));
     let facts = [

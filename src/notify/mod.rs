@@ -75,6 +75,11 @@ pub(crate) fn title(page: &Page) -> String {
         PageEvent::Trigger => format!("🔴 {}", page.summary),
         PageEvent::Reminder => format!("🔁 Still failing: {}", page.summary),
         PageEvent::Resolve => format!("✅ Resolved: {}", page.summary),
+        PageEvent::Acknowledge => format!(
+            "👀 Acknowledged by {}: {}",
+            page.by.as_deref().unwrap_or("an operator"),
+            page.summary
+        ),
     }
 }
 
@@ -119,6 +124,7 @@ pub(crate) mod fixtures {
                 },
             ],
             source: "canary-01".into(),
+            by: (event == PageEvent::Acknowledge).then(|| "anne".to_string()),
         }
     }
 

@@ -23,6 +23,7 @@ const TAG_MAX: usize = 50;
 const ENTITY_MAX: usize = 512;
 const SOURCE_MAX: usize = 100;
 const NOTE_MAX: usize = 25_000;
+const USER_MAX: usize = 100;
 
 pub fn request(n: &NotifierConfig, page: &Page) -> Result<Request, String> {
     let api_key = n.api_key.as_ref().ok_or_else(|| missing(n, "api_key"))?;
@@ -63,6 +64,25 @@ pub fn request(n: &NotifierConfig, page: &Page) -> Result<Request, String> {
             });
             let url = format!("{base}/v2/alerts/{}/close?identifierType=alias", encode_path(&alias));
             (url, body)
+        }
+        PageEvent::Acknowledge => {
+            let mut body = Map::new();
+            if let Some(by) = &page.by {
+                body.insert("user".into(), json!(truncate(by, USER_MAX)));
+            }
+            body.insert("source".into(), json!(source));
+            body.insert(
+                "note".into(),
+                json!(truncate(
+                    &format!("Acknowledged in postcanary: {}", page.detail),
+                    NOTE_MAX
+                )),
+            );
+            let url = format!(
+                "{base}/v2/alerts/{}/acknowledge?identifierType=alias",
+                encode_path(&alias)
+            );
+            (url, serde_json::Value::Object(body))
         }
     };
     let body = serde_json::to_vec(&body).map_err(|e| format!("opsgenie notifier `{}`: {e}", n.name))?;
@@ -163,6 +183,30 @@ mod tests {
                 "note": "Resolved: Social og Familie (e-mail): missed - nothing arrived before the deadline",
             })
         );
+    }
+
+    #[test]
+    fn acknowledge_acknowledges_by_encoded_alias_with_user_and_note() {
+        let mut n = notifier(NotifierKind::Opsgenie);
+        n.url = None;
+        let mut p = page(PageEvent::Acknowledge);
+        p.detail = "looking at the relay".into();
+        let req = request(&n, &p).unwrap();
+        assert_eq!(
+            req.url,
+            "https://api.opsgenie.com/v2/alerts/postcanary%2Fsocial-family-mail%2F7/acknowledge?identifierType=alias"
+        );
+        assert_eq!(req.headers, auth());
+        assert_eq!(
+            body(&req),
+            json!({
+                "user": "anne",
+                "source": "canary-01",
+                "note": "Acknowledged in postcanary: looking at the relay",
+            })
+        );
+        p.by = None;
+        assert!(body(&request(&n, &p).unwrap()).get("user").is_none());
     }
 
     #[test]

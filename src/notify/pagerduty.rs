@@ -25,6 +25,12 @@ pub fn request(n: &NotifierConfig, page: &Page) -> Result<Request, String> {
             "event_action": "resolve",
             "dedup_key": page.dedup_key,
         }),
+        // The same dedup key: PagerDuty acknowledges the open incident it belongs to.
+        PageEvent::Acknowledge => json!({
+            "routing_key": routing_key.expose(),
+            "event_action": "acknowledge",
+            "dedup_key": page.dedup_key,
+        }),
         PageEvent::Trigger | PageEvent::Reminder => json!({
             "routing_key": routing_key.expose(),
             "event_action": "trigger",
@@ -135,6 +141,23 @@ mod tests {
     }
 
     #[test]
+    fn acknowledge_is_the_acknowledge_action_with_the_same_dedup_key() {
+        let mut n = notifier(NotifierKind::Pagerduty);
+        n.url = None;
+        let req = request(&n, &page(PageEvent::Acknowledge)).unwrap();
+        assert_eq!(req.url, DEFAULT_URL);
+        assert!(req.headers.is_empty());
+        assert_eq!(
+            body(&req),
+            json!({
+                "routing_key": "R0UT1NGKEY",
+                "event_action": "acknowledge",
+                "dedup_key": "postcanary/social-family-mail/7",
+            })
+        );
+    }
+
+    #[test]
     fn configured_url_is_used() {
         let req = request(&notifier(NotifierKind::Pagerduty), &page(PageEvent::Trigger)).unwrap();
         assert_eq!(req.url, "http://127.0.0.1:9/hook");
@@ -175,7 +198,12 @@ mod tests {
 
     #[test]
     fn other_secrets_stay_out() {
-        for event in [PageEvent::Trigger, PageEvent::Reminder, PageEvent::Resolve] {
+        for event in [
+            PageEvent::Trigger,
+            PageEvent::Reminder,
+            PageEvent::Resolve,
+            PageEvent::Acknowledge,
+        ] {
             let req = request(&notifier(NotifierKind::Pagerduty), &page(event)).unwrap();
             let text = String::from_utf8(req.body).unwrap();
             assert!(!text.contains("genie-key") && !text.contains("hmac-key"));

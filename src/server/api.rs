@@ -105,13 +105,24 @@ pub(super) async fn incident_view(s: &AppState, i: &Incident) -> Result<Incident
 
 /// Views of the given channels (all when `only` is `None`), in config order.
 pub(super) async fn views(s: &AppState, only: Option<&str>) -> Result<Vec<ChannelView>, StoreError> {
-    let channels: Vec<&Channel> = s
-        .config
+    let config = s.config();
+    let ids: Vec<String> = config
         .channels
         .iter()
         .filter(|c| only.is_none_or(|id| c.id == id))
+        .map(|c| c.id.clone())
         .collect();
+    views_for(s, &ids).await
+}
+
+/// Full views (uptime, sparkline, open incident) of the named channels, in
+/// that order; unknown ids are left out. Costs a few reads per channel: for
+/// the rows a page shows, not for all channels at once.
+pub(super) async fn views_for(s: &AppState, ids: &[String]) -> Result<Vec<ChannelView>, StoreError> {
+    let config = s.config();
+    let channels: Vec<&Channel> = ids.iter().filter_map(|id| config.channel(id)).collect();
     let ids: Vec<String> = channels.iter().map(|c| c.id.clone()).collect();
+    let single = ids.len() == 1;
     let statuses = s.store.channel_status(&ids, now_millis(), RECENT).await?;
     let mut open: HashMap<String, Incident> = s
         .store
@@ -132,9 +143,11 @@ pub(super) async fn views(s: &AppState, only: Option<&str>) -> Result<Vec<Channe
             latency_ms: p.latency_ms,
             detail: p.detail.clone().unwrap_or_default(),
         });
-        let compliance = match only {
-            Some(_) => Some(super::compliance::view(s, ch, now_millis()).await?),
-            None => None,
+        // The 30-day compliance summary reads each kept path: for one
+        // channel's own view, not for lists of many.
+        let compliance = match single {
+            true => Some(super::compliance::view(s, ch, now_millis()).await?),
+            false => None,
         };
         let state = match (&incident, st.recent.first()) {
             (Some(_), _) => "failing",
@@ -186,9 +199,46 @@ fn not_found(id: &str) -> Response {
         .into_response()
 }
 
-pub(super) async fn channels(State(s): State<AppState>) -> Response {
-    match views(&s, None).await {
-        Ok(v) => Json(v).into_response(),
+#[derive(Deserialize)]
+pub(super) struct ChannelPage {
+    /// At most this many channels (default 1000, at most 10,000).
+    limit: Option<usize>,
+    /// The channels after this id, in config order (the `next` link carries it).
+    after: Option<String>,
+}
+
+pub(super) async fn channels(State(s): State<AppState>, Query(q): Query<ChannelPage>) -> Response {
+    let config = s.config();
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let start = match q.after.as_deref() {
+        None => 0,
+        Some(a) => match config.channels.iter().position(|c| c.id == a) {
+            Some(i) => i + 1,
+            None => return not_found(a),
+        },
+    };
+    let ids: Vec<String> = config
+        .channels
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|c| c.id.clone())
+        .collect();
+    let more = config.channels.len() > start + ids.len();
+    match views_for(&s, &ids).await {
+        Ok(v) => {
+            let mut resp = Json(v).into_response();
+            if let (true, Some(last)) = (more, ids.last()) {
+                let next = format!(
+                    "</api/channels?limit={limit}&after={}>; rel=\"next\"",
+                    percent_encoding::utf8_percent_encode(last, percent_encoding::NON_ALPHANUMERIC)
+                );
+                if let Ok(h) = header::HeaderValue::from_str(&next) {
+                    resp.headers_mut().insert(header::LINK, h);
+                }
+            }
+            resp
+        }
         Err(e) => store_error(e),
     }
 }
@@ -206,6 +256,9 @@ pub(super) struct Since {
     /// RFC 3339 time or milliseconds since the epoch; default: 24 hours ago.
     since: Option<String>,
     limit: Option<usize>,
+    /// `created_at:id` of the oldest probe already seen: the page before it,
+    /// newest first (instead of `since`).
+    before: Option<String>,
 }
 
 /// A probe as the API shows it.
@@ -222,8 +275,22 @@ struct ProbeView<'a> {
 }
 
 pub(super) async fn probes(State(s): State<AppState>, Path(id): Path<String>, Query(q): Query<Since>) -> Response {
-    if s.config.channel(&id).is_none() {
+    if s.config().channel(&id).is_none() {
         return not_found(&id);
+    }
+    if let Some(b) = q.before.as_deref() {
+        let Some(cursor) = b
+            .split_once(':')
+            .and_then(|(t, i)| t.parse::<i64>().ok().map(|t| (t, i.to_string())))
+        else {
+            let msg = format!("before={b:?}: use created_at:id of a probe, as the previous page ends");
+            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": msg }))).into_response();
+        };
+        let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+        return match s.store.probes_before(&id, Some(cursor), limit).await {
+            Ok(p) => with_events(&s, &p).await,
+            Err(e) => store_error(e),
+        };
     }
     let since = match q.since.as_deref() {
         None => now_millis() - 86_400_000,
@@ -244,14 +311,21 @@ pub(super) async fn probes(State(s): State<AppState>, Path(id): Path<String>, Qu
         Ok(p) => p,
         Err(e) => return store_error(e),
     };
-    let ch = s.config.channel(&id);
+    with_events(&s, &probes).await
+}
+
+/// Probes with their evidence trails (and the compliance of their kept
+/// paths), as the API shows them.
+async fn with_events(s: &AppState, probes: &[ProbeRecord]) -> Response {
+    let config = s.config();
     let mut out = Vec::with_capacity(probes.len());
-    for p in &probes {
+    for p in probes {
+        let ch = config.channel(&p.channel);
         match s.store.events(&p.id).await {
             Ok(events) => {
                 let path = crate::incident::compliance::kept_path(&events);
                 let compliance = match (&path, ch) {
-                    (Some(k), Some(ch)) => Some(crate::compliance::assess(k, &s.config.our_side(ch), &ch.policy)),
+                    (Some(k), Some(ch)) => Some(crate::compliance::assess(k, &config.our_side(ch), &ch.policy)),
                     _ => None,
                 };
                 out.push(ProbeView {

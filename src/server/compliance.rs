@@ -63,7 +63,7 @@ pub(super) async fn view(s: &AppState, ch: &Channel, now: Millis) -> Result<Comp
         .store
         .channel_events(&ch.id, PATH_EVENT, now - WINDOW_MS, MAX_CANARIES)
         .await?;
-    let ours = s.config.our_side(ch);
+    let ours = s.config().our_side(ch);
     let mut tally = Tally::new(&ch.policy);
     let mut newest = None;
     let mut recent = Vec::new();

@@ -103,7 +103,7 @@ pub(super) async fn render(s: &AppState) -> Result<String, StoreError> {
         "# HELP postcanary_outbox_pages Pages waiting in the outbox, by notifier."
     );
     let _ = writeln!(w, "# TYPE postcanary_outbox_pages gauge");
-    for n in &s.config.notifiers {
+    for n in &s.config().notifiers {
         let d = depth.get(&n.name).copied().unwrap_or(0);
         let _ = writeln!(w, "postcanary_outbox_pages{{notifier=\"{}\"}} {d}", label(&n.name));
     }

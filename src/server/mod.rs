@@ -6,7 +6,9 @@ mod api;
 mod compliance;
 mod escape;
 mod metrics;
+mod ops;
 mod page;
+mod summary;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -15,12 +17,12 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine as _;
 use tokio::sync::watch;
 
-use crate::config::{Config, ServerConfig};
+use crate::config::{Config, Role, ServerConfig};
 use crate::inbox::imap::WatcherState;
 use crate::ledger::DynStore;
 use crate::verdict::now_millis;
@@ -28,7 +30,10 @@ use crate::verdict::now_millis;
 /// What the handlers read.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
+    /// The config in force (follows reloads).
+    pub live: watch::Receiver<Arc<Config>>,
+    /// Reloads the config (`POST /api/reload`); `None` where nothing can be reloaded.
+    pub reloader: Option<crate::engine::Reloader>,
     pub server: Arc<ServerConfig>,
     pub store: DynStore,
     pub watchers: Arc<Vec<(String, watch::Receiver<WatcherState>)>>,
@@ -40,6 +45,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The config in force now.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.live.borrow())
+    }
+
     fn watcher_states(&self) -> Vec<(String, WatcherState)> {
         self.watchers
             .iter()
@@ -64,7 +74,20 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(page::index))
+        .route("/owners/{name}", get(page::owner))
         .route("/channels/{id}", get(page::channel))
+        .route("/channels/{id}/probes.csv", get(ops::probes_csv))
+        .route("/incidents/{id}", get(page::incident))
+        .route("/incidents/{id}/acknowledge", post(ops::form_acknowledge))
+        .route("/silences", post(ops::form_silence))
+        .route("/silences/{id}/end", post(ops::form_end_silence))
+        .route("/reload", post(ops::form_reload))
+        .route("/audit", get(page::audit))
+        .route("/api/incidents/{id}/acknowledge", post(ops::api_acknowledge))
+        .route("/api/silences", get(ops::api_silences).post(ops::api_silence))
+        .route("/api/silences/{id}/end", post(ops::api_end_silence))
+        .route("/api/reload", get(ops::api_reload_status).post(ops::api_reload))
+        .route("/api/audit", get(ops::api_audit))
         .route("/api/channels", get(api::channels))
         .route("/api/channels/{id}", get(api::channel))
         .route("/api/channels/{id}/probes", get(api::probes))
@@ -124,34 +147,88 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorized(server: &ServerConfig, headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    if let Some(token) = value.strip_prefix("Bearer ") {
-        return server
-            .bearer_tokens
-            .iter()
-            .any(|t| same(t.expose().as_bytes(), token.trim().as_bytes()));
-    }
-    if let (Some(b64), Some((user, password))) = (value.strip_prefix("Basic "), &server.basic) {
-        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
-            return false;
-        };
-        let expected = format!("{user}:{}", password.expose());
-        return same(&decoded, expected.as_bytes());
-    }
-    false
+/// Who is asking, as the access check established it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// A `[[server.user]]` name, the basic user, `bearer token` for the
+    /// plain `bearer_tokens`, or `anonymous` where no credentials are configured.
+    pub name: String,
+    pub role: Role,
 }
 
-async fn access(State(s): State<AppState>, req: Request, next: Next) -> Response {
+/// The identity behind the request's credentials, if they are valid.
+fn identify(server: &ServerConfig, headers: &HeaderMap) -> Option<Identity> {
+    let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())?;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        let token = token.trim().as_bytes();
+        // Every credential is compared, so the time taken says nothing of which matched.
+        let mut found = None;
+        for u in &server.users {
+            if let Some(t) = &u.token {
+                if same(t.expose().as_bytes(), token) && found.is_none() {
+                    found = Some(Identity {
+                        name: u.name.clone(),
+                        role: u.role,
+                    });
+                }
+            }
+        }
+        for t in &server.bearer_tokens {
+            if same(t.expose().as_bytes(), token) && found.is_none() {
+                found = Some(Identity {
+                    name: "bearer token".into(),
+                    role: Role::Viewer,
+                });
+            }
+        }
+        return found;
+    }
+    let b64 = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let mut found = None;
+    for u in &server.users {
+        if let Some(p) = &u.password {
+            let expected = format!("{}:{}", u.name, p.expose());
+            if same(&decoded, expected.as_bytes()) && found.is_none() {
+                found = Some(Identity {
+                    name: u.name.clone(),
+                    role: u.role,
+                });
+            }
+        }
+    }
+    if let Some((user, password)) = &server.basic {
+        let expected = format!("{user}:{}", password.expose());
+        if same(&decoded, expected.as_bytes()) && found.is_none() {
+            found = Some(Identity {
+                name: user.clone(),
+                role: Role::Viewer,
+            });
+        }
+    }
+    found
+}
+
+async fn access(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let public = (path == "/healthz" && s.server.public_healthz) || (path == "/metrics" && s.server.public_metrics);
-    if public || !s.server.has_auth() || authorized(&s.server, req.headers()) {
+    if !s.server.has_auth() {
+        req.extensions_mut().insert(Identity {
+            name: "anonymous".into(),
+            role: Role::Viewer,
+        });
+        return next.run(req).await;
+    }
+    if let Some(id) = identify(&s.server, req.headers()) {
+        req.extensions_mut().insert(id);
+        return next.run(req).await;
+    }
+    if public {
         return next.run(req).await;
     }
     let mut resp = (StatusCode::UNAUTHORIZED, "authentication required\n").into_response();
-    if s.server.basic.is_some() {
+    let basic = s.server.basic.is_some() || s.server.users.iter().any(|u| u.password.is_some());
+    if basic {
         if let Ok(v) = header::HeaderValue::from_str("Basic realm=\"postcanary\", charset=\"UTF-8\"") {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
@@ -181,7 +258,8 @@ pub async fn start(engine: &mut crate::engine::Engine) -> Result<Option<std::net
         .map_err(|e| format!("cannot listen on {}: {e}", server.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let state = AppState {
-        config: Arc::clone(&engine.config),
+        live: engine.live(),
+        reloader: Some(engine.reloader()),
         server: Arc::new(server),
         store: Arc::clone(&engine.store),
         watchers: Arc::new(engine.watcher_receivers().into_iter().collect()),
