@@ -245,6 +245,31 @@ async fn build(dir: &Path) -> (Config, DynStore, [i64; 4]) {
         .open(Some(&first), "social-mail", d0 + 10 * HOUR + 15 * MIN + 100, true, None)
         .await;
     l.deliver_pages(a, 2_000).await;
+    // An operator acknowledges A 45 min after its first failing probe was
+    // sent, and silences the channel for a while.
+    assert!(l
+        .store
+        .acknowledge(&postcanary::ledger::Acknowledgement {
+            incident_id: a,
+            by: "anne".into(),
+            note: "relay team on it".into(),
+            at: d0 + 10 * HOUR + 1_000 + 45 * MIN,
+            pages: Vec::new(),
+        })
+        .await
+        .unwrap());
+    l.store
+        .add_silence(&postcanary::ledger::NewSilence {
+            channel: Some("social-mail".into()),
+            owner: None,
+            from: d0 + 10 * HOUR + 50 * MIN,
+            until: d0 + 12 * HOUR,
+            reason: "relay maintenance".into(),
+            by: "bo".into(),
+            at: d0 + 10 * HOUR + 50 * MIN,
+        })
+        .await
+        .unwrap();
     let second = l
         .probe("social-mail", d0 + 11 * HOUR, Some(Verdict::Missed), None)
         .await;
@@ -378,13 +403,14 @@ async fn report_figures_match_the_hand_made_ledger() {
     let ia = &s.incidents[0];
     assert_eq!(ia.id, a);
     assert_eq!(ia.time_to_detect_ms, Some(15 * MIN + 1_100));
-    assert_eq!(ia.time_to_acknowledge_ms, None);
+    assert_eq!(ia.time_to_acknowledge_ms, Some(45 * MIN), "first failing probe sent → acknowledged");
     assert_eq!(ia.time_to_resolve_ms, Some(15 * HOUR + 4_000));
     assert_eq!(ia.pages_sent, 2, "trigger and resolve accepted by ops; mail gave up");
     assert_eq!(ia.failures, 2);
     assert!(!ia.opened_before_period && !ia.open_at_end);
     assert_eq!(s.summary.incidents_opened, 1);
     assert_eq!(s.summary.mean_time_to_detect_ms, Some(15 * MIN + 1_100));
+    assert_eq!(s.summary.mean_time_to_acknowledge_ms, Some(45 * MIN));
 
     // borger-mail: the period starts mid-incident (B, opened in October).
     let bo = ch("borger-mail");
@@ -677,7 +703,17 @@ async fn the_cli_writes_table_json_csv_and_html_without_secrets_or_daemon() {
     );
     assert_eq!(ev["figures"]["time_to_detect_ms"], 15 * MIN + 1_100);
     assert_eq!(ev["resolution"]["probe"], probes[2]["id"]);
-    assert!(ev["acknowledgements"].as_array().unwrap().is_empty());
+    let acks = ev["acknowledgements"].as_array().unwrap();
+    assert_eq!(acks.len(), 1, "{acks:?}");
+    assert_eq!(acks[0]["by"], "anne");
+    assert_eq!(acks[0]["detail"], "acknowledged by anne: relay team on it");
+    assert_eq!(ev["figures"]["time_to_acknowledge_ms"], 45 * MIN);
+    let silences = ev["silences"].as_array().unwrap();
+    assert_eq!(silences.len(), 1, "{silences:?}");
+    assert_eq!(
+        (&silences[0]["created_by"], &silences[0]["reason"]),
+        (&serde_json::json!("bo"), &serde_json::json!("relay maintenance"))
+    );
 
     let html = run(&["evidence", "-c", cfg, &a.to_string(), "--format", "html"]);
     if let Some(pdf) = print_pdf(&html, "evidence") {

@@ -80,12 +80,24 @@ pub struct Evidence {
     /// Probes of the incident's span that exist in the ledger beyond the listed ones.
     pub probes_not_listed: usize,
     pub pages: Vec<PageRecord>,
-    /// Always empty: postcanary records no acknowledgements yet.
-    pub acknowledgements: Vec<String>,
-    /// The maintenance window that held the first page back, if any.
+    /// Operators' acknowledgements (who, when, why), from the timeline.
+    pub acknowledgements: Vec<Acknowledged>,
+    /// The maintenance window or silence that held the first page back, if any.
     pub silence: Option<String>,
+    /// Run-time silences of the channel or its owner that overlapped the incident.
+    pub silences: Vec<crate::ledger::SilenceRecord>,
     pub resolution: Option<Resolution>,
     pub notes: Vec<String>,
+}
+
+/// One acknowledgement of the incident.
+#[derive(Clone, Debug, Serialize)]
+pub struct Acknowledged {
+    pub at: Millis,
+    /// Who acknowledged (the status page's or API's user).
+    pub by: Option<String>,
+    /// As the timeline records it: `acknowledged by NAME: NOTE`.
+    pub detail: String,
 }
 
 pub use crate::ledger::queue_id;
@@ -121,7 +133,7 @@ pub async fn gather(store: &DynStore, config: &Config, id: i64, now: Millis) -> 
         Some(p) => store.probe(p).await.map_err(e)?,
         None => None,
     };
-    let mut notes = vec![super::figures::NOTE_NO_ACKS.to_string()];
+    let mut notes = vec![super::figures::NOTE_ACKS.to_string()];
     let channel = config.channel(&incident.channel).map(|c| ChannelFacts {
         id: c.id.clone(),
         name: c.name.clone(),
@@ -211,8 +223,37 @@ pub async fn gather(store: &DynStore, config: &Config, id: i64, now: Millis) -> 
             .unwrap_or_default(),
         probe: incident.resolved_by.clone(),
     });
+    let acknowledgements: Vec<Acknowledged> = timeline
+        .iter()
+        .filter(|e| e.kind == "acknowledged")
+        .map(|e| Acknowledged {
+            at: e.at,
+            by: e
+                .detail
+                .strip_prefix("acknowledged by ")
+                .and_then(|r| r.split(':').next())
+                .map(|b| b.trim().to_string())
+                .or_else(|| incident.acknowledged_by.clone()),
+            detail: e.detail.clone(),
+        })
+        .collect();
+    let ends = incident.resolved_at.unwrap_or(now);
+    let owner = config.channel(&incident.channel).map(|c| c.owner.clone()).unwrap_or_default();
+    let silences: Vec<crate::ledger::SilenceRecord> = store
+        .silences(None, 10_000)
+        .await
+        .map_err(e)?
+        .into_iter()
+        .filter(|s| {
+            let who = s.channel.as_deref() == Some(incident.channel.as_str())
+                || (!owner.is_empty() && s.owner.as_deref() == Some(owner.as_str()));
+            let until = s.ended_at.map_or(s.until, |e| e.min(s.until));
+            who && s.from < ends && until > incident.opened_at
+        })
+        .collect();
     Ok(Some(Evidence {
         generated_at: now,
+        silences,
         silence: incident.silenced.clone(),
         channel,
         figures,
@@ -220,7 +261,7 @@ pub async fn gather(store: &DynStore, config: &Config, id: i64, now: Millis) -> 
         probes,
         probes_not_listed: not_listed,
         pages,
-        acknowledgements: Vec::new(),
+        acknowledgements,
         resolution,
         notes,
         incident,
@@ -301,7 +342,43 @@ pub fn to_html(e: &Evidence) -> String {
         ("Maintenance window", e.silence.clone().unwrap_or_else(|| "none".into())),
         (
             "Acknowledgements",
-            "none recorded (postcanary records no acknowledgements yet)".into(),
+            match e.acknowledgements.is_empty() {
+                true => "none".into(),
+                false => e
+                    .acknowledgements
+                    .iter()
+                    .map(|a| format!("{} \u{2014} {}", when(a.at), a.detail))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            },
+        ),
+        (
+            "Silences",
+            match e.silences.is_empty() {
+                true => "none".into(),
+                false => e
+                    .silences
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{} silenced {} from {} until {}{}: {}",
+                            s.created_by,
+                            s.channel
+                                .as_deref()
+                                .map(|c| format!("channel {c}"))
+                                .or_else(|| s.owner.as_deref().map(|o| format!("owner {o}")))
+                                .unwrap_or_default(),
+                            when(s.from),
+                            when(s.until),
+                            s.ended_at
+                                .map(|t| format!(" (ended {} by {})", when(t), s.ended_by.as_deref().unwrap_or("?")))
+                                .unwrap_or_default(),
+                            s.reason
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            },
         ),
     ];
     for (k, v) in rows {

@@ -109,7 +109,7 @@ pub struct IncidentReport {
     pub first_page_accepted_at: Option<Millis>,
     /// started_at → first trigger page accepted.
     pub time_to_detect_ms: Option<i64>,
-    /// Always `None`: postcanary records no acknowledgements yet.
+    /// started_at → acknowledged by an operator (page or API); `None` when nobody did.
     pub time_to_acknowledge_ms: Option<i64>,
     /// started_at → resolved.
     pub time_to_resolve_ms: Option<i64>,
@@ -186,8 +186,8 @@ pub struct Spell {
     pub why: String,
 }
 
-pub const NOTE_NO_ACKS: &str =
-    "time to acknowledge: postcanary records no acknowledgements yet, so it is shown as \u{2014} everywhere";
+pub const NOTE_ACKS: &str = "time to acknowledge: from the first failing probe sent to an operator's \
+     acknowledgement on the status page or the API; \u{2014} for incidents nobody acknowledged";
 
 /// The UTC date of a day start.
 pub fn date(day: Millis) -> String {
@@ -266,7 +266,7 @@ pub fn incident_report(f: &IncidentFacts, period: &Period, now: Millis) -> Incid
         started_at,
         first_page_accepted_at,
         time_to_detect_ms: first_page_accepted_at.map(|t| (t - started_at).max(0)),
-        time_to_acknowledge_ms: None,
+        time_to_acknowledge_ms: i.acknowledged_at.map(|t| (t - started_at).max(0)),
         time_to_resolve_ms: i.resolved_at.map(|t| (t - started_at).max(0)),
         pages_sent: f
             .pages
@@ -293,7 +293,7 @@ fn summary(tally: &Tally, incidents: &[&IncidentReport]) -> Summary {
         incidents_in_period: incidents.len() as i64,
         pages_sent: incidents.iter().map(|i| i.pages_sent).sum(),
         mean_time_to_detect_ms: mean(opened.iter().map(|i| i.time_to_detect_ms)),
-        mean_time_to_acknowledge_ms: None,
+        mean_time_to_acknowledge_ms: mean(opened.iter().map(|i| i.time_to_acknowledge_ms)),
         mean_time_to_resolve_ms: mean(opened.iter().map(|i| i.time_to_resolve_ms)),
         incident_time_ms: incidents.iter().map(|i| i.open_in_period_ms).sum(),
     }
@@ -413,7 +413,7 @@ pub fn compute(inp: &Inputs) -> Report {
     } else {
         Vec::new()
     };
-    let mut notes = vec![NOTE_NO_ACKS.to_string()];
+    let mut notes = vec![NOTE_ACKS.to_string()];
     if period.to > inp.now {
         notes.push("the period has not ended: its last day is counted up to the moment of the report".into());
     }
