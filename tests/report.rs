@@ -325,6 +325,10 @@ async fn build(dir: &Path) -> (Config, DynStore, [i64; 4]) {
             Some("maintenance window until 2026-12-01T06:00:00.000Z: move"),
         )
         .await;
+    // A compliance finding of social-mail (a canary that arrived over a
+    // plaintext hop): counted apart, not against availability.
+    l.open(None, "compliance:social-mail", NOV + 3 * DAY_MS, true, None)
+        .await;
     // postcanary's own incident (no probe, no page), resolved.
     let d = l.open(None, "postcanary:relay", NOV + 4 * DAY_MS, false, None).await;
     store
@@ -403,7 +407,11 @@ async fn report_figures_match_the_hand_made_ledger() {
     let ia = &s.incidents[0];
     assert_eq!(ia.id, a);
     assert_eq!(ia.time_to_detect_ms, Some(15 * MIN + 1_100));
-    assert_eq!(ia.time_to_acknowledge_ms, Some(45 * MIN), "first failing probe sent → acknowledged");
+    assert_eq!(
+        ia.time_to_acknowledge_ms,
+        Some(45 * MIN),
+        "first failing probe sent → acknowledged"
+    );
     assert_eq!(ia.time_to_resolve_ms, Some(15 * HOUR + 4_000));
     assert_eq!(ia.pages_sent, 2, "trigger and resolve accepted by ops; mail gave up");
     assert_eq!(ia.failures, 2);
@@ -411,6 +419,9 @@ async fn report_figures_match_the_hand_made_ledger() {
     assert_eq!(s.summary.incidents_opened, 1);
     assert_eq!(s.summary.mean_time_to_detect_ms, Some(15 * MIN + 1_100));
     assert_eq!(s.summary.mean_time_to_acknowledge_ms, Some(45 * MIN));
+    assert_eq!(s.summary.compliance_findings, 1);
+    assert_eq!(s.compliance_incidents.len(), 1);
+    assert_eq!(s.compliance_incidents[0].channel, "compliance:social-mail");
 
     // borger-mail: the period starts mid-incident (B, opened in October).
     let bo = ch("borger-mail");
@@ -649,7 +660,7 @@ async fn the_cli_writes_table_json_csv_and_html_without_secrets_or_daemon() {
         lines[1].starts_with("borger-mail,Borgerservice (e-mail),borger,"),
         "{csv}"
     );
-    assert!(lines[1].contains(",2,1,0,1,50.0000,0,1,1,"), "{csv}");
+    assert!(lines[1].contains(",2,1,0,1,50.0000,0,1,0,1,"), "{csv}");
 
     let bad = bin()
         .args(["report", "-c", cfg, "--month", "2026-13"])

@@ -238,7 +238,10 @@ pub async fn gather(store: &DynStore, config: &Config, id: i64, now: Millis) -> 
         })
         .collect();
     let ends = incident.resolved_at.unwrap_or(now);
-    let owner = config.channel(&incident.channel).map(|c| c.owner.clone()).unwrap_or_default();
+    let owner = config
+        .channel(&incident.channel)
+        .map(|c| c.owner.clone())
+        .unwrap_or_default();
     let silences: Vec<crate::ledger::SilenceRecord> = store
         .silences(None, 10_000)
         .await

@@ -142,6 +142,10 @@ pub struct Summary {
     pub mean_time_to_resolve_ms: Option<i64>,
     /// Sum of the incidents' open time within the period.
     pub incident_time_ms: i64,
+    /// Compliance incidents (`compliance:CHANNEL`: an arrived canary broke
+    /// `require_tls`/`require_auth`) opened within the period. They do not
+    /// count against availability: the canary arrived.
+    pub compliance_findings: i64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -153,6 +157,8 @@ pub struct ChannelReport {
     pub summary: Summary,
     pub days: Vec<DayReport>,
     pub incidents: Vec<IncidentReport>,
+    /// The channel's compliance incidents open at some moment of the period.
+    pub compliance_incidents: Vec<IncidentReport>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -285,7 +291,7 @@ fn mean(values: impl Iterator<Item = Option<i64>>) -> Option<i64> {
     (!v.is_empty()).then(|| v.iter().sum::<i64>() / v.len() as i64)
 }
 
-fn summary(tally: &Tally, incidents: &[&IncidentReport]) -> Summary {
+fn summary(tally: &Tally, incidents: &[&IncidentReport], compliance: &[&IncidentReport]) -> Summary {
     let opened: Vec<&&IncidentReport> = incidents.iter().filter(|i| !i.opened_before_period).collect();
     Summary {
         availability: tally.availability(),
@@ -296,6 +302,7 @@ fn summary(tally: &Tally, incidents: &[&IncidentReport]) -> Summary {
         mean_time_to_acknowledge_ms: mean(opened.iter().map(|i| i.time_to_acknowledge_ms)),
         mean_time_to_resolve_ms: mean(opened.iter().map(|i| i.time_to_resolve_ms)),
         incident_time_ms: incidents.iter().map(|i| i.open_in_period_ms).sum(),
+        compliance_findings: compliance.iter().filter(|i| !i.opened_before_period).count() as i64,
     }
 }
 
@@ -329,7 +336,8 @@ pub fn compute(inp: &Inputs) -> Report {
         .collect();
 
     let mut channels = Vec::new();
-    let mut owners: BTreeMap<&str, (Vec<String>, Tally, Vec<&IncidentReport>)> = BTreeMap::new();
+    #[allow(clippy::type_complexity)]
+    let mut owners: BTreeMap<&str, (Vec<String>, Tally, Vec<&IncidentReport>, Vec<&IncidentReport>)> = BTreeMap::new();
     let mut owner_days: BTreeMap<(&str, Millis), Tally> = BTreeMap::new();
     for c in &inp.counts {
         if let Some(ch) = inp.channels.iter().find(|ch| ch.id == c.channel) {
@@ -340,25 +348,29 @@ pub fn compute(inp: &Inputs) -> Report {
         let (tally, mut days) = per_channel.remove(ch.id.as_str()).unwrap_or_default();
         days.sort_by_key(|d| d.day);
         let mine: Vec<&IncidentReport> = incidents.iter().filter(|i| i.channel == ch.id).collect();
+        let key = crate::incident::compliance_key(&ch.id);
+        let findings: Vec<&IncidentReport> = incidents.iter().filter(|i| i.channel == key).collect();
         let o = owners.entry(ch.owner.as_str()).or_default();
         o.0.push(ch.id.clone());
         o.1.merge(&tally);
         o.2.extend(mine.iter().copied());
+        o.3.extend(findings.iter().copied());
         channels.push(ChannelReport {
             id: ch.id.clone(),
             name: ch.name.clone(),
             owner: ch.owner.clone(),
-            summary: summary(&tally, &mine),
+            summary: summary(&tally, &mine, &findings),
             days,
             incidents: mine.into_iter().cloned().collect(),
+            compliance_incidents: findings.into_iter().cloned().collect(),
         });
     }
     let owners = owners
         .into_iter()
-        .map(|(owner, (chs, tally, incs))| OwnerReport {
+        .map(|(owner, (chs, tally, incs, findings))| OwnerReport {
             owner: owner.to_string(),
             channels: chs,
-            summary: summary(&tally, &incs),
+            summary: summary(&tally, &incs, &findings),
             days: owner_days
                 .range((owner, Millis::MIN)..=(owner, Millis::MAX))
                 .map(|((_, day), t)| DayReport {
@@ -407,7 +419,11 @@ pub fn compute(inp: &Inputs) -> Report {
     let other_incidents = if inp.other_incidents {
         incidents
             .iter()
-            .filter(|i| !inp.channels.iter().any(|c| c.id == i.channel))
+            .filter(|i| {
+                !inp.channels
+                    .iter()
+                    .any(|c| c.id == i.channel || i.channel.strip_prefix("compliance:") == Some(c.id.as_str()))
+            })
             .cloned()
             .collect()
     } else {

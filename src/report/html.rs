@@ -189,11 +189,11 @@ pub fn report(r: &Report) -> String {
             day_chart(&r.period, &o.days)
         ));
     }
-    b.push_str("<h2>Channels</h2><table><thead><tr><th>Channel</th><th>Owner</th><th class=\"n\">Availability</th><th class=\"n\">OK / judged</th><th class=\"n\">Pending</th><th class=\"n\">Incidents</th><th class=\"n\">Pages</th><th class=\"n\">MTTD</th><th class=\"n\">MTTR</th></tr></thead><tbody>");
+    b.push_str("<h2>Channels</h2><table><thead><tr><th>Channel</th><th>Owner</th><th class=\"n\">Availability</th><th class=\"n\">OK / judged</th><th class=\"n\">Pending</th><th class=\"n\">Incidents</th><th class=\"n\">Compliance findings</th><th class=\"n\">Pages</th><th class=\"n\">MTTD</th><th class=\"n\">MTTR</th></tr></thead><tbody>");
     for c in &r.channels {
         let s = &c.summary;
         b.push_str(&format!(
-            "<tr><td>{}<div class=\"note mono\">{}</div></td><td>{}</td><td class=\"n {}\">{}</td><td class=\"n\">{}/{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            "<tr><td>{}<div class=\"note mono\">{}</div></td><td>{}</td><td class=\"n {}\">{}</td><td class=\"n\">{}/{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
             esc(&c.name),
             esc(&c.id),
             esc(&c.owner),
@@ -203,6 +203,7 @@ pub fn report(r: &Report) -> String {
             s.availability.judged,
             s.availability.pending,
             s.incidents_opened,
+            s.compliance_findings,
             s.pages_sent,
             esc(&dur(s.mean_time_to_detect_ms)),
             esc(&dur(s.mean_time_to_resolve_ms)),
