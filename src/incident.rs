@@ -896,6 +896,13 @@ pub mod compliance {
         let subject = Subject::compliance(ch);
         if a.breaches.is_empty() {
             return match open {
+                // A compliant canary sent before the one that opened the
+                // finding says nothing about the path since (canaries may
+                // arrive out of order): only a later one resolves it. Probe
+                // ids are ULIDs, so they sort by creation time.
+                Some(o) if o.dedup_key.rsplit('/').next().is_some_and(|opener| probe.id.as_str() < opener) => {
+                    IncidentAction::Nothing
+                }
                 Some(o) => resolve(
                     config,
                     &subject,
@@ -1154,6 +1161,10 @@ pub mod compliance {
                 path_line.detail
             );
             store.page_sent(page.id, 2_000).await.unwrap();
+            // A compliant canary sent before the finding, arriving late, does not resolve it.
+            arrive(&store, "p0", 500, &tls_path()).await;
+            processor.drain().await.unwrap();
+            assert!(store.open_incident("compliance:social-mail").await.unwrap().is_some());
             // A second breach counts; a TLS canary resolves and pages the all-clear.
             arrive(&store, "p2", 3_000, PLAIN_HOP).await;
             processor.drain().await.unwrap();
