@@ -900,7 +900,12 @@ pub mod compliance {
                 // finding says nothing about the path since (canaries may
                 // arrive out of order): only a later one resolves it. Probe
                 // ids are ULIDs, so they sort by creation time.
-                Some(o) if o.dedup_key.rsplit('/').next().is_some_and(|opener| probe.id.as_str() < opener) => {
+                Some(o)
+                    if o.dedup_key
+                        .rsplit('/')
+                        .next()
+                        .is_some_and(|opener| probe.id.as_str() < opener) =>
+                {
                     IncidentAction::Nothing
                 }
                 Some(o) => resolve(

@@ -113,13 +113,7 @@ impl SqliteStore {
     }
 
     pub(super) async fn report_roll_up(&self, from: Millis, to: Millis) -> StoreResult<i64> {
-        self.with(move |c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let n = roll_up(&tx, from, to)?;
-            tx.commit()?;
-            Ok(n)
-        })
-        .await
+        self.with(move |c| roll_up_by_day(c, from, to)).await
     }
 
     pub(super) async fn report_prune(&self, cut: PruneCut) -> StoreResult<PruneStats> {
@@ -241,11 +235,48 @@ pub(super) fn merged_counts(
     Ok(out)
 }
 
+/// [`roll_up`] of `[from, to)` and every earlier day not rolled up yet,
+/// one day per transaction: the first roll-up of a large ledger (months of
+/// probes) never holds the write lock for more than a day's worth, so
+/// probes keep being written while it runs. The mark advances day by day,
+/// so an interrupted run resumes where it stopped.
+fn roll_up_by_day(c: &mut Connection, from: Millis, to: Millis) -> rusqlite::Result<i64> {
+    let rolled = meta_i64(c, ROLLED_THROUGH)?;
+    let oldest: Option<i64> = c.query_row("SELECT MIN(created_at) FROM probes", [], |r| r.get(0))?;
+    let mut start = day_start(from);
+    match rolled {
+        Some(r) => start = start.min(r),
+        None => start = start.min(oldest.map(day_start).unwrap_or(start)),
+    }
+    let start = start.max(meta_i64(c, PRUNED_BEFORE)?.unwrap_or(i64::MIN));
+    let to = day_start(to);
+    let mut n = 0;
+    let mut day = start;
+    while day < to {
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        n += roll_up(&tx, day, day + DAY_MS)?;
+        tx.commit()?;
+        day += DAY_MS;
+    }
+    if to > start || rolled.is_none_or(|r| r < to) {
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if meta_i64(&tx, ROLLED_THROUGH)?.is_none_or(|r| r < to) {
+            set_meta_i64(&tx, ROLLED_THROUGH, to)?;
+        }
+        tx.commit()?;
+    }
+    Ok(n)
+}
+
 /// Rolls up the days in `[from, to)` that still have all their probes, and
-/// every earlier day not rolled up yet (so that every day before the mark
-/// has its rollup).
+/// every earlier day not rolled up yet after the mark (so that every day
+/// before the mark has its rollup). Without a mark, only `[from, to)`:
+/// [`roll_up_by_day`] starts at the oldest probe.
 fn roll_up(c: &Connection, from: Millis, to: Millis) -> rusqlite::Result<i64> {
-    let from = day_start(from).min(meta_i64(c, ROLLED_THROUGH)?.unwrap_or(i64::MIN));
+    let from = match meta_i64(c, ROLLED_THROUGH)? {
+        Some(r) => day_start(from).min(r),
+        None => day_start(from),
+    };
     let from = from.max(meta_i64(c, PRUNED_BEFORE)?.unwrap_or(i64::MIN));
     let to = day_start(to);
     let mut n = 0;
@@ -302,14 +333,18 @@ fn prune(c: &mut Connection, cut: &PruneCut) -> rusqlite::Result<PruneStats> {
     c.execute_batch("CREATE TEMP TABLE IF NOT EXISTS prune_ids (id TEXT PRIMARY KEY); DELETE FROM prune_ids;")?;
     let channels = probe_channels(c)?;
     if let Some(before) = cut.probes_before.map(day_start) {
-        // Roll up every day about to lose probes, and freeze those rollups,
-        // in one transaction before anything is removed.
+        // Roll up every day about to lose probes (a day per transaction),
+        // then, before anything is removed, bring those days up to date and
+        // freeze them in one short transaction.
+        let oldest: Option<i64> = c.query_row("SELECT MIN(created_at) FROM probes", [], |r| r.get(0))?;
+        if let Some(oldest) = oldest.filter(|&o| o < before) {
+            roll_up_by_day(c, oldest, before)?;
+        }
         {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let oldest: Option<i64> = tx.query_row("SELECT MIN(created_at) FROM probes", [], |r| r.get(0))?;
-            if let Some(oldest) = oldest.filter(|&o| o < before) {
-                roll_up(&tx, oldest, before)?;
-            }
+            // Only the day before the cut can have changed since (verdicts
+            // of late probes): re-roll it inside the freeze.
+            roll_up(&tx, before - DAY_MS, before)?;
             if meta_i64(&tx, PRUNED_BEFORE)?.is_none_or(|p| p < before) {
                 set_meta_i64(&tx, PRUNED_BEFORE, before)?;
             }
