@@ -116,20 +116,9 @@ async fn operators_act_viewers_read_and_every_action_is_audited() {
     let ack = format!("{base}/api/incidents/{}/acknowledge", incident.id);
 
     // A viewer reads but cannot act.
-    let r = http
-        .get(format!("{base}/api/incidents"))
-        .bearer_auth("view-secret")
-        .send()
-        .await
-        .unwrap();
+    let r = get(&http, format!("{base}/api/incidents"), "view-secret").await;
     assert_eq!(r.status(), 200);
-    let r = http
-        .post(&ack)
-        .bearer_auth("view-secret")
-        .json(&serde_json::json!({"reason": "mine"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post(&http, &ack, "view-secret", &serde_json::json!({"reason": "mine"})).await;
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("victor is a viewer"));
     assert!(
@@ -138,23 +127,17 @@ async fn operators_act_viewers_read_and_every_action_is_audited() {
     );
 
     // The operator acknowledges: once, recorded with who, when and why.
-    let r = http
-        .post(&ack)
-        .bearer_auth("op-secret")
-        .json(&serde_json::json!({"reason": "relay restarted"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        &http,
+        &ack,
+        "op-secret",
+        &serde_json::json!({"reason": "relay restarted"}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["acknowledged_by"], "anne");
-    let again = http
-        .post(&ack)
-        .bearer_auth("op-secret")
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
+    let again = post(&http, &ack, "op-secret", &serde_json::json!({})).await;
     assert_eq!(again.status(), 409);
     let log = engine.store.audit_log(None, 10).await.unwrap();
     assert_eq!(
@@ -169,62 +152,46 @@ async fn operators_act_viewers_read_and_every_action_is_audited() {
     );
 
     // Silence an owner, then end it; both audited; bad input is refused clearly.
-    let bad = http
-        .post(format!("{base}/api/silences"))
-        .bearer_auth("op-secret")
-        .json(&serde_json::json!({"owner": "nobody", "duration": "2h", "reason": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let bad = post(
+        &http,
+        format!("{base}/api/silences"),
+        "op-secret",
+        &serde_json::json!({"owner": "nobody", "duration": "2h", "reason": "x"}),
+    )
+    .await;
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("no channel has owner"));
-    let r = http
-        .post(format!("{base}/api/silences"))
-        .bearer_auth("op-secret")
-        .json(&serde_json::json!({"owner": "social", "duration": "2h", "reason": "mail migration"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        &http,
+        format!("{base}/api/silences"),
+        "op-secret",
+        &serde_json::json!({"owner": "social", "duration": "2h", "reason": "mail migration"}),
+    )
+    .await;
     assert_eq!(r.status(), 201);
     let s: serde_json::Value = r.json().await.unwrap();
     let sid = s["id"].as_i64().unwrap();
     let until = s["until"].as_i64().unwrap() - s["from"].as_i64().unwrap();
     assert_eq!(until, 7_200_000);
-    let active: serde_json::Value = http
-        .get(format!("{base}/api/silences"))
-        .bearer_auth("view-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let active: serde_json::Value = get_json(&http, format!("{base}/api/silences"), "view-secret").await;
     assert_eq!(active.as_array().unwrap().len(), 1);
-    let viewer_end = http
-        .post(format!("{base}/api/silences/{sid}/end"))
-        .bearer_auth("view-secret")
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
+    let viewer_end = post(
+        &http,
+        format!("{base}/api/silences/{sid}/end"),
+        "view-secret",
+        &serde_json::json!({}),
+    )
+    .await;
     assert_eq!(viewer_end.status(), 403);
-    let r = http
-        .post(format!("{base}/api/silences/{sid}/end"))
-        .bearer_auth("op-secret")
-        .json(&serde_json::json!({"reason": "done"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        &http,
+        format!("{base}/api/silences/{sid}/end"),
+        "op-secret",
+        &serde_json::json!({"reason": "done"}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
-    let audit: serde_json::Value = http
-        .get(format!("{base}/api/audit"))
-        .bearer_auth("view-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: serde_json::Value = get_json(&http, format!("{base}/api/audit"), "view-secret").await;
     let actions: Vec<(&str, &str)> = audit
         .as_array()
         .unwrap()
@@ -237,41 +204,29 @@ async fn operators_act_viewers_read_and_every_action_is_audited() {
     );
 
     // Channel lists and probe histories page.
-    let r = http
-        .get(format!("{base}/api/channels?limit=1"))
-        .bearer_auth("view-secret")
-        .send()
-        .await
-        .unwrap();
+    let r = get(&http, format!("{base}/api/channels?limit=1"), "view-secret").await;
     assert!(r.headers().get("link").is_none(), "one channel: no next page");
-    let probes: serde_json::Value = http
-        .get(format!(
+    let probes: serde_json::Value = get_json(
+        &http,
+        format!(
             "{base}/api/channels/social-mail/probes?before={}:zzzz&limit=5",
             now_millis()
-        ))
-        .bearer_auth("view-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ),
+        "view-secret",
+    )
+    .await;
     assert_eq!(probes.as_array().unwrap().len(), 1);
-    let bad = http
-        .get(format!("{base}/api/channels/social-mail/probes?before=yesterday"))
-        .bearer_auth("view-secret")
-        .send()
-        .await
-        .unwrap();
+    let bad = get(
+        &http,
+        format!("{base}/api/channels/social-mail/probes?before=yesterday"),
+        "view-secret",
+    )
+    .await;
     assert_eq!(bad.status(), 400);
 
     // The page shows the acknowledgement, the zone, and the audit log; no dedup key.
-    let html = http
-        .get(format!("{base}/"))
-        .bearer_auth("view-secret")
-        .send()
+    let html = get(&http, format!("{base}/"), "view-secret")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -350,12 +305,7 @@ async fn reload_takes_a_valid_config_and_keeps_the_old_one_on_errors() {
     let (engine, base) = start(dir.path()).await;
     let http = reqwest::Client::new();
     let schedule = |v: serde_json::Value| v[0]["schedule"].as_str().unwrap_or("").to_string();
-    let before = http
-        .get(format!("{base}/api/channels"))
-        .bearer_auth("view-secret")
-        .send()
-        .await
-        .unwrap();
+    let before = get(&http, format!("{base}/api/channels"), "view-secret").await;
     assert_eq!(schedule(before.json().await.unwrap()), "every 10m");
 
     // A broken config: refused, the old one stays, the page says why.
@@ -374,12 +324,8 @@ async fn reload_takes_a_valid_config_and_keeps_the_old_one_on_errors() {
     let st: serde_json::Value = r.json().await.unwrap();
     assert_eq!(st["ok"], false);
     assert!(st["errors"][0].as_str().unwrap().contains("bogus"), "{st}");
-    let html = http
-        .get(format!("{base}/"))
-        .bearer_auth("view-secret")
-        .send()
+    let html = get(&http, format!("{base}/"), "view-secret")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -387,12 +333,7 @@ async fn reload_takes_a_valid_config_and_keeps_the_old_one_on_errors() {
         html.contains("id=\"reload-errors\"") && html.contains("bogus"),
         "{html}"
     );
-    let still = http
-        .get(format!("{base}/api/channels"))
-        .bearer_auth("view-secret")
-        .send()
-        .await
-        .unwrap();
+    let still = get(&http, format!("{base}/api/channels"), "view-secret").await;
     assert_eq!(schedule(still.json().await.unwrap()), "every 10m");
 
     // A viewer cannot reload.
@@ -415,20 +356,11 @@ async fn reload_takes_a_valid_config_and_keeps_the_old_one_on_errors() {
     assert_eq!(r.status(), 200);
     let st: serde_json::Value = r.json().await.unwrap();
     assert!(st["changes"][0].as_str().unwrap().contains("schedule"), "{st}");
-    let after = http
-        .get(format!("{base}/api/channels"))
-        .bearer_auth("view-secret")
-        .send()
-        .await
-        .unwrap();
+    let after = get(&http, format!("{base}/api/channels"), "view-secret").await;
     assert_eq!(schedule(after.json().await.unwrap()), "every 5m");
     assert!(engine.store.open_incident("social-mail").await.unwrap().is_some());
-    let html = http
-        .get(format!("{base}/"))
-        .bearer_auth("view-secret")
-        .send()
+    let html = get(&http, format!("{base}/"), "view-secret")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -442,4 +374,21 @@ async fn reload_takes_a_valid_config_and_keeps_the_old_one_on_errors() {
         vec!["reload", "reload-failed"]
     );
     engine.stop().await;
+}
+
+async fn get(http: &reqwest::Client, url: impl reqwest::IntoUrl, token: &str) -> reqwest::Response {
+    http.get(url).bearer_auth(token).send().await.unwrap()
+}
+
+async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl, token: &str) -> serde_json::Value {
+    get(http, url, token).await.json().await.unwrap()
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    token: &str,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    http.post(url).bearer_auth(token).json(body).send().await.unwrap()
 }
