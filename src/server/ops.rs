@@ -373,6 +373,14 @@ fn check_form(headers: &HeaderMap, form: &HashMap<String, String>) -> Result<(),
     Ok(())
 }
 
+/// A form's answer: back to where it was, or the refusal as text.
+fn after_form<T>(result: Result<T, Refusal>, f: &HashMap<String, String>) -> Response {
+    match result {
+        Ok(_) => back(f.get("back").map(String::as_str).unwrap_or("/")),
+        Err(r) => text_refusal(r),
+    }
+}
+
 /// Back to where the form was, on this server only.
 fn back(to: &str) -> Response {
     let to = if to.starts_with('/') && !to.starts_with("//") {
@@ -395,10 +403,7 @@ pub(super) async fn form_acknowledge(
         let note = reason(f.get("reason").map(String::as_str), false)?;
         acknowledge(&s, &who, id, &note).await
     };
-    match run.await {
-        Ok(()) => back(f.get("back").map(String::as_str).unwrap_or("/")),
-        Err(r) => text_refusal(r),
-    }
+    after_form(run.await, &f)
 }
 
 pub(super) async fn form_silence(
@@ -419,10 +424,7 @@ pub(super) async fn form_silence(
         let duration = f.get("duration").map(String::as_str).unwrap_or("");
         silence(&s, &who, channel, owner, duration, &why).await
     };
-    match run.await {
-        Ok(_) => back(f.get("back").map(String::as_str).unwrap_or("/")),
-        Err(r) => text_refusal(r),
-    }
+    after_form(run.await, &f)
 }
 
 pub(super) async fn form_end_silence(
@@ -437,10 +439,7 @@ pub(super) async fn form_end_silence(
         let why = reason(f.get("reason").map(String::as_str), false)?;
         end_silence(&s, &who, id, &why).await
     };
-    match run.await {
-        Ok(()) => back(f.get("back").map(String::as_str).unwrap_or("/")),
-        Err(r) => text_refusal(r),
-    }
+    after_form(run.await, &f)
 }
 
 pub(super) async fn form_reload(
