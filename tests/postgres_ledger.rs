@@ -10,7 +10,7 @@ use std::sync::Arc;
 use postcanary::config::ledger::LedgerTls;
 use postcanary::config::Secret;
 use postcanary::ledger::{
-    contract, postgres::PostgresStore, sqlite::SqliteStore, DynStore, IncidentAction, IncidentChange, Store,
+    contract, postgres::PostgresStore, sqlite::SqliteStore, DynStore, IncidentAction, IncidentChange, Store, DAY_MS,
 };
 use support::postgres::Postgres;
 
@@ -78,7 +78,18 @@ async fn postgres_meets_the_store_contract_over_tls_and_takes_a_migrated_sqlite_
     {
         let s: DynStore = Arc::new(SqliteStore::open(&sqlite_path).await.unwrap());
         contract::run_all(Arc::clone(&s)).await;
-        contract::run_paging(s).await;
+        contract::run_paging(Arc::clone(&s)).await;
+        // Acknowledgements, escalation, silences, audit, the channel summary…
+        contract::run_ops(Arc::clone(&s)).await;
+        // …a blind spell (one closed, one open) and rollups with their marks.
+        s.blind_started("social", "social", 1_000, "connection refused")
+            .await
+            .unwrap();
+        s.blind_ended("social", 2_000).await.unwrap();
+        s.blind_started("social (Junk)", "social", 3_000, "login refused")
+            .await
+            .unwrap();
+        assert!(s.roll_up(0, 10 * DAY_MS).await.unwrap() > 0);
     }
     pg.create_db("migrated");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_postcanary"))
@@ -105,6 +116,12 @@ async fn postgres_meets_the_store_contract_over_tls_and_takes_a_migrated_sqlite_
         "incidents",
         "incident_events",
         "outbox",
+        "watcher_blind",
+        "rollups",
+        "silences",
+        "audit",
+        "channel_latest",
+        "channel_days",
     ] {
         let n: i64 = sqlite
             .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
@@ -139,6 +156,43 @@ async fn postgres_meets_the_store_contract_over_tls_and_takes_a_migrated_sqlite_
         p.recent_incidents(10).await.unwrap()
     );
     assert_eq!(s.incident_events(1).await.unwrap(), p.incident_events(1).await.unwrap());
+    // What reports, retention and operating it read came along as well.
+    let acked = s.recent_incidents(10).await.unwrap();
+    assert!(
+        acked.iter().any(|i| i.acknowledged_by.is_some() && i.escalations == 1),
+        "the history has an acknowledged, escalated incident: {acked:?}"
+    );
+    assert_eq!(
+        s.blind_spells(0, i64::MAX).await.unwrap(),
+        p.blind_spells(0, i64::MAX).await.unwrap()
+    );
+    assert_eq!(
+        s.daily_counts(&[], 0, 30 * DAY_MS).await.unwrap(),
+        p.daily_counts(&[], 0, 30 * DAY_MS).await.unwrap()
+    );
+    assert_eq!(s.silences(None, 10).await.unwrap(), p.silences(None, 10).await.unwrap());
+    assert_eq!(
+        s.audit_log(None, 10).await.unwrap(),
+        p.audit_log(None, 10).await.unwrap()
+    );
+    assert_eq!(s.channel_latest().await.unwrap(), p.channel_latest().await.unwrap());
+    let chans: Vec<String> = s
+        .channel_latest()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.channel)
+        .collect();
+    assert_eq!(
+        s.channel_days(&chans, 0).await.unwrap(),
+        p.channel_days(&chans, 0).await.unwrap()
+    );
+    assert_eq!(s.outbox_states().await.unwrap(), p.outbox_states().await.unwrap());
+    assert_eq!(
+        pg.psql_on("migrated", "SELECT value FROM meta WHERE key = 'rollups_through'"),
+        (10 * DAY_MS).to_string(),
+        "the rollups' mark came along"
+    );
     assert_eq!(s.cursor("social").await.unwrap(), p.cursor("social").await.unwrap());
     assert_eq!(
         s.dns_baseline("kommune.example").await.unwrap(),
