@@ -1,19 +1,24 @@
 //! High availability on a real PostgreSQL: two `postcanary run` daemons
-//! with `[ledger] ha` (lease 6 s) probing N sandbox channels every 10 s.
-//! Measures the CPU and RSS of the active and the standby over a load
-//! window, the ledger's growth per probe (pg_database_size), and the failover
-//! time — kill -9 of the active until the other's /healthz says active —
-//! over repeated kills (the killed one is restarted as the new standby).
+//! with `[ledger] ha` (lease 6 s) probing N sandbox channels. Measures the
+//! CPU and RSS of the active and the standby over a load window, the
+//! ledger's growth (pg_database_size) per probe and per day, and the
+//! failover time — kill -9 of the active until the other's /healthz says
+//! active — over repeated kills (the killed one is restarted as the new
+//! standby).
 //!
-//! Run: `cargo bench --bench failover` (POSTCANARY_BENCH_N: channels,
-//! default 50; kills = N / 5, at least 2; load window 60 s, 20 s below N = 50).
+//! Run: `cargo bench --bench failover`. POSTCANARY_BENCH_N: channels
+//! (default 50). Below 1,000 channels they are probed every 10 s (load
+//! window 60 s, 20 s below N = 50); from 1,000 on every 5 min, spread over
+//! the interval, deadline 2 min, inbox `after_confirm = "delete"`, load
+//! window POSTCANARY_FAILOVER_SECS (default 330: a full cadence and a half
+//! minute). POSTCANARY_BENCH_KILLS: kills (default N / 5, from 2 to 10).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
 
-use support::hadaemons::{count, logs, setup, wait_active, Daemon, LEASE};
+use support::hadaemons::{count, logs, setup_with, wait_active, Daemon, Shape, LEASE};
 
 /// (CPU seconds, RSS KiB) of a process.
 fn usage(pid: u32) -> (f64, u64) {
@@ -36,6 +41,17 @@ fn usage(pid: u32) -> (f64, u64) {
     (cpu, rss)
 }
 
+/// Peak RSS (VmHWM, KiB) of a process.
+fn peak_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn pid(d: &Daemon) -> u32 {
     d.child.as_ref().map(|c| c.id()).unwrap_or(0)
 }
@@ -54,20 +70,48 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    let kills = (n / 5).max(2);
-    let window = if n >= 50 {
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let kills = env("POSTCANARY_BENCH_KILLS").map_or((n / 5).clamp(2, 10), |k| k as usize);
+    let large = n >= 1_000;
+    let window = if large {
+        Duration::from_secs(env("POSTCANARY_FAILOVER_SECS").unwrap_or(330))
+    } else if n >= 50 {
         Duration::from_secs(60)
     } else {
         Duration::from_secs(20)
     };
-    let s = setup(n, 2, "10s").await;
+    let shape = if large {
+        Shape {
+            every: "5m",
+            jitter: "5m",
+            deadline: "2m",
+            after_confirm: Some("delete"),
+            smtp_sessions: 512,
+        }
+    } else {
+        Shape {
+            every: "10s",
+            jitter: "1s",
+            deadline: "5s",
+            after_confirm: None,
+            smtp_sessions: 32,
+        }
+    };
+    // How long a start (a 10,000-channel config, the engine) may take.
+    let slack = if large {
+        Duration::from_secs(90)
+    } else {
+        Duration::from_secs(15)
+    };
+    let interval_s: f64 = if large { 300.0 } else { 10.0 };
+    let s = setup_with(n, 2, &shape).await;
     let config = s.config.replace("@PGPORT@", &s.pg.port.to_string());
     let pw = s.pg.password.clone();
     let mut ds = vec![
         Daemon::start(s.dir.path(), "d1", &config, &pw),
         Daemon::start(s.dir.path(), "d2", &config, &pw),
     ];
-    let active = wait_active(&ds, &[0, 1], Duration::from_secs(30))
+    let active = wait_active(&ds, &[0, 1], Duration::from_secs(30) + slack)
         .await
         .unwrap_or_else(|| panic!("no instance became active\n{}", logs(&ds)));
     let standby = 1 - active;
@@ -84,7 +128,8 @@ async fn main() {
     let bytes_per_probe = (db1 - db0) as f64 / probes as f64;
     let cpu_per_probe_ms = (a1.0 - a0.0) * 1000.0 / probes as f64;
     println!(
-        "failover bench: {n} channels every 10 s, two instances, lease {}s",
+        "failover bench: {n} channels every {} s, two instances, lease {}s",
+        interval_s,
         LEASE.as_secs()
     );
     println!(
@@ -92,27 +137,34 @@ async fn main() {
         probes as f64 / secs
     );
     println!(
-        "  active:  CPU {:.1} % of a core, RSS {} MiB; {:.2} ms CPU per probe",
+        "  active:  CPU {:.1} % of a core, RSS {} MiB (peak {} MiB); {:.2} ms CPU per probe",
         (a1.0 - a0.0) / secs * 100.0,
         a1.1 / 1024,
+        peak_rss(pid(&ds[active])) / 1024,
         cpu_per_probe_ms
     );
     println!(
-        "  standby: CPU {:.2} % of a core, RSS {} MiB",
+        "  standby: CPU {:.2} % of a core, RSS {} MiB (peak {} MiB)",
         (s1.0 - s0.0) / secs * 100.0,
-        s1.1 / 1024
+        s1.1 / 1024,
+        peak_rss(pid(&ds[standby])) / 1024
     );
     println!(
-        "  ledger growth: {:.0} bytes per probe (pg_database_size, indexes included)",
-        bytes_per_probe
+        "  ledger growth: {:.0} bytes per probe (pg_database_size, indexes included); \
+         {:.2} GiB a day at this load ({:.0} probes a day)",
+        bytes_per_probe,
+        bytes_per_probe * n as f64 * 86_400.0 / interval_s / 1024f64.powi(3),
+        n as f64 * 86_400.0 / interval_s
     );
-    // 10,000 channels every 5 minutes = 2.88 M probes a day.
-    let per_day = 10_000.0 * 288.0;
-    println!(
-        "  extrapolated to 10,000 channels every 5 min: {:.1} GiB of ledger a day; active CPU {:.0} % of a core",
-        bytes_per_probe * per_day / 1024f64.powi(3),
-        cpu_per_probe_ms * per_day / 86_400_000.0 * 100.0
-    );
+    if !large {
+        // 10,000 channels every 5 minutes = 2.88 M probes a day.
+        let per_day = 10_000.0 * 288.0;
+        println!(
+            "  extrapolated to 10,000 channels every 5 min: {:.1} GiB of ledger a day; active CPU {:.0} % of a core",
+            bytes_per_probe * per_day / 1024f64.powi(3),
+            cpu_per_probe_ms * per_day / 86_400_000.0 * 100.0
+        );
+    }
 
     let mut times = Vec::new();
     let mut active = active;
@@ -120,14 +172,14 @@ async fn main() {
         let killed_at = Instant::now();
         ds[active].kill9();
         let other = 1 - active;
-        let next = wait_active(&ds, &[other], LEASE + Duration::from_secs(15))
+        let next = wait_active(&ds, &[other], LEASE + slack)
             .await
             .unwrap_or_else(|| panic!("kill {k}: no takeover\n{}", logs(&ds)));
         times.push(killed_at.elapsed().as_secs_f64());
         let name = ds[active].name.clone();
         ds[active] = Daemon::start(s.dir.path(), &name, &config, &pw);
         // Wait for the restarted one to stand by before the next kill.
-        let end = Instant::now() + Duration::from_secs(20);
+        let end = Instant::now() + Duration::from_secs(5) + slack;
         while ds[active].role().await != "standby" {
             assert!(
                 Instant::now() < end,

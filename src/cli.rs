@@ -173,10 +173,10 @@ pub fn main() -> ExitCode {
     }
     let path = config::default_path(cli.config.clone());
     let loaded = match cli.command {
-        // Reports read the ledger only: they need no secret.
-        Command::Validate { offline: true } | Command::Report(_) | Command::Evidence(_) | Command::Prune => {
-            Config::load_offline(&path)
-        }
+        Command::Validate { offline: true } => Config::load_offline(&path),
+        // Reports read the ledger only: they need no secret but the ledger's
+        // own (a PostgreSQL password).
+        Command::Report(_) | Command::Evidence(_) | Command::Prune => Config::load_for_ledger(&path),
         _ => Config::load(&path),
     };
     let config = match loaded {

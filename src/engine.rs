@@ -193,14 +193,13 @@ impl Engine {
             slots.delivery = Some(delivery);
             slots.paging = Some(paging);
         }
-        if matches!(self.config.ledger.backend, crate::config::LedgerBackend::Sqlite(_)) {
-            // The watchers' blind spells, for reports.
-            self.tasks.spawn(crate::blindlog::run(
-                Arc::clone(&self.store),
-                self.watch_points.clone(),
-                self.shutdown.subscribe(),
-            ));
-        }
+        // The watchers' blind spells, for reports (both ledgers; on HA only
+        // the active runs an engine).
+        self.tasks.spawn(crate::blindlog::run(
+            Arc::clone(&self.store),
+            self.watch_points.clone(),
+            self.shutdown.subscribe(),
+        ));
         if let Some(hb) = self.config.heartbeat.clone() {
             let watchers = self
                 .watcher_states

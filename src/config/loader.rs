@@ -21,6 +21,10 @@ pub(super) struct Loader {
     /// `validate --offline`: secret references are checked for their form
     /// only; no variable or file is read.
     pub(super) offline: bool,
+    /// Offline, but the `[ledger]` password is read all the same: for the
+    /// commands that only read the ledger (`report`, `evidence`, `prune`),
+    /// which must reach a PostgreSQL ledger.
+    pub(super) ledger_secrets: bool,
 }
 
 /// What a secret holds in a config loaded offline (never used to connect).

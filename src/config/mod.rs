@@ -100,13 +100,25 @@ impl Config {
         Config::load_with(path, true)
     }
 
+    /// [`Config::load_offline`], but reading the `[ledger]` password: for
+    /// the commands that only read and maintain the ledger (`report`,
+    /// `evidence`, `prune`), on SQLite or PostgreSQL. The result must not be run.
+    pub fn load_for_ledger(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_mode(path, true, true)
+    }
+
     fn load_with(path: &Path, offline: bool) -> Result<Config, ConfigErrors> {
+        Config::load_mode(path, offline, false)
+    }
+
+    fn load_mode(path: &Path, offline: bool, ledger_secrets: bool) -> Result<Config, ConfigErrors> {
         let main_src = SourceFile::read(path)?;
         let mut main: RawMain = main_src.parse()?;
         let mut loader = Loader {
             files: vec![main_src],
             errors: Vec::new(),
             offline,
+            ledger_secrets,
         };
 
         let mut senders: Vec<(Origin, RawSender)> = Vec::new();

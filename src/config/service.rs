@@ -172,7 +172,14 @@ pub(super) fn parse_nameserver(n: &str) -> Option<std::net::SocketAddr> {
 
 pub(super) fn build_ledger(loader: &mut Loader, raw: Option<RawLedger>, base: &Path) -> LedgerConfig {
     let secrets_base = base_dir(&loader.files[0].path);
-    let (config, findings) = super::ledger::build(raw.unwrap_or_default(), base, &|r| loader.resolve(r, &secrets_base));
+    let read = loader.ledger_secrets;
+    let (config, findings) = super::ledger::build(raw.unwrap_or_default(), base, &|r| {
+        if read {
+            r.resolve(&secrets_base)
+        } else {
+            loader.resolve(r, &secrets_base)
+        }
+    });
     for (key, msg) in findings {
         let line = loader.files[0].table_key_line("ledger", key);
         let e = loader.files[0].error(line, Some(&format!("ledger.{key}")), msg);

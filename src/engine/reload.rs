@@ -185,20 +185,14 @@ pub(super) fn spawn_paging(
             stop.subscribe(),
         ));
     }
-    if matches!(config.ledger.backend, crate::config::LedgerBackend::Sqlite(_)) {
-        // Rollups, slimming and pruning, daily.
-        tasks.spawn(crate::retention::run(
-            Arc::clone(store),
-            config.ledger.clone(),
-            wake.clone(),
-            stop.subscribe(),
-        ));
-    } else {
-        tracing::warn!(
-            "ledger retention and the record of watchers' blind spells are not on PostgreSQL yet: \
-             every probe is kept (see docs/postgres.md)"
-        );
-    }
+    // Rollups, slimming and pruning, daily (both ledgers; on HA only the
+    // active runs an engine, and its store is fenced).
+    tasks.spawn(crate::retention::run(
+        Arc::clone(store),
+        config.ledger.clone(),
+        wake.clone(),
+        stop.subscribe(),
+    ));
     let processor = crate::incident::Processor {
         config: Arc::clone(config),
         store: Arc::clone(store),

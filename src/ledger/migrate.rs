@@ -1,7 +1,10 @@
 //! `postcanary migrate --from sqlite://… --to postgres://…`: copies a SQLite
 //! ledger into an empty PostgreSQL one — probes and their evidence,
-//! incidents and their timelines, the outbox, inbox cursors, DNS baselines
-//! and `meta` (the kept token key) — in one transaction, and compares the
+//! incidents and their timelines (with acknowledgements and escalation
+//! steps), the outbox, inbox cursors, DNS baselines, `meta` (the kept token
+//! key and the retention marks), watchers' blind spells, daily rollups,
+//! run-time silences, the audit log and the per-channel summary
+//! (`channel_latest`, `channel_days`) — in one transaction, and compares the
 //! row counts of every table before committing. Ids are kept, so pages
 //! already queued keep their order and dedup keys.
 
@@ -119,6 +122,9 @@ const TABLES: &[Table] = &[
             ("silenced", Text),
             ("resolved_at", Int),
             ("resolved_by", Text),
+            ("acknowledged_at", Int),
+            ("acknowledged_by", Text),
+            ("escalations", Int),
         ],
     ),
     (
@@ -145,6 +151,72 @@ const TABLES: &[Table] = &[
             ("fallback_done", Bool),
             ("sent_at", Int),
         ],
+    ),
+    (
+        "watcher_blind",
+        "rowid",
+        &[
+            ("watcher", Text),
+            ("inbox", Text),
+            ("since", Int),
+            ("until", Int),
+            ("why", Text),
+        ],
+    ),
+    (
+        "rollups",
+        "channel, day",
+        &[
+            ("channel", Text),
+            ("day", Int),
+            ("judged", Int),
+            ("successful", Int),
+            ("errors", Int),
+            ("pending", Int),
+            ("latency_count", Int),
+            ("latency_sum", Int),
+            ("latency_max", Int),
+        ],
+    ),
+    (
+        "silences",
+        "id",
+        &[
+            ("id", Int),
+            ("channel", Text),
+            ("owner", Text),
+            ("from_at", Int),
+            ("until", Int),
+            ("reason", Text),
+            ("created_by", Text),
+            ("created_at", Int),
+            ("ended_at", Int),
+            ("ended_by", Text),
+        ],
+    ),
+    (
+        "audit",
+        "id",
+        &[
+            ("id", Int),
+            ("at", Int),
+            ("actor", Text),
+            ("action", Text),
+            ("target", Text),
+            ("reason", Text),
+        ],
+    ),
+    // Kept by the SQLite ledger's triggers (and pruning leaves them be):
+    // copied as they are, not recounted from the probes that are left.
+    (
+        "channel_latest",
+        "channel",
+        &[("channel", Text), ("probe_id", Text), ("created_at", Int)],
+    ),
+    (
+        "channel_days",
+        "channel, day, verdict",
+        &[("channel", Text), ("day", Int), ("verdict", Text), ("n", Int)],
     ),
 ];
 
@@ -218,7 +290,7 @@ async fn sqlite_count(path: PathBuf, table: &'static str) -> StoreResult<i64> {
 }
 
 /// Copies the SQLite ledger at `from` into `to`, which must hold no probes,
-/// incidents or pages yet. All or nothing: one transaction, committed only
+/// incidents, pages, silences or audit rows yet. All or nothing: one transaction, committed only
 /// when every table's count matches.
 pub async fn sqlite_to_postgres(from: &Path, to: &PostgresStore) -> StoreResult<Counts> {
     if !from.exists() {
@@ -228,7 +300,7 @@ pub async fn sqlite_to_postgres(from: &Path, to: &PostgresStore) -> StoreResult<
     drop(SqliteStore::open(from).await?);
     let mut client = to.client().await?;
     let tx = client.transaction().await.map_err(pgerr)?;
-    for table in ["probes", "incidents", "outbox"] {
+    for table in ["probes", "incidents", "outbox", "silences", "audit"] {
         let r = tx
             .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])
             .await
@@ -244,6 +316,10 @@ pub async fn sqlite_to_postgres(from: &Path, to: &PostgresStore) -> StoreResult<
     tx.execute("DELETE FROM meta", &[]).await.map_err(pgerr)?;
     tx.execute("DELETE FROM inbox_cursors", &[]).await.map_err(pgerr)?;
     tx.execute("DELETE FROM dns_baselines", &[]).await.map_err(pgerr)?;
+    // What a daemon may have written on a target without probes: replaced too.
+    for table in ["watcher_blind", "rollups", "channel_latest", "channel_days"] {
+        tx.execute(&format!("DELETE FROM {table}"), &[]).await.map_err(pgerr)?;
+    }
     let mut counts = Counts::new();
     for (table, order, cols) in TABLES {
         let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
@@ -287,7 +363,7 @@ pub async fn sqlite_to_postgres(from: &Path, to: &PostgresStore) -> StoreResult<
         counts.push((table, copied));
     }
     // New incidents and pages continue after the copied ids.
-    for table in ["incidents", "outbox"] {
+    for table in ["incidents", "outbox", "silences", "audit"] {
         tx.execute(
             &format!(
                 "SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"

@@ -147,10 +147,34 @@ pub struct Setup {
     pub config: String,
 }
 
+/// How the channels of [`setup_with`] are probed.
+pub struct Shape<'a> {
+    /// `schedule = "every …"`.
+    pub every: &'a str,
+    pub jitter: &'a str,
+    pub deadline: &'a str,
+    /// `after_confirm` of the one inbox (`None`: the default, keep).
+    pub after_confirm: Option<&'a str>,
+    /// Sessions the sandbox's SMTP server takes at once.
+    pub smtp_sessions: usize,
+}
+
 /// A PostgreSQL, the sandbox mail servers and a webhook receiver, and the
 /// HA config of the daemons (`@PGPORT@`, `@INSTANCE@`, `@HTTP@` to fill in):
 /// `deliver` channels that arrive, `holes` black holes; every `every`, deadline 5 s.
 pub async fn setup(deliver: usize, holes: usize, every: &str) -> Setup {
+    let shape = Shape {
+        every,
+        jitter: "1s",
+        deadline: "5s",
+        after_confirm: None,
+        smtp_sessions: postcanary::sandbox::SmtpOptions::default().max_sessions,
+    };
+    setup_with(deliver, holes, &shape).await
+}
+
+/// [`setup`] with the probing of `shape` (the 10,000-channel benchmark).
+pub async fn setup_with(deliver: usize, holes: usize, shape: &Shape<'_>) -> Setup {
     let pg = Postgres::start();
     let store = MailStore::new();
     store.add_user("canary", "secret");
@@ -158,7 +182,14 @@ pub async fn setup(deliver: usize, holes: usize, every: &str) -> Setup {
     for i in 0..holes {
         store.set_route(&format!("hole{i}@sandbox.test"), Route::Discard);
     }
-    let sandbox = Sandbox::start(store, SandboxOptions::default()).await.unwrap();
+    let options = SandboxOptions {
+        smtp: postcanary::sandbox::SmtpOptions {
+            max_sessions: shape.smtp_sessions,
+            ..Default::default()
+        },
+        ..SandboxOptions::default()
+    };
+    let sandbox = Sandbox::start(store, options).await.unwrap();
     let hook = Receiver::start();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pw"), "secret").unwrap();
@@ -177,8 +208,8 @@ listen = "127.0.0.1:@HTTP@"
 [defaults]
 notify = ["ops"]
 schedule = "every {every}"
-jitter = "1s"
-deadline = "5s"
+jitter = "{jitter}"
+deadline = "{deadline}"
 
 [[sender]]
 name = "relay"
@@ -197,6 +228,7 @@ tls = "none"
 username = "canary"
 password = "file:pw"
 poll_interval = "60s"
+{after_confirm}
 
 [[notifier]]
 name = "ops"
@@ -204,7 +236,13 @@ kind = "webhook"
 url = "{url}"
 "#,
         lease = LEASE.as_secs(),
-        every = every,
+        every = shape.every,
+        jitter = shape.jitter,
+        deadline = shape.deadline,
+        after_confirm = shape
+            .after_confirm
+            .map(|a| format!("after_confirm = \"{a}\""))
+            .unwrap_or_default(),
         smtp = sandbox.smtp_addr().port(),
         imap = sandbox.imap_addr().port(),
         url = hook.url("/hook"),
