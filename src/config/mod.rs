@@ -57,7 +57,12 @@ pub struct Config {
     pub dns: Option<DnsConfig>,
     /// Channel discovery in the daemon (`[discover]`); off without the table.
     pub discover: Option<DiscoverConfig>,
+    /// What `/metrics` breaks its series down by (`[metrics]`).
+    pub metrics: metrics::MetricsConfig,
 }
+
+/// `[metrics]`.
+pub mod metrics;
 
 impl Config {
     pub fn notifier(&self, name: &str) -> Option<&NotifierConfig> {
@@ -339,6 +344,7 @@ impl Config {
             return Err(ConfigErrors(loader.errors));
         }
         Ok(Config {
+            metrics: metrics::build_metrics(main.metrics),
             discover,
             dns,
             path: path.to_path_buf(),

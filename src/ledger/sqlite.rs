@@ -16,6 +16,9 @@ use super::{
 use crate::config::Expect;
 use crate::verdict::{Judgement, Millis, Verdict};
 
+/// What `/metrics` reads (on the reader connection).
+#[path = "sqlite_metrics.rs"]
+mod metrics;
 /// Reports, evidence and retention (the queries behind the `Store` methods of those).
 #[path = "sqlite_report.rs"]
 mod report;
@@ -170,6 +173,10 @@ const PROBE_COLUMNS: &str = "id, token, channel, kind, expect, inbox, target, cr
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// A second connection for the reads of `/metrics`, so that a scrape
+    /// never waits for, or holds up, the writers (WAL lets it read while
+    /// they write). The same connection as `conn` for an in-memory ledger.
+    reader: Arc<Mutex<Connection>>,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -223,7 +230,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the ledger file and brings its schema up to date.
     pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
         let path = path.to_path_buf();
-        let conn = tokio::task::spawn_blocking(move || -> StoreResult<Connection> {
+        let conn = tokio::task::spawn_blocking(move || -> StoreResult<(Connection, Connection)> {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
             }
@@ -248,12 +255,16 @@ impl SqliteStore {
             conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
             conn.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
             migrate(&mut conn)?;
-            Ok(conn)
+            let reader = Connection::open(&path).map_err(|e| err(format!("cannot open {}: {e}", path.display())))?;
+            reader.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
+            Ok((conn, reader))
         })
         .await
         .map_err(err)??;
+        let (conn, reader) = conn;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
         })
     }
 
@@ -292,9 +303,28 @@ impl SqliteStore {
     pub fn in_memory() -> StoreResult<SqliteStore> {
         let mut conn = Connection::open_in_memory().map_err(err)?;
         migrate(&mut conn)?;
+        let conn = Arc::new(Mutex::new(conn));
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::clone(&conn),
+            conn,
         })
+    }
+
+    /// Runs a read on the reader connection (see [`SqliteStore::reader`]).
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let guard = conn
+                .lock()
+                .map_err(|_| err("ledger connection poisoned by an earlier panic"))?;
+            f(&guard).map_err(err)
+        })
+        .await
+        .map_err(err)?
     }
 
     async fn with<T, F>(&self, f: F) -> StoreResult<T>
@@ -1030,6 +1060,29 @@ impl Store for SqliteStore {
             Ok((counts, n, sum))
         })
         .await
+    }
+
+    async fn pending_count(&self) -> StoreResult<i64> {
+        self.read(|c| {
+            c.query_row("SELECT COUNT(*) FROM probes WHERE verdict = 'pending'", [], |r| {
+                r.get(0)
+            })
+        })
+        .await
+    }
+
+    async fn last_event_seq(&self) -> StoreResult<i64> {
+        self.read(metrics::last_event_seq).await
+    }
+
+    async fn verdict_events(&self, after: i64, limit: usize) -> StoreResult<Vec<super::VerdictEvent>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| metrics::verdict_events(c, after, limit)).await
+    }
+
+    async fn latest_verdicts(&self, channels: &[String]) -> StoreResult<Vec<super::LatestVerdict>> {
+        let channels = channels.to_vec();
+        self.read(move |c| metrics::latest_verdicts(c, &channels)).await
     }
 
     async fn incidents_between(&self, from: Millis, to: Millis) -> StoreResult<Vec<Incident>> {
