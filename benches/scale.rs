@@ -1,8 +1,13 @@
-//! Scale: N channels (10,000 by default) on a 5-minute cadence against the
-//! sandbox mail servers, for one full cadence plus a margin. Measures the
-//! postcanary process only — the sandbox runs in a child process (this
-//! binary, re-executed) — for CPU share, peak RSS, scheduler lateness
-//! (due time → probe row written) and ledger growth per day.
+//! Scale: N channels (10,000 by default; 50,000 for issue 20) on a 5-minute
+//! cadence against the sandbox mail servers, for one full cadence plus a
+//! margin. Measures the postcanary process only — the sandbox runs in a
+//! child process (this binary, re-executed) — for CPU share, peak RSS,
+//! scheduler lateness (due time → probe row written), verdict latency
+//! (accepted by the relay → `delivered` written), ledger growth per day, the
+//! open IMAP connections (sampled every second: one per inbox, however many
+//! channels share it) and a `/metrics` scrape (size and time) at the end.
+//! It fails if anything was lost: every slot due in the run must have its
+//! probe row, and every probe must be judged `delivered` once the run drains.
 //!
 //! Run: `cargo bench --bench scale` (POSTCANARY_BENCH_N channels, default
 //! 10000; POSTCANARY_SCALE_SECS run time, default 330). With fewer than
@@ -13,6 +18,8 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postcanary::config::Config;
@@ -80,6 +87,58 @@ fn ledger_bytes(dir: &std::path::Path) -> u64 {
     std::fs::metadata(dir.join("ledger.db")).map(|m| m.len()).unwrap_or(0)
 }
 
+/// Established TCP connections (on this machine) whose far end is `port` on
+/// loopback: postcanary's connections to the sandbox server on that port.
+fn connections_to(port: u16) -> usize {
+    let want = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() > 3 && f[2].ends_with(&want) && f[3] == "01"
+                })
+                .count()
+        })
+        .sum()
+}
+
+fn ms_stats(mut v: Vec<f64>) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    format!(
+        "{:.0} / {:.0} / {:.0} ms",
+        percentile(&v, 0.5),
+        percentile(&v, 0.99),
+        v[v.len() - 1]
+    )
+}
+
+/// What one run measured.
+struct Run {
+    load_secs: f64,
+    cpu: f64,
+    wall: f64,
+    lateness: Vec<f64>,
+    verdicts: std::collections::BTreeMap<String, usize>,
+    growth_per_day: f64,
+    expected: usize,
+    lost: usize,
+    pending_after_drain: usize,
+    verdict_latency: Vec<f64>,
+    delivery_latency: Vec<f64>,
+    imap_max: usize,
+    smtp_max: usize,
+    watchers: usize,
+    scrapes: Vec<(usize, f64)>,
+}
+
 fn main() {
     if std::env::var(ROLE).as_deref() == Ok("sandbox") {
         sandbox_main();
@@ -112,15 +171,19 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("pw"), "scale").expect("pw");
     let mut toml = format!(
-        "[ledger]\nurl = \"sqlite://ledger.db\"\n\n[defaults]\nschedule = \"every {cadence}\"\ndeadline = \"2m\"\njitter = \"{cadence}\"\n\n\
+        "[ledger]\nurl = \"sqlite://ledger.db\"\n\n[server]\nlisten = \"127.0.0.1:0\"\npublic_metrics = true\n\n\
+         [defaults]\nschedule = \"every {cadence}\"\ndeadline = \"2m\"\njitter = \"{cadence}\"\n\n\
          [[sender]]\nname = \"relay\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {smtp}\ntls = \"none\"\n\
          from = \"canary@kommune.example\"\ntimeout = \"30s\"\n\n\
          [[inbox]]\nname = \"social\"\nkind = \"imap\"\nhost = \"127.0.0.1\"\nport = {imap}\ntls = \"none\"\n\
          username = \"social\"\npassword = \"file:pw\"\nafter_confirm = \"delete\"\n\n"
     );
+    // Owners as a national operator has them: a few hundred, ~100 channels each.
     for i in 0..n {
         toml.push_str(&format!(
-            "[[channel]]\nid = \"c{i}\"\nname = \"Channel {i}\"\nkind = \"mail\"\nto = \"c{i}@kommune.example\"\ninbox = \"social\"\n\n"
+            "[[channel]]\nid = \"c{i}\"\nname = \"Channel {i}\"\nowner = \"owner-{}\"\nkind = \"mail\"\n\
+             to = \"c{i}@kommune.example\"\ninbox = \"social\"\n\n",
+            i / 100
         ));
     }
     std::fs::write(dir.path().join("postcanary.toml"), toml).expect("config");
@@ -129,57 +192,141 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let (cpu, wall, lateness, verdicts, growth_per_day) = rt.block_on(async {
+    let r = rt.block_on(async {
+        let t_load = Instant::now();
         let config = Config::load(&dir.path().join("postcanary.toml")).expect("config");
+        let load_secs = t_load.elapsed().as_secs_f64();
         let offsets: std::collections::HashMap<String, i64> = config
             .channels
             .iter()
             .map(|c| (c.id.clone(), c.jitter_offset.as_millis() as i64))
             .collect();
+        let channels = config.channels.clone();
         let interval_ms = config.channels[0].schedule.nominal_interval().as_millis() as i64;
-        let engine = Engine::start(config).await.expect("engine");
+        let mut engine = Engine::start(config).await.expect("engine");
+        let addr = postcanary::server::start(&mut engine)
+            .await
+            .expect("server")
+            .expect("[server] is configured");
         assert!(engine.wait_watchers_connected(Duration::from_secs(15)).await);
+        let watchers = engine.watcher_states().len();
         let size0 = ledger_bytes(dir.path());
+
+        // Open connections to the sandbox, sampled every second while the scheduler runs.
+        let sampling = Arc::new(AtomicBool::new(true));
+        let (imap_max, smtp_max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let sampler = {
+            let (sampling, imap_max, smtp_max) = (Arc::clone(&sampling), Arc::clone(&imap_max), Arc::clone(&smtp_max));
+            std::thread::spawn(move || {
+                while sampling.load(Ordering::Relaxed) {
+                    imap_max.fetch_max(connections_to(imap), Ordering::Relaxed);
+                    smtp_max.fetch_max(connections_to(smtp), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+        };
+
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let cpu0 = cpu_seconds();
         let t0 = Instant::now();
+        let started = chrono::Utc::now();
         let run = engine.run_scheduler(stop_rx);
         let timer = async {
             tokio::time::sleep(Duration::from_secs(secs)).await;
             let _ = stop_tx.send(true);
         };
         tokio::join!(run, timer);
+        let stopped = chrono::Utc::now();
         let wall = t0.elapsed().as_secs_f64();
         let cpu = cpu_seconds() - cpu0;
+        sampling.store(false, Ordering::Relaxed);
+        let _ = sampler.join();
+
+        // Drain: the last probes' mail is still on its way; wait (bounded) until none is pending.
+        let store = SqliteStore::open(&dir.path().join("ledger.db")).await.expect("ledger");
+        let drain_end = Instant::now() + Duration::from_secs(60);
+        let mut pending_after_drain = store.pending().await.expect("pending").len();
+        while pending_after_drain > 0 && Instant::now() < drain_end {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            pending_after_drain = store.pending().await.expect("pending").len();
+        }
+
+        // /metrics at this size: three scrapes, as Prometheus makes them.
+        let http = reqwest::Client::new();
+        let mut scrapes = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let body = http
+                .get(format!("http://{addr}/metrics"))
+                .send()
+                .await
+                .expect("scrape")
+                .text()
+                .await
+                .expect("scrape body");
+            scrapes.push((body.len(), t.elapsed().as_secs_f64() * 1000.0));
+            assert!(
+                body.contains("postcanary_channel_up"),
+                "a scrape without channel states"
+            );
+        }
         engine.stop().await;
         let growth = ledger_bytes(dir.path()).saturating_sub(size0) as f64;
-        let store = SqliteStore::open(&dir.path().join("ledger.db")).await.expect("ledger");
-        let statuses = store
-            .channel_status(
-                &offsets.keys().cloned().collect::<Vec<_>>(),
-                postcanary::verdict::now_millis(),
-                100,
-            )
-            .await
-            .expect("status");
-        let mut lateness = Vec::new();
+
+        // Every slot due in the run (up to a second before the stop, for the
+        // last firing's write) has its probe row.
+        let stop_at = stopped - chrono::Duration::seconds(1);
+        let mut expected_of: std::collections::HashMap<&str, usize> = Default::default();
+        for ch in &channels {
+            let mut t = ch.schedule.next_after(started, ch.jitter_offset);
+            while let Some(due) = t.filter(|t| *t < stop_at) {
+                *expected_of.entry(ch.id.as_str()).or_default() += 1;
+                t = ch.schedule.next_after(due, ch.jitter_offset);
+            }
+        }
+        let db = rusqlite::Connection::open(dir.path().join("ledger.db")).expect("ledger");
+        let mut made_of: std::collections::HashMap<String, usize> = Default::default();
         let mut verdicts: std::collections::BTreeMap<String, usize> = Default::default();
-        for s in &statuses {
-            for p in &s.recent {
-                *verdicts.entry(p.verdict.to_string()).or_default() += 1;
+        let mut lateness = Vec::new();
+        let mut verdict_latency = Vec::new();
+        let mut delivery_latency = Vec::new();
+        {
+            let mut stmt = db
+                .prepare("SELECT channel, verdict, created_at, sent_at, judged_at, latency_ms FROM probes")
+                .expect("query");
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                    ))
+                })
+                .expect("rows");
+            for row in rows {
+                let (channel, verdict, created, sent, judged, latency) = row.expect("row");
+                let off = offsets.get(&channel).copied().unwrap_or(0);
+                lateness.push(((created - off).rem_euclid(interval_ms)) as f64);
+                if verdict == "delivered" {
+                    if let (Some(s), Some(j)) = (sent, judged) {
+                        verdict_latency.push((j - s) as f64);
+                    }
+                    if let Some(l) = latency {
+                        delivery_latency.push(l as f64);
+                    }
+                }
+                *verdicts.entry(verdict).or_default() += 1;
+                *made_of.entry(channel).or_default() += 1;
             }
         }
-        for p in store.pending().await.expect("pending") {
-            *verdicts.entry("pending".into()).or_default() += 1;
-            let off = offsets.get(&p.channel).copied().unwrap_or(0);
-            lateness.push(((p.created_at - off).rem_euclid(interval_ms)) as f64);
-        }
-        for s in &statuses {
-            let off = offsets.get(&s.channel).copied().unwrap_or(0);
-            for p in &s.recent {
-                lateness.push(((p.created_at - off).rem_euclid(interval_ms)) as f64);
-            }
-        }
+        let expected: usize = expected_of.values().sum();
+        let lost: usize = expected_of
+            .iter()
+            .map(|(ch, e)| e.saturating_sub(made_of.get(*ch).copied().unwrap_or(0)))
+            .sum();
         // Bytes per probe, times the probes a day brings at this cadence.
         let per_day = n as f64 * 86_400_000.0 / interval_ms as f64;
         let per_probe = if lateness.is_empty() {
@@ -187,32 +334,82 @@ fn main() {
         } else {
             growth / lateness.len() as f64
         };
-        (cpu, wall, lateness, verdicts, per_probe * per_day)
+        Run {
+            load_secs,
+            cpu,
+            wall,
+            lateness,
+            verdicts,
+            growth_per_day: per_probe * per_day,
+            expected,
+            lost,
+            pending_after_drain,
+            verdict_latency,
+            delivery_latency,
+            imap_max: imap_max.load(Ordering::Relaxed),
+            smtp_max: smtp_max.load(Ordering::Relaxed),
+            watchers,
+            scrapes,
+        }
     });
     drop(child.stdin.take());
     let _ = child.wait();
 
-    let mut l = lateness;
-    l.sort_by(|a, b| a.total_cmp(b));
-    let probes = l.len();
+    let probes = r.lateness.len();
     println!("| scale: {n} channels every {cadence}, {secs} s run | value |");
     println!("|---|---|");
-    println!("| probes made in the run | {probes} ({verdicts:?}) |");
+    println!("| config load ({n} channels) | {:.2} s |", r.load_secs);
+    println!("| probes made in the run | {probes} ({:?}) |", r.verdicts);
+    println!(
+        "| slots due in the run / without a probe / pending after drain | {} / {} / {} |",
+        r.expected, r.lost, r.pending_after_drain
+    );
     println!(
         "| CPU share of one core (postcanary process) | {:.1}% |",
-        cpu / wall * 100.0
+        r.cpu / r.wall * 100.0
     );
     println!("| peak RSS (postcanary process) | {:.1} MiB |", peak_rss_mib());
-    if probes > 0 {
-        println!(
-            "| scheduler lateness p50 / p99 / max | {:.0} / {:.0} / {:.0} ms |",
-            percentile(&l, 0.5),
-            percentile(&l, 0.99),
-            l[probes - 1]
-        );
-    }
+    println!("| scheduler lateness p50 / p99 / max | {} |", ms_stats(r.lateness));
+    println!(
+        "| verdict latency (relay accepted → delivered written) p50 / p99 / max | {} |",
+        ms_stats(r.verdict_latency)
+    );
+    println!(
+        "| delivery latency (hand-over → token seen) p50 / p99 / max | {} |",
+        ms_stats(r.delivery_latency)
+    );
+    println!(
+        "| open IMAP connections, most at once (watchers) | {} ({}) |",
+        r.imap_max, r.watchers
+    );
+    println!("| open SMTP connections, most at once | {} |", r.smtp_max);
     println!(
         "| ledger growth, extrapolated per day | {:.1} MiB |",
-        growth_per_day / 1_048_576.0
+        r.growth_per_day / 1_048_576.0
+    );
+    let mut ms: Vec<f64> = r.scrapes.iter().map(|s| s.1).collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let size = r.scrapes.last().map(|s| s.0).unwrap_or(0);
+    println!(
+        "| /metrics scrape: size / time (median of {}) | {:.1} KiB / {:.0} ms |",
+        ms.len(),
+        size as f64 / 1024.0,
+        percentile(&ms, 0.5)
+    );
+    // Nothing lost: every due slot has its probe, every probe its verdict,
+    // and the inbox is read over one connection per watcher.
+    assert_eq!(r.lost, 0, "slots due in the run without a probe");
+    assert_eq!(r.pending_after_drain, 0, "probes still pending a minute after the run");
+    assert_eq!(
+        r.verdicts.get("delivered").copied().unwrap_or(0),
+        probes,
+        "every probe delivered: {:?}",
+        r.verdicts
+    );
+    assert!(
+        r.imap_max <= r.watchers,
+        "{} IMAP connections for {} watchers",
+        r.imap_max,
+        r.watchers
     );
 }

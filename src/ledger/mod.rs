@@ -278,6 +278,36 @@ pub struct ChannelLatest {
     pub detail: Option<String>,
 }
 
+/// One verdict as the ledger wrote it (a `verdict` event), for `/metrics`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerdictEvent {
+    /// The event's sequence number (ascending in the order written).
+    pub seq: i64,
+    pub channel: String,
+    pub verdict: Verdict,
+    /// The probe's creation time (orders a channel's probes).
+    pub created_at: Millis,
+    /// When the verdict was reached.
+    pub at: Millis,
+    /// Hand-over to token seen, for a `delivered` verdict.
+    pub latency_ms: Option<i64>,
+}
+
+/// A channel's newest judged probe, for `/metrics`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LatestVerdict {
+    pub channel: String,
+    pub verdict: Verdict,
+    pub created_at: Millis,
+    /// When it was judged (its creation time if the ledger has none).
+    pub at: Millis,
+}
+
+/// The verdict a `verdict` event's detail starts with (`"missed: …"`).
+pub fn event_verdict(detail: &str) -> Option<Verdict> {
+    detail.split_once(':').and_then(|(v, _)| v.trim().parse().ok())
+}
+
 /// What the status page, API and metrics need to know about one channel.
 #[derive(Clone, Debug, Serialize)]
 pub struct ChannelStatus {
@@ -464,6 +494,19 @@ pub trait Store: Send + Sync + 'static {
     /// Latencies (ms) of delivered probes, all time, for the histogram: counts
     /// of latencies ≤ each bound, plus (count, sum).
     async fn latency_histogram(&self, bounds_ms: &[i64]) -> StoreResult<(Vec<i64>, i64, i64)>;
+    /// The ledger's newest event sequence number (0 when empty): where
+    /// [`Store::verdict_events`] starts for a reader that wants only what comes next.
+    async fn last_event_seq(&self) -> StoreResult<i64>;
+    /// Verdicts written after event `after`, in the order written, at most
+    /// `limit` (a correction — a `missed` probe that turns up, a
+    /// reclassification — is a further event). What `/metrics` counts: a
+    /// scrape reads only what happened since the last one.
+    async fn verdict_events(&self, after: i64, limit: usize) -> StoreResult<Vec<VerdictEvent>>;
+    /// Each named channel's newest judged probe (by creation, as the status
+    /// page orders them); channels without one are left out. One index seek per channel.
+    async fn latest_verdicts(&self, channels: &[String]) -> StoreResult<Vec<LatestVerdict>>;
+    /// How many probes wait for a verdict (one pass over the pending index).
+    async fn pending_count(&self) -> StoreResult<i64>;
 
     // --- reports and evidence (read only)
 

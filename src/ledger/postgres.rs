@@ -300,6 +300,10 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
 }
 
+/// How old a verdict event must be before [`Store::verdict_events`] returns
+/// it (see there).
+const VERDICT_EVENT_LAG_MS: i64 = 5_000;
+
 fn get<'a, T: tokio_postgres::types::FromSql<'a>>(r: &'a Row, i: usize) -> StoreResult<T> {
     r.try_get(i).map_err(pgerr)
 }
@@ -1360,6 +1364,97 @@ impl Store for PostgresStore {
             |r| Ok((get(r, 0)?, get(r, 1)?, get(r, 2)?)),
         )
         .await
+    }
+
+    async fn pending_count(&self) -> StoreResult<i64> {
+        let r = self
+            .query_one("SELECT COUNT(*) FROM probes WHERE verdict = 'pending'", &[], |r| {
+                get(r, 0)
+            })
+            .await?;
+        Ok(r.unwrap_or(0))
+    }
+
+    async fn last_event_seq(&self) -> StoreResult<i64> {
+        let r = self
+            .query_one("SELECT COALESCE(MAX(seq), 0)::bigint FROM probe_events", &[], |r| {
+                get(r, 0)
+            })
+            .await?;
+        Ok(r.unwrap_or(0))
+    }
+
+    async fn verdict_events(&self, after: i64, limit: usize) -> StoreResult<Vec<super::VerdictEvent>> {
+        // Sequence numbers are handed out before commit, so a reader could see
+        // a later event before an earlier one commits; events younger than
+        // VERDICT_EVENT_LAG_MS are left for the next read.
+        let horizon = crate::verdict::now_millis() - VERDICT_EVENT_LAG_MS;
+        let rows = self
+            .query_all(
+                "SELECT e.seq, p.channel, e.detail, p.created_at, e.at, p.latency_ms \
+                 FROM probe_events e JOIN probes p ON p.id = e.probe_id \
+                 WHERE e.seq > $1 AND e.kind = 'verdict' AND e.at <= $3 ORDER BY e.seq LIMIT $2",
+                &[&after, &limit_arg(limit), &horizon],
+                |r| {
+                    let detail: String = get(r, 2)?;
+                    Ok((
+                        get::<i64>(r, 0)?,
+                        get::<String>(r, 1)?,
+                        super::event_verdict(&detail),
+                        get::<i64>(r, 3)?,
+                        get::<i64>(r, 4)?,
+                        get::<Option<i64>>(r, 5)?,
+                    ))
+                },
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(seq, channel, verdict, created_at, at, latency_ms)| {
+                let verdict = verdict?;
+                Some(super::VerdictEvent {
+                    seq,
+                    channel,
+                    verdict,
+                    created_at,
+                    at,
+                    latency_ms: latency_ms.filter(|_| verdict == Verdict::Delivered),
+                })
+            })
+            .collect())
+    }
+
+    async fn latest_verdicts(&self, channels: &[String]) -> StoreResult<Vec<super::LatestVerdict>> {
+        let names: Vec<String> = channels.to_vec();
+        let rows = self
+            .query_all(
+                "SELECT c.name, l.verdict, l.created_at, COALESCE(l.judged_at, l.created_at) \
+                 FROM unnest($1::text[]) AS c(name) CROSS JOIN LATERAL \
+                   (SELECT verdict, created_at, judged_at FROM probes \
+                    WHERE channel = c.name AND verdict <> 'pending' \
+                    ORDER BY created_at DESC, id DESC LIMIT 1) l",
+                &[&names],
+                |r| {
+                    Ok((
+                        get::<String>(r, 0)?,
+                        get::<String>(r, 1)?,
+                        get::<i64>(r, 2)?,
+                        get::<i64>(r, 3)?,
+                    ))
+                },
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(channel, verdict, created_at, at)| {
+                Some(super::LatestVerdict {
+                    channel,
+                    verdict: verdict.parse().ok()?,
+                    created_at,
+                    at,
+                })
+            })
+            .collect())
     }
 
     async fn latency_histogram(&self, bounds_ms: &[i64]) -> StoreResult<(Vec<i64>, i64, i64)> {

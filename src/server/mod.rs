@@ -42,6 +42,8 @@ pub struct AppState {
     pub scheduler_tick: Arc<AtomicI64>,
     /// With `[ledger] ha`: "active …", shown by `/healthz`.
     pub role: Option<String>,
+    /// What `/metrics` has counted so far.
+    pub(crate) metrics: Arc<metrics::Tally>,
 }
 
 impl AppState {
@@ -266,6 +268,7 @@ pub async fn start(engine: &mut crate::engine::Engine) -> Result<Option<std::net
         points: engine.watch_points.clone(),
         scheduler_tick: engine.scheduler_tick(),
         role: engine.role.clone(),
+        metrics: Arc::default(),
     };
     engine.spawn_service(|shutdown| serve(listener, state, shutdown));
     tracing::info!(%addr, "status page and API listening");

@@ -3,6 +3,7 @@
 
 use super::*;
 
+mod scale;
 mod sections;
 
 struct Dir(tempfile::TempDir);
