@@ -86,8 +86,8 @@ struct Counted {
     latency: BTreeMap<String, Histogram>,
     /// channel → its newest judged probe.
     latest: HashMap<String, LatestVerdict>,
-    /// The config the owner map below was built from, by address (a reload replaces it).
-    config: usize,
+    /// The config the owner map below was built from (a reload replaces it).
+    config: Option<Arc<Config>>,
     owners: HashMap<String, String>,
 }
 
@@ -128,7 +128,7 @@ impl Tally {
     /// Brings the counts up to the ledger's newest verdict, then lets `f` read them.
     async fn with<T>(&self, s: &AppState, f: impl FnOnce(&Counted) -> T) -> Result<T, StoreError> {
         let mut guard = self.0.lock().await;
-        let config: &Arc<Config> = &s.config;
+        let config: Arc<Config> = s.config();
         if guard.is_none() {
             let seq = s.store.last_event_seq().await?;
             let ids: Vec<String> = config.channels.iter().map(|c| c.id.clone()).collect();
@@ -144,21 +144,22 @@ impl Tally {
                 verdicts: BTreeMap::new(),
                 latency: BTreeMap::new(),
                 latest,
-                config: 0,
+                config: None,
                 owners: HashMap::new(),
             });
         }
         let Some(counted) = guard.as_mut() else {
             return Err(StoreError("metrics counters missing".into()));
         };
-        let address = Arc::as_ptr(config) as usize;
-        if counted.config != address {
+        // A reload publishes a new config: owners are read again. The Arc
+        // is kept, so a comparison by pointer cannot be fooled by a reused address.
+        if !counted.config.as_ref().is_some_and(|c| Arc::ptr_eq(c, &config)) {
             counted.owners = config
                 .channels
                 .iter()
                 .map(|c| (c.id.clone(), c.owner.clone()))
                 .collect();
-            counted.config = address;
+            counted.config = Some(Arc::clone(&config));
         }
         // A ledger restored from an older copy (or emptied) numbers its events lower.
         let newest = s.store.last_event_seq().await?;
@@ -182,7 +183,7 @@ impl Tally {
 }
 
 pub(super) async fn render(s: &AppState) -> Result<String, StoreError> {
-    let config = Arc::clone(&s.config);
+    let config = s.config();
     let open = s.store.open_incidents().await?;
     let pending = s.store.pending_count().await?;
     let failing: std::collections::HashSet<&str> = open.iter().map(|i| i.channel.as_str()).collect();
@@ -370,7 +371,7 @@ mod tests {
             verdicts: BTreeMap::new(),
             latency: BTreeMap::new(),
             latest: HashMap::new(),
-            config: 0,
+            config: None,
             owners: owners.iter().map(|(c, o)| (c.to_string(), o.to_string())).collect(),
         }
     }
