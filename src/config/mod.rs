@@ -19,6 +19,7 @@ mod source;
 mod step_list;
 mod template;
 pub mod values;
+mod vantage;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub use sender::*;
 pub use service::*;
 pub use source::{ConfigError, ConfigErrors, SourceFile};
 pub use values::{AfterConfirm, HumanDuration, Schedule, Secret, SecretRef, Tls};
+pub use vantage::{valid_vantage_name, VantageConfig};
 
 /// The loaded, validated configuration.
 #[derive(Debug, Clone)]
@@ -59,6 +61,8 @@ pub struct Config {
     pub dns: Option<DnsConfig>,
     /// Channel discovery in the daemon (`[discover]`); off without the table.
     pub discover: Option<DiscoverConfig>,
+    /// This instance's vantage point and the quorum (`[vantage]`); none: one vantage, as before.
+    pub vantage: Option<VantageConfig>,
 }
 
 impl Config {
@@ -257,6 +261,7 @@ impl Config {
                 .unwrap_or(Duration::from_secs(120)),
         };
         let heartbeat = build_heartbeat(&mut loader, main.heartbeat);
+        let vantage = vantage::build_vantage(&mut loader, main.vantage, &ledger);
         let server = build_server(&mut loader, main.server);
         let telemetry = main.telemetry.and_then(|t| {
             if !(t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://")) {
@@ -348,6 +353,7 @@ impl Config {
             return Err(ConfigErrors(loader.errors));
         }
         Ok(Config {
+            vantage,
             discover,
             dns,
             path: path.to_path_buf(),

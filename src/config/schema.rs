@@ -48,6 +48,7 @@ pub(super) struct RawMain {
     pub(super) telemetry: Option<RawTelemetry>,
     pub(super) dns: Option<RawDns>,
     pub(super) discover: Option<RawDiscover>,
+    pub(super) vantage: Option<super::vantage::RawVantage>,
 }
 
 /// An included file may define senders, inboxes and channels.

@@ -87,6 +87,7 @@ fn probe(id: &str, channel: &str, verdict: Verdict) -> ProbeRecord {
         detail: Some(format!("{verdict} detail")),
         smtp_reply: Some("250 ok".into()),
         fault: None,
+        vantage: None,
     }
 }
 

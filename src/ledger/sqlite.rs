@@ -226,6 +226,10 @@ BEGIN
            OR (excluded.created_at = channel_latest.created_at AND excluded.probe_id >= channel_latest.probe_id);
 END;
 "#,
+    // Vantage points: each probe carries the vantage that sent it (NULL: none configured).
+    r#"
+ALTER TABLE probes ADD COLUMN vantage TEXT;
+"#,
 ];
 
 /// A send not confirmed by its own process is given this long past its
@@ -233,10 +237,12 @@ END;
 const SEND_GRACE_MS: i64 = 120_000;
 
 const PROBE_COLUMNS: &str = "id, token, channel, kind, expect, inbox, target, created_at, sent_at, deadline, \
-     verdict, judged_at, found_in, found_at, latency_ms, detail, smtp_reply, fault";
+     verdict, judged_at, found_in, found_at, latency_ms, detail, smtp_reply, fault, vantage";
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// The vantage this process's probes are stamped with (`[vantage] name`).
+    vantage: Option<String>,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -283,6 +289,7 @@ fn row_to_probe(r: &Row<'_>) -> rusqlite::Result<ProbeRecord> {
         detail: r.get(15)?,
         smtp_reply: r.get(16)?,
         fault: r.get(17)?,
+        vantage: r.get(18)?,
     })
 }
 
@@ -321,6 +328,7 @@ impl SqliteStore {
         .map_err(err)??;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            vantage: None,
         })
     }
 
@@ -355,12 +363,19 @@ impl SqliteStore {
         .await
     }
 
+    /// The same ledger, stamping the probes it writes with `vantage`.
+    pub fn with_vantage(mut self, vantage: Option<&str>) -> SqliteStore {
+        self.vantage = vantage.map(str::to_string);
+        self
+    }
+
     /// An in-memory ledger, for tests.
     pub fn in_memory() -> StoreResult<SqliteStore> {
         let mut conn = Connection::open_in_memory().map_err(err)?;
         migrate(&mut conn)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            vantage: None,
         })
     }
 
@@ -655,11 +670,12 @@ impl Store for SqliteStore {
 
     async fn insert_probe(&self, p: &NewProbe) -> StoreResult<()> {
         let p = p.clone();
+        let vantage = self.vantage.clone();
         self.with(move |c| {
             let tx = c.transaction()?;
             tx.execute(
-                "INSERT INTO probes (id, token, channel, kind, expect, inbox, target, run_id, created_at, deadline) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO probes (id, token, channel, kind, expect, inbox, target, run_id, created_at, deadline, vantage) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     p.id,
                     p.token,
@@ -670,7 +686,8 @@ impl Store for SqliteStore {
                     p.target,
                     p.run_id,
                     p.created_at,
-                    p.deadline
+                    p.deadline,
+                    vantage
                 ],
             )?;
             tx.execute(
