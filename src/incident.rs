@@ -467,7 +467,10 @@ fn vantage_alone(
 /// Why a vantage is degraded, in words.
 fn alone_why(ch: &Channel, failing: &str, t: &Tally, verdict: &str) -> String {
     let others = t.with(quorum::Seen::Succeeding).join("`, `");
-    format!("channel `{}`: {verdict} from vantage `{failing}` while `{others}` succeeded", ch.id)
+    format!(
+        "channel `{}`: {verdict} from vantage `{failing}` while `{others}` succeeded",
+        ch.id
+    )
 }
 
 /// [`decide`] with the vantages' view of the channel (`None`: no vantages, today's rule).
@@ -768,9 +771,10 @@ fn subject_of(config: &Config, open: &Incident) -> Option<Subject> {
                 let finding = open.channel.strip_prefix("discover:").unwrap_or_default();
                 Some(Subject::discover(config, finding))
             }
-            None if open.channel.starts_with("vantage:") => {
-                Some(Subject::vantage(config, open.channel.strip_prefix("vantage:").unwrap_or_default()))
-            }
+            None if open.channel.starts_with("vantage:") => Some(Subject::vantage(
+                config,
+                open.channel.strip_prefix("vantage:").unwrap_or_default(),
+            )),
             None => {
                 let sender = open.channel.strip_prefix("postcanary:")?;
                 Some(Subject::degraded(config, sender))
@@ -931,7 +935,10 @@ impl Processor {
             return Ok(());
         };
         let channel_incident = self.store.open_incident(&ch.id).await?;
-        let degraded_incident = self.store.open_incident(&degraded_key(&scoped(fault_path(p, ch), p))).await?;
+        let degraded_incident = self
+            .store
+            .open_incident(&degraded_key(&scoped(fault_path(p, ch), p)))
+            .await?;
         let inbox_incident = match p.found_in.as_deref() {
             Some(inbox) => {
                 self.store
@@ -989,7 +996,8 @@ impl Processor {
         let window = quorum::window_ms(ch.schedule.nominal_interval(), ch.deadline, vc.slack);
         let since = p.created_at.saturating_sub(window);
         let probes = self.store.probes_since(&ch.id, since, 10_000).await?;
-        let tally = Tally::of(&probes, since);
+        let interval = Millis::try_from(ch.schedule.nominal_interval().as_millis()).unwrap_or(Millis::MAX);
+        let tally = Tally::of(&probes, p.created_at, interval, since);
         let mut names = vec![vantage_of(p).to_string()];
         if let Outcome::Alone(vs) = outcome(&tally, vc.quorum) {
             names.extend(vs.into_iter().filter(|v| v != vantage_of(p)));

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::ledger::{LedgerBackend, LedgerConfig};
 use super::loader::Loader;
 use super::values::HumanDuration;
-use super::ledger::{LedgerBackend, LedgerConfig};
 
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -898,7 +898,10 @@ impl Store for PostgresStore {
             own = OWN_VANTAGE.replace("$V", "$7")
         );
         let rows = tx
-            .query(&sql, &[&now, &run_id, &unsent, &black_hole, &missed, &only, &self.vantage_arg()])
+            .query(
+                &sql,
+                &[&now, &run_id, &unsent, &black_hole, &missed, &only, &self.vantage_arg()],
+            )
             .await
             .map_err(pgerr)?;
         let mut swept: Vec<ProbeRecord> = rows.iter().map(row_to_probe).collect::<StoreResult<_>>()?;
