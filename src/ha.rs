@@ -209,10 +209,13 @@ async fn serve_standby(
     listener: tokio::net::TcpListener,
     active: watch::Receiver<Option<Holder>>,
     me: String,
+    vantage: Option<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     use axum::routing::get;
+    let vantage = vantage.map(|v| format!("vantage: {v}\n")).unwrap_or_default();
     let health = {
+        let vantage = vantage.clone();
         let active = active.clone();
         let me = me.clone();
         move || {
@@ -222,7 +225,11 @@ async fn serve_standby(
                     Some(h) if h.live => format!("active: {} (generation {})\n", h.holder, h.generation),
                     _ => "active: none (taking over)\n".to_string(),
                 };
-                crate::server::with_role(StatusCode::OK, format!("ok\nrole: standby ({me})\n{who}"), "standby")
+                crate::server::with_role(
+                    StatusCode::OK,
+                    format!("ok\n{vantage}role: standby ({me})\n{who}"),
+                    "standby",
+                )
             }
         }
     };
@@ -346,6 +353,7 @@ async fn stand_by(config: &Config, lease: &Lease, mut stop: watch::Receiver<bool
                 l,
                 active_rx,
                 lease.holder.clone(),
+                config.vantage.as_ref().map(|v| v.name.clone()),
                 server_stop_rx,
             ))),
             Err(e) => {

@@ -208,6 +208,45 @@ async fn one_broken_vantage_pages_once_as_degraded_and_two_page_the_channel() {
         "no channel incident"
     );
 
+    // The readers show each vantage's last verdict; /healthz and /metrics name the vantage.
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let http = http.clone();
+        async move { http.get(path).send().await.unwrap().text().await.unwrap() }
+    };
+    let api: serde_json::Value =
+        serde_json::from_str(&get(format!("http://127.0.0.1:{}/api/channels/ch-0", ds[1].http)).await).unwrap();
+    let by: BTreeMap<String, String> = api["vantages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no vantages in {api}"))
+        .iter()
+        .map(|v| {
+            (
+                v["vantage"].as_str().unwrap().to_string(),
+                v["verdict"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(by.get("east").map(String::as_str), Some("missed"), "{api}");
+    assert_eq!(by.get("west").map(String::as_str), Some("delivered"), "{api}");
+    let health = get(format!("http://127.0.0.1:{}/healthz", ds[0].http)).await;
+    assert!(health.contains("vantage: east"), "{health}");
+    let metrics = get(format!("http://127.0.0.1:{}/metrics", ds[1].http)).await;
+    assert!(
+        metrics.contains("postcanary_vantage_up{channel=\"ch-0\",vantage=\"east\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("postcanary_vantage_up{channel=\"ch-0\",vantage=\"west\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("postcanary_vantage_info{vantage=\"west\"} 1"),
+        "{metrics}"
+    );
+    // (The channel page's history needs `probes_before`, not on PostgreSQL yet;
+    // its vantage table is checked in `server::vantages`.)
+
     // West's relay breaks too: two vantages fail → the quorum is met, one page per channel.
     west.store().set_default_route(Route::Discard);
     let paged = wait_until(Duration::from_secs(40), || {

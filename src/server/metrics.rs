@@ -84,6 +84,28 @@ pub(super) async fn render(s: &AppState) -> Result<String, StoreError> {
             );
         }
     }
+    if let Some(me) = &s.config().vantage {
+        // Channels × vantages: only with `[vantage]`, a handful of vantages.
+        let _ = writeln!(
+            w,
+            "# HELP postcanary_vantage_up 1 if the vantage's last verdict of the channel was a success."
+        );
+        let _ = writeln!(w, "# TYPE postcanary_vantage_up gauge");
+        for v in &views {
+            for x in &v.vantages {
+                let _ = writeln!(
+                    w,
+                    "postcanary_vantage_up{{channel=\"{}\",vantage=\"{}\"}} {}",
+                    label(&v.id),
+                    label(&x.vantage),
+                    u8::from(x.ok)
+                );
+            }
+        }
+        let _ = writeln!(w, "# HELP postcanary_vantage_info The vantage point of this instance.");
+        let _ = writeln!(w, "# TYPE postcanary_vantage_info gauge");
+        let _ = writeln!(w, "postcanary_vantage_info{{vantage=\"{}\"}} 1", label(&me.name));
+    }
     let pending: i64 = views.iter().map(|v| v.pending).sum();
     let _ = writeln!(
         w,
