@@ -66,12 +66,22 @@ pub use reload::{ReloadStatus, Reloader};
 impl Engine {
     /// Opens the ledger and starts the watchers and the sweeper.
     pub async fn start(config: Config) -> Result<Engine, EngineError> {
-        let store = ledger::backend::open(&config.ledger.backend).await?;
+        let vantage = config.vantage.as_ref().map(|v| v.name.as_str());
+        let store = ledger::backend::open_as(&config.ledger.backend, vantage).await?;
         Engine::start_with_store(config, store).await
     }
 
     /// [`Engine::start`] on a ledger already open (`ha::run` passes its fenced store).
     pub async fn start_with_store(config: Config, store: DynStore) -> Result<Engine, EngineError> {
+        let mut engine = Engine::idle_with_store(config, store).await?;
+        engine.start_watchers();
+        engine.start_sweeper();
+        Ok(engine)
+    }
+
+    /// An engine on a ledger that runs nothing yet: no watcher, no sweeper
+    /// (with vantages, `ha::run` starts only the paging on one of these).
+    pub async fn idle_with_store(config: Config, store: DynStore) -> Result<Engine, EngineError> {
         let key = match &config.token.key {
             Some(secret) => TokenKey::new(secret.expose().as_bytes().to_vec()),
             None => {
@@ -84,7 +94,7 @@ impl Engine {
         let (shutdown, _) = watch::channel(false);
         let config = Arc::new(config);
         let (live, _) = watch::channel(Arc::clone(&config));
-        let mut engine = Engine {
+        let engine = Engine {
             live,
             slots: Arc::default(),
             reload_status: watch::channel(ReloadStatus::default()).0,
@@ -101,8 +111,6 @@ impl Engine {
             scheduler_tick: Arc::new(AtomicI64::new(now_millis())),
             role: None,
         };
-        engine.start_watchers();
-        engine.start_sweeper();
         Ok(engine)
     }
 
@@ -181,6 +189,13 @@ impl Engine {
     /// Starts what `run` adds to `check`: the incident processor, one outbox
     /// worker per notifier, and the heartbeat.
     pub fn start_paging(&mut self, delivery: Arc<dyn crate::outbox::Deliver>) {
+        self.start_paging_only(delivery);
+        self.start_companions();
+    }
+
+    /// The paging tasks alone: the incident processor and the outbox
+    /// workers (with drift and discovery), as one reloadable generation.
+    pub fn start_paging_only(&mut self, delivery: Arc<dyn crate::outbox::Deliver>) {
         let paging = reload::spawn_paging(
             &self.config,
             &self.store,
@@ -193,8 +208,13 @@ impl Engine {
             slots.delivery = Some(delivery);
             slots.paging = Some(paging);
         }
-        // The watchers' blind spells, for reports (both ledgers; on HA only
-        // the active runs an engine).
+    }
+
+    /// What goes with the prober in `run`: the watchers' blind-spell log
+    /// (both ledgers; on HA only the vantage's active runs an engine) and
+    /// the heartbeat.
+    pub fn start_companions(&mut self) {
+        // The watchers' blind spells, for reports.
         self.tasks.spawn(crate::blindlog::run(
             Arc::clone(&self.store),
             self.watch_points.clone(),

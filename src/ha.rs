@@ -19,6 +19,14 @@
 //! takeover (cut off, paused, slow) is refused by the fence. Pages are
 //! claimed by the fenced `outbox_head`, so a stale instance never gets a
 //! page to send.
+//!
+//! With `[vantage]` the work is split between two leases. Each vantage has
+//! its own lease row, `vantage:NAME`, for its probing work — scheduler,
+//! watchers, sweeper, status page — so every vantage has one active prober;
+//! its store stamps probes with the vantage and sweeps only its own. The
+//! paging work — incident processor, outbox workers, reminders, DNS and
+//! discovery watchers — runs under the one global lease row `active`, on
+//! whichever instance of any vantage holds it, so a page is never doubled.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -29,7 +37,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, LedgerBackend};
 use crate::engine::Engine;
-use crate::ledger::postgres::{pgerr, Fence, PostgresStore, LEASE_NAME};
+use crate::ledger::postgres::{pgerr, vantage_lease, Fence, PostgresStore, LEASE_NAME};
 use crate::ledger::{DynStore, StoreError, StoreResult};
 
 /// How often a standby tries to take the lease over.
@@ -39,6 +47,8 @@ const ACQUIRE_EVERY: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Lease {
     store: PostgresStore,
+    /// The lease row: `active`, or a vantage's `vantage:NAME`.
+    pub name: String,
     pub holder: String,
     pub lease: Duration,
 }
@@ -57,8 +67,14 @@ fn millis(d: Duration) -> i64 {
 
 impl Lease {
     pub fn new(store: PostgresStore, holder: impl Into<String>, lease: Duration) -> Lease {
+        Lease::named(store, LEASE_NAME, holder, lease)
+    }
+
+    /// The lease of another row (a vantage's probing lease).
+    pub fn named(store: PostgresStore, name: &str, holder: impl Into<String>, lease: Duration) -> Lease {
         Lease {
             store,
+            name: name.to_string(),
             holder: holder.into(),
             lease,
         }
@@ -75,7 +91,7 @@ impl Lease {
                    generation = ha_lease.generation + 1, acquired_at = now(), expires_at = excluded.expires_at \
                  WHERE ha_lease.expires_at <= now() \
                  RETURNING generation",
-                &[&LEASE_NAME, &self.holder, &(millis(self.lease) as f64)],
+                &[&self.name, &self.holder, &(millis(self.lease) as f64)],
             )
             .await
             .map_err(pgerr)?;
@@ -89,7 +105,7 @@ impl Lease {
             .execute(
                 "UPDATE ha_lease SET expires_at = now() + $4::float8 * interval '1 millisecond' \
                  WHERE name = $1 AND holder = $2 AND generation = $3 AND expires_at > now()",
-                &[&LEASE_NAME, &self.holder, &generation, &(millis(self.lease) as f64)],
+                &[&self.name, &self.holder, &generation, &(millis(self.lease) as f64)],
             )
             .await
             .map_err(pgerr)?;
@@ -101,7 +117,7 @@ impl Lease {
         let c = self.store.client().await?;
         c.execute(
             "UPDATE ha_lease SET expires_at = now() WHERE name = $1 AND holder = $2 AND generation = $3",
-            &[&LEASE_NAME, &self.holder, &generation],
+            &[&self.name, &self.holder, &generation],
         )
         .await
         .map_err(pgerr)
@@ -113,7 +129,7 @@ impl Lease {
         let row = c
             .query_opt(
                 "SELECT holder, generation, expires_at > now() FROM ha_lease WHERE name = $1",
-                &[&LEASE_NAME],
+                &[&self.name],
             )
             .await
             .map_err(pgerr)?;
@@ -193,10 +209,13 @@ async fn serve_standby(
     listener: tokio::net::TcpListener,
     active: watch::Receiver<Option<Holder>>,
     me: String,
+    vantage: Option<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     use axum::routing::get;
+    let vantage = vantage.map(|v| format!("vantage: {v}\n")).unwrap_or_default();
     let health = {
+        let vantage = vantage.clone();
         let active = active.clone();
         let me = me.clone();
         move || {
@@ -206,7 +225,11 @@ async fn serve_standby(
                     Some(h) if h.live => format!("active: {} (generation {})\n", h.holder, h.generation),
                     _ => "active: none (taking over)\n".to_string(),
                 };
-                crate::server::with_role(StatusCode::OK, format!("ok\nrole: standby ({me})\n{who}"), "standby")
+                crate::server::with_role(
+                    StatusCode::OK,
+                    format!("ok\n{vantage}role: standby ({me})\n{who}"),
+                    "standby",
+                )
             }
         }
     };
@@ -259,29 +282,52 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()> + S
         }
     };
     let me = instance_name(&config);
-    let lease = Lease::new(base.clone(), me.clone(), ha.lease);
+    let vantage = config.vantage.as_ref().map(|v| v.name.clone());
+    // With vantages: probing under the vantage's lease, paging under `active`.
+    let (base, lease_name) = match &vantage {
+        Some(v) => (base.with_vantage(Some(v)), vantage_lease(v)),
+        None => (base, LEASE_NAME.to_string()),
+    };
+    let lease = Lease::named(base.clone(), &lease_name, me.clone(), ha.lease);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         stop.await;
         let _ = stop_tx.send(true);
     });
     let config = Arc::new(config);
-    tracing::info!(instance = %me, lease_s = ha.lease.as_secs(), ledger = %pg.display(), "postcanary standing by for the lease");
+    let paging = vantage.is_some().then(|| {
+        tokio::spawn(page_while_held(
+            Arc::clone(&config),
+            Lease::new(base.clone(), me.clone(), ha.lease),
+            stop_rx.clone(),
+        ))
+    });
+    let stop_paging = || async {
+        if let Some(p) = paging {
+            let _ = tokio::time::timeout(Duration::from_secs(15), p).await;
+        }
+    };
+    tracing::info!(instance = %me, vantage = vantage.as_deref().unwrap_or(""), lease = %lease_name, lease_s = ha.lease.as_secs(), ledger = %pg.display(), "postcanary standing by for the lease");
     loop {
         let Some((generation, since)) = stand_by(&config, &lease, stop_rx.clone()).await else {
+            stop_paging().await;
             tracing::info!("stopped");
             return ExitCode::SUCCESS;
         };
         tracing::info!(instance = %me, generation, "lease acquired: this instance is active");
-        let fenced: DynStore = Arc::new(base.fenced(Fence {
-            holder: me.clone(),
-            generation,
-        }));
+        let fenced: DynStore = Arc::new(base.fenced_on(
+            &lease_name,
+            Fence {
+                holder: me.clone(),
+                generation,
+            },
+        ));
         match work(&config, &lease, (generation, since), fenced, stop_rx.clone()).await {
             Ok(LeaseEnd::Stopped) => {
                 if let Err(e) = lease.release(generation).await {
                     tracing::warn!(error = %e, "cannot release the lease; a standby takes over when it expires");
                 }
+                stop_paging().await;
                 tracing::info!("stopped");
                 return ExitCode::SUCCESS;
             }
@@ -307,6 +353,7 @@ async fn stand_by(config: &Config, lease: &Lease, mut stop: watch::Receiver<bool
                 l,
                 active_rx,
                 lease.holder.clone(),
+                config.vantage.as_ref().map(|v| v.name.clone()),
                 server_stop_rx,
             ))),
             Err(e) => {
@@ -378,13 +425,26 @@ async fn work(
             return Err(StoreError(e.to_string()));
         }
     };
-    engine.role = Some(format!("active ({}, generation {generation})", lease.holder));
-    let started = match crate::outbox::RealDelivery::new(Arc::clone(&engine.config)) {
-        Ok(d) => {
-            engine.start_paging(Arc::new(d));
+    let started = match &config.vantage {
+        // The paging runs under its own lease (`page_while_held`).
+        Some(v) => {
+            engine.role = Some(format!(
+                "active ({}, generation {generation}, vantage {})",
+                lease.holder, v.name
+            ));
+            engine.start_companions();
             crate::server::start(&mut engine).await
         }
-        Err(e) => Err(format!("cannot start paging: {e}")),
+        None => {
+            engine.role = Some(format!("active ({}, generation {generation})", lease.holder));
+            match crate::outbox::RealDelivery::new(Arc::clone(&engine.config)) {
+                Ok(d) => {
+                    engine.start_paging(Arc::new(d));
+                    crate::server::start(&mut engine).await
+                }
+                Err(e) => Err(format!("cannot start paging: {e}")),
+            }
+        }
     };
     if let Err(e) = started {
         engine.stop().await;
@@ -410,6 +470,88 @@ async fn work(
         .await
         .unwrap_or_else(|e| LeaseEnd::Lost(format!("lease task failed: {e}")));
     Ok(end)
+}
+
+/// With vantages: the paging work (incident processor, outbox, reminders,
+/// DNS and discovery watchers) of all vantages, on whichever instance holds
+/// the global `active` lease; its store is fenced on that lease.
+async fn page_while_held(config: Arc<Config>, lease: Lease, stop: watch::Receiver<bool>) {
+    loop {
+        // Take the lease, or wait for it.
+        let (generation, since) = loop {
+            if *stop.borrow() {
+                return;
+            }
+            let sent = Instant::now();
+            match lease.try_acquire().await {
+                Ok(Some(g)) => break (g, sent),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot reach the ledger to take the paging lease"),
+            }
+            let mut s = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(ACQUIRE_EVERY) => {}
+                _ = s.changed() => {}
+            }
+        };
+        tracing::info!(instance = %lease.holder, generation, "paging lease acquired: this instance pages for every vantage");
+        let store: DynStore = Arc::new(lease.store.fenced(Fence {
+            holder: lease.holder.clone(),
+            generation,
+        }));
+        let (lost_tx, mut lost_rx) = watch::channel(false);
+        let holder = {
+            let lease = lease.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let end = lease.hold(generation, since, stop).await;
+                if matches!(end, LeaseEnd::Lost(_)) {
+                    let _ = lost_tx.send(true);
+                }
+                end
+            })
+        };
+        let engine = match Engine::idle_with_store((*config).clone(), store).await {
+            Ok(mut e) => match crate::outbox::RealDelivery::new(Arc::clone(&e.config)) {
+                Ok(d) => {
+                    e.start_paging_only(Arc::new(d));
+                    Some(e)
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot start paging");
+                    e.stop().await;
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start paging");
+                None
+            }
+        };
+        let Some(engine) = engine else {
+            holder.abort();
+            let _ = lease.release(generation).await;
+            tokio::time::sleep(ACQUIRE_EVERY).await;
+            continue;
+        };
+        let mut s = stop.clone();
+        tokio::select! {
+            _ = lost_rx.wait_for(|lost| *lost) => {}
+            _ = s.wait_for(|stop| *stop) => {}
+        }
+        engine.stop().await;
+        match holder.await {
+            Ok(LeaseEnd::Lost(why)) => {
+                tracing::error!(instance = %lease.holder, generation, reason = %why, "paging lease lost: stopped paging")
+            }
+            _ => {
+                if let Err(e) = lease.release(generation).await {
+                    tracing::warn!(error = %e, "cannot release the paging lease");
+                }
+                return;
+            }
+        }
+    }
 }
 
 /// The `ha_lease` row's generation now (for tests and `/healthz`).

@@ -21,6 +21,9 @@ use crate::notify::{Page, PageEvent, TimelineEntry};
 use crate::verdict::VerdictSink;
 use crate::verdict::{now_millis, Millis, Verdict};
 
+pub mod quorum;
+use quorum::{outcome, vantage_key, vantage_recovered, Outcome, Tally, NO_VANTAGE, VANTAGE_DEGRADED};
+
 /// The incident key of the prober's own degradation through one sender.
 pub fn degraded_key(sender: &str) -> String {
     format!("postcanary:{sender}")
@@ -33,6 +36,22 @@ pub fn fault_path<'a>(p: &'a ProbeRecord, ch: &'a Channel) -> &'a str {
         (Verdict::Error, Some(path)) => path,
         _ => sender_of(ch),
     }
+}
+
+/// A path of ours as seen from the probe's vantage: with vantages each
+/// has its own relay and watchers, so `relay` of `east` is `relay@east`
+/// (one "degraded" incident per vantage and path). Without a vantage the
+/// path itself, as before.
+pub fn scoped(path: &str, p: &ProbeRecord) -> String {
+    match &p.vantage {
+        Some(v) => format!("{path}@{v}"),
+        None => path.to_string(),
+    }
+}
+
+/// The vantage name of a probe ([`NO_VANTAGE`] when it has none).
+pub fn vantage_of(p: &ProbeRecord) -> &str {
+    p.vantage.as_deref().unwrap_or(NO_VANTAGE)
 }
 
 /// The path name of an inbox's watcher, as an `error`'s `fault`.
@@ -101,6 +120,14 @@ impl Subject {
     }
 
     fn degraded(config: &Config, sender: &str) -> Subject {
+        if let Some((path, v)) = sender
+            .rsplit_once('@')
+            .filter(|(_, v)| crate::config::valid_vantage_name(v))
+        {
+            let mut s = Subject::degraded(config, path);
+            s.name = format!("{} at vantage `{v}`", s.name);
+            return s;
+        }
         if let Some(inbox) = sender.strip_prefix("inbox:") {
             return Subject {
                 channel: "postcanary".into(),
@@ -131,6 +158,17 @@ impl Subject {
 }
 
 impl Subject {
+    /// One vantage point whose probes fail where the other vantages' succeed.
+    fn vantage(config: &Config, vantage: &str) -> Subject {
+        Subject {
+            channel: vantage_key(vantage),
+            name: format!("postcanary vantage `{vantage}` (fails where other vantages succeed)"),
+            owner: "postcanary".into(),
+            target: vantage.to_string(),
+            notify: config.paging.default_notify.clone(),
+        }
+    }
+
     /// A domain's mail routing: paged to the teams whose channels send there.
     fn dns(config: &Config, domain: &str) -> Subject {
         let channels: Vec<&Channel> = config
@@ -351,13 +389,105 @@ pub struct VerdictFacts<'a> {
     pub silences: &'a [SilenceRecord],
 }
 
+/// What the vantages say of the channel, when `[vantage]` is configured
+/// (see [`quorum`]).
+pub struct QuorumFacts<'a> {
+    pub quorum: u32,
+    /// The channel's window `W` (ms).
+    pub window: Millis,
+    /// Each vantage's latest verdict in the window of the handled probe.
+    pub tally: &'a Tally,
+    /// The open `vantage:NAME` incidents of the probe's vantage and of the
+    /// vantages failing alone, by vantage name.
+    pub open: &'a [(String, Incident)],
+}
+
+impl QuorumFacts<'_> {
+    fn open_of(&self, vantage: &str) -> Option<&Incident> {
+        self.open.iter().find(|(v, _)| v == vantage).map(|(_, i)| i)
+    }
+}
+
 /// Decides what one verdict means for incidents. Returns the changes to
 /// apply in order; the last one carries the probe id (marks it handled).
 pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, source: &str) -> Vec<IncidentChange> {
+    decide_with(config, ch, f, None, now, source)
+}
+
+/// Opens or updates the `vantage:NAME` incident of a vantage failing alone.
+#[allow(clippy::too_many_arguments)]
+fn vantage_alone(
+    config: &Config,
+    vantage: &str,
+    open: Option<&Incident>,
+    why: String,
+    probe: Option<&ProbeRecord>,
+    events: &[Event],
+    now: Millis,
+    source: &str,
+) -> IncidentAction {
+    match open {
+        Some(o) => IncidentAction::Update {
+            incident_id: o.id,
+            verdict: VANTAGE_DEGRADED.into(),
+            detail: why,
+            at: now,
+        },
+        None => {
+            let subject = Subject::vantage(config, vantage);
+            let key = format!(
+                "postcanary/vantage/{vantage}/{}",
+                probe.map(|p| p.id.clone()).unwrap_or_else(|| now.to_string())
+            );
+            IncidentAction::Open {
+                channel: vantage_key(vantage),
+                pages: pages(
+                    &subject,
+                    PageEvent::Trigger,
+                    &key,
+                    0,
+                    VANTAGE_DEGRADED,
+                    &why,
+                    now,
+                    now,
+                    probe.map(|p| p.token.clone()),
+                    timeline(events),
+                    source,
+                ),
+                dedup_key: key,
+                verdict: VANTAGE_DEGRADED.into(),
+                detail: why,
+                at: now,
+                silenced: None,
+            }
+        }
+    }
+}
+
+/// Why a vantage is degraded, in words.
+fn alone_why(ch: &Channel, failing: &str, t: &Tally, verdict: &str) -> String {
+    let others = t.with(quorum::Seen::Succeeding).join("`, `");
+    format!(
+        "channel `{}`: {verdict} from vantage `{failing}` while `{others}` succeeded",
+        ch.id
+    )
+}
+
+/// [`decide`] with the vantages' view of the channel (`None`: no vantages, today's rule).
+pub fn decide_with(
+    config: &Config,
+    ch: &Channel,
+    f: &VerdictFacts<'_>,
+    q: Option<&QuorumFacts<'_>>,
+    now: Millis,
+    source: &str,
+) -> Vec<IncidentChange> {
     let p = f.probe;
     let verdict = p.verdict;
     let detail = p.detail.clone().unwrap_or_default();
-    let sender = fault_path(p, ch);
+    let scoped_sender = scoped(fault_path(p, ch), p);
+    let sender = scoped_sender.as_str();
+    let me = vantage_of(p);
     let mut changes = Vec::new();
     let last = |action: IncidentAction, reclassify: Option<String>| IncidentChange {
         probe_id: Some(p.id.clone()),
@@ -384,7 +514,7 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
         }
         // An arrival in its inbox proves that inbox is watched again.
         if let (Some(d), Some(inbox)) = (f.inbox_incident, p.found_in.as_deref()) {
-            let subject = Subject::degraded(config, &inbox_path(inbox));
+            let subject = Subject::degraded(config, &scoped(&inbox_path(inbox), p));
             changes.push(IncidentChange {
                 probe_id: None,
                 reclassify: None,
@@ -397,6 +527,52 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
                     source,
                 ),
             });
+        }
+        if let Some(q) = q {
+            // This vantage works for this channel: its own degradation ends
+            // once it has not failed alone for a window.
+            if let Some(v) = q.open_of(me) {
+                if vantage_recovered(v.last_failure_at, now, q.window) {
+                    changes.push(IncidentChange {
+                        probe_id: None,
+                        reclassify: None,
+                        action: resolve(
+                            config,
+                            &Subject::vantage(config, me),
+                            v,
+                            &format!("channel `{}` succeeded from vantage `{me}`", ch.id),
+                            now,
+                            source,
+                        ),
+                    });
+                }
+            }
+            let out = outcome(q.tally, q.quorum);
+            // A vantage that failed while this one was still pending fails alone now.
+            if let Outcome::Alone(vs) = &out {
+                for v in vs.iter().filter(|v| *v != me && q.open_of(v).is_none()) {
+                    let why = alone_why(ch, v, q.tally, "failed");
+                    changes.push(IncidentChange {
+                        probe_id: None,
+                        reclassify: None,
+                        action: vantage_alone(config, v, None, why, None, &[], now, source),
+                    });
+                }
+            }
+            // The channel's incident ends when fewer than the quorum fail.
+            let action = match f.channel_incident {
+                Some(open) if out != Outcome::Channel => resolve(
+                    config,
+                    &Subject::channel(ch),
+                    open,
+                    &format!("{verdict} from vantage `{me}`: {detail}"),
+                    now,
+                    source,
+                ),
+                _ => IncidentAction::Nothing,
+            };
+            changes.push(last(action, None));
+            return changes;
         }
         // Incidents follow probe order: a success older than the failure that
         // keeps the incident open says nothing about the channel now.
@@ -464,7 +640,12 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
 
     // A failure of a probe older than the channel's newest success is
     // history: the channel has worked since. It opens and re-opens nothing.
-    if f.newest_success.is_some_and(|t| t > p.created_at) {
+    // With vantages: the newest success of the same vantage.
+    let history = match q {
+        Some(q) => q.tally.newer_success(me, p.created_at, &p.id),
+        None => f.newest_success.is_some_and(|t| t > p.created_at),
+    };
+    if history {
         changes.push(last(IncidentAction::Nothing, None));
         return changes;
     }
@@ -481,6 +662,23 @@ pub fn decide(config: &Config, ch: &Channel, f: &VerdictFacts<'_>, now: Millis, 
         };
         changes.push(last(action, Some(note)));
         return changes;
+    }
+
+    // With vantages, the channel's incident needs the quorum.
+    if let Some(q) = q {
+        match outcome(q.tally, q.quorum) {
+            Outcome::Channel => {}
+            Outcome::Alone(vs) if vs.iter().any(|v| v == me) => {
+                let why = alone_why(ch, me, q.tally, verdict.as_str());
+                let action = vantage_alone(config, me, q.open_of(me), why, Some(p), f.probe_events, now, source);
+                changes.push(last(action, None));
+                return changes;
+            }
+            Outcome::Alone(_) | Outcome::Wait | Outcome::Clear => {
+                changes.push(last(IncidentAction::Nothing, None));
+                return changes;
+            }
+        }
     }
 
     let action = match f.channel_incident {
@@ -573,6 +771,10 @@ fn subject_of(config: &Config, open: &Incident) -> Option<Subject> {
                 let finding = open.channel.strip_prefix("discover:").unwrap_or_default();
                 Some(Subject::discover(config, finding))
             }
+            None if open.channel.starts_with("vantage:") => Some(Subject::vantage(
+                config,
+                open.channel.strip_prefix("vantage:").unwrap_or_default(),
+            )),
             None => {
                 let sender = open.channel.strip_prefix("postcanary:")?;
                 Some(Subject::degraded(config, sender))
@@ -733,11 +935,19 @@ impl Processor {
             return Ok(());
         };
         let channel_incident = self.store.open_incident(&ch.id).await?;
-        let degraded_incident = self.store.open_incident(&degraded_key(fault_path(p, ch))).await?;
+        let degraded_incident = self
+            .store
+            .open_incident(&degraded_key(&scoped(fault_path(p, ch), p)))
+            .await?;
         let inbox_incident = match p.found_in.as_deref() {
-            Some(inbox) => self.store.open_incident(&degraded_key(&inbox_path(inbox))).await?,
+            Some(inbox) => {
+                self.store
+                    .open_incident(&degraded_key(&scoped(&inbox_path(inbox), p)))
+                    .await?
+            }
             None => None,
         };
+        let vantages = self.vantage_facts(ch, p).await?;
         let (newest_success, newest_failure) = self.store.channel_order(&ch.id).await?;
         let probe_events = self.store.events(&p.id).await?;
         // A compliance finding first: the verdict's own change marks it handled.
@@ -754,7 +964,13 @@ impl Processor {
             silences: &silences,
         };
         let mut queued = false;
-        let decided = decide(&self.config, ch, &facts, now_millis(), &self.source);
+        let quorum = vantages.as_ref().map(|(quorum, window, tally, open)| QuorumFacts {
+            quorum: *quorum,
+            window: *window,
+            tally,
+            open,
+        });
+        let decided = decide_with(&self.config, ch, &facts, quorum.as_ref(), now_millis(), &self.source);
         for change in compliance.into_iter().chain(decided) {
             queued |= has_pages(&change.action);
             if let Some(id) = self.store.apply_incident(&change).await? {
@@ -765,6 +981,34 @@ impl Processor {
             self.outbox.all();
         }
         Ok(())
+    }
+
+    /// With `[vantage]`: each vantage's latest verdict of the channel in the
+    /// window of `p`, and the open incidents of the vantages concerned.
+    async fn vantage_facts(
+        &self,
+        ch: &Channel,
+        p: &ProbeRecord,
+    ) -> Result<Option<(u32, Millis, Tally, Vec<(String, Incident)>)>, StoreError> {
+        let Some(vc) = &self.config.vantage else {
+            return Ok(None);
+        };
+        let window = quorum::window_ms(ch.schedule.nominal_interval(), ch.deadline, vc.slack);
+        let since = p.created_at.saturating_sub(window);
+        let probes = self.store.probes_since(&ch.id, since, 10_000).await?;
+        let interval = Millis::try_from(ch.schedule.nominal_interval().as_millis()).unwrap_or(Millis::MAX);
+        let tally = Tally::of(&probes, p.created_at, interval, since);
+        let mut names = vec![vantage_of(p).to_string()];
+        if let Outcome::Alone(vs) = outcome(&tally, vc.quorum) {
+            names.extend(vs.into_iter().filter(|v| v != vantage_of(p)));
+        }
+        let mut open = Vec::new();
+        for n in names {
+            if let Some(i) = self.store.open_incident(&vantage_key(&n)).await? {
+                open.push((n, i));
+            }
+        }
+        Ok(Some((vc.quorum, window, tally, open)))
     }
 
     /// Queues reminders and held-back triggers that are due.

@@ -19,6 +19,7 @@ mod source;
 mod step_list;
 mod template;
 pub mod values;
+mod vantage;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub use sender::*;
 pub use service::*;
 pub use source::{ConfigError, ConfigErrors, SourceFile};
 pub use values::{AfterConfirm, HumanDuration, Schedule, Secret, SecretRef, Tls};
+pub use vantage::{valid_vantage_name, VantageConfig};
 
 /// The loaded, validated configuration.
 #[derive(Debug, Clone)]
@@ -63,6 +65,8 @@ pub struct Config {
     pub metrics: metrics::MetricsConfig,
     /// `channels` by id, built at the first [`Config::channel`] call.
     pub channel_index: ChannelIndex,
+    /// This instance's vantage point and the quorum (`[vantage]`); none: one vantage, as before.
+    pub vantage: Option<VantageConfig>,
 }
 
 /// Channel id → position in `Config::channels`: the incident processor asks
@@ -295,6 +299,7 @@ impl Config {
                 .unwrap_or(Duration::from_secs(120)),
         };
         let heartbeat = build_heartbeat(&mut loader, main.heartbeat);
+        let vantage = vantage::build_vantage(&mut loader, main.vantage, &ledger);
         let server = build_server(&mut loader, main.server);
         let telemetry = main.telemetry.and_then(|t| {
             if !(t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://")) {
@@ -388,6 +393,7 @@ impl Config {
         Ok(Config {
             metrics: metrics::build_metrics(main.metrics),
             channel_index: ChannelIndex::default(),
+            vantage,
             discover,
             dns,
             path: path.to_path_buf(),

@@ -49,6 +49,7 @@ pub(super) struct RawMain {
     pub(super) dns: Option<RawDns>,
     pub(super) discover: Option<RawDiscover>,
     pub(super) metrics: Option<super::metrics::RawMetrics>,
+    pub(super) vantage: Option<super::vantage::RawVantage>,
 }
 
 /// An included file may define senders, inboxes and channels.

@@ -87,6 +87,7 @@ fn probe(id: &str, channel: &str, verdict: Verdict) -> ProbeRecord {
         detail: Some(format!("{verdict} detail")),
         smtp_reply: Some("250 ok".into()),
         fault: None,
+        vantage: None,
     }
 }
 
@@ -580,4 +581,199 @@ fn a_blind_inbox_is_one_degraded_incident_not_a_channel_page() {
         matches!(changes[0].action, IncidentAction::Resolve { incident_id: 9, .. }),
         "{changes:?}"
     );
+}
+
+// --- vantage points (the quorum rule itself is tested in `quorum`)
+
+fn at_vantage(id: &str, vantage: &str, verdict: Verdict) -> ProbeRecord {
+    let mut p = probe(id, "social-mail", verdict);
+    p.vantage = Some(vantage.into());
+    p
+}
+
+fn quorum_facts<'a>(tally: &'a Tally, open: &'a [(String, Incident)], quorum: u32) -> QuorumFacts<'a> {
+    QuorumFacts {
+        quorum,
+        window: 10_000,
+        tally,
+        open,
+    }
+}
+
+#[test]
+fn a_vantage_failing_alone_opens_its_own_incident_and_no_channel_page() {
+    let c = config("");
+    let ch = c.channel("social-mail").unwrap();
+    let east = at_vantage("e1", "east", Verdict::Missed);
+    let west = at_vantage("w1", "west", Verdict::Delivered);
+    let tally = Tally::of(&[east.clone(), west], 1_000, 60_000, 0);
+    let changes = decide_with(
+        &c,
+        ch,
+        &facts(&east, None, None),
+        Some(&quorum_facts(&tally, &[], 2)),
+        70_000,
+        "h",
+    );
+    assert_eq!(changes.len(), 1);
+    match &changes[0].action {
+        IncidentAction::Open {
+            channel,
+            verdict,
+            pages,
+            ..
+        } => {
+            assert_eq!(channel, "vantage:east");
+            assert_eq!(verdict, quorum::VANTAGE_DEGRADED);
+            assert_eq!(pages.len(), 1, "paged once, to the default notifiers");
+            assert_eq!(pages[0].0, "ops");
+            assert!(
+                pages[0].1.detail.contains("while `west` succeeded"),
+                "{}",
+                pages[0].1.detail
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Open already: the next failure only updates it.
+    let open = [("east".to_string(), incident(9, "vantage:east", true))];
+    let changes = decide_with(
+        &c,
+        ch,
+        &facts(&east, None, None),
+        Some(&quorum_facts(&tally, &open, 2)),
+        71_000,
+        "h",
+    );
+    assert!(matches!(
+        changes[0].action,
+        IncidentAction::Update { incident_id: 9, .. }
+    ));
+    // With quorum 1 the same verdicts page the channel, as without vantages.
+    let changes = decide_with(
+        &c,
+        ch,
+        &facts(&east, None, None),
+        Some(&quorum_facts(&tally, &[], 1)),
+        70_000,
+        "h",
+    );
+    assert!(matches!(&changes[0].action, IncidentAction::Open { channel, .. } if channel == "social-mail"));
+}
+
+#[test]
+fn two_failing_vantages_meet_the_quorum_and_a_success_below_it_resolves() {
+    let c = config("");
+    let ch = c.channel("social-mail").unwrap();
+    let east = at_vantage("e1", "east", Verdict::Missed);
+    let west = at_vantage("w1", "west", Verdict::Missed);
+    let tally = Tally::of(&[east.clone(), west.clone()], 1_000, 60_000, 0);
+    let changes = decide_with(
+        &c,
+        ch,
+        &facts(&west, None, None),
+        Some(&quorum_facts(&tally, &[], 2)),
+        70_000,
+        "h",
+    );
+    assert!(
+        matches!(&changes[0].action, IncidentAction::Open { channel, pages, .. } if channel == "social-mail" && pages.len() == 1)
+    );
+    // Waiting for the other vantage's verdict: nothing yet.
+    let pending = at_vantage("w1", "west", Verdict::Pending);
+    let t = Tally::of(&[east.clone(), pending], 1_000, 60_000, 0);
+    let changes = decide_with(
+        &c,
+        ch,
+        &facts(&east, None, None),
+        Some(&quorum_facts(&t, &[], 2)),
+        70_000,
+        "h",
+    );
+    assert!(matches!(changes[0].action, IncidentAction::Nothing));
+
+    // West recovers, east still fails: fewer than the quorum fail → resolve, and east is alone now.
+    let open = incident(3, "social-mail", true);
+    let ok = at_vantage("w2", "west", Verdict::Delivered);
+    let t = Tally::of(&[east.clone(), ok.clone()], 1_000, 60_000, 0);
+    let changes = decide_with(
+        &c,
+        ch,
+        &facts(&ok, Some(&open), None),
+        Some(&quorum_facts(&t, &[], 2)),
+        80_000,
+        "h",
+    );
+    assert!(matches!(&changes[0].action, IncidentAction::Open { channel, .. } if channel == "vantage:east"));
+    assert!(matches!(
+        changes[1].action,
+        IncidentAction::Resolve { incident_id: 3, .. }
+    ));
+    // With quorum 1 east's failure keeps the channel's incident open.
+    let changes = decide_with(
+        &c,
+        ch,
+        &facts(&ok, Some(&open), None),
+        Some(&quorum_facts(&t, &[], 1)),
+        80_000,
+        "h",
+    );
+    assert_eq!(changes.len(), 1);
+    assert!(matches!(changes[0].action, IncidentAction::Nothing));
+}
+
+#[test]
+fn a_vantage_incident_resolves_after_a_quiet_window_and_our_errors_are_per_vantage() {
+    let c = config("");
+    let ch = c.channel("social-mail").unwrap();
+    let ok = at_vantage("e2", "east", Verdict::Delivered);
+    let t = Tally::of(std::slice::from_ref(&ok), 1_000, 60_000, 0);
+    let mut v = incident(5, "vantage:east", true);
+    v.last_failure_at = 75_000;
+    let open = [("east".to_string(), v)];
+    // Failed alone 5 s ago (window 10 s): stays open.
+    let changes = decide_with(
+        &c,
+        ch,
+        &facts(&ok, None, None),
+        Some(&quorum_facts(&t, &open, 2)),
+        80_000,
+        "h",
+    );
+    assert_eq!(changes.len(), 1);
+    // A window later: resolved.
+    let changes = decide_with(
+        &c,
+        ch,
+        &facts(&ok, None, None),
+        Some(&quorum_facts(&t, &open, 2)),
+        85_000,
+        "h",
+    );
+    assert!(matches!(
+        changes[0].action,
+        IncidentAction::Resolve { incident_id: 5, .. }
+    ));
+
+    // Our own error at a vantage: the degraded incident of that vantage's relay.
+    let err = at_vantage("e3", "east", Verdict::Error);
+    let changes = decide_with(
+        &c,
+        ch,
+        &facts(&err, None, None),
+        Some(&quorum_facts(&t, &[], 2)),
+        80_000,
+        "h",
+    );
+    match &changes[0].action {
+        IncidentAction::Open { channel, pages, .. } => {
+            assert_eq!(channel, &degraded_key("relay@east"));
+            assert!(
+                pages[0].1.channel_name.contains("vantage `east`"),
+                "{}",
+                pages[0].1.channel_name
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }

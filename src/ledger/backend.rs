@@ -15,3 +15,13 @@ pub async fn open(backend: &LedgerBackend) -> StoreResult<DynStore> {
         LedgerBackend::Postgres(pg) => Ok(Arc::new(PostgresStore::open(pg).await?)),
     }
 }
+
+/// Opens the configured ledger for the prober of `vantage` (`[vantage]
+/// name`): its probes carry the name, and on PostgreSQL its sweeper sees
+/// only its own probes.
+pub async fn open_as(backend: &LedgerBackend, vantage: Option<&str>) -> StoreResult<DynStore> {
+    match backend {
+        LedgerBackend::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?.with_vantage(vantage))),
+        LedgerBackend::Postgres(pg) => Ok(Arc::new(PostgresStore::open(pg).await?.with_vantage(vantage))),
+    }
+}

@@ -86,6 +86,7 @@ const TABLES: &[Table] = &[
             ("detail", Text),
             ("smtp_reply", Text),
             ("fault", Text),
+            ("vantage", Text),
             ("handled", Bool),
         ],
     ),

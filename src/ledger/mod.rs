@@ -67,6 +67,8 @@ pub struct ProbeRecord {
     pub smtp_reply: Option<String>,
     /// For an `error`: the path of postcanary's own that failed (see [`Judgement::fault`]).
     pub fault: Option<String>,
+    /// The vantage point that sent it (`[vantage] name`); `None`: none configured.
+    pub vantage: Option<String>,
 }
 
 impl ProbeRecord {

@@ -248,6 +248,10 @@ CREATE TRIGGER probes_verdict_rollup AFTER UPDATE OF verdict ON probes
     FOR EACH ROW WHEN (OLD.verdict IS DISTINCT FROM NEW.verdict)
     EXECUTE FUNCTION postcanary_verdict_rollup();
 "#,
+    // Vantage points: each probe carries the vantage that sent it (NULL: none configured).
+    r#"
+ALTER TABLE probes ADD COLUMN vantage TEXT;
+"#,
 ];
 
 /// Key of the advisory lock held while migrating ("pcan").
@@ -262,7 +266,7 @@ const POOL_WAIT: Duration = Duration::from_secs(10);
 const IDLE_IN_TRANSACTION_MS: u64 = 10_000;
 
 const PROBE_COLUMNS: &str = "id, token, channel, kind, expect, inbox, target, created_at, sent_at, deadline, \
-     verdict, judged_at, found_in, found_at, latency_ms, detail, smtp_reply, fault";
+     verdict, judged_at, found_in, found_at, latency_ms, detail, smtp_reply, fault, vantage";
 const INCIDENT_COLUMNS: &str = "id, channel, dedup_key, opened_at, opened_by, verdict, detail, failures, \
      last_failure_at, paged, last_paged_at, silenced, resolved_at, resolved_by, acknowledged_at, acknowledged_by, \
      escalations";
@@ -276,13 +280,27 @@ pub struct Fence {
     pub generation: i64,
 }
 
-/// The name of the one lease row.
+/// The name of the lease row of the active instance (with vantages: of the paging work).
 pub const LEASE_NAME: &str = "active";
+
+/// The name of the lease row of one vantage's probing work.
+pub fn vantage_lease(vantage: &str) -> String {
+    format!("vantage:{vantage}")
+}
+
+/// The vantage condition of the sweeper's reads: its own vantage's probes
+/// (and those written before vantages were configured); no vantage: all.
+const OWN_VANTAGE: &str = "($V::text IS NULL OR vantage IS NULL OR vantage = $V::text)";
 
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
     fence: Option<Arc<Fence>>,
+    /// The lease row `fence` is checked against.
+    lease: Arc<str>,
+    /// The vantage this instance's probes are stamped with; the sweeper's
+    /// reads (`due`, `pending`, `next_deadline`, `sweep_only`) see only its own.
+    vantage: Option<Arc<str>>,
     /// The URL without secrets, for errors.
     name: Arc<str>,
 }
@@ -331,6 +349,7 @@ fn row_to_probe(r: &Row) -> StoreResult<ProbeRecord> {
         detail: get(r, 15)?,
         smtp_reply: get(r, 16)?,
         fault: get(r, 17)?,
+        vantage: get(r, 18)?,
     })
 }
 
@@ -468,6 +487,8 @@ impl PostgresStore {
         let store = PostgresStore {
             pool,
             fence: None,
+            lease: Arc::from(LEASE_NAME),
+            vantage: None,
             name: Arc::from(cfg.display()),
         };
         store.migrate().await?;
@@ -476,11 +497,30 @@ impl PostgresStore {
 
     /// The same ledger (and pool), with every deciding write fenced by `fence`.
     pub fn fenced(&self, fence: Fence) -> PostgresStore {
+        self.fenced_on(LEASE_NAME, fence)
+    }
+
+    /// [`PostgresStore::fenced`] against the lease row `lease` (a vantage's
+    /// probing lease, [`vantage_lease`]).
+    pub fn fenced_on(&self, lease: &str, fence: Fence) -> PostgresStore {
         PostgresStore {
-            pool: self.pool.clone(),
             fence: Some(Arc::new(fence)),
-            name: Arc::clone(&self.name),
+            lease: Arc::from(lease),
+            ..self.clone()
         }
+    }
+
+    /// The same ledger, stamping the probes it writes with `vantage` and
+    /// sweeping only that vantage's probes.
+    pub fn with_vantage(&self, vantage: Option<&str>) -> PostgresStore {
+        PostgresStore {
+            vantage: vantage.map(Arc::from),
+            ..self.clone()
+        }
+    }
+
+    fn vantage_arg(&self) -> Option<String> {
+        self.vantage.as_deref().map(str::to_string)
     }
 
     pub fn fence(&self) -> Option<&Fence> {
@@ -540,7 +580,7 @@ impl PostgresStore {
             .query_opt(
                 "SELECT 1 FROM ha_lease WHERE name = $1 AND holder = $2 AND generation = $3 AND expires_at > now() \
                  FOR SHARE",
-                &[&LEASE_NAME, &f.holder, &f.generation],
+                &[&&*self.lease, &f.holder, &f.generation],
             )
             .await
             .map_err(pgerr)?;
@@ -883,8 +923,8 @@ impl Store for PostgresStore {
         let tx = c.transaction().await.map_err(pgerr)?;
         self.check_fence(&tx).await?;
         tx.execute(
-            "INSERT INTO probes (id, token, channel, kind, expect, inbox, target, run_id, created_at, deadline) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO probes (id, token, channel, kind, expect, inbox, target, run_id, created_at, deadline, vantage) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             &[
                 &p.id,
                 &p.token,
@@ -896,6 +936,7 @@ impl Store for PostgresStore {
                 &p.run_id,
                 &p.created_at,
                 &p.deadline,
+                &self.vantage_arg(),
             ],
         )
         .await
@@ -986,11 +1027,15 @@ impl Store for PostgresStore {
                judged_at = $1 \
              WHERE verdict = 'pending' AND deadline <= $1 \
                AND (sent_at IS NOT NULL OR run_id <> $2 OR deadline + {SEND_GRACE_MS} <= $1) \
-               AND ($6::text[] IS NULL OR id = ANY($6::text[])) \
-             RETURNING {PROBE_COLUMNS}"
+               AND ($6::text[] IS NULL OR id = ANY($6::text[])) AND {own} \
+             RETURNING {PROBE_COLUMNS}",
+            own = OWN_VANTAGE.replace("$V", "$7")
         );
         let rows = tx
-            .query(&sql, &[&now, &run_id, &unsent, &black_hole, &missed, &only])
+            .query(
+                &sql,
+                &[&now, &run_id, &unsent, &black_hole, &missed, &only, &self.vantage_arg()],
+            )
             .await
             .map_err(pgerr)?;
         let mut swept: Vec<ProbeRecord> = rows.iter().map(row_to_probe).collect::<StoreResult<_>>()?;
@@ -1005,9 +1050,11 @@ impl Store for PostgresStore {
 
     async fn due(&self, now: Millis) -> StoreResult<Vec<ProbeRecord>> {
         let sql = format!(
-            "SELECT {PROBE_COLUMNS} FROM probes WHERE verdict = 'pending' AND deadline <= $1 ORDER BY deadline, id"
+            "SELECT {PROBE_COLUMNS} FROM probes WHERE verdict = 'pending' AND deadline <= $1 AND {own} \
+             ORDER BY deadline, id",
+            own = OWN_VANTAGE.replace("$V", "$2")
         );
-        self.query_all(&sql, &[&now], row_to_probe).await
+        self.query_all(&sql, &[&now, &self.vantage_arg()], row_to_probe).await
     }
 
     async fn channel_order(&self, channel: &str) -> StoreResult<(Option<Millis>, Option<Millis>)> {
@@ -1035,15 +1082,23 @@ impl Store for PostgresStore {
     }
 
     async fn pending(&self) -> StoreResult<Vec<ProbeRecord>> {
-        let sql = format!("SELECT {PROBE_COLUMNS} FROM probes WHERE verdict = 'pending' ORDER BY deadline, id");
-        self.query_all(&sql, &[], row_to_probe).await
+        let sql = format!(
+            "SELECT {PROBE_COLUMNS} FROM probes WHERE verdict = 'pending' AND {own} ORDER BY deadline, id",
+            own = OWN_VANTAGE.replace("$V", "$1")
+        );
+        self.query_all(&sql, &[&self.vantage_arg()], row_to_probe).await
     }
 
     async fn next_deadline(&self) -> StoreResult<Option<Millis>> {
         let r = self
-            .query_one("SELECT MIN(deadline) FROM probes WHERE verdict = 'pending'", &[], |r| {
-                get(r, 0)
-            })
+            .query_one(
+                &format!(
+                    "SELECT MIN(deadline) FROM probes WHERE verdict = 'pending' AND {}",
+                    OWN_VANTAGE.replace("$V", "$1")
+                ),
+                &[&self.vantage_arg()],
+                |r| get(r, 0),
+            )
             .await?;
         Ok(r.flatten())
     }

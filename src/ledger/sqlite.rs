@@ -238,6 +238,10 @@ END;
 CREATE INDEX probes_channel_failing ON probes (channel, created_at)
     WHERE verdict IN ('late', 'missed', 'bounced', 'rejected', 'misrouted', 'junked');
 "#,
+    // Vantage points: each probe carries the vantage that sent it (NULL: none configured).
+    r#"
+ALTER TABLE probes ADD COLUMN vantage TEXT;
+"#,
 ];
 
 /// The verdicts that fail a channel and can open its incident: all but the
@@ -250,7 +254,7 @@ const FAILING: &str = "'late', 'missed', 'bounced', 'rejected', 'misrouted', 'ju
 const SEND_GRACE_MS: i64 = 120_000;
 
 const PROBE_COLUMNS: &str = "id, token, channel, kind, expect, inbox, target, created_at, sent_at, deadline, \
-     verdict, judged_at, found_in, found_at, latency_ms, detail, smtp_reply, fault";
+     verdict, judged_at, found_in, found_at, latency_ms, detail, smtp_reply, fault, vantage";
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
@@ -258,6 +262,8 @@ pub struct SqliteStore {
     /// never waits for, or holds up, the writers (WAL lets it read while
     /// they write). The same connection as `conn` for an in-memory ledger.
     reader: Arc<Mutex<Connection>>,
+    /// The vantage this process's probes are stamped with (`[vantage] name`).
+    vantage: Option<String>,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -304,6 +310,7 @@ fn row_to_probe(r: &Row<'_>) -> rusqlite::Result<ProbeRecord> {
         detail: r.get(15)?,
         smtp_reply: r.get(16)?,
         fault: r.get(17)?,
+        vantage: r.get(18)?,
     })
 }
 
@@ -346,6 +353,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             reader: Arc::new(Mutex::new(reader)),
+            vantage: None,
         })
     }
 
@@ -380,6 +388,12 @@ impl SqliteStore {
         .await
     }
 
+    /// The same ledger, stamping the probes it writes with `vantage`.
+    pub fn with_vantage(mut self, vantage: Option<&str>) -> SqliteStore {
+        self.vantage = vantage.map(str::to_string);
+        self
+    }
+
     /// An in-memory ledger, for tests.
     pub fn in_memory() -> StoreResult<SqliteStore> {
         let mut conn = Connection::open_in_memory().map_err(err)?;
@@ -388,6 +402,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             reader: Arc::clone(&conn),
             conn,
+            vantage: None,
         })
     }
 
@@ -699,11 +714,12 @@ impl Store for SqliteStore {
 
     async fn insert_probe(&self, p: &NewProbe) -> StoreResult<()> {
         let p = p.clone();
+        let vantage = self.vantage.clone();
         self.with(move |c| {
             let tx = c.transaction()?;
             tx.execute(
-                "INSERT INTO probes (id, token, channel, kind, expect, inbox, target, run_id, created_at, deadline) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO probes (id, token, channel, kind, expect, inbox, target, run_id, created_at, deadline, vantage) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     p.id,
                     p.token,
@@ -714,7 +730,8 @@ impl Store for SqliteStore {
                     p.target,
                     p.run_id,
                     p.created_at,
-                    p.deadline
+                    p.deadline,
+                    vantage
                 ],
             )?;
             tx.execute(

@@ -78,6 +78,9 @@ pub(super) struct ChannelView {
     /// in the view of one channel (it reads every kept path of the window).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compliance: Option<super::compliance::ComplianceView>,
+    /// With `[vantage]`: each vantage's last verdict, by vantage name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vantages: Vec<super::vantages::VantageView>,
 }
 
 fn percent((total, ok): (i64, i64)) -> Option<f64> {
@@ -155,7 +158,12 @@ pub(super) async fn views_for(s: &AppState, ids: &[String]) -> Result<Vec<Channe
             (None, Some(_)) => "failing",
             (None, None) => "unknown",
         };
+        let vantages = match config.vantage {
+            Some(_) => super::vantages::per_vantage(&st.recent),
+            None => Vec::new(),
+        };
         out.push(ChannelView {
+            vantages,
             id: ch.id.clone(),
             name: ch.name.clone(),
             owner: ch.owner.clone(),

@@ -264,6 +264,31 @@ pub(super) async fn render(s: &AppState) -> Result<String, StoreError> {
         })
         .await?;
     let w = &mut out;
+    if let Some(me) = &s.config().vantage {
+        // Channels × vantages: only with `[vantage]` (a handful of vantages).
+        // This reads each channel's views: a scrape costs more with vantages
+        // (docs/metrics.md).
+        let views = super::api::views(s, None).await?;
+        let _ = writeln!(
+            w,
+            "# HELP postcanary_vantage_up 1 if the vantage's last verdict of the channel was a success."
+        );
+        let _ = writeln!(w, "# TYPE postcanary_vantage_up gauge");
+        for v in &views {
+            for x in &v.vantages {
+                let _ = writeln!(
+                    w,
+                    "postcanary_vantage_up{{channel=\"{}\",vantage=\"{}\"}} {}",
+                    escaped(&v.id),
+                    escaped(&x.vantage),
+                    u8::from(x.ok)
+                );
+            }
+        }
+        let _ = writeln!(w, "# HELP postcanary_vantage_info The vantage point of this instance.");
+        let _ = writeln!(w, "# TYPE postcanary_vantage_info gauge");
+        let _ = writeln!(w, "postcanary_vantage_info{{vantage=\"{}\"}} 1", escaped(&me.name));
+    }
     let _ = writeln!(
         w,
         "# HELP postcanary_pending_probes Probes sent and waiting for a verdict."

@@ -9,6 +9,7 @@ mod metrics;
 mod ops;
 mod page;
 mod summary;
+mod vantages;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -114,6 +115,9 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState, mut shutd
 
 async fn healthz(State(s): State<AppState>) -> Response {
     let (status, mut text) = health(&s);
+    if let Some(v) = &s.config().vantage {
+        text.push_str(&format!("vantage: {}\n", v.name));
+    }
     match &s.role {
         Some(role) => {
             text.push_str(&format!("role: {role}\n"));

@@ -1119,6 +1119,7 @@ pub(super) async fn channel(
     if let Some(comp) = &v.compliance {
         out.push_str(&super::compliance::html(c.lang, comp));
     }
+    out.push_str(&super::vantages::html(c.lang, &v.vantages, |t| c.time(t)));
     let _ = write!(
         out,
         "<h2>{}</h2><p><a href=\"/channels/{}/probes.csv\">{}</a></p><table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",

@@ -5,6 +5,7 @@ use super::*;
 
 mod scale;
 mod sections;
+mod vantage;
 
 struct Dir(tempfile::TempDir);
 
