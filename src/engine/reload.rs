@@ -98,6 +98,13 @@ pub(super) fn matcher(
                 })
                 .collect(),
         ),
+        retain: Arc::new(
+            config
+                .channels
+                .iter()
+                .filter_map(|c| c.retain.clone().map(|r| (c.id.clone(), r)))
+                .collect(),
+        ),
     }
 }
 
@@ -162,6 +169,7 @@ pub(super) fn spawn_paging(
     verdicts: &VerdictSink,
     mut shutdown: watch::Receiver<bool>,
     source: &str,
+    key: &crate::token::TokenKey,
 ) -> PagingSlot {
     let (stop, _) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -198,6 +206,17 @@ pub(super) fn spawn_paging(
             "ledger retention and the record of watchers' blind spells are not on PostgreSQL yet: \
              every probe is kept (see docs/postgres.md)"
         );
+    }
+    if config.channels.iter().any(|c| c.retain.is_some()) {
+        // Retention canaries: due checks looked up again, lost/altered paged.
+        tasks.spawn(crate::retain::run(
+            Arc::clone(config),
+            Arc::clone(store),
+            key.clone(),
+            source.to_string(),
+            wake.clone(),
+            stop.subscribe(),
+        ));
     }
     let processor = crate::incident::Processor {
         config: Arc::clone(config),
@@ -370,6 +389,7 @@ impl Reloader {
                 &self.verdicts,
                 self.shutdown.clone(),
                 &crate::page::hostname(),
+                &self.key,
             ));
         }
         changes
