@@ -909,7 +909,14 @@ pub mod retained {
         let subject = Subject::retention(ch);
         let Some(verdict) = verdict else {
             return match open {
-                Some(o) => resolve(config, &subject, o, &format!("a retained canary was found: {detail}"), now, source),
+                Some(o) => resolve(
+                    config,
+                    &subject,
+                    o,
+                    &format!("a retained canary was found: {detail}"),
+                    now,
+                    source,
+                ),
                 None => IncidentAction::Nothing,
             };
         };
@@ -966,7 +973,14 @@ pub mod retained {
         let path = retain_path(&ch.id);
         let subject = Subject::degraded(config, &path);
         match (fault, open) {
-            (None, Some(o)) => resolve(config, &subject, o, &format!("the retention checks of `{}` can look again", ch.id), now, source),
+            (None, Some(o)) => resolve(
+                config,
+                &subject,
+                o,
+                &format!("the retention checks of `{}` can look again", ch.id),
+                now,
+                source,
+            ),
             (None, None) => IncidentAction::Nothing,
             (Some((why, _)), Some(o)) => IncidentAction::Update {
                 incident_id: o.id,

@@ -15,9 +15,9 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::config::{fill, Channel, Config, HttpExpect, RetainHttp, RetainPlace};
-use crate::incident::retained::{decide_retain_fault, decide_retention, retain_path, retention_key};
 use crate::inbox::imap::{lookup, Lookup};
 use crate::incident::degraded_key;
+use crate::incident::retained::{decide_retain_fault, decide_retention, retain_path, retention_key};
 use crate::ledger::{DynStore, IncidentAction, IncidentChange, ProbeRecord, RetainCheck, RetainResult, StoreError};
 use crate::page::rfc3339;
 use crate::token::TokenKey;
@@ -91,7 +91,9 @@ async fn look_imap(
         .inbox(inbox_name)
         .ok_or_else(|| format!("inbox {inbox_name:?} is not configured any more"))?;
     if inbox.graph.is_some() {
-        return Err(format!("inbox {inbox_name:?} is a Graph inbox; retention checks look over IMAP only"));
+        return Err(format!(
+            "inbox {inbox_name:?} is a Graph inbox; retention checks look over IMAP only"
+        ));
     }
     let mut folders = Vec::new();
     if let Some(a) = archive {
@@ -132,7 +134,9 @@ pub async fn look_http(check: &RetainHttp, p: &ProbeRecord) -> Result<Seen, Stri
             builder = builder.add_root_certificate(cert);
         }
     }
-    let client = builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let client = builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     let mut req = client.get(&url);
     for (name, value) in &check.headers {
         req = req.header(name.as_str(), value.expose());
@@ -237,7 +241,11 @@ fn judge(seen: Seen, first: Option<&str>, since: Millis, now: Millis, http: bool
     let between = format!("between {} and {}", rfc3339(since), rfc3339(now));
     let (verdict, detail, hash) = match seen {
         Seen::Gone(why) => {
-            let what = if http { "retained document gone" } else { "archived canary deleted" };
+            let what = if http {
+                "retained document gone"
+            } else {
+                "archived canary deleted"
+            };
             (Some(Verdict::Lost), format!("{what} {between}: {why}"), None)
         }
         Seen::Changed { hash, detail } => (Some(Verdict::Altered), format!("changed {between}: {detail}"), hash),
@@ -276,7 +284,12 @@ pub async fn check_one(
     let now = now_millis();
     let Some(ch) = config.channel(&check.channel) else {
         store
-            .retain_fault(check.id, now, "the channel is not configured any more", now + 86_400_000)
+            .retain_fault(
+                check.id,
+                now,
+                "the channel is not configured any more",
+                now + 86_400_000,
+            )
             .await?;
         return Ok(false);
     };
@@ -288,7 +301,12 @@ pub async fn check_one(
     };
     let Some(probe) = store.probe(&check.probe_id).await? else {
         store
-            .retain_fault(check.id, now, "the canary's probe is not in the ledger", now + 86_400_000)
+            .retain_fault(
+                check.id,
+                now,
+                "the canary's probe is not in the ledger",
+                now + 86_400_000,
+            )
             .await?;
         return Ok(false);
     };
@@ -417,7 +435,10 @@ mod tests {
     #[test]
     fn the_receipt_is_read_from_the_form_reply() {
         assert_eq!(
-            receipt_of(&probe(Some("form submitted: HTTP 200 at https://x/; receipt SAG-2026/17"))).as_deref(),
+            receipt_of(&probe(Some(
+                "form submitted: HTTP 200 at https://x/; receipt SAG-2026/17"
+            )))
+            .as_deref(),
             Some("SAG-2026/17")
         );
         assert_eq!(receipt_of(&probe(Some("form submitted: HTTP 200"))), None);
@@ -436,7 +457,8 @@ mod tests {
         let (v, r) = judge(Seen::Gone("not in `Arkiv`".into()), None, 0, 60_000, false);
         assert_eq!(v, Some(Verdict::Lost));
         assert!(
-            r.detail.starts_with("archived canary deleted between 1970-01-01T00:00:00.000Z and 1970-01-01T00:01:00.000Z"),
+            r.detail
+                .starts_with("archived canary deleted between 1970-01-01T00:00:00.000Z and 1970-01-01T00:01:00.000Z"),
             "{}",
             r.detail
         );
@@ -454,6 +476,9 @@ mod tests {
 
     #[test]
     fn urls_are_shown_without_query_or_credentials() {
-        assert_eq!(show_url("https://u:p@sag.example/doc?receipt=1#x"), "https://sag.example/doc");
+        assert_eq!(
+            show_url("https://u:p@sag.example/doc?receipt=1#x"),
+            "https://sag.example/doc"
+        );
     }
 }

@@ -161,10 +161,7 @@ async fn open(
 }
 
 /// Connects, secures and logs in; returns the session and whether it offers IDLE.
-async fn login(
-    cfg: &InboxConfig,
-    oauth: Option<&super::oauth::TokenCache>,
-) -> Result<(ImapSession, bool), WatchError> {
+async fn login(cfg: &InboxConfig, oauth: Option<&super::oauth::TokenCache>) -> Result<(ImapSession, bool), WatchError> {
     let server = format!("{}:{}", cfg.host, cfg.port);
     let tcp = op(
         &format!("connect to {server}"),
@@ -674,7 +671,10 @@ async fn lookup_in(
 ) -> Result<Lookup, WatchError> {
     use sha2::{Digest, Sha256};
     // Only the `pc-<ULID>` form is searched for: it is all the ledger keeps.
-    let needle: String = token.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    let needle: String = token
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
     let query = format!("OR HEADER X-Postcanary-Token \"{needle}\" OR SUBJECT \"{needle}\" BODY \"{needle}\"");
     // Retention outlives `token.max_age`: the age window does not apply here, the tag does.
     let forever = Duration::from_secs(100 * 366 * 86_400);
@@ -683,9 +683,17 @@ async fn lookup_in(
             Ok(Ok(_)) => {}
             Ok(Err(async_imap::error::Error::No(_))) => continue,
             Ok(Err(e)) => return Err(WatchError(format!("EXAMINE {folder}: {e}"))),
-            Err(_) => return Err(WatchError(format!("EXAMINE {folder}: no answer within {}s", OP_TIMEOUT.as_secs()))),
+            Err(_) => {
+                return Err(WatchError(format!(
+                    "EXAMINE {folder}: no answer within {}s",
+                    OP_TIMEOUT.as_secs()
+                )))
+            }
         }
-        let mut uids: Vec<u32> = op("UID SEARCH", session.uid_search(&query)).await?.into_iter().collect();
+        let mut uids: Vec<u32> = op("UID SEARCH", session.uid_search(&query))
+            .await?
+            .into_iter()
+            .collect();
         uids.sort_unstable();
         for batch in uids.chunks(FETCH_BATCH) {
             for m in fetch_batch(session, batch).await? {

@@ -3,6 +3,7 @@
 
 use super::*;
 
+mod retain;
 mod sections;
 
 struct Dir(tempfile::TempDir);
