@@ -219,6 +219,27 @@ async fn an_archived_canary_expunged_between_two_checks_is_lost_and_paged() {
         "no ordinary channel page: {:?}",
         pages(&hook)
     );
+    // The report counts the checks and the retention incident as the channel's.
+    let now = postcanary::verdict::now_millis();
+    let period = postcanary::report::figures::Period {
+        from: now - 3_600_000,
+        to: now + 1_000,
+        label: "since 1h".into(),
+    };
+    let report = postcanary::report::gather(&store, &engine.config, &["archived".to_string()], &[], period, now)
+        .await
+        .expect("report");
+    let ch = &report.channels[0];
+    // Canary 1 at 3 s, canary 2 at 3 s (and perhaps already at 6 s).
+    assert!(ch.retention.kept >= 2, "{ch:?}");
+    assert_eq!((ch.retention.lost, ch.retention.altered), (1, 0), "{ch:?}");
+    assert!(
+        ch.incidents
+            .iter()
+            .any(|i| i.verdict == "lost" && i.resolved_at.is_some()),
+        "{ch:?}"
+    );
+    assert!(ch.summary.incidents_opened >= 1);
     engine.stop().await;
 }
 

@@ -54,6 +54,25 @@ pub struct Inputs {
     /// Whether incidents that are no channel's (postcanary's own, DNS,
     /// discovery) are reported too (no channel or owner filter).
     pub other_incidents: bool,
+    /// Retention checks done in the period, per channel.
+    pub retention: Vec<crate::ledger::RetainCounts>,
+}
+
+/// Whether an incident belongs to a channel: its own, or its retention
+/// canaries' (`retention:CHANNEL`), which count as the channel's failures.
+pub fn incident_of(incident_channel: &str, channel: &str) -> bool {
+    incident_channel == channel || incident_channel.strip_prefix("retention:") == Some(channel)
+}
+
+/// Retention checks of one channel done in the period (docs/retention.md).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct RetentionFigures {
+    /// Canaries found as kept.
+    pub kept: i64,
+    /// Canaries gone (`lost`).
+    pub lost: i64,
+    /// Canaries changed (`altered`).
+    pub altered: i64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -153,6 +172,8 @@ pub struct ChannelReport {
     pub summary: Summary,
     pub days: Vec<DayReport>,
     pub incidents: Vec<IncidentReport>,
+    /// Retention checks done in the period (channels with `retain`).
+    pub retention: RetentionFigures,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -339,7 +360,17 @@ pub fn compute(inp: &Inputs) -> Report {
     for ch in &inp.channels {
         let (tally, mut days) = per_channel.remove(ch.id.as_str()).unwrap_or_default();
         days.sort_by_key(|d| d.day);
-        let mine: Vec<&IncidentReport> = incidents.iter().filter(|i| i.channel == ch.id).collect();
+        let mine: Vec<&IncidentReport> = incidents.iter().filter(|i| incident_of(&i.channel, &ch.id)).collect();
+        let retention = inp
+            .retention
+            .iter()
+            .find(|r| r.channel == ch.id)
+            .map(|r| RetentionFigures {
+                kept: r.kept,
+                lost: r.lost,
+                altered: r.altered,
+            })
+            .unwrap_or_default();
         let o = owners.entry(ch.owner.as_str()).or_default();
         o.0.push(ch.id.clone());
         o.1.merge(&tally);
@@ -351,6 +382,7 @@ pub fn compute(inp: &Inputs) -> Report {
             summary: summary(&tally, &mine),
             days,
             incidents: mine.into_iter().cloned().collect(),
+            retention,
         });
     }
     let owners = owners
@@ -407,7 +439,7 @@ pub fn compute(inp: &Inputs) -> Report {
     let other_incidents = if inp.other_incidents {
         incidents
             .iter()
-            .filter(|i| !inp.channels.iter().any(|c| c.id == i.channel))
+            .filter(|i| !inp.channels.iter().any(|c| incident_of(&i.channel, &c.id)))
             .cloned()
             .collect()
     } else {
