@@ -1271,8 +1271,8 @@ impl Store for PostgresStore {
         for k in checks {
             tx.execute(
                 "INSERT INTO retain_checks (probe_id, channel, age, age_ms, due_at, next_at) \
-                 VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (probe_id, age_ms) DO NOTHING",
-                &[&k.probe_id, &k.channel, &k.age, &k.age_ms, &k.due_at],
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (probe_id, age_ms) DO NOTHING",
+                &[&k.probe_id, &k.channel, &k.age, &k.age_ms, &k.due_at, &k.due_at],
             )
             .await
             .map_err(pgerr)?;
@@ -1327,7 +1327,7 @@ impl Store for PostgresStore {
         let tx = c.transaction().await.map_err(pgerr)?;
         self.check_fence(&tx).await?;
         tx.execute(
-            "UPDATE retain_checks SET attempts = attempts + 1, detail = $2, next_at = GREATEST($3, $4) \
+            "UPDATE retain_checks SET attempts = attempts + 1, detail = $2, next_at = GREATEST($3::BIGINT, $4::BIGINT) \
              WHERE id = $1 AND state = 'due'",
             &[&id, &error, &retry_at, &at],
         )
