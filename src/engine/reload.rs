@@ -359,12 +359,24 @@ impl Reloader {
         // Publish first: the scheduler and the readers switch at once.
         self.live.send_replace(Arc::clone(new));
         let matcher = matcher(new, &self.store, &self.key, &self.verdicts);
+        // The watchers' matcher knows where retained canaries stay: a change
+        // of any channel's `retain` reaches them by a reconnect.
+        let retain_of = |c: &Config| -> Vec<String> {
+            c.channels
+                .iter()
+                .map(|ch| format!("{}={:?}", ch.id, ch.retain))
+                .collect()
+        };
+        let retain_changed = retain_of(old) != retain_of(new);
+        if retain_changed {
+            changes.push("retention settings changed: every watcher reconnects".into());
+        }
         for inbox in watcher_configs(new) {
             let name = inbox.watcher_name();
             let Some(slot) = slots.watchers.remove(&name) else {
                 continue;
             };
-            if slot.inbox == inbox {
+            if slot.inbox == inbox && !retain_changed {
                 slots.watchers.insert(name, slot);
                 continue;
             }
