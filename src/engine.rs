@@ -203,6 +203,7 @@ impl Engine {
             &self.verdicts,
             self.shutdown.subscribe(),
             &hostname(),
+            &self.key,
         );
         if let Ok(mut slots) = self.slots.try_lock() {
             slots.delivery = Some(delivery);

@@ -128,6 +128,15 @@ impl Subject {
             s.name = format!("{} at vantage `{v}`", s.name);
             return s;
         }
+        if let Some(channel) = sender.strip_prefix("retain:") {
+            return Subject {
+                channel: "postcanary".into(),
+                name: format!("postcanary itself (retention checks of `{channel}` cannot look)"),
+                owner: "postcanary".into(),
+                target: config.channel(channel).map(target_of).unwrap_or_default(),
+                notify: config.paging.default_notify.clone(),
+            };
+        }
         if let Some(inbox) = sender.strip_prefix("inbox:") {
             return Subject {
                 channel: "postcanary".into(),
@@ -767,6 +776,10 @@ fn subject_of(config: &Config, open: &Incident) -> Option<Subject> {
                 let ch = config.channel(open.channel.strip_prefix("compliance:").unwrap_or_default())?;
                 Some(Subject::compliance(ch))
             }
+            None if open.channel.starts_with("retention:") => {
+                let ch = config.channel(open.channel.strip_prefix("retention:").unwrap_or_default())?;
+                Some(Subject::retention(ch))
+            }
             None if open.channel.starts_with("discover:") => {
                 let finding = open.channel.strip_prefix("discover:").unwrap_or_default();
                 Some(Subject::discover(config, finding))
@@ -1080,6 +1093,171 @@ fn log_change(a: &IncidentAction, id: i64) {
             tracing::warn!(incident = id, %note, pages = pages.len(), "escalating")
         }
         IncidentAction::Update { .. } | IncidentAction::Nothing => {}
+    }
+}
+
+pub mod retained {
+    //! Retention canaries: a delivered canary looked up again at its
+    //! `retain` ages. `lost` or `altered` opens the channel's retention
+    //! incident (`retention:CHANNEL`), paged to the channel's notifiers like
+    //! any failure; it is resolved only by a later retention check of that
+    //! channel that finds its canary as kept — never by an ordinary delivered
+    //! probe, which says nothing about what happens to mail after it lands.
+    //! A check that cannot look (login refused, HTTP 5xx, timeouts) is ours:
+    //! after [`FAULTS_BEFORE_DEGRADED`] tries it opens the "postcanary
+    //! degraded" incident `postcanary:retain:CHANNEL`, resolved by the next
+    //! check of that channel that could look. `crate::retain` feeds these.
+
+    use super::*;
+
+    /// A check that failed on our side this many times in a row pages "degraded".
+    pub const FAULTS_BEFORE_DEGRADED: i64 = 3;
+
+    /// The incident key of a channel's retention failures.
+    pub fn retention_key(channel: &str) -> String {
+        format!("retention:{channel}")
+    }
+
+    /// The path of ours whose failure stops a channel's retention checks.
+    pub fn retain_path(channel: &str) -> String {
+        format!("retain:{channel}")
+    }
+
+    impl Subject {
+        pub(super) fn retention(ch: &Channel) -> Subject {
+            Subject {
+                channel: retention_key(&ch.id),
+                name: format!("{} (retention)", ch.name),
+                owner: ch.owner.clone(),
+                target: target_of(ch),
+                notify: ch.notify.clone(),
+            }
+        }
+    }
+
+    /// What one retention check's result means for the channel's retention
+    /// incident: `verdict` is `Lost` or `Altered` (a failure) or `None` (the
+    /// canary was found as kept).
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_retention(
+        config: &Config,
+        ch: &Channel,
+        probe: &ProbeRecord,
+        verdict: Option<Verdict>,
+        detail: &str,
+        open: Option<&Incident>,
+        runtime: &[SilenceRecord],
+        now: Millis,
+        source: &str,
+    ) -> IncidentAction {
+        let subject = Subject::retention(ch);
+        let Some(verdict) = verdict else {
+            return match open {
+                Some(o) => resolve(
+                    config,
+                    &subject,
+                    o,
+                    &format!("a retained canary was found: {detail}"),
+                    now,
+                    source,
+                ),
+                None => IncidentAction::Nothing,
+            };
+        };
+        match open {
+            Some(o) => IncidentAction::Update {
+                incident_id: o.id,
+                verdict: verdict.to_string(),
+                detail: detail.to_string(),
+                at: now,
+            },
+            None => {
+                let key = format!("postcanary/retention/{}/{}/{now}", ch.id, probe.id);
+                let silence = silence_reason(config, runtime, ch, now);
+                let pages = match silence {
+                    Some(_) => Vec::new(),
+                    None => pages(
+                        &subject,
+                        PageEvent::Trigger,
+                        &key,
+                        0,
+                        verdict.as_str(),
+                        detail,
+                        now,
+                        now,
+                        Some(probe.token.clone()),
+                        Vec::new(),
+                        source,
+                    ),
+                };
+                IncidentAction::Open {
+                    channel: retention_key(&ch.id),
+                    dedup_key: key,
+                    verdict: verdict.to_string(),
+                    detail: detail.to_string(),
+                    at: now,
+                    silenced: silence,
+                    pages,
+                }
+            }
+        }
+    }
+
+    /// A check of `ch` that could not look (`Some(why)`, after `attempts`
+    /// tries) or could (`None`), against the open degraded incident of its
+    /// retention checks.
+    pub fn decide_retain_fault(
+        config: &Config,
+        ch: &Channel,
+        fault: Option<(&str, i64)>,
+        open: Option<&Incident>,
+        now: Millis,
+        source: &str,
+    ) -> IncidentAction {
+        let path = retain_path(&ch.id);
+        let subject = Subject::degraded(config, &path);
+        match (fault, open) {
+            (None, Some(o)) => resolve(
+                config,
+                &subject,
+                o,
+                &format!("the retention checks of `{}` can look again", ch.id),
+                now,
+                source,
+            ),
+            (None, None) => IncidentAction::Nothing,
+            (Some((why, _)), Some(o)) => IncidentAction::Update {
+                incident_id: o.id,
+                verdict: Verdict::Error.to_string(),
+                detail: why.to_string(),
+                at: now,
+            },
+            (Some((_, attempts)), None) if attempts < FAULTS_BEFORE_DEGRADED => IncidentAction::Nothing,
+            (Some((why, _)), None) => {
+                let key = format!("postcanary/degraded/{path}/{now}");
+                IncidentAction::Open {
+                    channel: degraded_key(&path),
+                    pages: pages(
+                        &subject,
+                        PageEvent::Trigger,
+                        &key,
+                        0,
+                        Verdict::Error.as_str(),
+                        why,
+                        now,
+                        now,
+                        None,
+                        Vec::new(),
+                        source,
+                    ),
+                    dedup_key: key,
+                    verdict: Verdict::Error.to_string(),
+                    detail: why.to_string(),
+                    at: now,
+                    silenced: None,
+                }
+            }
+        }
     }
 }
 

@@ -24,6 +24,7 @@ pub mod outbox;
 pub mod page;
 pub mod probe;
 pub mod report;
+pub mod retain;
 pub mod retention;
 pub mod sandbox;
 pub mod sender;

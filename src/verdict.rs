@@ -68,10 +68,14 @@ pub enum Verdict {
     /// A login hand-off that was checked and found right (`expect = "handoff"`).
     HandedOff,
     Error,
+    /// A retained canary that a retention check no longer finds where it was kept.
+    Lost,
+    /// A retained canary that a retention check finds changed.
+    Altered,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 11] = [
+    pub const ALL: [Verdict; 13] = [
         Verdict::Pending,
         Verdict::Delivered,
         Verdict::Late,
@@ -83,6 +87,8 @@ impl Verdict {
         Verdict::ExpectedBounce,
         Verdict::HandedOff,
         Verdict::Error,
+        Verdict::Lost,
+        Verdict::Altered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +104,8 @@ impl Verdict {
             Verdict::ExpectedBounce => "expected_bounce",
             Verdict::HandedOff => "handed_off",
             Verdict::Error => "error",
+            Verdict::Lost => "lost",
+            Verdict::Altered => "altered",
         }
     }
 

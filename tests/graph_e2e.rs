@@ -40,6 +40,7 @@ async fn setup() -> Setup {
         max_age: Duration::from_secs(86_400),
         verdicts: VerdictSink::default(),
         return_paths: Default::default(),
+        retain: Default::default(),
     };
     let double = GraphDouble::start(SECRET).await;
     Setup {

@@ -12,6 +12,7 @@ async fn sqlite_in_memory_meets_the_store_contract() {
     postcanary::ledger::contract::run_reports(s.clone()).await;
     postcanary::ledger::contract::run_ops(s).await;
     postcanary::ledger::contract::run_paging(Arc::new(SqliteStore::in_memory().unwrap())).await;
+    postcanary::ledger::contract::run_retain(Arc::new(SqliteStore::in_memory().unwrap())).await;
 }
 
 #[tokio::test]

@@ -26,13 +26,15 @@ async fn postgres_meets_the_store_contract_over_tls_and_takes_a_migrated_sqlite_
     contract::run_ops(Arc::clone(&store)).await;
     pg.create_db("paging");
     contract::run_paging(Arc::new(PostgresStore::open(&pg.ledger_db("paging")).await.unwrap())).await;
+    pg.create_db("retain");
+    contract::run_retain(Arc::new(PostgresStore::open(&pg.ledger_db("retain")).await.unwrap())).await;
     // Reopening applies no migration twice and keeps the data.
     let again = PostgresStore::open(&pg.ledger_db("contract")).await.unwrap();
     // (pc-tok-6 is pending, so the retention case kept it.)
     assert!(again.probe_by_token("pc-tok-6").await.unwrap().is_some());
     assert_eq!(
         pg.psql_on("contract", "SELECT version FROM schema_version"),
-        "6",
+        "7",
         "one schema_version row, at the newest migration"
     );
 

@@ -141,6 +141,7 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
         max_age: Duration::from_secs(3600),
         verdicts: rig.verdicts.clone(),
         return_paths: Default::default(),
+        retain: Default::default(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let (state_tx, mut state_rx) = watch::channel(WatcherState::Connecting);

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::form;
 use super::loader::{base_dir, check_notify_list, valid_id, Loader, Origin};
+use super::retain::{build_retain, RawRetainCheck, Retain, RetainKeys};
 use super::values::{HumanDuration, Schedule};
 use crate::verdict::Expect;
 
@@ -39,6 +40,9 @@ pub struct Channel {
     /// What every delivered canary's path must show (`require_tls`,
     /// `require_auth`; the channel's keys, else `[defaults]`).
     pub policy: crate::compliance::Policy,
+    /// Retention canaries: when and where a delivered canary is looked up
+    /// again (`None`: it is not, and `after_confirm` applies as always).
+    pub retain: Option<Retain>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +97,10 @@ pub(super) struct RawDefaults {
     /// The receiving gateway's Authentication-Results must say `pass` for
     /// each of these ("spf", "dkim", "dmarc", "arc").
     pub(super) require_auth: Option<Vec<String>>,
+    /// The ages at which a channel's delivered canary is looked up again,
+    /// for channels that name where it is kept (`archive`, `retain_check`)
+    /// without their own `retain`.
+    pub(super) retain: Option<Vec<HumanDuration>>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +131,17 @@ pub(super) struct RawChannel {
     pub(super) require_tls: Option<String>,
     /// As in `[defaults]`; overrides it for this channel (`[]` turns it off).
     pub(super) require_auth: Option<Vec<String>>,
+    /// Retention canaries: look the delivered canary up again at these ages
+    /// after it was found (e.g. ["1d", "7d", "30d"]); a lookup that does not
+    /// find it is `lost`, one that finds it changed `altered`. `[]` turns
+    /// `[defaults] retain` off. Without `archive` or `retain_check` the
+    /// canary is kept in the inbox it landed in.
+    pub(super) retain: Option<Vec<HumanDuration>>,
+    /// Keep the delivered canary in this IMAP folder of the channel's inbox
+    /// (moved there after confirmation instead of the inbox's `after_confirm`).
+    pub(super) archive: Option<String>,
+    /// Keep the canary in a document or case system and look it up over HTTP.
+    pub(super) retain_check: Option<RawRetainCheck>,
     #[serde(default)]
     pub(super) step: Vec<form::RawStep>,
 }
@@ -136,6 +155,7 @@ pub(super) struct ChannelDefaults {
     pub(super) owner_routes: Vec<(String, Vec<String>)>,
     pub(super) notifiers: Vec<String>,
     pub(super) policy: crate::compliance::Policy,
+    pub(super) retain: Option<Vec<HumanDuration>>,
 }
 
 /// `require_tls`: a version ("1.2", "TLSv1.3"), or "none".
@@ -388,8 +408,24 @@ pub(super) fn build_channels(
                 Err(m) => loader.err(&origin, A, "require_auth", m),
             }
         }
+        let retain = build_retain(
+            loader,
+            &origin,
+            RetainKeys {
+                retain: c.retain.as_deref(),
+                default_retain: defaults.retain.as_deref(),
+                archive: c.archive.as_deref(),
+                check: c.retain_check.as_ref(),
+                inbox: c
+                    .inbox
+                    .as_deref()
+                    .map(|i| (i, names.graph_inboxes.iter().any(|g| g == i))),
+                expect_arrival: matches!(expect, Expect::Deliver | Expect::Forward),
+            },
+        );
         if let Some(kind) = kind {
             out.push(Channel {
+                retain,
                 policy,
                 notify,
                 control,
@@ -413,6 +449,8 @@ pub(super) fn build_channels(
 pub(super) struct Names<'a> {
     pub(super) senders: &'a [String],
     pub(super) inboxes: &'a [String],
+    /// The inboxes of `kind = "graph"`.
+    pub(super) graph_inboxes: &'a [String],
     pub(super) logins: &'a [String],
     pub(super) step_lists: &'a [form::StepList],
 }

@@ -12,6 +12,7 @@ mod loader;
 mod login;
 mod notify;
 mod ops;
+mod retain;
 mod schema;
 mod sender;
 mod service;
@@ -31,6 +32,7 @@ pub use ledger::{LedgerBackend, LedgerConfig};
 pub use loader::*;
 pub use notify::*;
 pub use ops::*;
+pub use retain::{fill, HeaderValue, HttpExpect, Retain, RetainHttp, RetainPlace};
 pub use schema::config_schema;
 use schema::{RawInclude, RawMain};
 pub use sender::*;
@@ -231,6 +233,11 @@ impl Config {
         // sender does not also show up as an error in each of its channels.
         let sender_names: Vec<String> = senders.iter().map(|(_, s)| s.name.clone()).collect();
         let inbox_names: Vec<String> = inboxes.iter().map(|(_, i)| i.name.clone()).collect();
+        let graph_inboxes: Vec<String> = inboxes
+            .iter()
+            .filter(|(_, i)| i.kind == inbox::InboxKind::Graph)
+            .map(|(_, i)| i.name.clone())
+            .collect();
         let senders = build_senders(&mut loader, senders, &inbox_names);
         let inboxes = build_inboxes(&mut loader, inboxes);
         let mut raw_notifiers = Vec::new();
@@ -263,6 +270,7 @@ impl Config {
             notify: default_notify.clone(),
             owner_routes,
             notifiers: notifier_names,
+            retain: defaults.retain.clone(),
         };
         let logins = form::build_logins(&mut loader, logins);
         let login_names: Vec<String> = logins.iter().map(|l| l.name.clone()).collect();
@@ -270,6 +278,7 @@ impl Config {
         let names = Names {
             senders: &sender_names,
             inboxes: &inbox_names,
+            graph_inboxes: &graph_inboxes,
             logins: &login_names,
             step_lists: &step_lists,
         };

@@ -189,6 +189,28 @@ impl SourceFile {
         }
     }
 
+    /// Line where `key` is set in the `[array.sub]` table of the `index`-th
+    /// `[[array]]` (None when that table or key is not written there).
+    pub fn sub_table_key_line(&self, array: &str, index: usize, sub: &str, key: &str) -> Option<usize> {
+        let header = self.array_header_line(array, index)?;
+        let full = format!("{array}.{sub}");
+        let sub_header = self
+            .text
+            .lines()
+            .enumerate()
+            .skip(header)
+            .take_while(|(_, l)| {
+                let t = l.trim();
+                !(t.starts_with("[[") && header_of(t).as_deref() == Some(array))
+            })
+            .find(|(_, l)| {
+                let t = l.trim();
+                t.starts_with('[') && !t.starts_with("[[") && header_of(t).as_deref() == Some(full.as_str())
+            })
+            .map(|(i, _)| i + 1)?;
+        self.key_line_after(sub_header, key).or(Some(sub_header))
+    }
+
     /// Line where `key` is set in the single `[table]`.
     pub fn table_key_line(&self, table: &str, key: &str) -> Option<usize> {
         let header = self.text.lines().position(|l| {

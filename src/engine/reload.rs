@@ -98,6 +98,13 @@ pub(super) fn matcher(
                 })
                 .collect(),
         ),
+        retain: Arc::new(
+            config
+                .channels
+                .iter()
+                .filter_map(|c| c.retain.clone().map(|r| (c.id.clone(), r)))
+                .collect(),
+        ),
     }
 }
 
@@ -162,6 +169,7 @@ pub(super) fn spawn_paging(
     verdicts: &VerdictSink,
     mut shutdown: watch::Receiver<bool>,
     source: &str,
+    key: &crate::token::TokenKey,
 ) -> PagingSlot {
     let (stop, _) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -193,6 +201,17 @@ pub(super) fn spawn_paging(
         wake.clone(),
         stop.subscribe(),
     ));
+    if config.channels.iter().any(|c| c.retain.is_some()) {
+        // Retention canaries: due checks looked up again, lost/altered paged.
+        tasks.spawn(crate::retain::run(
+            Arc::clone(config),
+            Arc::clone(store),
+            key.clone(),
+            source.to_string(),
+            wake.clone(),
+            stop.subscribe(),
+        ));
+    }
     let processor = crate::incident::Processor {
         config: Arc::clone(config),
         store: Arc::clone(store),
@@ -334,12 +353,24 @@ impl Reloader {
         // Publish first: the scheduler and the readers switch at once.
         self.live.send_replace(Arc::clone(new));
         let matcher = matcher(new, &self.store, &self.key, &self.verdicts);
+        // The watchers' matcher knows where retained canaries stay: a change
+        // of any channel's `retain` reaches them by a reconnect.
+        let retain_of = |c: &Config| -> Vec<String> {
+            c.channels
+                .iter()
+                .map(|ch| format!("{}={:?}", ch.id, ch.retain))
+                .collect()
+        };
+        let retain_changed = retain_of(old) != retain_of(new);
+        if retain_changed {
+            changes.push("retention settings changed: every watcher reconnects".into());
+        }
         for inbox in watcher_configs(new) {
             let name = inbox.watcher_name();
             let Some(slot) = slots.watchers.remove(&name) else {
                 continue;
             };
-            if slot.inbox == inbox {
+            if slot.inbox == inbox && !retain_changed {
                 slots.watchers.insert(name, slot);
                 continue;
             }
@@ -364,6 +395,7 @@ impl Reloader {
                 &self.verdicts,
                 self.shutdown.clone(),
                 &crate::page::hostname(),
+                &self.key,
             ));
         }
         changes

@@ -155,6 +155,13 @@ async fn open(
     cfg: &InboxConfig,
     oauth: Option<&super::oauth::TokenCache>,
 ) -> Result<(ImapSession, async_imap::types::Mailbox, bool), WatchError> {
+    let (mut session, can_idle) = login(cfg, oauth).await?;
+    let mailbox = op(&format!("SELECT {}", cfg.mailbox), session.select(&cfg.mailbox)).await?;
+    Ok((session, mailbox, can_idle))
+}
+
+/// Connects, secures and logs in; returns the session and whether it offers IDLE.
+async fn login(cfg: &InboxConfig, oauth: Option<&super::oauth::TokenCache>) -> Result<(ImapSession, bool), WatchError> {
     let server = format!("{}:{}", cfg.host, cfg.port);
     let tcp = op(
         &format!("connect to {server}"),
@@ -211,8 +218,7 @@ async fn open(
     };
     let caps = op("CAPABILITY", session.capabilities()).await?;
     let can_idle = caps.has_str("IDLE");
-    let mailbox = op(&format!("SELECT {}", cfg.mailbox), session.select(&cfg.mailbox)).await?;
-    Ok((session, mailbox, can_idle))
+    Ok((session, can_idle))
 }
 
 /// Runs the watcher until `shutdown` turns true. Errors are logged and lead
@@ -318,6 +324,7 @@ async fn run_session(
     let cleanup = Cleanup {
         action: usable_after_confirm(cfg, &mut session).await?,
         can_move,
+        archives: std::sync::Mutex::new(std::collections::HashMap::new()),
     };
 
     // Mail that arrives after a catch-up's UID SEARCH but before IDLE starts
@@ -461,16 +468,29 @@ async fn catch_up(
         let messages = fetch_batch(session, batch).await?;
         let seen_at = now_millis();
         let mut ours = Vec::new();
+        let mut archive: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
         for m in &messages {
             let arrived = arrival_time(m.internal_date, seen_at);
             let fates = consider_message(matcher, &cfg.name, &cfg.folder, &m.raw, arrived)
                 .await
                 .map_err(|e| WatchError(e.to_string()))?;
             if fates.iter().any(|f| f.is_ours()) {
-                ours.push(m.uid);
+                // A retained canary stays (or goes to its archive) instead of `after_confirm`.
+                match matcher
+                    .retained_folder(&m.raw)
+                    .await
+                    .map_err(|e| WatchError(e.to_string()))?
+                {
+                    None => ours.push(m.uid),
+                    Some(None) => {}
+                    Some(Some(folder)) => archive.entry(folder).or_default().push(m.uid),
+                }
             }
         }
         after_confirm(cfg, session, &ours, cleanup).await?;
+        for (folder, uids) in &archive {
+            to_archive(cfg, session, folder, uids, cleanup).await?;
+        }
         last = batch.iter().copied().max().unwrap_or(last).max(last);
         matcher
             .store
@@ -550,6 +570,147 @@ struct Cleanup {
     /// The configured action, or `Keep` when the move folder is unusable.
     action: AfterConfirm,
     can_move: bool,
+    /// Archive folders of retained canaries, once known: usable or not.
+    archives: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+}
+
+/// Moves retained canaries into their archive folder (created when
+/// missing). A folder the server refuses to create is logged and the
+/// canaries stay where they are — the retention check looks there too.
+async fn to_archive(
+    cfg: &InboxConfig,
+    session: &mut ImapSession,
+    folder: &str,
+    uids: &[u32],
+    cleanup: &Cleanup,
+) -> Result<(), WatchError> {
+    let known = cleanup.archives.lock().ok().and_then(|m| m.get(folder).copied());
+    let usable = match known {
+        Some(u) => u,
+        None => {
+            let listed = {
+                let stream = op("LIST", session.list(Some(""), Some(folder))).await?;
+                op("LIST", stream.try_collect::<Vec<_>>()).await?
+            };
+            let usable = if listed.is_empty() {
+                match op(&format!("CREATE {folder}"), session.create(folder)).await {
+                    Ok(()) => {
+                        tracing::info!(inbox = %cfg.watcher_name(), %folder, "created the archive folder for retained canaries");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(inbox = %cfg.watcher_name(), %folder, error = %e,
+                            "archive = \"{folder}\": the folder does not exist and cannot be created; retained canaries stay in the inbox");
+                        false
+                    }
+                }
+            } else {
+                true
+            };
+            if let Ok(mut m) = cleanup.archives.lock() {
+                m.insert(folder.to_string(), usable);
+            }
+            usable
+        }
+    };
+    if !usable {
+        return Ok(());
+    }
+    let set = uid_set(uids);
+    if cleanup.can_move {
+        op(&format!("UID MOVE to {folder}"), session.uid_mv(&set, folder)).await?;
+    } else {
+        op(&format!("UID COPY to {folder}"), session.uid_copy(&set, folder)).await?;
+        delete(session, &set).await?;
+    }
+    tracing::debug!(inbox = %cfg.name, uids = %set, %folder, "archived retained canaries");
+    Ok(())
+}
+
+/// What a retention lookup found of one canary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// In `folder`, with the SHA-256 of the message as stored (`sha256:HEX`).
+    Found { folder: String, hash: String },
+    /// In none of the folders looked in.
+    Absent,
+}
+
+/// Looks a retained canary up again: logs in, and in each folder in turn
+/// (read-only, `EXAMINE`) searches for its token in the token header, the
+/// subject or the body, and keeps only a message whose token's tag verifies
+/// and names `probe_id` (a copied `pc-<ULID>` proves nothing). A folder that
+/// does not exist holds nothing. `Err` is our own side — connection, login,
+/// timeouts — never a verdict on the canary.
+pub async fn lookup(
+    cfg: &InboxConfig,
+    folders: &[String],
+    token: &str,
+    probe_id: &str,
+    key: &crate::token::TokenKey,
+) -> Result<Lookup, String> {
+    let oauth = cfg.oauth.clone().and_then(|creds| {
+        reqwest::Client::builder()
+            .timeout(OP_TIMEOUT)
+            .build()
+            .ok()
+            .map(|http| super::oauth::TokenCache::new(creds, http))
+    });
+    let (mut session, _) = login(cfg, oauth.as_ref()).await.map_err(|e| e.0)?;
+    let result = lookup_in(&mut session, folders, token, probe_id, key).await;
+    let _ = op("LOGOUT", session.logout()).await;
+    result.map_err(|e| e.0)
+}
+
+async fn lookup_in(
+    session: &mut ImapSession,
+    folders: &[String],
+    token: &str,
+    probe_id: &str,
+    key: &crate::token::TokenKey,
+) -> Result<Lookup, WatchError> {
+    use sha2::{Digest, Sha256};
+    // Only the `pc-<ULID>` form is searched for: it is all the ledger keeps.
+    let needle: String = token
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    let query = format!("OR HEADER X-Postcanary-Token \"{needle}\" OR SUBJECT \"{needle}\" BODY \"{needle}\"");
+    // Retention outlives `token.max_age`: the age window does not apply here, the tag does.
+    let forever = Duration::from_secs(100 * 366 * 86_400);
+    for folder in folders {
+        match tokio::time::timeout(OP_TIMEOUT, session.examine(folder)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(async_imap::error::Error::No(_))) => continue,
+            Ok(Err(e)) => return Err(WatchError(format!("EXAMINE {folder}: {e}"))),
+            Err(_) => {
+                return Err(WatchError(format!(
+                    "EXAMINE {folder}: no answer within {}s",
+                    OP_TIMEOUT.as_secs()
+                )))
+            }
+        }
+        let mut uids: Vec<u32> = op("UID SEARCH", session.uid_search(&query))
+            .await?
+            .into_iter()
+            .collect();
+        uids.sort_unstable();
+        for batch in uids.chunks(FETCH_BATCH) {
+            for m in fetch_batch(session, batch).await? {
+                let ours = crate::token::tokens_in_message(&m.raw).iter().any(|c| {
+                    key.verify(c, std::time::SystemTime::now(), forever)
+                        .is_ok_and(|t| t.id() == probe_id)
+                });
+                if ours {
+                    return Ok(Lookup::Found {
+                        folder: folder.clone(),
+                        hash: format!("sha256:{}", hex::encode(Sha256::digest(&m.raw))),
+                    });
+                }
+            }
+        }
+    }
+    Ok(Lookup::Absent)
 }
 
 /// The configured `after_confirm`, once its folder is known to exist: a

@@ -79,6 +79,37 @@ pub struct Matcher {
     /// Channel id → the inbox its sender's bounces return to (`bounce_inbox`),
     /// for channels whose sender names one: their bounces count only there.
     pub return_paths: std::sync::Arc<std::collections::HashMap<String, String>>,
+    /// Channel id → its retention canaries (`retain`), for channels that
+    /// have them: a delivered canary's checks are written, and the watcher
+    /// keeps it where `retain` says instead of `after_confirm`.
+    pub retain: std::sync::Arc<std::collections::HashMap<String, crate::config::Retain>>,
+}
+
+/// The age as people write it (`7d`, `36h`, `90s`).
+fn age_label(d: Duration) -> String {
+    crate::config::HumanDuration(d).to_string()
+}
+
+/// A delivered canary's retention checks, due at each age after it was found.
+pub fn retention_checks(
+    probe: &crate::ledger::ProbeRecord,
+    retain: &crate::config::Retain,
+    found_at: Millis,
+) -> Vec<crate::ledger::NewRetainCheck> {
+    retain
+        .ages
+        .iter()
+        .map(|&age| {
+            let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX / 2);
+            crate::ledger::NewRetainCheck {
+                probe_id: probe.id.clone(),
+                channel: probe.channel.clone(),
+                age: age_label(age),
+                age_ms,
+                due_at: found_at.saturating_add(age_ms),
+            }
+        })
+        .collect()
 }
 
 /// A token-shaped string that is not ours, with what it claims to be.
@@ -90,6 +121,31 @@ fn refusal_note(inbox: &str, candidate: &str, e: TokenError) -> String {
 }
 
 impl Matcher {
+    /// Where a message of ours must stay for its channel's retention checks:
+    /// `Some(None)` in the folder it is in, `Some(Some(folder))` moved to that
+    /// archive folder; `None` when `after_confirm` applies (no `retain`, an
+    /// HTTP-checked channel, or a canary that was not delivered).
+    pub async fn retained_folder(&self, raw: &[u8]) -> Result<Option<Option<String>>, StoreError> {
+        if self.retain.is_empty() {
+            return Ok(None);
+        }
+        for candidate in tokens_in_message(raw).iter().take(MAX_CANDIDATES_PER_MESSAGE) {
+            let Ok(token) = self.key.verify(candidate, SystemTime::now(), self.max_age) else {
+                continue;
+            };
+            let Some(probe) = self.store.probe(&token.id()).await? else {
+                continue;
+            };
+            let Some(place) = self.retain.get(&probe.channel).and_then(|r| r.place.folder()) else {
+                continue;
+            };
+            if probe.verdict == Verdict::Delivered {
+                return Ok(Some(place.map(str::to_string)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Considers every token-shaped string of one message seen in `inbox` at `seen_at`.
     pub async fn consider(
         &self,
@@ -299,6 +355,15 @@ impl Matcher {
             Folder::Junk(name) => Some(name.as_str()),
         };
         let judged = judge_arrival_in(&facts, inbox, junk, seen_at);
+        if let (Some(j), Some(retain)) = (&judged, self.retain.get(&probe.channel)) {
+            // Written before the verdict: a delivered canary never lacks its checks.
+            if j.verdict == Verdict::Delivered {
+                let found_at = j.found.as_ref().map_or(seen_at, |f| f.at);
+                self.store
+                    .retain_schedule(&retention_checks(&probe, retain, found_at))
+                    .await?;
+            }
+        }
         if let (Some(j), Some(path)) = (&judged, path) {
             if matches!(
                 j.verdict,

@@ -1149,3 +1149,114 @@ pub async fn run_ops(s: DynStore) {
         "a channel with only pending probes has no latest"
     );
 }
+
+/// Retention canaries' checks: scheduled once per age, due in order, a
+/// fault of ours keeps the check due (later), a result is recorded once, a
+/// `lost` closes the later checks of its canary, counts per channel, and
+/// pruning keeps a canary while a check is due.
+pub async fn run_retain(s: DynStore) {
+    use super::{NewRetainCheck, RetainResult};
+    let t0 = 40 * DAY_MS;
+    s.insert_probe(&probe(70, Expect::Deliver, t0, t0 + 1_000, "run-r"))
+        .await
+        .unwrap();
+    assert!(s.judge("id-70", &delivered(t0 + 500)).await.unwrap());
+    let check = |age: &str, age_ms: i64| NewRetainCheck {
+        probe_id: "id-70".into(),
+        channel: "social-mail".into(),
+        age: age.into(),
+        age_ms,
+        due_at: t0 + 500 + age_ms,
+    };
+    let ages = [check("1d", DAY_MS), check("7d", 7 * DAY_MS), check("30d", 30 * DAY_MS)];
+    s.retain_schedule(&ages).await.unwrap();
+    // Scheduling again (a second copy of the canary) changes nothing.
+    s.retain_schedule(&ages[..1]).await.unwrap();
+    let all = s.retain_checks("id-70").await.unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(all
+        .iter()
+        .all(|c| c.state == "due" && c.attempts == 0 && c.result.is_none()));
+    assert_eq!(s.retain_next().await.unwrap(), Some(t0 + 500 + DAY_MS));
+    assert!(s.retain_due(t0 + DAY_MS, 10).await.unwrap().is_empty());
+    let due = s.retain_due(t0 + 500 + DAY_MS, 10).await.unwrap();
+    assert_eq!(due.iter().map(|c| c.age.as_str()).collect::<Vec<_>>(), ["1d"]);
+    let first = due[0].id;
+
+    // Our own fault: still due, tried again later, the reason kept.
+    s.retain_fault(first, t0 + 500 + DAY_MS, "IMAP login refused", t0 + 2 * DAY_MS)
+        .await
+        .unwrap();
+    assert!(s.retain_due(t0 + 500 + DAY_MS, 10).await.unwrap().is_empty());
+    let again = s.retain_due(t0 + 2 * DAY_MS, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1);
+    assert_eq!(again[0].state, "due");
+    assert_eq!(again[0].detail.as_deref(), Some("IMAP login refused"));
+    assert_eq!(again[0].due_at, t0 + 500 + DAY_MS, "the due time itself stays");
+
+    // Kept: recorded once, with its hash.
+    let kept = RetainResult {
+        at: t0 + 2 * DAY_MS,
+        result: "kept".into(),
+        detail: "found in Arkiv/Postcanary".into(),
+        content_hash: Some("sha256:aa".into()),
+    };
+    assert!(s.retain_record(first, &kept).await.unwrap());
+    assert!(
+        !s.retain_record(first, &kept).await.unwrap(),
+        "a result is recorded once"
+    );
+    assert_eq!(s.retain_next().await.unwrap(), Some(t0 + 500 + 7 * DAY_MS));
+
+    // Pruning everything before the canary's day keeps it: a check is due.
+    let cut = PruneCut {
+        probes_before: Some(t0 + 60 * DAY_MS),
+        rollups_before: None,
+        slim_before: t0,
+    };
+    s.prune(&cut).await.unwrap();
+    assert!(
+        s.probe("id-70").await.unwrap().is_some(),
+        "a canary with a due check is kept"
+    );
+
+    // Lost at 7d: the 30d check is closed with it.
+    let seven = s.retain_due(t0 + 500 + 7 * DAY_MS, 10).await.unwrap();
+    assert_eq!(seven.len(), 1);
+    let lost = RetainResult {
+        at: t0 + 500 + 7 * DAY_MS,
+        result: "lost".into(),
+        detail: "archived canary deleted between … and …".into(),
+        content_hash: None,
+    };
+    assert!(s.retain_record(seven[0].id, &lost).await.unwrap());
+    assert_eq!(s.retain_next().await.unwrap(), None);
+    let all = s.retain_checks("id-70").await.unwrap();
+    let states: Vec<(&str, Option<&str>)> = all.iter().map(|c| (c.state.as_str(), c.result.as_deref())).collect();
+    assert_eq!(
+        states,
+        [("done", Some("kept")), ("done", Some("lost")), ("skipped", None)]
+    );
+    assert_eq!(all[0].content_hash.as_deref(), Some("sha256:aa"));
+    assert_eq!(all[0].checked_at, Some(t0 + 2 * DAY_MS));
+
+    // The channel's checks, newest due first; counts per channel in a period.
+    let ch = s.retain_channel("social-mail", 2).await.unwrap();
+    assert_eq!(ch.iter().map(|c| c.age.as_str()).collect::<Vec<_>>(), ["30d", "7d"]);
+    let counts = s.retain_counts(t0, t0 + 31 * DAY_MS).await.unwrap();
+    assert_eq!(
+        counts,
+        [super::RetainCounts {
+            channel: "social-mail".into(),
+            kept: 1,
+            lost: 1,
+            altered: 0
+        }]
+    );
+    assert!(s.retain_counts(t0, t0 + DAY_MS).await.unwrap().is_empty());
+    // A lost canary's probe stays for good (its evidence).
+    if s.prune(&cut).await.is_ok() {
+        assert!(s.probe("id-70").await.unwrap().is_some(), "a lost canary is kept");
+    }
+}

@@ -219,6 +219,25 @@ const TABLES: &[Table] = &[
         "channel, day, verdict",
         &[("channel", Text), ("day", Int), ("verdict", Text), ("n", Int)],
     ),
+    (
+        "retain_checks",
+        "id",
+        &[
+            ("id", Int),
+            ("probe_id", Text),
+            ("channel", Text),
+            ("age", Text),
+            ("age_ms", Int),
+            ("due_at", Int),
+            ("next_at", Int),
+            ("state", Text),
+            ("checked_at", Int),
+            ("result", Text),
+            ("detail", Text),
+            ("content_hash", Text),
+            ("attempts", Int),
+        ],
+    ),
 ];
 
 /// Rows read from SQLite per round.
@@ -364,7 +383,7 @@ pub async fn sqlite_to_postgres(from: &Path, to: &PostgresStore) -> StoreResult<
         counts.push((table, copied));
     }
     // New incidents and pages continue after the copied ids.
-    for table in ["incidents", "outbox", "silences", "audit"] {
+    for table in ["incidents", "outbox", "silences", "audit", "retain_checks"] {
         tx.execute(
             &format!(
                 "SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"

@@ -610,6 +610,85 @@ pub trait Store: Send + Sync + 'static {
     /// (judged, successful) probes per channel created on UTC days
     /// `from_day..` (days since the epoch), summed per channel.
     async fn channel_days(&self, channels: &[String], from_day: i64) -> StoreResult<Vec<(String, i64, i64)>>;
+
+    // --- retention canaries (issue 17)
+
+    /// Writes a delivered canary's retention checks; a check already
+    /// written (same probe and age) is left as it is.
+    async fn retain_schedule(&self, checks: &[NewRetainCheck]) -> StoreResult<()>;
+    /// Checks still due whose next try is at or before `now`, earliest first.
+    async fn retain_due(&self, now: Millis, limit: usize) -> StoreResult<Vec<RetainCheck>>;
+    /// The earliest next try of a due check, for the checker's timer.
+    async fn retain_next(&self) -> StoreResult<Option<Millis>>;
+    /// Records what a due check found, if it is still due; returns whether
+    /// it changed. A `lost` canary's later checks of the same probe are
+    /// closed with it (state `skipped`): there is nothing left to look up.
+    async fn retain_record(&self, id: i64, r: &RetainResult) -> StoreResult<bool>;
+    /// A check that could not look (our own fault): counts the attempt,
+    /// keeps the reason and tries again at `retry_at`; it stays due.
+    async fn retain_fault(&self, id: i64, at: Millis, error: &str, retry_at: Millis) -> StoreResult<()>;
+    /// Every check of one probe, by age.
+    async fn retain_checks(&self, probe_id: &str) -> StoreResult<Vec<RetainCheck>>;
+    /// A channel's checks, newest due first, at most `limit`.
+    async fn retain_channel(&self, channel: &str, limit: usize) -> StoreResult<Vec<RetainCheck>>;
+    /// Checks done (`kept`, `lost`, `altered`) with `checked_at` in `[from, to)`,
+    /// counted per channel: (channel, kept, lost, altered).
+    async fn retain_counts(&self, from: Millis, to: Millis) -> StoreResult<Vec<RetainCounts>>;
+}
+
+/// A retention check to write when a canary is delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRetainCheck {
+    pub probe_id: String,
+    pub channel: String,
+    /// The age as configured (`7d`), for people.
+    pub age: String,
+    pub age_ms: i64,
+    /// Found time + age.
+    pub due_at: Millis,
+}
+
+/// One retention check of a delivered canary.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RetainCheck {
+    pub id: i64,
+    pub probe_id: String,
+    pub channel: String,
+    pub age: String,
+    pub age_ms: i64,
+    pub due_at: Millis,
+    /// When it is tried next (the due time, later after a fault of ours).
+    pub next_at: Millis,
+    /// `due`, `done` or `skipped` (closed by an earlier `lost`).
+    pub state: String,
+    pub checked_at: Option<Millis>,
+    /// Once done: `kept`, `lost` or `altered`.
+    pub result: Option<String>,
+    /// What was found, or while due the last fault of ours.
+    pub detail: Option<String>,
+    /// The content hash seen by this check (`sha256:…`).
+    pub content_hash: Option<String>,
+    /// Tries that failed on our side.
+    pub attempts: i64,
+}
+
+/// What a retention check found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetainResult {
+    pub at: Millis,
+    /// `kept`, `lost` or `altered`.
+    pub result: String,
+    pub detail: String,
+    pub content_hash: Option<String>,
+}
+
+/// Retention checks done in a period, per channel.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct RetainCounts {
+    pub channel: String,
+    pub kept: i64,
+    pub lost: i64,
+    pub altered: i64,
 }
 
 pub type DynStore = Arc<dyn Store>;

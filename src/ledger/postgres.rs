@@ -252,6 +252,28 @@ CREATE TRIGGER probes_verdict_rollup AFTER UPDATE OF verdict ON probes
     r#"
 ALTER TABLE probes ADD COLUMN vantage TEXT;
 "#,
+    // Retention canaries (issue 17): as in the SQLite ledger.
+    r#"
+CREATE TABLE retain_checks (
+    id           BIGSERIAL PRIMARY KEY,
+    probe_id     TEXT NOT NULL,
+    channel      TEXT NOT NULL,
+    age          TEXT NOT NULL,
+    age_ms       BIGINT NOT NULL,
+    due_at       BIGINT NOT NULL,
+    next_at      BIGINT NOT NULL,
+    state        TEXT NOT NULL DEFAULT 'due',
+    checked_at   BIGINT,
+    result       TEXT,
+    detail       TEXT,
+    content_hash TEXT,
+    attempts     BIGINT NOT NULL DEFAULT 0,
+    UNIQUE (probe_id, age_ms)
+);
+CREATE INDEX retain_checks_next ON retain_checks (next_at) WHERE state = 'due';
+CREATE INDEX retain_checks_channel ON retain_checks (channel, due_at);
+CREATE INDEX retain_checks_checked ON retain_checks (checked_at) WHERE checked_at IS NOT NULL;
+"#,
 ];
 
 /// Key of the advisory lock held while migrating ("pcan").
@@ -1535,4 +1557,129 @@ impl Store for PostgresStore {
             .map_err(pgerr)?;
         Ok((counts, get(&r, 0)?, get(&r, 1)?))
     }
+
+    // --- retention canaries (issue 17)
+
+    async fn retain_schedule(&self, checks: &[super::NewRetainCheck]) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pgerr)?;
+        for k in checks {
+            tx.execute(
+                "INSERT INTO retain_checks (probe_id, channel, age, age_ms, due_at, next_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (probe_id, age_ms) DO NOTHING",
+                &[&k.probe_id, &k.channel, &k.age, &k.age_ms, &k.due_at, &k.due_at],
+            )
+            .await
+            .map_err(pgerr)?;
+        }
+        tx.commit().await.map_err(pgerr)
+    }
+
+    async fn retain_due(&self, now: Millis, limit: usize) -> StoreResult<Vec<super::RetainCheck>> {
+        let sql = format!(
+            "SELECT {RETAIN_COLUMNS} FROM retain_checks WHERE state = 'due' AND next_at <= $1 ORDER BY next_at, id LIMIT $2"
+        );
+        self.query_all(&sql, &[&now, &limit_arg(limit)], row_to_retain).await
+    }
+
+    async fn retain_next(&self) -> StoreResult<Option<Millis>> {
+        let c = self.client().await?;
+        let r = c
+            .query_one("SELECT MIN(next_at) FROM retain_checks WHERE state = 'due'", &[])
+            .await
+            .map_err(pgerr)?;
+        get(&r, 0)
+    }
+
+    async fn retain_record(&self, id: i64, r: &super::RetainResult) -> StoreResult<bool> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pgerr)?;
+        self.check_fence(&tx).await?;
+        let changed = tx
+            .execute(
+                "UPDATE retain_checks SET state = 'done', checked_at = $2, result = $3, detail = $4, content_hash = $5 \
+                 WHERE id = $1 AND state = 'due'",
+                &[&id, &r.at, &r.result, &r.detail, &r.content_hash],
+            )
+            .await
+            .map_err(pgerr)?;
+        if changed == 1 && r.result == "lost" {
+            tx.execute(
+                "UPDATE retain_checks SET state = 'skipped', detail = 'the canary was lost at an earlier check' \
+                 WHERE state = 'due' AND probe_id = (SELECT probe_id FROM retain_checks WHERE id = $1) \
+                 AND age_ms > (SELECT age_ms FROM retain_checks WHERE id = $1)",
+                &[&id],
+            )
+            .await
+            .map_err(pgerr)?;
+        }
+        tx.commit().await.map_err(pgerr)?;
+        Ok(changed == 1)
+    }
+
+    async fn retain_fault(&self, id: i64, at: Millis, error: &str, retry_at: Millis) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pgerr)?;
+        self.check_fence(&tx).await?;
+        tx.execute(
+            "UPDATE retain_checks SET attempts = attempts + 1, detail = $2, next_at = GREATEST($3::BIGINT, $4::BIGINT) \
+             WHERE id = $1 AND state = 'due'",
+            &[&id, &error, &retry_at, &at],
+        )
+        .await
+        .map_err(pgerr)?;
+        tx.commit().await.map_err(pgerr)
+    }
+
+    async fn retain_checks(&self, probe_id: &str) -> StoreResult<Vec<super::RetainCheck>> {
+        let sql = format!("SELECT {RETAIN_COLUMNS} FROM retain_checks WHERE probe_id = $1 ORDER BY age_ms");
+        self.query_all(&sql, &[&probe_id], row_to_retain).await
+    }
+
+    async fn retain_channel(&self, channel: &str, limit: usize) -> StoreResult<Vec<super::RetainCheck>> {
+        let sql = format!(
+            "SELECT {RETAIN_COLUMNS} FROM retain_checks WHERE channel = $1 ORDER BY due_at DESC, id DESC LIMIT $2"
+        );
+        self.query_all(&sql, &[&channel, &limit_arg(limit)], row_to_retain)
+            .await
+    }
+
+    async fn retain_counts(&self, from: Millis, to: Millis) -> StoreResult<Vec<super::RetainCounts>> {
+        self.query_all(
+            "SELECT channel, COUNT(*) FILTER (WHERE result = 'kept'), COUNT(*) FILTER (WHERE result = 'lost'), \
+             COUNT(*) FILTER (WHERE result = 'altered') FROM retain_checks \
+             WHERE checked_at >= $1 AND checked_at < $2 AND state = 'done' GROUP BY channel ORDER BY channel",
+            &[&from, &to],
+            |r| {
+                Ok(super::RetainCounts {
+                    channel: get(r, 0)?,
+                    kept: get(r, 1)?,
+                    lost: get(r, 2)?,
+                    altered: get(r, 3)?,
+                })
+            },
+        )
+        .await
+    }
+}
+
+const RETAIN_COLUMNS: &str = "id, probe_id, channel, age, age_ms, due_at, next_at, state, checked_at, result, detail, \
+     content_hash, attempts";
+
+fn row_to_retain(r: &Row) -> StoreResult<super::RetainCheck> {
+    Ok(super::RetainCheck {
+        id: get(r, 0)?,
+        probe_id: get(r, 1)?,
+        channel: get(r, 2)?,
+        age: get(r, 3)?,
+        age_ms: get(r, 4)?,
+        due_at: get(r, 5)?,
+        next_at: get(r, 6)?,
+        state: get(r, 7)?,
+        checked_at: get(r, 8)?,
+        result: get(r, 9)?,
+        detail: get(r, 10)?,
+        content_hash: get(r, 11)?,
+        attempts: get(r, 12)?,
+    })
 }

@@ -45,7 +45,9 @@ const KEEP: &str = "p.verdict = 'pending' \
     OR EXISTS (SELECT 1 FROM incidents i WHERE i.resolved_by = p.id) \
     OR EXISTS (SELECT 1 FROM incidents i WHERE i.resolved_at IS NULL \
          AND (i.channel = p.channel OR (p.verdict = 'error' AND i.channel LIKE 'postcanary:%')) \
-         AND p.created_at >= COALESCE((SELECT o.created_at FROM probes o WHERE o.id = i.opened_by), i.opened_at))";
+         AND p.created_at >= COALESCE((SELECT o.created_at FROM probes o WHERE o.id = i.opened_by), i.opened_at)) \
+    OR EXISTS (SELECT 1 FROM retain_checks r WHERE r.probe_id = p.id AND r.state = 'due') \
+    OR EXISTS (SELECT 1 FROM retain_checks r WHERE r.probe_id = p.id AND r.result IN ('lost', 'altered'))";
 
 fn row_to_page(r: &tokio_postgres::Row) -> StoreResult<PageRecord> {
     Ok(PageRecord {
@@ -320,6 +322,9 @@ impl PostgresStore {
                         .collect::<StoreResult<_>>()?;
                     if !ids.is_empty() {
                         tx.execute("DELETE FROM probe_events WHERE probe_id = ANY($1::text[])", &[&ids])
+                            .await
+                            .map_err(pgerr)?;
+                        tx.execute("DELETE FROM retain_checks WHERE probe_id = ANY($1::text[])", &[&ids])
                             .await
                             .map_err(pgerr)?;
                         let n = tx

@@ -24,6 +24,10 @@ mod metrics;
 #[path = "sqlite_report.rs"]
 mod report;
 
+/// Retention canaries' checks (the `retain_*` methods of `Store`).
+#[path = "sqlite_retain.rs"]
+mod retain;
+
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
 /// Append only: a later change adds a new entry.
 const MIGRATIONS: &[&str] = &[
@@ -242,10 +246,34 @@ CREATE INDEX probes_channel_failing ON probes (channel, created_at)
     r#"
 ALTER TABLE probes ADD COLUMN vantage TEXT;
 "#,
+    // Retention canaries (issue 17): a delivered canary's lookups at its
+    // `retain` ages, each a row with its due time, so they survive restarts.
+    r#"
+CREATE TABLE retain_checks (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    probe_id     TEXT NOT NULL,
+    channel      TEXT NOT NULL,
+    age          TEXT NOT NULL,
+    age_ms       INTEGER NOT NULL,
+    due_at       INTEGER NOT NULL,
+    next_at      INTEGER NOT NULL,
+    state        TEXT NOT NULL DEFAULT 'due',
+    checked_at   INTEGER,
+    result       TEXT,
+    detail       TEXT,
+    content_hash TEXT,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (probe_id, age_ms)
+);
+CREATE INDEX retain_checks_next ON retain_checks (next_at) WHERE state = 'due';
+CREATE INDEX retain_checks_channel ON retain_checks (channel, due_at);
+CREATE INDEX retain_checks_checked ON retain_checks (checked_at) WHERE checked_at IS NOT NULL;
+"#,
 ];
 
 /// The verdicts that fail a channel and can open its incident: all but the
-/// successes, `pending` and `error` (ours). Spelled as the partial index
+/// successes, `pending`, `error` (ours) and the retention checks' `lost` and
+/// `altered` (kept with the checks, never on a probe). Spelled as the partial index
 /// `probes_channel_failing` spells it, which a query must repeat to use it.
 const FAILING: &str = "'late', 'missed', 'bounced', 'rejected', 'misrouted', 'junked'";
 
@@ -1524,6 +1552,31 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn retain_schedule(&self, checks: &[super::NewRetainCheck]) -> StoreResult<()> {
+        self.retain_schedule_rows(checks.to_vec()).await
+    }
+    async fn retain_due(&self, now: Millis, limit: usize) -> StoreResult<Vec<super::RetainCheck>> {
+        self.retain_due_rows(now, limit).await
+    }
+    async fn retain_next(&self) -> StoreResult<Option<Millis>> {
+        self.retain_next_row().await
+    }
+    async fn retain_record(&self, id: i64, r: &super::RetainResult) -> StoreResult<bool> {
+        self.retain_record_row(id, r.clone()).await
+    }
+    async fn retain_fault(&self, id: i64, at: Millis, error: &str, retry_at: Millis) -> StoreResult<()> {
+        self.retain_fault_row(id, at, error.to_string(), retry_at).await
+    }
+    async fn retain_checks(&self, probe_id: &str) -> StoreResult<Vec<super::RetainCheck>> {
+        self.retain_probe_rows(probe_id).await
+    }
+    async fn retain_channel(&self, channel: &str, limit: usize) -> StoreResult<Vec<super::RetainCheck>> {
+        self.retain_channel_rows(channel, limit).await
+    }
+    async fn retain_counts(&self, from: Millis, to: Millis) -> StoreResult<Vec<super::RetainCounts>> {
+        self.retain_count_rows(from, to).await
+    }
+
     async fn channel_days(&self, channels: &[String], from_day: i64) -> StoreResult<Vec<(String, i64, i64)>> {
         let ok = Verdict::ALL
             .iter()
@@ -1552,7 +1605,11 @@ mod tests {
     fn failing_is_every_verdict_but_success_pending_and_error() {
         let failing: Vec<String> = Verdict::ALL
             .iter()
-            .filter(|v| !v.is_success() && !matches!(v, Verdict::Pending | Verdict::Error))
+            // `lost`/`altered` are retention checks' verdicts (retain_checks
+            // rows, their own incident), never a probe's.
+            .filter(|v| {
+                !v.is_success() && !matches!(v, Verdict::Pending | Verdict::Error | Verdict::Lost | Verdict::Altered)
+            })
             .map(|v| format!("'{}'", v.as_str()))
             .collect();
         assert_eq!(FAILING, failing.join(", "));

@@ -299,8 +299,12 @@ fn roll_up(c: &Connection, from: Millis, to: Millis) -> rusqlite::Result<i64> {
 /// The probes a pruning run must keep: pending ones, those an open incident
 /// may need (its channel's from its first failing probe on; for postcanary's
 /// own incidents the `error` probes from then on), and every incident's
-/// opening and resolving probe. `p` is the probe's alias.
+/// opening and resolving probe — and a retained canary while one of its
+/// retention checks is due, or for good once one found it lost or altered
+/// (its evidence). `p` is the probe's alias.
 const KEEP: &str = "p.verdict = 'pending' \
+    OR EXISTS (SELECT 1 FROM retain_checks r WHERE r.probe_id = p.id AND r.state = 'due') \
+    OR EXISTS (SELECT 1 FROM retain_checks r WHERE r.probe_id = p.id AND r.result IN ('lost', 'altered')) \
     OR EXISTS (SELECT 1 FROM incidents i WHERE i.opened_by = p.id) \
     OR EXISTS (SELECT 1 FROM incidents i WHERE i.resolved_by = p.id) \
     OR EXISTS (SELECT 1 FROM incidents i WHERE i.resolved_at IS NULL \
@@ -361,6 +365,10 @@ fn prune(c: &mut Connection, cut: &PruneCut) -> rusqlite::Result<PruneStats> {
                 if n > 0 {
                     tx.execute(
                         "DELETE FROM probe_events WHERE probe_id IN (SELECT id FROM prune_ids)",
+                        [],
+                    )?;
+                    tx.execute(
+                        "DELETE FROM retain_checks WHERE probe_id IN (SELECT id FROM prune_ids)",
                         [],
                     )?;
                     stats.probes_removed +=

@@ -54,6 +54,25 @@ pub struct Inputs {
     /// Whether incidents that are no channel's (postcanary's own, DNS,
     /// discovery) are reported too (no channel or owner filter).
     pub other_incidents: bool,
+    /// Retention checks done in the period, per channel.
+    pub retention: Vec<crate::ledger::RetainCounts>,
+}
+
+/// Whether an incident belongs to a channel: its own, or its retention
+/// canaries' (`retention:CHANNEL`), which count as the channel's failures.
+pub fn incident_of(incident_channel: &str, channel: &str) -> bool {
+    incident_channel == channel || incident_channel.strip_prefix("retention:") == Some(channel)
+}
+
+/// Retention checks of one channel done in the period (docs/retention.md).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct RetentionFigures {
+    /// Canaries found as kept.
+    pub kept: i64,
+    /// Canaries gone (`lost`).
+    pub lost: i64,
+    /// Canaries changed (`altered`).
+    pub altered: i64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -159,6 +178,8 @@ pub struct ChannelReport {
     pub incidents: Vec<IncidentReport>,
     /// The channel's compliance incidents open at some moment of the period.
     pub compliance_incidents: Vec<IncidentReport>,
+    /// Retention checks done in the period (channels with `retain`).
+    pub retention: RetentionFigures,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -347,7 +368,17 @@ pub fn compute(inp: &Inputs) -> Report {
     for ch in &inp.channels {
         let (tally, mut days) = per_channel.remove(ch.id.as_str()).unwrap_or_default();
         days.sort_by_key(|d| d.day);
-        let mine: Vec<&IncidentReport> = incidents.iter().filter(|i| i.channel == ch.id).collect();
+        let mine: Vec<&IncidentReport> = incidents.iter().filter(|i| incident_of(&i.channel, &ch.id)).collect();
+        let retention = inp
+            .retention
+            .iter()
+            .find(|r| r.channel == ch.id)
+            .map(|r| RetentionFigures {
+                kept: r.kept,
+                lost: r.lost,
+                altered: r.altered,
+            })
+            .unwrap_or_default();
         let key = crate::incident::compliance_key(&ch.id);
         let findings: Vec<&IncidentReport> = incidents.iter().filter(|i| i.channel == key).collect();
         let o = owners.entry(ch.owner.as_str()).or_default();
@@ -363,6 +394,7 @@ pub fn compute(inp: &Inputs) -> Report {
             days,
             incidents: mine.into_iter().cloned().collect(),
             compliance_incidents: findings.into_iter().cloned().collect(),
+            retention,
         });
     }
     let owners = owners
@@ -420,9 +452,9 @@ pub fn compute(inp: &Inputs) -> Report {
         incidents
             .iter()
             .filter(|i| {
-                !inp.channels
-                    .iter()
-                    .any(|c| c.id == i.channel || i.channel.strip_prefix("compliance:") == Some(c.id.as_str()))
+                !inp.channels.iter().any(|c| {
+                    incident_of(&i.channel, &c.id) || i.channel.strip_prefix("compliance:") == Some(c.id.as_str())
+                })
             })
             .cloned()
             .collect()

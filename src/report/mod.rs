@@ -127,7 +127,7 @@ pub async fn gather(
     counts.retain(|c| ids.contains(&c.channel));
     let mut incidents = Vec::new();
     for i in store.incidents_between(period.from, period.to).await.map_err(e)? {
-        let mine = ids.contains(&i.channel);
+        let mine = ids.iter().any(|c| figures::incident_of(&i.channel, c));
         if !mine && filtered {
             continue;
         }
@@ -173,6 +173,7 @@ pub async fn gather(
     } else {
         watchers
     };
+    let retention = store.retain_counts(period.from, period.to).await.map_err(e)?;
     Ok(figures::compute(&Inputs {
         period,
         now,
@@ -182,6 +183,7 @@ pub async fn gather(
         watchers,
         spells,
         other_incidents: !filtered,
+        retention,
     }))
 }
 
@@ -372,6 +374,25 @@ pub fn table(r: &Report) -> String {
         &rows,
         &mut out,
     );
+    // Retention canaries: checks done in the period, lost/altered counted as failures.
+    let rows: Vec<Vec<String>> = r
+        .channels
+        .iter()
+        .filter(|c| c.retention != figures::RetentionFigures::default())
+        .map(|c| {
+            let t = &c.retention;
+            vec![
+                c.id.clone(),
+                t.kept.to_string(),
+                t.lost.to_string(),
+                t.altered.to_string(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push('\n');
+        columns(&["RETAINED", "KEPT", "LOST", "ALTERED"], &rows, &mut out);
+    }
     let incidents: Vec<&figures::IncidentReport> = r
         .channels
         .iter()

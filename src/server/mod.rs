@@ -8,6 +8,7 @@ mod escape;
 mod metrics;
 mod ops;
 mod page;
+mod retain;
 mod summary;
 mod vantages;
 

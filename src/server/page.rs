@@ -231,6 +231,8 @@ fn verdict_text(l: Language, v: &str) -> &str {
             "routing_changed" => "routing changed",
             "unmonitored_channel" => "not monitored",
             "error" => "postcanary could not probe",
+            "lost" => "retained canary deleted",
+            "altered" => "retained canary changed",
             other => other,
         };
     }
@@ -248,6 +250,8 @@ fn verdict_text(l: Language, v: &str) -> &str {
         "pending" => "afventer",
         "routing_changed" => "routning ændret",
         "unmonitored_channel" => "ikke overvåget",
+        "lost" => "gemt kanariefugl slettet",
+        "altered" => "gemt kanariefugl ændret",
         other => other,
     }
 }
@@ -1120,6 +1124,20 @@ pub(super) async fn channel(
         out.push_str(&super::compliance::html(c.lang, comp));
     }
     out.push_str(&super::vantages::html(c.lang, &v.vantages, |t| c.time(t)));
+    // Retention canaries: their open incident (lost/altered) and newest checks.
+    if ch.retain.is_some() {
+        if let Ok(Some(i)) = s.store.open_incident(&format!("retention:{id}")).await {
+            let pages = s.store.pages_of(&[i.id]).await.unwrap_or_default();
+            let p: Vec<&PageRecord> = pages.iter().collect();
+            incident_summary(&mut out, &s, &c, &i, &p, &here);
+        }
+        let checks = s
+            .store
+            .retain_channel(&id, super::retain::SHOWN)
+            .await
+            .unwrap_or_default();
+        out.push_str(&super::retain::html(c.lang, ch, &checks, &|t| c.time(t)));
+    }
     let _ = write!(
         out,
         "<h2>{}</h2><p><a href=\"/channels/{}/probes.csv\">{}</a></p><table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",

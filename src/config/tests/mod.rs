@@ -3,6 +3,7 @@
 
 use super::*;
 
+mod retain;
 mod scale;
 mod sections;
 mod vantage;

@@ -1,0 +1,485 @@
+//! The retention checker: every due retention check (a row in the ledger,
+//! written when its canary was delivered) looks the canary up again where
+//! its channel keeps it — an IMAP folder through `inbox::imap::lookup`, or
+//! a document system over HTTP — and records what it found: `kept`, `lost`
+//! (gone) or `altered` (changed). A lost or altered canary opens the
+//! channel's retention incident and pages (`incident::retained`). A check
+//! that cannot look is our fault, never `lost`: it stays due, is tried again
+//! with backoff, and after a few tries pages "postcanary degraded".
+//! Because the checks are ledger rows with their due times, a restart only
+//! delays them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{fill, Channel, Config, HttpExpect, RetainHttp, RetainPlace};
+use crate::inbox::imap::{lookup, Lookup};
+use crate::incident::degraded_key;
+use crate::incident::retained::{decide_retain_fault, decide_retention, retain_path, retention_key};
+use crate::ledger::{DynStore, IncidentAction, IncidentChange, ProbeRecord, RetainCheck, RetainResult, StoreError};
+use crate::page::rfc3339;
+use crate::token::TokenKey;
+use crate::verdict::{now_millis, Millis, Verdict};
+
+/// How often the checker looks for due checks.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Due checks handled per round.
+const BATCH: usize = 50;
+/// The first retry after a fault of ours; doubled per try up to [`RETRY_MAX`].
+const RETRY_START: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(15 * 60);
+/// The most of a document body that is read.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// What one look found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// There; with the content hash when one is compared.
+    There { hash: Option<String>, detail: String },
+    /// Not there any more.
+    Gone(String),
+    /// There, but not as it was.
+    Changed { hash: Option<String>, detail: String },
+}
+
+/// The delay before retry `attempts` (1-based) of a check that failed on our side.
+pub fn retry_after(attempts: i64) -> Duration {
+    let shift = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(0);
+    RETRY_START.saturating_mul(1u32 << shift.min(16)).min(RETRY_MAX)
+}
+
+/// The receipt number a form probe kept (`…; receipt R` in its reply).
+pub fn receipt_of(p: &ProbeRecord) -> Option<String> {
+    let reply = p.smtp_reply.as_deref()?;
+    let at = reply.rfind("; receipt ")?;
+    let r = reply[at + "; receipt ".len()..].trim();
+    (!r.is_empty()).then(|| r.to_string())
+}
+
+/// The first content hash recorded for this canary, by the earliest check that kept one.
+fn first_hash(checks: &[RetainCheck]) -> Option<String> {
+    checks
+        .iter()
+        .filter(|c| c.state == "done")
+        .find_map(|c| c.content_hash.clone())
+}
+
+/// When the canary was last seen: the latest earlier check that found it, else its arrival.
+fn last_seen(p: &ProbeRecord, checks: &[RetainCheck], this: &RetainCheck) -> Millis {
+    checks
+        .iter()
+        .filter(|c| c.id != this.id && c.state == "done" && c.result.as_deref() != Some("lost"))
+        .filter_map(|c| c.checked_at)
+        .max()
+        .or(p.found_at)
+        .unwrap_or(p.created_at)
+}
+
+/// Looks a canary up over IMAP: in the archive folder (and, should the
+/// move not have happened yet, the inbox's own mailbox) or where it landed.
+async fn look_imap(
+    config: &Config,
+    ch: &Channel,
+    p: &ProbeRecord,
+    archive: Option<&str>,
+    key: &TokenKey,
+) -> Result<Seen, String> {
+    let inbox_name = p.found_in.as_deref().or(ch.inbox.as_deref()).unwrap_or_default();
+    let inbox = config
+        .inbox(inbox_name)
+        .ok_or_else(|| format!("inbox {inbox_name:?} is not configured any more"))?;
+    if inbox.graph.is_some() {
+        return Err(format!(
+            "inbox {inbox_name:?} is a Graph inbox; retention checks look over IMAP only"
+        ));
+    }
+    let mut folders = Vec::new();
+    if let Some(a) = archive {
+        folders.push(a.to_string());
+    }
+    folders.push(inbox.mailbox.clone());
+    let place = match archive {
+        Some(a) => format!("`{a}` of `{inbox_name}`"),
+        None => format!("`{}` of `{inbox_name}`", inbox.mailbox),
+    };
+    match lookup(inbox, &folders, &p.token, &p.id, key).await {
+        Ok(Lookup::Found { folder, hash }) => Ok(Seen::There {
+            hash: Some(hash),
+            detail: format!("found in `{folder}` of `{inbox_name}`"),
+        }),
+        Ok(Lookup::Absent) => Ok(Seen::Gone(format!("not in {place}"))),
+        Err(e) => Err(format!("IMAP lookup in `{inbox_name}`: {e}")),
+    }
+}
+
+/// Looks a document up over HTTP. 404/410 and other refusals of the document
+/// itself are `Gone`; 5xx, 401/403/407/408/429, timeouts and connection
+/// failures are ours (`Err`).
+pub async fn look_http(check: &RetainHttp, p: &ProbeRecord) -> Result<Seen, String> {
+    let receipt = receipt_of(p);
+    let url = match fill(&check.url, &p.token, receipt.as_deref(), true) {
+        Ok(u) => u,
+        // No receipt kept: nothing to look up by, which is not the document's fault.
+        Err(e) => return Err(e),
+    };
+    let mut builder = reqwest::Client::builder()
+        .timeout(check.timeout)
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .user_agent(concat!("postcanary/", env!("CARGO_PKG_VERSION"), " (retention check)"));
+    if let Some(ca) = &check.ca_file {
+        for der in &ca.certs {
+            let cert = reqwest::Certificate::from_der(der).map_err(|e| format!("ca_file {}: {e}", ca.path))?;
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    let client = builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let mut req = client.get(&url);
+    for (name, value) in &check.headers {
+        req = req.header(name.as_str(), value.expose());
+    }
+    // The URL may hold a receipt number; shown without its query.
+    let shown = show_url(&url);
+    let mut resp = req
+        .send()
+        .await
+        .map_err(|e| format!("GET {shown}: {}", without_url(&e)))?;
+    let status = resp.status().as_u16();
+    if status != check.expect_status {
+        return match status {
+            500..=599 | 401 | 403 | 407 | 408 | 429 => Err(format!("GET {shown}: HTTP {status}")),
+            _ => Ok(Seen::Gone(format!(
+                "GET {shown} answered HTTP {status}, expected {}",
+                check.expect_status
+            ))),
+        };
+    }
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                body.extend_from_slice(&c);
+                if body.len() > MAX_BODY {
+                    return Err(format!("GET {shown}: the body is over {} MiB", MAX_BODY >> 20));
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Err(format!("GET {shown}: reading the body: {}", without_url(&e))),
+        }
+    }
+    let hash = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+    match &check.expect {
+        HttpExpect::Status => Ok(Seen::There {
+            hash: None,
+            detail: format!("GET {shown}: HTTP {status}"),
+        }),
+        HttpExpect::Sha256 => Ok(Seen::There {
+            hash: Some(hash),
+            detail: format!("GET {shown}: HTTP {status}, {} bytes", body.len()),
+        }),
+        HttpExpect::Text(t) => {
+            let want = fill(t, &p.token, receipt.as_deref(), false)?;
+            if String::from_utf8_lossy(&body).contains(&want) {
+                Ok(Seen::There {
+                    hash: None,
+                    detail: format!("GET {shown}: HTTP {status}, the expected text is there"),
+                })
+            } else {
+                Ok(Seen::Changed {
+                    hash: None,
+                    detail: format!("GET {shown}: HTTP {status}, but the expected text is not in the document"),
+                })
+            }
+        }
+    }
+}
+
+fn show_url(u: &str) -> String {
+    match url::Url::parse(u) {
+        Ok(mut url) => {
+            url.set_query(None);
+            url.set_fragment(None);
+            let _ = url.set_password(None);
+            let _ = url.set_username("");
+            url.to_string()
+        }
+        Err(_) => "(the check's URL)".into(),
+    }
+}
+
+/// A reqwest error without the URL it carries (its query may hold a receipt).
+fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_redirect() {
+        "too many redirects"
+    } else if e.is_body() || e.is_decode() {
+        "broken body"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(e);
+    let mut why = String::new();
+    while let Some(s) = source {
+        why = s.to_string();
+        source = s.source();
+    }
+    if why.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {why}")
+    }
+}
+
+/// What a check's [`Seen`] becomes, against the first hash kept for its canary.
+fn judge(seen: Seen, first: Option<&str>, since: Millis, now: Millis, http: bool) -> (Option<Verdict>, RetainResult) {
+    let between = format!("between {} and {}", rfc3339(since), rfc3339(now));
+    let (verdict, detail, hash) = match seen {
+        Seen::Gone(why) => {
+            let what = if http {
+                "retained document gone"
+            } else {
+                "archived canary deleted"
+            };
+            (Some(Verdict::Lost), format!("{what} {between}: {why}"), None)
+        }
+        Seen::Changed { hash, detail } => (Some(Verdict::Altered), format!("changed {between}: {detail}"), hash),
+        Seen::There { hash, detail } => match (first, &hash) {
+            (Some(f), Some(h)) if f != h => (
+                Some(Verdict::Altered),
+                format!("changed {between}: {detail}, content {h} instead of {f}"),
+                hash,
+            ),
+            _ => (None, detail, hash),
+        },
+    };
+    let result = match verdict {
+        Some(v) => v.as_str().to_string(),
+        None => "kept".to_string(),
+    };
+    (
+        verdict,
+        RetainResult {
+            at: now,
+            result,
+            detail,
+            content_hash: hash,
+        },
+    )
+}
+
+/// Runs one due check; returns whether pages were queued.
+pub async fn check_one(
+    config: &Config,
+    store: &DynStore,
+    key: &TokenKey,
+    check: &RetainCheck,
+    source: &str,
+) -> Result<bool, StoreError> {
+    let now = now_millis();
+    let Some(ch) = config.channel(&check.channel) else {
+        store
+            .retain_fault(
+                check.id,
+                now,
+                "the channel is not configured any more",
+                now + 86_400_000,
+            )
+            .await?;
+        return Ok(false);
+    };
+    let Some(retain) = &ch.retain else {
+        store
+            .retain_fault(check.id, now, "the channel has no `retain` any more", now + 86_400_000)
+            .await?;
+        return Ok(false);
+    };
+    let Some(probe) = store.probe(&check.probe_id).await? else {
+        store
+            .retain_fault(
+                check.id,
+                now,
+                "the canary's probe is not in the ledger",
+                now + 86_400_000,
+            )
+            .await?;
+        return Ok(false);
+    };
+    let looked = match &retain.place {
+        RetainPlace::Inbox => look_imap(config, ch, &probe, None, key).await,
+        RetainPlace::Archive(a) => look_imap(config, ch, &probe, Some(a), key).await,
+        RetainPlace::Http(h) => look_http(h, &probe).await,
+    };
+    let degraded = store.open_incident(&degraded_key(&retain_path(&ch.id))).await?;
+    let seen = match looked {
+        Ok(s) => s,
+        Err(why) => {
+            let attempts = check.attempts + 1;
+            let retry_at = now + i64::try_from(retry_after(attempts).as_millis()).unwrap_or(i64::MAX / 4);
+            tracing::warn!(channel = %ch.id, age = %check.age, attempts, error = %why, "retention check could not look; trying again");
+            store.retain_fault(check.id, now, &why, retry_at).await?;
+            let action = decide_retain_fault(config, ch, Some((&why, attempts)), degraded.as_ref(), now, source);
+            return apply(store, action).await;
+        }
+    };
+    let mut queued = false;
+    if degraded.is_some() {
+        let action = decide_retain_fault(config, ch, None, degraded.as_ref(), now, source);
+        queued |= apply(store, action).await?;
+    }
+    let checks = store.retain_checks(&probe.id).await?;
+    let first = first_hash(&checks);
+    let since = last_seen(&probe, &checks, check);
+    let http = matches!(retain.place, RetainPlace::Http(_));
+    let (verdict, result) = judge(seen, first.as_deref(), since, now, http);
+    if !store.retain_record(check.id, &result).await? {
+        return Ok(queued);
+    }
+    match verdict {
+        Some(v) => {
+            tracing::warn!(channel = %ch.id, age = %check.age, verdict = %v, detail = %result.detail, "retained canary failed its check")
+        }
+        None => tracing::info!(channel = %ch.id, age = %check.age, detail = %result.detail, "retained canary kept"),
+    }
+    let open = store.open_incident(&retention_key(&ch.id)).await?;
+    let silences = store.silences(Some(now), 1_000).await?;
+    let action = decide_retention(
+        config,
+        ch,
+        &probe,
+        verdict,
+        &result.detail,
+        open.as_ref(),
+        &silences,
+        now,
+        source,
+    );
+    queued |= apply(store, action).await?;
+    Ok(queued)
+}
+
+async fn apply(store: &DynStore, action: IncidentAction) -> Result<bool, StoreError> {
+    let pages = matches!(
+        &action,
+        IncidentAction::Open { pages, .. } | IncidentAction::Resolve { pages, .. } if !pages.is_empty()
+    );
+    if matches!(action, IncidentAction::Nothing) {
+        return Ok(false);
+    }
+    store
+        .apply_incident(&IncidentChange {
+            probe_id: None,
+            reclassify: None,
+            action,
+        })
+        .await?;
+    Ok(pages)
+}
+
+/// Runs every check due now (a batch at a time); returns whether pages were queued.
+pub async fn check_due(config: &Config, store: &DynStore, key: &TokenKey, source: &str) -> Result<bool, StoreError> {
+    let mut queued = false;
+    for check in store.retain_due(now_millis(), BATCH).await? {
+        queued |= check_one(config, store, key, &check, source).await?;
+    }
+    Ok(queued)
+}
+
+/// The checker of `run`: looks for due checks every [`TICK`] until shutdown.
+pub async fn run(
+    config: Arc<Config>,
+    store: DynStore,
+    key: TokenKey,
+    source: String,
+    outbox: crate::outbox::Wake,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    crate::outbox::every("retention checker", TICK, outbox, shutdown, || {
+        check_due(&config, &store, &key, &source)
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(reply: Option<&str>) -> ProbeRecord {
+        ProbeRecord {
+            id: "01J".into(),
+            token: "pc-01J".into(),
+            channel: "c".into(),
+            kind: "form".into(),
+            expect: "deliver".into(),
+            inbox: None,
+            target: String::new(),
+            created_at: 0,
+            sent_at: None,
+            deadline: 0,
+            verdict: Verdict::Delivered,
+            judged_at: None,
+            found_in: None,
+            found_at: Some(1_000),
+            latency_ms: None,
+            detail: None,
+            smtp_reply: reply.map(str::to_string),
+            fault: None,
+            vantage: None,
+        }
+    }
+
+    #[test]
+    fn the_receipt_is_read_from_the_form_reply() {
+        assert_eq!(
+            receipt_of(&probe(Some(
+                "form submitted: HTTP 200 at https://x/; receipt SAG-2026/17"
+            )))
+            .as_deref(),
+            Some("SAG-2026/17")
+        );
+        assert_eq!(receipt_of(&probe(Some("form submitted: HTTP 200"))), None);
+        assert_eq!(receipt_of(&probe(None)), None);
+    }
+
+    #[test]
+    fn retries_back_off_and_are_capped() {
+        assert_eq!(retry_after(1), Duration::from_secs(2));
+        assert_eq!(retry_after(2), Duration::from_secs(4));
+        assert_eq!(retry_after(50), RETRY_MAX);
+    }
+
+    #[test]
+    fn a_gone_canary_is_lost_and_a_changed_hash_altered() {
+        let (v, r) = judge(Seen::Gone("not in `Arkiv`".into()), None, 0, 60_000, false);
+        assert_eq!(v, Some(Verdict::Lost));
+        assert!(
+            r.detail
+                .starts_with("archived canary deleted between 1970-01-01T00:00:00.000Z and 1970-01-01T00:01:00.000Z"),
+            "{}",
+            r.detail
+        );
+        let there = |h: &str| Seen::There {
+            hash: Some(h.into()),
+            detail: "found".into(),
+        };
+        let (v, r) = judge(there("sha256:b"), Some("sha256:a"), 0, 1, true);
+        assert_eq!((v, r.result.as_str()), (Some(Verdict::Altered), "altered"));
+        let (v, r) = judge(there("sha256:a"), Some("sha256:a"), 0, 1, true);
+        assert_eq!((v, r.result.as_str()), (None, "kept"));
+        let (v, r) = judge(there("sha256:a"), None, 0, 1, true);
+        assert_eq!((v, r.content_hash.as_deref()), (None, Some("sha256:a")));
+    }
+
+    #[test]
+    fn urls_are_shown_without_query_or_credentials() {
+        assert_eq!(
+            show_url("https://u:p@sag.example/doc?receipt=1#x"),
+            "https://sag.example/doc"
+        );
+    }
+}
