@@ -133,6 +133,13 @@ struct Run {
     pending_after_drain: usize,
     verdict_latency: Vec<f64>,
     delivery_latency: Vec<f64>,
+    /// Row written → relay accepted.
+    send_time: Vec<f64>,
+    /// Scheduler lateness by minute of the run (by due time).
+    late_by_minute: Vec<Vec<f64>>,
+    /// The machine's 1-minute load average, sampled each second.
+    load: Vec<f64>,
+    reports_lagged: u64,
     imap_max: usize,
     smtp_max: usize,
     watchers: usize,
@@ -196,14 +203,10 @@ fn main() {
         let t_load = Instant::now();
         let config = Config::load(&dir.path().join("postcanary.toml")).expect("config");
         let load_secs = t_load.elapsed().as_secs_f64();
-        let offsets: std::collections::HashMap<String, i64> = config
-            .channels
-            .iter()
-            .map(|c| (c.id.clone(), c.jitter_offset.as_millis() as i64))
-            .collect();
-        let channels = config.channels.clone();
         let interval_ms = config.channels[0].schedule.nominal_interval().as_millis() as i64;
         let mut engine = Engine::start(config).await.expect("engine");
+        // The engine's own config (shared, not copied: the process measured holds one channel list).
+        let config = std::sync::Arc::clone(&engine.config);
         let addr = postcanary::server::start(&mut engine)
             .await
             .expect("server")
@@ -218,13 +221,42 @@ fn main() {
         let sampler = {
             let (sampling, imap_max, smtp_max) = (Arc::clone(&sampling), Arc::clone(&imap_max), Arc::clone(&smtp_max));
             std::thread::spawn(move || {
+                // The machine's 1-minute load average, each second: other work competes for the cores.
+                let mut load = Vec::new();
                 while sampling.load(Ordering::Relaxed) {
                     imap_max.fetch_max(connections_to(imap), Ordering::Relaxed);
                     smtp_max.fetch_max(connections_to(smtp), Ordering::Relaxed);
+                    if let Some(l) = std::fs::read_to_string("/proc/loadavg")
+                        .ok()
+                        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse::<f64>().ok()))
+                    {
+                        load.push(l);
+                    }
                     std::thread::sleep(Duration::from_secs(1));
                 }
+                load
             })
         };
+        // When each verdict was written, as the engine reports it (to the incident processor).
+        let mut reports = engine.verdicts.subscribe();
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+        let reported = tokio::spawn(async move {
+            let mut at: std::collections::HashMap<String, i64> = Default::default();
+            let mut lagged = 0u64;
+            loop {
+                tokio::select! {
+                    r = reports.recv() => match r {
+                        Ok(r) => {
+                            at.insert(r.probe_id, postcanary::verdict::now_millis());
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => lagged += n,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = &mut done_rx => break,
+                }
+            }
+            (at, lagged)
+        });
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let cpu0 = cpu_seconds();
@@ -240,7 +272,7 @@ fn main() {
         let wall = t0.elapsed().as_secs_f64();
         let cpu = cpu_seconds() - cpu0;
         sampling.store(false, Ordering::Relaxed);
-        let _ = sampler.join();
+        let load = sampler.join().unwrap_or_default();
 
         // Drain: the last probes' mail is still on its way; wait (bounded) until none is pending.
         let store = SqliteStore::open(&dir.path().join("ledger.db")).await.expect("ledger");
@@ -270,14 +302,21 @@ fn main() {
                 "a scrape without channel states"
             );
         }
+        let _ = done_tx.send(());
+        let (reported_at, reports_lagged) = reported.await.expect("verdict reports");
         engine.stop().await;
         let growth = ledger_bytes(dir.path()).saturating_sub(size0) as f64;
 
         // Every slot due in the run (up to a second before the stop, for the
         // last firing's write) has its probe row.
+        let channels = &config.channels;
+        let offsets: std::collections::HashMap<&str, i64> = channels
+            .iter()
+            .map(|c| (c.id.as_str(), c.jitter_offset.as_millis() as i64))
+            .collect();
         let stop_at = stopped - chrono::Duration::seconds(1);
         let mut expected_of: std::collections::HashMap<&str, usize> = Default::default();
-        for ch in &channels {
+        for ch in channels.iter() {
             let mut t = ch.schedule.next_after(started, ch.jitter_offset);
             while let Some(due) = t.filter(|t| *t < stop_at) {
                 *expected_of.entry(ch.id.as_str()).or_default() += 1;
@@ -290,9 +329,12 @@ fn main() {
         let mut lateness = Vec::new();
         let mut verdict_latency = Vec::new();
         let mut delivery_latency = Vec::new();
+        let mut send_time = Vec::new();
+        let mut late_by_minute: Vec<Vec<f64>> = Vec::new();
+        let run_start = started.timestamp_millis();
         {
             let mut stmt = db
-                .prepare("SELECT channel, verdict, created_at, sent_at, judged_at, latency_ms FROM probes")
+                .prepare("SELECT channel, verdict, created_at, sent_at, judged_at, latency_ms, id FROM probes")
                 .expect("query");
             let rows = stmt
                 .query_map([], |r| {
@@ -303,16 +345,26 @@ fn main() {
                         r.get::<_, Option<i64>>(3)?,
                         r.get::<_, Option<i64>>(4)?,
                         r.get::<_, Option<i64>>(5)?,
+                        r.get::<_, String>(6)?,
                     ))
                 })
                 .expect("rows");
             for row in rows {
-                let (channel, verdict, created, sent, judged, latency) = row.expect("row");
-                let off = offsets.get(&channel).copied().unwrap_or(0);
-                lateness.push(((created - off).rem_euclid(interval_ms)) as f64);
+                let (channel, verdict, created, sent, _judged, latency, id) = row.expect("row");
+                let off = offsets.get(channel.as_str()).copied().unwrap_or(0);
+                let late = (created - off).rem_euclid(interval_ms);
+                lateness.push(late as f64);
+                let minute = usize::try_from((created - late - run_start) / 60_000).unwrap_or(0);
+                if late_by_minute.len() <= minute {
+                    late_by_minute.resize(minute + 1, Vec::new());
+                }
+                late_by_minute[minute].push(late as f64);
+                if let Some(s) = sent {
+                    send_time.push((s - created) as f64);
+                }
                 if verdict == "delivered" {
-                    if let (Some(s), Some(j)) = (sent, judged) {
-                        verdict_latency.push((j - s) as f64);
+                    if let (Some(s), Some(w)) = (sent, reported_at.get(&id)) {
+                        verdict_latency.push((w - s) as f64);
                     }
                     if let Some(l) = latency {
                         delivery_latency.push(l as f64);
@@ -346,6 +398,10 @@ fn main() {
             pending_after_drain,
             verdict_latency,
             delivery_latency,
+            send_time,
+            late_by_minute,
+            load,
+            reports_lagged,
             imap_max: imap_max.load(Ordering::Relaxed),
             smtp_max: smtp_max.load(Ordering::Relaxed),
             watchers,
@@ -370,10 +426,44 @@ fn main() {
     );
     println!("| peak RSS (postcanary process) | {:.1} MiB |", peak_rss_mib());
     println!("| scheduler lateness p50 / p99 / max | {} |", ms_stats(r.lateness));
+    let by_minute: Vec<String> = r
+        .late_by_minute
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            if v.is_empty() {
+                "-".into()
+            } else {
+                format!("{:.0}", percentile(&v, 0.99))
+            }
+        })
+        .collect();
     println!(
-        "| verdict latency (relay accepted → delivered written) p50 / p99 / max | {} |",
-        ms_stats(r.verdict_latency)
+        "| scheduler lateness p99 by minute of the run | {} ms |",
+        by_minute.join(" / ")
     );
+    println!(
+        "| send time (row written → relay accepted) p50 / p99 / max | {} |",
+        ms_stats(r.send_time)
+    );
+    println!(
+        "| verdict latency (relay accepted → delivered verdict written) p50 / p99 / max | {}{} |",
+        ms_stats(r.verdict_latency),
+        if r.reports_lagged > 0 {
+            format!(" ({} reports not seen)", r.reports_lagged)
+        } else {
+            String::new()
+        }
+    );
+    let (load_mean, load_max) = if r.load.is_empty() {
+        (0.0, 0.0)
+    } else {
+        (
+            r.load.iter().sum::<f64>() / r.load.len() as f64,
+            r.load.iter().copied().fold(0.0, f64::max),
+        )
+    };
+    println!("| machine load average during the run (mean / max; 2 cores) | {load_mean:.1} / {load_max:.1} |");
     println!(
         "| delivery latency (hand-over → token seen) p50 / p99 / max | {} |",
         ms_stats(r.delivery_latency)
