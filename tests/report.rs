@@ -657,6 +657,10 @@ async fn the_cli_writes_table_json_csv_and_html_without_secrets_or_daemon() {
     assert_eq!(lines.len(), 2, "{csv}");
     assert!(lines[0].starts_with("channel,name,owner,period_from"));
     assert!(
+        lines[0].ends_with(",retention_kept,retention_lost,retention_altered"),
+        "{csv}"
+    );
+    assert!(
         lines[1].starts_with("borger-mail,Borgerservice (e-mail),borger,"),
         "{csv}"
     );

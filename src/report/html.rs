@@ -226,6 +226,20 @@ pub fn report(r: &Report) -> String {
             esc(&dur(s.availability.mean_latency_ms)),
         ));
         b.push_str(&day_chart(&r.period, &c.days));
+        let rt = &c.retention;
+        if rt.kept + rt.lost + rt.altered > 0 {
+            b.push_str(&format!(
+                "<p class=\"meta\">Retention checks: {} kept \u{00b7} <span class=\"{}\">{} lost \u{00b7} {} altered</span></p>",
+                rt.kept,
+                if rt.lost + rt.altered > 0 { "bad" } else { "ok" },
+                rt.lost,
+                rt.altered
+            ));
+        }
+        if !c.compliance_incidents.is_empty() {
+            b.push_str("<p class=\"meta\">Compliance findings (the canary arrived; its path broke the policy):</p>");
+            b.push_str(&incident_rows(&c.compliance_incidents, false));
+        }
         if c.incidents.is_empty() {
             b.push_str("<p class=\"note\">No incident in the period.</p>");
         } else {

@@ -481,6 +481,9 @@ struct CsvRow<'a> {
     mean_time_to_acknowledge_s: Option<f64>,
     mean_time_to_resolve_s: Option<f64>,
     incident_time_s: f64,
+    retention_kept: i64,
+    retention_lost: i64,
+    retention_altered: i64,
 }
 
 /// One CSV row per channel (RFC 4180, with a header).
@@ -508,6 +511,9 @@ pub fn csv(r: &Report) -> Result<String, String> {
             mean_time_to_acknowledge_s: secs(s.mean_time_to_acknowledge_ms),
             mean_time_to_resolve_s: secs(s.mean_time_to_resolve_ms),
             incident_time_s: s.incident_time_ms as f64 / 1000.0,
+            retention_kept: c.retention.kept,
+            retention_lost: c.retention.lost,
+            retention_altered: c.retention.altered,
         })
         .map_err(|e| e.to_string())?;
     }
