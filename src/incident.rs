@@ -338,6 +338,24 @@ pub fn decide_discover(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// The pages of an open incident as it stands (its verdict, detail and
+/// timeline): reminders, held-back triggers, escalations.
+fn pages_of_open(s: &Subject, event: PageEvent, open: &Incident, events: &[Event], now: Millis, source: &str) -> Pages {
+    pages(
+        s,
+        event,
+        &open.dedup_key,
+        open.id,
+        &open.verdict,
+        &open.detail,
+        open.opened_at,
+        now,
+        None,
+        timeline(events),
+        source,
+    )
+}
+
 fn pages(
     s: &Subject,
     event: PageEvent,
@@ -871,19 +889,7 @@ pub fn due_page_with(
             format!("still failing after {}", crate::verdict::human_ms(now - open.opened_at)),
         )
     };
-    let pages = pages(
-        &subject,
-        event,
-        &open.dedup_key,
-        open.id,
-        &open.verdict,
-        &open.detail,
-        open.opened_at,
-        now,
-        None,
-        timeline(events),
-        source,
-    );
+    let pages = pages_of_open(&subject, event, open, events, now, source);
     Some(IncidentChange {
         probe_id: None,
         reclassify: None,
@@ -1624,7 +1630,7 @@ mod ops {
     //! pages to the notifiers that take them) and escalating one nobody
     //! acknowledged in time. Pure functions, like the rest of the policy.
 
-    use super::{pages, subject_of, timeline, Subject};
+    use super::{pages, pages_of_open, subject_of, Subject};
     use crate::config::Config;
     use crate::ledger::{Event, Incident, IncidentAction, IncidentChange, Pages};
     use crate::notify::PageEvent;
@@ -1718,19 +1724,7 @@ mod ops {
             "not acknowledged after {}: escalating to {next}",
             crate::verdict::human_ms(now - open.opened_at)
         );
-        let pages = pages(
-            &to,
-            PageEvent::Trigger,
-            &open.dedup_key,
-            open.id,
-            &open.verdict,
-            &open.detail,
-            open.opened_at,
-            now,
-            None,
-            timeline(events),
-            source,
-        );
+        let pages = pages_of_open(&to, PageEvent::Trigger, open, events, now, source);
         Some(IncidentChange {
             probe_id: None,
             reclassify: None,
