@@ -337,7 +337,6 @@ pub fn decide_discover(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 /// The pages of an open incident as it stands (its verdict, detail and
 /// timeline): reminders, held-back triggers, escalations.
 fn pages_of_open(s: &Subject, event: PageEvent, open: &Incident, events: &[Event], now: Millis, source: &str) -> Pages {
@@ -356,6 +355,7 @@ fn pages_of_open(s: &Subject, event: PageEvent, open: &Incident, events: &[Event
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn pages(
     s: &Subject,
     event: PageEvent,
