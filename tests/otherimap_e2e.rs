@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use postcanary::engine::Engine;
 use postcanary::ledger::{sqlite::SqliteStore, ProbeRecord, Store};
 use postcanary::verdict::Verdict;
-use support::canary::{mail_channel, paging_engine, send_raw_smtp, wait_for, Daemon};
+use support::canary::{mail_channel, paging_engine, relay_config, send_raw_smtp, wait_for, Daemon};
 use support::faultproxy::FaultProxy;
 use support::otherimap::Courier;
 use support::receiver::Receiver;
@@ -41,24 +41,16 @@ fn config(
     inboxes: &[(&str, &str)],
     channels: &str,
 ) -> std::path::PathBuf {
-    let mut toml = format!(
-        "[ledger]\nurl = \"sqlite://ledger.db\"\n\n[defaults]\nnotify = [\"ops\"]\nschedule = \"every 1h\"\njitter = \"1s\"\n\n\
-         [[sender]]\nname = \"relay\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
-         from = \"canary@kommune.example\"\ntimeout = \"10s\"\n\n\
-         [[notifier]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"{hook}\"\n\n",
-        c.smtp_port
-    );
-    for (name, extra) in inboxes {
-        std::fs::write(dir.join(format!("{name}.pw")), c.password(name)).expect("pw");
-        toml.push_str(&format!(
-            "[[inbox]]\nname = \"{name}\"\nkind = \"imap\"\nhost = \"127.0.0.1\"\nport = {imap_port}\ntls = \"none\"\n\
-             username = \"{name}\"\npassword = \"file:{name}.pw\"\nblind_grace = \"5m\"\n{extra}\n\n"
-        ));
-    }
-    toml.push_str(channels);
-    let path = dir.join("postcanary.toml");
-    std::fs::write(&path, toml).expect("config");
-    path
+    relay_config(
+        dir,
+        c.smtp_port,
+        imap_port,
+        &|n| c.password(n),
+        hook,
+        "",
+        inboxes,
+        channels,
+    )
 }
 
 async fn check(engine: &Engine, ids: &[&str]) -> Vec<ProbeRecord> {

@@ -14,7 +14,9 @@ use std::time::Duration;
 use postcanary::engine::Engine;
 use postcanary::ledger::{sqlite::SqliteStore, ProbeRecord, Store};
 use postcanary::verdict::Verdict;
-use support::canary::{lmtp_deliver, mail_channel, paging_engine, send_raw_smtp, wait_for, Daemon, StackExt};
+use support::canary::{
+    lmtp_deliver, mail_channel, paging_engine, relay_config, send_raw_smtp, wait_for, Daemon, StackExt,
+};
 use support::mailstack::MailStack;
 use support::receiver::Receiver;
 
@@ -29,24 +31,16 @@ fn config(
     inboxes: &[(&str, &str)],
     channels: &str,
 ) -> std::path::PathBuf {
-    let mut toml = format!(
-        "[ledger]\nurl = \"sqlite://ledger.db\"\n\n[defaults]\nnotify = [\"ops\"]\nschedule = \"every 1h\"\njitter = \"1s\"\n\n\
-         [[sender]]\nname = \"relay\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
-         from = \"canary@kommune.example\"\ntimeout = \"10s\"\n{sender_extra}\n\n\
-         [[notifier]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"{hook}\"\n\n",
-        stack.smtp_port
-    );
-    for (name, extra) in inboxes {
-        std::fs::write(dir.join(format!("{name}.pw")), stack.password(name)).expect("pw");
-        toml.push_str(&format!(
-            "[[inbox]]\nname = \"{name}\"\nkind = \"imap\"\nhost = \"127.0.0.1\"\nport = {imap_port}\ntls = \"none\"\n\
-             username = \"{name}\"\npassword = \"file:{name}.pw\"\nblind_grace = \"5m\"\n{extra}\n\n"
-        ));
-    }
-    toml.push_str(channels);
-    let path = dir.join("postcanary.toml");
-    std::fs::write(&path, toml).expect("config");
-    path
+    relay_config(
+        dir,
+        stack.smtp_port,
+        imap_port,
+        &|n| stack.password(n),
+        hook,
+        sender_extra,
+        inboxes,
+        channels,
+    )
 }
 
 /// Fires one channel now; returns its probe id.

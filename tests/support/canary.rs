@@ -209,6 +209,40 @@ pub async fn scripted_smtp(host: &'static str, rcpt_reply: &'static str) -> u16 
     port
 }
 
+/// A config with one relay (`smtp_port`, with `sender_extra` keys), the
+/// given inboxes on `imap_port` (name, extra keys; each password written to
+/// `NAME.pw` and read back as a `file:` secret), a webhook notifier and
+/// `channels`; written to `dir/postcanary.toml`.
+#[allow(clippy::too_many_arguments)]
+pub fn relay_config(
+    dir: &Path,
+    smtp_port: u16,
+    imap_port: u16,
+    password: &dyn Fn(&str) -> String,
+    hook: &str,
+    sender_extra: &str,
+    inboxes: &[(&str, &str)],
+    channels: &str,
+) -> std::path::PathBuf {
+    let mut toml = format!(
+        "[ledger]\nurl = \"sqlite://ledger.db\"\n\n[defaults]\nnotify = [\"ops\"]\nschedule = \"every 1h\"\njitter = \"1s\"\n\n\
+         [[sender]]\nname = \"relay\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n\
+         from = \"canary@kommune.example\"\ntimeout = \"10s\"\n{sender_extra}\n\n\
+         [[notifier]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"{hook}\"\n\n"
+    );
+    for (name, extra) in inboxes {
+        std::fs::write(dir.join(format!("{name}.pw")), password(name)).expect("pw");
+        toml.push_str(&format!(
+            "[[inbox]]\nname = \"{name}\"\nkind = \"imap\"\nhost = \"127.0.0.1\"\nport = {imap_port}\ntls = \"none\"\n\
+             username = \"{name}\"\npassword = \"file:{name}.pw\"\nblind_grace = \"5m\"\n{extra}\n\n"
+        ));
+    }
+    toml.push_str(channels);
+    let path = dir.join("postcanary.toml");
+    std::fs::write(&path, toml).expect("config");
+    path
+}
+
 /// A `[[channel]]` table of a mail channel, with extra keys.
 pub fn mail_channel(id: &str, to: &str, inbox: &str, extra: &str) -> String {
     format!(
