@@ -969,9 +969,9 @@ impl Processor {
         let vantages = self.vantage_facts(ch, p).await?;
         let (newest_success, newest_failure) = self.store.channel_order(&ch.id).await?;
         let probe_events = self.store.events(&p.id).await?;
-        // A compliance finding first: the verdict's own change marks it handled.
-        let compliance = self.compliance(ch, p, &probe_events).await?;
         let silences = self.store.silences(Some(now_millis()), 1000).await?;
+        // A compliance finding first: the verdict's own change marks it handled.
+        let compliance = self.compliance(ch, p, &probe_events, &silences).await?;
         let facts = VerdictFacts {
             probe: p,
             probe_events: &probe_events,
@@ -1405,6 +1405,7 @@ pub mod compliance {
             ch: &Channel,
             p: &ProbeRecord,
             probe_events: &[Event],
+            runtime: &[SilenceRecord],
         ) -> Result<Option<IncidentChange>, StoreError> {
             if ch.policy.is_empty() || !arrived(p.verdict) {
                 return Ok(None);
@@ -1417,8 +1418,6 @@ pub mod compliance {
                 tracing::warn!(channel = %ch.id, token = %p.token, finding = %a.finding(), "compliance breach");
             }
             let open = self.store.open_incident(&compliance_key(&ch.id)).await?;
-            let now = now_millis();
-            let runtime = self.store.silences(Some(now), 1000).await?;
             let action = decide_compliance(
                 &self.config,
                 ch,
@@ -1426,8 +1425,8 @@ pub mod compliance {
                 probe_events,
                 &a,
                 open.as_ref(),
-                &runtime,
-                now,
+                runtime,
+                now_millis(),
                 &self.source,
             );
             Ok(Some(IncidentChange {
