@@ -750,6 +750,65 @@ pub fn decide_with(
     changes
 }
 
+/// A finding about a channel that is not a failed delivery (a compliance
+/// breach, a retention check): a later one updates the open incident of
+/// `subject`; the first opens it, paging `subject`'s notifiers unless a
+/// silence of the channel holds the page back.
+struct Finding<'a> {
+    key: String,
+    verdict: &'a str,
+    detail: String,
+    token: &'a str,
+    timeline: Vec<TimelineEntry>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finding(
+    config: &Config,
+    subject: &Subject,
+    ch: &Channel,
+    open: Option<&Incident>,
+    f: Finding<'_>,
+    runtime: &[SilenceRecord],
+    now: Millis,
+    source: &str,
+) -> IncidentAction {
+    if let Some(o) = open {
+        return IncidentAction::Update {
+            incident_id: o.id,
+            verdict: f.verdict.to_string(),
+            detail: f.detail,
+            at: now,
+        };
+    }
+    let silence = silence_reason(config, runtime, ch, now);
+    let pages = match silence {
+        Some(_) => Vec::new(),
+        None => pages(
+            subject,
+            PageEvent::Trigger,
+            &f.key,
+            0,
+            f.verdict,
+            &f.detail,
+            now,
+            now,
+            Some(f.token.to_string()),
+            f.timeline,
+            source,
+        ),
+    };
+    IncidentAction::Open {
+        channel: subject.channel.clone(),
+        dedup_key: f.key,
+        verdict: f.verdict.to_string(),
+        detail: f.detail,
+        at: now,
+        silenced: silence,
+        pages,
+    }
+}
+
 fn resolve(
     config: &Config,
     subject: &Subject,
@@ -1170,43 +1229,22 @@ pub mod retained {
                 None => IncidentAction::Nothing,
             };
         };
-        match open {
-            Some(o) => IncidentAction::Update {
-                incident_id: o.id,
-                verdict: verdict.to_string(),
+        finding(
+            config,
+            &subject,
+            ch,
+            open,
+            Finding {
+                key: format!("postcanary/retention/{}/{}/{now}", ch.id, probe.id),
+                verdict: verdict.as_str(),
                 detail: detail.to_string(),
-                at: now,
+                token: &probe.token,
+                timeline: Vec::new(),
             },
-            None => {
-                let key = format!("postcanary/retention/{}/{}/{now}", ch.id, probe.id);
-                let silence = silence_reason(config, runtime, ch, now);
-                let pages = match silence {
-                    Some(_) => Vec::new(),
-                    None => pages(
-                        &subject,
-                        PageEvent::Trigger,
-                        &key,
-                        0,
-                        verdict.as_str(),
-                        detail,
-                        now,
-                        now,
-                        Some(probe.token.clone()),
-                        Vec::new(),
-                        source,
-                    ),
-                };
-                IncidentAction::Open {
-                    channel: retention_key(&ch.id),
-                    dedup_key: key,
-                    verdict: verdict.to_string(),
-                    detail: detail.to_string(),
-                    at: now,
-                    silenced: silence,
-                    pages,
-                }
-            }
-        }
+            runtime,
+            now,
+            source,
+        )
     }
 
     /// A check of `ch` that could not look (`Some(why)`, after `attempts`
@@ -1347,45 +1385,23 @@ pub mod compliance {
                 None => IncidentAction::Nothing,
             };
         }
-        let detail = a.finding();
-        match open {
-            // Every breaching canary counts (`failures`), also with the same finding.
-            Some(o) => IncidentAction::Update {
-                incident_id: o.id,
-                verdict: COMPLIANCE_BREACH.into(),
-                detail,
-                at: now,
+        // Every breaching canary counts (`failures`), also with the same finding.
+        finding(
+            config,
+            &subject,
+            ch,
+            open,
+            Finding {
+                key: format!("postcanary/compliance/{}/{}", ch.id, probe.id),
+                verdict: COMPLIANCE_BREACH,
+                detail: a.finding(),
+                token: &probe.token,
+                timeline: timeline(probe_events),
             },
-            None => {
-                let key = format!("postcanary/compliance/{}/{}", ch.id, probe.id);
-                let silence = silence_reason(config, runtime, ch, now);
-                let pages = match silence {
-                    Some(_) => Vec::new(),
-                    None => pages(
-                        &subject,
-                        PageEvent::Trigger,
-                        &key,
-                        0,
-                        COMPLIANCE_BREACH,
-                        &detail,
-                        now,
-                        now,
-                        Some(probe.token.clone()),
-                        timeline(probe_events),
-                        source,
-                    ),
-                };
-                IncidentAction::Open {
-                    channel: compliance_key(&ch.id),
-                    dedup_key: key,
-                    verdict: COMPLIANCE_BREACH.into(),
-                    detail,
-                    at: now,
-                    silenced: silence,
-                    pages,
-                }
-            }
-        }
+            runtime,
+            now,
+            source,
+        )
     }
 
     /// Whether a verdict says the canary arrived (its path is the channel's).
