@@ -9,7 +9,7 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postcanary::engine::Engine;
 use postcanary::ledger::{sqlite::SqliteStore, ProbeRecord, Store};
@@ -102,6 +102,11 @@ fn break_password(stack: &MailStack, user: &str, password: &str) {
         })
         .collect();
     std::fs::write(&users, out).expect("write users");
+    kick(stack, user);
+}
+
+/// Ends `user`'s IMAP sessions with `doveadm kick`.
+fn kick(stack: &MailStack, user: &str) {
     let conf = stack.dir.path().join("dovecot/dovecot.conf");
     let kick = Command::new("doveadm")
         .arg("-c")
@@ -149,10 +154,26 @@ async fn a_refused_imap_login_pages_no_channel_and_after_repair_every_probe_is_d
     );
     let engine = paging_engine(&path).await;
     let good = stack.password("social");
-    break_password(&stack, "social", "not-the-watchers-password");
-    let refused = wait_for("the watcher to be refused", Duration::from_secs(15), async || {
+    // The watcher first logs in, so the kick below meets a live session
+    // (a login racing the kick would otherwise outlive the password change).
+    wait_for("the watcher to connect", Duration::from_secs(15), async || {
         engine
             .watcher_states()
+            .iter()
+            .any(|(_, s)| s.is_connected())
+            .then_some(())
+    })
+    .await;
+    break_password(&stack, "social", "not-the-watchers-password");
+    let mut kicked = Instant::now();
+    let refused = wait_for("the watcher to be refused", Duration::from_secs(20), async || {
+        let states = engine.watcher_states();
+        if states.iter().any(|(_, s)| s.is_connected()) && kicked.elapsed() > Duration::from_secs(2) {
+            // Still in the session it had before the change: kick it again.
+            kick(&stack, "social");
+            kicked = Instant::now();
+        }
+        states
             .iter()
             .find(
                 |(_, s)| matches!(s, postcanary::inbox::imap::WatcherState::Backoff(e) if e.contains("refused login")),
