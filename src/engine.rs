@@ -50,6 +50,8 @@ pub struct Engine {
     pub watch_points: WatchPoints,
     /// When the scheduler loop last ran (ms), for the heartbeat.
     scheduler_tick: Arc<AtomicI64>,
+    /// SMTP sessions kept with the relays (see `sender::smtp`).
+    relays: crate::sender::smtp::Relays,
     /// With `[ledger] ha`: this instance's role, shown by `/healthz` (set by `ha::run`).
     pub role: Option<String>,
     /// The config in force (replaced by a reload); `config` is the one it started with.
@@ -110,6 +112,7 @@ impl Engine {
             watch_points: WatchPoints::default(),
             scheduler_tick: Arc::new(AtomicI64::new(now_millis())),
             role: None,
+            relays: crate::sender::smtp::Relays::default(),
         };
         Ok(engine)
     }
@@ -120,6 +123,7 @@ impl Engine {
             key: self.key.clone(),
             run_id: self.run_id.clone(),
             verdicts: self.verdicts.clone(),
+            relays: self.relays.clone(),
         }
     }
 

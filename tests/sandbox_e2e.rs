@@ -113,6 +113,8 @@ async fn real_sender_and_watcher_confirm_a_probe_through_the_sandbox() {
             bounce_inbox: None,
             dkim: None,
             ca_file: None,
+            connections: postcanary::config::DEFAULT_CONNECTIONS,
+            reuse: true,
         },
         to: "canary@sandbox.test".parse().unwrap(),
         sandbox,

@@ -34,7 +34,18 @@ pub struct SenderConfig {
     pub dkim: Option<crate::dkim::DkimSigner>,
     /// Extra trust anchors for the relay's TLS (`kind = "smtp"`).
     pub ca_file: Option<super::ca::CaFile>,
+    /// `kind = "smtp"`: the most SMTP connections open to the relay at once
+    /// (so the most messages handed over at once).
+    pub connections: usize,
+    /// `kind = "smtp"`: hand several messages over one SMTP session, one
+    /// transaction each, instead of one connection per message.
+    pub reuse: bool,
 }
+
+/// The relay connections a sender opens at most, when `connections` is not set.
+pub const DEFAULT_CONNECTIONS: usize = 20;
+/// The most `connections` may be set to.
+const MAX_CONNECTIONS: usize = 500;
 
 /// How a `kind = "mx"` sender delivers.
 #[derive(Debug, Clone)]
@@ -75,6 +86,11 @@ pub(super) struct RawSender {
     pub(super) dkim_key: Option<SecretRef>,
     /// `kind = "smtp"`: a PEM file of extra CA certificates (an internal CA) for the relay's TLS.
     pub(super) ca_file: Option<String>,
+    /// `kind = "smtp"`: the most connections open to the relay at once (default 20, at most 500).
+    pub(super) connections: Option<usize>,
+    /// `kind = "smtp"`: send several probes over one SMTP session, one
+    /// transaction each (default true); false opens a connection per message.
+    pub(super) reuse: Option<bool>,
 }
 
 pub(super) fn build_senders(
@@ -127,6 +143,16 @@ pub(super) fn build_senders(
                         );
                     }
                 }
+                for (key, set) in [("connections", s.connections.is_some()), ("reuse", s.reuse.is_some())] {
+                    if set {
+                        loader.err(
+                            &origin,
+                            "sender",
+                            key,
+                            format!("`{key}` is for kind = \"smtp\" (sessions with a relay); an MX sender opens one connection per message to the recipient's MX"),
+                        );
+                    }
+                }
                 let nameserver = s.nameserver.as_deref().and_then(|n| {
                     let a = parse_nameserver(n);
                     if a.is_none() {
@@ -176,6 +202,19 @@ pub(super) fn build_senders(
             .timeout
             .map(HumanDuration::as_duration)
             .unwrap_or(Duration::from_secs(60));
+        let connections = match s.connections {
+            None => DEFAULT_CONNECTIONS,
+            Some(n) if (1..=MAX_CONNECTIONS).contains(&n) => n,
+            Some(n) => {
+                loader.err(
+                    &origin,
+                    "sender",
+                    "connections",
+                    format!("{n} is not between 1 and {MAX_CONNECTIONS}"),
+                );
+                DEFAULT_CONNECTIONS
+            }
+        };
         let dkim = build_dkim(loader, &origin, &s, from.as_ref());
         let ca_file = s.ca_file.as_deref().and_then(|p| {
             if s.kind != SenderKind::Smtp {
@@ -207,6 +246,8 @@ pub(super) fn build_senders(
                 bounce_inbox: s.bounce_inbox,
                 dkim,
                 ca_file,
+                connections,
+                reuse: s.reuse.unwrap_or(true),
             });
         }
     }

@@ -59,7 +59,9 @@ pub async fn send(
     let mut own_failures = 0;
     for attempt in 1.. {
         let span = tracing::info_span!("smtp", channel = %channel.id, relay = %sender.name, attempt);
-        let outcome = crate::sender::send(sender, to, &message).instrument(span).await;
+        let outcome = crate::sender::send(&ctx.relays, sender, to, &message)
+            .instrument(span)
+            .await;
         let now = now_millis();
         let wait = Duration::from_millis(u64::try_from(p.deadline - now).unwrap_or(0));
         let can_retry = backoff < wait;

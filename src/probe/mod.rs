@@ -24,6 +24,8 @@ pub struct ProbeContext {
     /// This process's run id (see [`NewProbe::run_id`]).
     pub run_id: String,
     pub verdicts: crate::verdict::VerdictSink,
+    /// SMTP sessions kept with the relays, shared by every probe.
+    pub relays: crate::sender::smtp::Relays,
 }
 
 /// A probe that has been written to the ledger.

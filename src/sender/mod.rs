@@ -6,11 +6,17 @@ pub mod message;
 pub mod mx;
 pub mod smtp;
 
-/// Hands one message to the sender: its relay, or the recipient domain's MX.
-pub async fn send(cfg: &crate::config::SenderConfig, to: &lettre::Address, message: &[u8]) -> SendOutcome {
+/// Hands one message to the sender: its relay (over a session kept in
+/// `relays` when there is one), or the recipient domain's MX.
+pub async fn send(
+    relays: &smtp::Relays,
+    cfg: &crate::config::SenderConfig,
+    to: &lettre::Address,
+    message: &[u8],
+) -> SendOutcome {
     match &cfg.mx {
         Some(mx) => mx::send(cfg, mx, to, message).await,
-        None => smtp::send(cfg, to, message).await,
+        None => smtp::send_pooled(relays, cfg, to, message).await,
     }
 }
 

@@ -380,3 +380,27 @@ fn login_continue_headers_and_ca_file_are_checked() {
     let login = FORMS.replace("acs = ", "headers = { \"bad header\" = \"x\" }\nacs = ");
     assert_eq!(one_error(MAIN, &login).key.as_deref(), Some("login.headers"));
 }
+
+#[test]
+fn relay_connections_default_and_are_bounded() {
+    set_pw();
+    let d = Dir::new();
+    let path = d.write("postcanary.toml", MAIN);
+    d.write("probes/kommune.toml", CHANNELS);
+    let c = Config::load(&path).unwrap();
+    let relay = c.sender("relay").unwrap();
+    assert_eq!((relay.connections, relay.reuse), (DEFAULT_CONNECTIONS, true));
+
+    let main = MAIN.replace("tls = \"none\"\nfrom", "tls = \"none\"\nconnections = 0\nfrom");
+    let e = one_error(&main, CHANNELS);
+    assert_eq!(e.key.as_deref(), Some("sender.connections"));
+    assert!(e.message.contains("between 1 and 500"), "{}", e.message);
+
+    let mx = "[[sender]]\nname = \"direct\"\nkind = \"mx\"\nreuse = false\nfrom = \"c@kommune.example\"\n";
+    let errs = errors_of(&format!("{MAIN}\n{mx}"), CHANNELS);
+    let e = errs
+        .iter()
+        .find(|e| e.key.as_deref() == Some("sender.reuse"))
+        .unwrap_or_else(|| panic!("{errs:#?}"));
+    assert!(e.message.contains("one connection per message"), "{}", e.message);
+}
