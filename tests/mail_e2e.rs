@@ -294,6 +294,58 @@ async fn imap_restart_while_pending_still_delivers() {
     engine.stop().await;
 }
 
+/// Six probes at once through the authenticated submission relay with
+/// `connections = 1`: Postfix sees one connection and one login, six
+/// transactions with six queue ids, and every probe is delivered on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_at_once_share_one_authenticated_session_with_postfix() {
+    let stack = MailStack::start();
+    let channels: String = (0..6)
+        .map(|i| {
+            channel(&format!("ch-{i}"), "social@kommune.example", "inbox = \"social\"")
+                .replace("via = \"relay\"", "via = \"submission\"")
+        })
+        .collect();
+    let s = setup(&stack, &channels);
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replace("username = \"canary\"", "connections = 1\nusername = \"canary\""),
+    )
+    .unwrap();
+    let maillog = stack.dir.path().join("postfix/maillog");
+    let before = std::fs::read_to_string(&maillog).unwrap_or_default().len();
+    let engine = start_engine(&s).await;
+    let chs: Vec<_> = engine.config.channels.clone();
+    let judged = engine.check(&chs).await.unwrap();
+    let mut queue_ids = std::collections::BTreeSet::new();
+    for p in &judged {
+        assert_eq!(p.verdict, Verdict::Delivered, "{p:?}\n{}", stack.log_tail());
+        queue_ids.insert(p.smtp_reply.clone().unwrap_or_default());
+    }
+    assert_eq!(queue_ids.len(), 6, "six transactions, six queue ids: {queue_ids:?}");
+    // The kept session is closed with QUIT once idle (2 s). (The stack's
+    // own readiness checks connect too; they send no command.)
+    let log = wait_for("the session to end with QUIT", Duration::from_secs(15), async || {
+        let log = std::fs::read_to_string(&maillog).unwrap_or_default()[before..].to_string();
+        log.lines()
+            .any(|l| l.contains("disconnect from") && l.contains("quit=1"))
+            .then_some(log)
+    })
+    .await;
+    let sessions: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("postfix/submission/smtpd[") && l.contains("disconnect from"))
+        .filter(|l| !l.contains("commands=0/0"))
+        .collect();
+    assert_eq!(sessions.len(), 1, "one session with commands:\n{log}");
+    assert!(
+        sessions[0].contains("auth=1") && sessions[0].contains("mail=6") && sessions[0].contains("data=6"),
+        "one login, six transactions:\n{log}"
+    );
+    engine.stop().await;
+}
+
 /// Back-to-back arrivals, each right after the previous verdict (while the
 /// watcher is still moving the last message away), are all seen by IDLE,
 /// not by the next poll.
