@@ -52,6 +52,8 @@ pub struct Engine {
     scheduler_tick: Arc<AtomicI64>,
     /// SMTP sessions kept with the relays (see `sender::smtp`).
     relays: crate::sender::smtp::Relays,
+    /// The sends (mail and forms) in progress at once, see [`MAX_CONCURRENT_SENDS`].
+    sends: Arc<Semaphore>,
     /// With `[ledger] ha`: this instance's role, shown by `/healthz` (set by `ha::run`).
     pub role: Option<String>,
     /// The config in force (replaced by a reload); `config` is the one it started with.
@@ -113,6 +115,7 @@ impl Engine {
             scheduler_tick: Arc::new(AtomicI64::new(now_millis())),
             role: None,
             relays: crate::sender::smtp::Relays::default(),
+            sends: Arc::new(Semaphore::new(MAX_CONCURRENT_SENDS)),
         };
         Ok(engine)
     }
@@ -124,6 +127,7 @@ impl Engine {
             run_id: self.run_id.clone(),
             verdicts: self.verdicts.clone(),
             relays: self.relays.clone(),
+            sends: Arc::clone(&self.sends),
         }
     }
 
@@ -351,7 +355,6 @@ impl Engine {
     /// `stop` turns true, then waits for sends in flight (bounded).
     pub async fn run_scheduler(&self, mut stop: watch::Receiver<bool>) {
         let ctx = self.probe_context();
-        let sends = Arc::new(Semaphore::new(MAX_CONCURRENT_SENDS));
         let mut in_flight = JoinSet::new();
         let mut live = self.live.subscribe();
         let mut config: Arc<Config> = Arc::clone(&live.borrow_and_update());
@@ -399,11 +402,8 @@ impl Engine {
             let ch = &config.channels[i];
             let lateness = (Utc::now() - due).num_milliseconds();
             tracing::debug!(channel = %ch.id, lateness_ms = lateness, "firing");
-            let (ctx, cfg, channel, permits) = (ctx.clone(), Arc::clone(&config), ch.clone(), Arc::clone(&sends));
+            let (ctx, cfg, channel) = (ctx.clone(), Arc::clone(&config), ch.clone());
             in_flight.spawn(async move {
-                let Ok(_permit) = permits.acquire_owned().await else {
-                    return;
-                };
                 if let Err(e) = probe::run(&ctx, &cfg, &channel).await {
                     tracing::error!(channel = %channel.id, error = %e, "probe could not be recorded");
                 }

@@ -26,6 +26,9 @@ pub struct ProbeContext {
     pub verdicts: crate::verdict::VerdictSink,
     /// SMTP sessions kept with the relays, shared by every probe.
     pub relays: crate::sender::smtp::Relays,
+    /// The sends in progress at once, shared by every probe: a probe's row
+    /// is written when it is due, then it waits here for its turn to send.
+    pub sends: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// A probe that has been written to the ledger.
@@ -73,6 +76,10 @@ pub async fn run(ctx: &ProbeContext, config: &Config, channel: &Channel) -> Resu
         })
         .await?;
     tracing::info!(channel = %channel.id, token = %started.token, "probe started");
+    // Closed only when the engine is dropped; then the row stays pending and is resumed on restart.
+    let Ok(_turn) = ctx.sends.acquire().await else {
+        return Ok(started);
+    };
     // The send runs inside the probe's trace: its SMTP spans become children of the `probe` span.
     let cx = crate::telemetry::start_probe(&started.id, &channel.id, &started.token);
     let send_span = tracing::info_span!("probe_send", channel = %channel.id);
