@@ -1169,14 +1169,30 @@ pub mod retained {
     //! channel that finds its canary as kept — never by an ordinary delivered
     //! probe, which says nothing about what happens to mail after it lands.
     //! A check that cannot look (login refused, HTTP 5xx, timeouts) is ours:
-    //! after [`FAULTS_BEFORE_DEGRADED`] tries it opens the "postcanary
-    //! degraded" incident `postcanary:retain:CHANNEL`, resolved by the next
-    //! check of that channel that could look. `crate::retain` feeds these.
+    //! once it has failed for the channel's [`retain_grace`] (from the first
+    //! fault of the current run, `RetainCheck::fault_since`) it opens the
+    //! "postcanary degraded" incident `postcanary:retain:CHANNEL`, resolved
+    //! by the next check of that channel that could look. A blip shorter
+    //! than the grace pages nothing. `crate::retain` feeds these.
 
     use super::*;
+    use crate::config::RetainPlace;
 
-    /// A check that failed on our side this many times in a row pages "degraded".
-    pub const FAULTS_BEFORE_DEGRADED: i64 = 3;
+    /// How long a channel's retention checks may fail on our side before
+    /// "postcanary degraded" pages: for an IMAP place (inbox or archive) the
+    /// channel's inbox's `blind_grace` — the knob that decides when an
+    /// unwatched probe becomes `error` — and for the HTTP check its own
+    /// `[channel.retain_check] blind_grace`.
+    pub fn retain_grace(config: &Config, ch: &Channel) -> Duration {
+        match ch.retain.as_ref().map(|r| &r.place) {
+            Some(RetainPlace::Http(h)) => h.blind_grace,
+            _ => ch
+                .inbox
+                .as_deref()
+                .and_then(|i| config.inbox(i))
+                .map_or(crate::config::DEFAULT_BLIND_GRACE, |i| i.blind_grace),
+        }
+    }
 
     /// The incident key of a channel's retention failures.
     pub fn retention_key(channel: &str) -> String {
@@ -1247,19 +1263,22 @@ pub mod retained {
         )
     }
 
-    /// A check of `ch` that could not look (`Some(why)`, after `attempts`
-    /// tries) or could (`None`), against the open degraded incident of its
-    /// retention checks.
+    /// A check of `ch` that could not look (`Some((why, since))`, failing on
+    /// our side since `since`, the first fault of its current run) or could
+    /// (`None`), against the open degraded incident of its retention checks.
+    /// The incident opens only once the faults have lasted the channel's
+    /// [`retain_grace`].
     pub fn decide_retain_fault(
         config: &Config,
         ch: &Channel,
-        fault: Option<(&str, i64)>,
+        fault: Option<(&str, Millis)>,
         open: Option<&Incident>,
         now: Millis,
         source: &str,
     ) -> IncidentAction {
         let path = retain_path(&ch.id);
         let subject = Subject::degraded(config, &path);
+        let grace = i64::try_from(retain_grace(config, ch).as_millis()).unwrap_or(i64::MAX);
         match (fault, open) {
             (None, Some(o)) => resolve(
                 config,
@@ -1276,8 +1295,14 @@ pub mod retained {
                 detail: why.to_string(),
                 at: now,
             },
-            (Some((_, attempts)), None) if attempts < FAULTS_BEFORE_DEGRADED => IncidentAction::Nothing,
-            (Some((why, _)), None) => {
+            (Some((_, since)), None) if now.saturating_sub(since) < grace => IncidentAction::Nothing,
+            (Some((why, since)), None) => {
+                let why = format!(
+                    "{why} (the retention checks of `{}` have failed on our side since {})",
+                    ch.id,
+                    crate::page::rfc3339(since)
+                );
+                let why = why.as_str();
                 let key = format!("postcanary/degraded/{path}/{now}");
                 IncidentAction::Open {
                     channel: degraded_key(&path),

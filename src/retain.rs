@@ -5,7 +5,11 @@
 //! (gone) or `altered` (changed). A lost or altered canary opens the
 //! channel's retention incident and pages (`incident::retained`). A check
 //! that cannot look is our fault, never `lost`: it stays due, is tried again
-//! with backoff, and after a few tries pages "postcanary degraded".
+//! with backoff, and once it has failed for the channel's grace
+//! (`incident::retained::retain_grace`) pages "postcanary degraded"; the
+//! backoff is capped so that a retry lands at the grace. A check with
+//! nothing left to look with (its channel, the channel's `retain` or its
+//! canary's probe gone) is closed as `skipped`.
 //! Because the checks are ledger rows with their due times, a restart only
 //! delays them.
 
@@ -17,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{fill, Channel, Config, HttpExpect, RetainHttp, RetainPlace};
 use crate::inbox::imap::{lookup, Lookup};
 use crate::incident::degraded_key;
-use crate::incident::retained::{decide_retain_fault, decide_retention, retain_path, retention_key};
+use crate::incident::retained::{decide_retain_fault, decide_retention, retain_grace, retain_path, retention_key};
 use crate::ledger::{DynStore, IncidentAction, IncidentChange, ProbeRecord, RetainCheck, RetainResult, StoreError};
 use crate::page::rfc3339;
 use crate::token::TokenKey;
@@ -48,6 +52,21 @@ pub enum Seen {
 pub fn retry_after(attempts: i64) -> Duration {
     let shift = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(0);
     RETRY_START.saturating_mul(1u32 << shift.min(16)).min(RETRY_MAX)
+}
+
+/// When a check that failed on our side at `now` (try `attempts`, failing
+/// since `since`) is tried next: after the backoff, but no later than
+/// `since + grace` while that is still ahead, so that the try that decides
+/// the "degraded" page comes at the grace and not at the next doubled delay.
+pub fn next_try(now: Millis, since: Millis, attempts: i64, grace: Duration) -> Millis {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+    let backoff = now.saturating_add(ms(retry_after(attempts)));
+    let at_grace = since.saturating_add(ms(grace));
+    if now < at_grace {
+        backoff.min(at_grace)
+    } else {
+        backoff
+    }
 }
 
 /// The receipt number a form probe kept (`…; receipt R` in its reply).
@@ -283,32 +302,13 @@ pub async fn check_one(
 ) -> Result<bool, StoreError> {
     let now = now_millis();
     let Some(ch) = config.channel(&check.channel) else {
-        store
-            .retain_fault(
-                check.id,
-                now,
-                "the channel is not configured any more",
-                now + 86_400_000,
-            )
-            .await?;
-        return Ok(false);
+        return skip(store, check, now, "the channel is not configured any more").await;
     };
     let Some(retain) = &ch.retain else {
-        store
-            .retain_fault(check.id, now, "the channel has no `retain` any more", now + 86_400_000)
-            .await?;
-        return Ok(false);
+        return skip(store, check, now, "the channel has no `retain` any more").await;
     };
     let Some(probe) = store.probe(&check.probe_id).await? else {
-        store
-            .retain_fault(
-                check.id,
-                now,
-                "the canary's probe is not in the ledger",
-                now + 86_400_000,
-            )
-            .await?;
-        return Ok(false);
+        return skip(store, check, now, "the canary's probe is not in the ledger any more").await;
     };
     let looked = match &retain.place {
         RetainPlace::Inbox => look_imap(config, ch, &probe, None, key).await,
@@ -320,10 +320,12 @@ pub async fn check_one(
         Ok(s) => s,
         Err(why) => {
             let attempts = check.attempts + 1;
-            let retry_at = now + i64::try_from(retry_after(attempts).as_millis()).unwrap_or(i64::MAX / 4);
+            // The store keeps the first fault of the run the same way.
+            let since = check.fault_since.unwrap_or(now);
+            let retry_at = next_try(now, since, attempts, retain_grace(config, ch));
             tracing::warn!(channel = %ch.id, age = %check.age, attempts, error = %why, "retention check could not look; trying again");
             store.retain_fault(check.id, now, &why, retry_at).await?;
-            let action = decide_retain_fault(config, ch, Some((&why, attempts)), degraded.as_ref(), now, source);
+            let action = decide_retain_fault(config, ch, Some((&why, since)), degraded.as_ref(), now, source);
             return apply(store, action).await;
         }
     };
@@ -361,6 +363,14 @@ pub async fn check_one(
     );
     queued |= apply(store, action).await?;
     Ok(queued)
+}
+
+/// Closes a check that has nothing left to look with; never a result, never a page.
+async fn skip(store: &DynStore, check: &RetainCheck, now: Millis, why: &str) -> Result<bool, StoreError> {
+    if store.retain_skip(check.id, now, why).await? {
+        tracing::info!(channel = %check.channel, age = %check.age, probe = %check.probe_id, reason = why, "retention check closed as skipped");
+    }
+    Ok(false)
 }
 
 async fn apply(store: &DynStore, action: IncidentAction) -> Result<bool, StoreError> {
@@ -451,6 +461,23 @@ mod tests {
         assert_eq!(retry_after(1), Duration::from_secs(2));
         assert_eq!(retry_after(2), Duration::from_secs(4));
         assert_eq!(retry_after(50), RETRY_MAX);
+    }
+
+    #[test]
+    fn a_retry_is_capped_at_the_grace_and_backs_off_after_it() {
+        let grace = Duration::from_secs(300);
+        // Early tries: the plain backoff.
+        assert_eq!(next_try(0, 0, 1, grace), 2_000);
+        assert_eq!(next_try(6_000, 0, 3, grace), 14_000);
+        // 256 s of backoff at +290 s would pass the grace: capped at it.
+        assert_eq!(next_try(290_000, 0, 8, grace), 300_000);
+        // At or past the grace: the backoff again (the page has been decided).
+        assert_eq!(next_try(300_000, 0, 9, grace), 300_000 + 512_000);
+        assert_eq!(next_try(1_000_000, 0, 30, grace), 1_000_000 + 900_000);
+        // A fault run that began earlier (another try of the same check).
+        assert_eq!(next_try(100_000, 50_000, 1, Duration::from_secs(51)), 101_000);
+        // No grace: nothing to cap.
+        assert_eq!(next_try(10, 10, 1, Duration::ZERO), 2_010);
     }
 
     #[test]

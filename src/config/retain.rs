@@ -39,6 +39,10 @@ pub(super) struct RawRetainCheck {
     pub(super) ca_file: Option<String>,
     /// How long one check may take (default 30s).
     pub(super) timeout: Option<HumanDuration>,
+    /// How long the checks may fail on our side (connection refused,
+    /// timeouts, HTTP 5xx, 401/403/407/408/429) before "postcanary degraded"
+    /// pages (default 5m, like an inbox's `blind_grace`).
+    pub(super) blind_grace: Option<HumanDuration>,
 }
 
 /// Where a channel's delivered canaries are kept, and when they are looked up again.
@@ -81,6 +85,8 @@ pub struct RetainHttp {
     pub headers: Vec<(String, HeaderValue)>,
     pub ca_file: Option<CaFile>,
     pub timeout: Duration,
+    /// How long checks may fail on our side before "postcanary degraded" pages.
+    pub blind_grace: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -368,6 +374,10 @@ fn build_check(loader: &mut Loader, origin: &Origin, c: &RawRetainCheck) -> Opti
         check_err(loader, origin, "timeout", "timeout must be longer than zero");
         ok = false;
     }
+    let blind_grace = c
+        .blind_grace
+        .map(HumanDuration::as_duration)
+        .unwrap_or(super::inbox::DEFAULT_BLIND_GRACE);
     ok.then(|| RetainHttp {
         url: c.url.clone(),
         expect_status,
@@ -375,6 +385,7 @@ fn build_check(loader: &mut Loader, origin: &Origin, c: &RawRetainCheck) -> Opti
         headers,
         ca_file,
         timeout,
+        blind_grace,
     })
 }
 

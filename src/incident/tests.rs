@@ -777,3 +777,119 @@ fn a_vantage_incident_resolves_after_a_quiet_window_and_our_errors_are_per_vanta
         other => panic!("{other:?}"),
     }
 }
+
+/// An IMAP inbox with a 2-minute `blind_grace`, a channel archiving there and
+/// one whose canaries are checked over HTTP with a 10-minute grace.
+fn retain_config() -> Config {
+    std::env::set_var("POSTCANARY_TEST_RETAIN_PW", "x");
+    config(
+        r#"
+[[inbox]]
+name = "social"
+kind = "imap"
+host = "127.0.0.1"
+port = 1143
+tls = "none"
+username = "social"
+password = "env:POSTCANARY_TEST_RETAIN_PW"
+blind_grace = "2m"
+[[channel]]
+id = "kept-mail"
+name = "Kept"
+kind = "mail"
+to = "social@kommune.example"
+inbox = "social"
+retain = ["1d"]
+archive = "Arkiv"
+[[channel]]
+id = "doc-mail"
+name = "Doc"
+kind = "mail"
+to = "social@kommune.example"
+inbox = "social"
+retain = ["1d"]
+[channel.retain_check]
+url = "https://sag.example/doc/{token}"
+blind_grace = "10m"
+"#,
+    )
+}
+
+#[test]
+fn the_retention_grace_is_the_inboxs_blind_grace_or_the_http_checks_own() {
+    use retained::retain_grace;
+    let c = retain_config();
+    let ch = |id: &str| c.channel(id).unwrap().clone();
+    assert_eq!(retain_grace(&c, &ch("kept-mail")), Duration::from_secs(120));
+    assert_eq!(retain_grace(&c, &ch("doc-mail")), Duration::from_secs(600));
+}
+
+#[test]
+fn a_retention_check_that_cannot_look_pages_degraded_only_after_its_grace() {
+    use retained::{decide_retain_fault, retain_path};
+    let c = retain_config();
+    let kept = c.channel("kept-mail").unwrap().clone();
+    let doc = c.channel("doc-mail").unwrap().clone();
+    let since = 1_000_000;
+    let why = "IMAP lookup in `social`: refused login";
+    // Before the grace: nothing, however many tries (2 s, 4 s, … backoff).
+    for now in [since, since + 6_000, since + 60_000, since + 119_999] {
+        let a = decide_retain_fault(&c, &kept, Some((why, since)), None, now, "h");
+        assert!(matches!(a, IncidentAction::Nothing), "at +{}: {a:?}", now - since);
+    }
+    // At the grace: "postcanary degraded" for the channel's retention checks.
+    match decide_retain_fault(&c, &kept, Some((why, since)), None, since + 120_000, "h") {
+        IncidentAction::Open {
+            channel, pages, detail, ..
+        } => {
+            assert_eq!(channel, degraded_key(&retain_path("kept-mail")));
+            assert!(detail.starts_with(why), "{detail}");
+            assert!(detail.contains("since 1970-01-01T00:16:40.000Z"), "{detail}");
+            assert!(!pages.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    // The HTTP check waits for its own, longer grace.
+    let a = decide_retain_fault(&c, &doc, Some(("GET x: HTTP 503", since)), None, since + 599_999, "h");
+    assert!(matches!(a, IncidentAction::Nothing), "{a:?}");
+    let a = decide_retain_fault(&c, &doc, Some(("GET x: HTTP 503", since)), None, since + 700_000, "h");
+    assert!(matches!(a, IncidentAction::Open { .. }), "{a:?}");
+    // Once open, further faults update it and a check that can look resolves it.
+    let open = incident(9, &degraded_key(&retain_path("kept-mail")), true);
+    let a = decide_retain_fault(&c, &kept, Some((why, since)), Some(&open), since + 130_000, "h");
+    assert!(matches!(a, IncidentAction::Update { incident_id: 9, .. }), "{a:?}");
+    let a = decide_retain_fault(&c, &kept, None, Some(&open), since + 140_000, "h");
+    assert!(matches!(a, IncidentAction::Resolve { .. }), "{a:?}");
+    assert!(matches!(
+        decide_retain_fault(&c, &kept, None, None, since + 140_000, "h"),
+        IncidentAction::Nothing
+    ));
+}
+
+#[test]
+fn the_retry_schedule_lands_a_try_at_the_grace() {
+    use crate::retain::next_try;
+    use retained::decide_retain_fault;
+    let c = retain_config();
+    let kept = c.channel("kept-mail").unwrap().clone();
+    let grace = retained::retain_grace(&c, &kept);
+    // Follow the schedule of a check that keeps failing from `since`.
+    let since = 5_000_000;
+    let (mut now, mut attempts, mut tries) = (since, 0, Vec::new());
+    let paged_at = loop {
+        attempts += 1;
+        tries.push(now - since);
+        if let IncidentAction::Open { .. } = decide_retain_fault(&c, &kept, Some(("refused", since)), None, now, "h") {
+            break now;
+        }
+        assert!(attempts < 50, "never paged: {tries:?}");
+        now = next_try(now, since, attempts, grace);
+    };
+    assert_eq!(
+        paged_at - since,
+        120_000,
+        "the page comes at the grace, not at the next doubled delay: {tries:?}"
+    );
+    // 2, 4, 8, 16, 32 s of backoff, then capped at the grace.
+    assert_eq!(tries, [0, 2_000, 6_000, 14_000, 30_000, 62_000, 120_000]);
+}

@@ -1194,6 +1194,29 @@ pub async fn run_retain(s: DynStore) {
     assert_eq!(again[0].state, "due");
     assert_eq!(again[0].detail.as_deref(), Some("IMAP login refused"));
     assert_eq!(again[0].due_at, t0 + 500 + DAY_MS, "the due time itself stays");
+    assert_eq!(
+        again[0].fault_since,
+        Some(t0 + 500 + DAY_MS),
+        "a run of faults starts at its first"
+    );
+    // More faults: counted, the newest reason kept, `fault_since` still the first's.
+    s.retain_fault(
+        first,
+        t0 + 2 * DAY_MS,
+        "IMAP: connection refused",
+        t0 + 2 * DAY_MS + 4_000,
+    )
+    .await
+    .unwrap();
+    s.retain_fault(first, t0 + 2 * DAY_MS + 4_000, "IMAP: timed out", t0 + 2 * DAY_MS)
+        .await
+        .unwrap();
+    let again = s.retain_due(t0 + 2 * DAY_MS + 4_000, 10).await.unwrap();
+    assert_eq!(again.len(), 1, "a retry never goes back before the fault: {again:?}");
+    assert_eq!(again[0].next_at, t0 + 2 * DAY_MS + 4_000);
+    assert_eq!(again[0].attempts, 3);
+    assert_eq!(again[0].detail.as_deref(), Some("IMAP: timed out"));
+    assert_eq!(again[0].fault_since, Some(t0 + 500 + DAY_MS), "{again:?}");
 
     // Kept: recorded once, with its hash.
     let kept = RetainResult {
@@ -1207,6 +1230,8 @@ pub async fn run_retain(s: DynStore) {
         !s.retain_record(first, &kept).await.unwrap(),
         "a result is recorded once"
     );
+    let done = s.retain_checks("id-70").await.unwrap();
+    assert_eq!(done[0].fault_since, None, "a result ends the run of faults");
     assert_eq!(s.retain_next().await.unwrap(), Some(t0 + 500 + 7 * DAY_MS));
 
     // Pruning everything before the canary's day keeps it: a check is due.
@@ -1259,4 +1284,88 @@ pub async fn run_retain(s: DynStore) {
     if s.prune(&cut).await.is_ok() {
         assert!(s.probe("id-70").await.unwrap().is_some(), "a lost canary is kept");
     }
+
+    // The evidence of a retention incident opened at 7d: the last kept
+    // check before it, then every check of the channel checked in its span.
+    let span = s
+        .retain_span("social-mail", t0 + 500 + 7 * DAY_MS, t0 + 8 * DAY_MS, 100)
+        .await
+        .unwrap();
+    let seen: Vec<(&str, Option<&str>)> = span.iter().map(|c| (c.age.as_str(), c.result.as_deref())).collect();
+    assert_eq!(seen, [("1d", Some("kept")), ("7d", Some("lost"))], "{span:?}");
+    assert_eq!(
+        span[1].detail.as_deref(),
+        Some("archived canary deleted between … and …")
+    );
+    let later = s
+        .retain_span("social-mail", t0 + 8 * DAY_MS, t0 + 9 * DAY_MS, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        later.iter().map(|c| c.age.as_str()).collect::<Vec<_>>(),
+        ["1d"],
+        "only the last kept check before the span: {later:?}"
+    );
+    assert!(s
+        .retain_span("other-channel", t0, t0 + 9 * DAY_MS, 100)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // An orphaned check (channel gone, `retain` gone, probe pruned) is closed
+    // as `skipped` with the reason, once; it is not due any more and counts
+    // as no result.
+    s.insert_probe(&probe(71, Expect::Deliver, t0, t0 + 1_000, "run-r"))
+        .await
+        .unwrap();
+    assert!(s.judge("id-71", &delivered(t0 + 500)).await.unwrap());
+    s.retain_schedule(&[NewRetainCheck {
+        probe_id: "id-71".into(),
+        channel: "gone-channel".into(),
+        age: "1d".into(),
+        age_ms: DAY_MS,
+        due_at: t0 + 500 + DAY_MS,
+    }])
+    .await
+    .unwrap();
+    let orphan = s.retain_due(t0 + 500 + DAY_MS, 10).await.unwrap();
+    assert_eq!(orphan.len(), 1, "{orphan:?}");
+    s.retain_fault(orphan[0].id, t0 + 500 + DAY_MS, "IMAP login refused", t0 + 600 + DAY_MS)
+        .await
+        .unwrap();
+    let at = t0 + 700 + DAY_MS;
+    assert!(s
+        .retain_skip(orphan[0].id, at, "the channel is not configured any more")
+        .await
+        .unwrap());
+    assert!(
+        !s.retain_skip(orphan[0].id, at + 1, "again").await.unwrap(),
+        "only a due check is closed"
+    );
+    assert!(s.retain_due(t0 + 30 * DAY_MS, 10).await.unwrap().is_empty());
+    let closed = s.retain_checks("id-71").await.unwrap();
+    assert_eq!(closed[0].state, "skipped");
+    assert_eq!(closed[0].result, None);
+    assert_eq!(closed[0].checked_at, Some(at));
+    assert_eq!(closed[0].fault_since, None);
+    assert_eq!(
+        closed[0].detail.as_deref(),
+        Some("the channel is not configured any more")
+    );
+    let kept_result = RetainResult {
+        at: at + 2,
+        result: "kept".into(),
+        detail: "late".into(),
+        content_hash: None,
+    };
+    assert!(
+        !s.retain_record(closed[0].id, &kept_result).await.unwrap(),
+        "a skipped check takes no result"
+    );
+    assert!(s
+        .retain_counts(t0, t0 + 31 * DAY_MS)
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| c.channel != "gone-channel"));
 }

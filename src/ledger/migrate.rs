@@ -236,6 +236,7 @@ const TABLES: &[Table] = &[
             ("detail", Text),
             ("content_hash", Text),
             ("attempts", Int),
+            ("fault_since", Int),
         ],
     ),
 ];

@@ -626,11 +626,23 @@ pub trait Store: Send + Sync + 'static {
     async fn retain_record(&self, id: i64, r: &RetainResult) -> StoreResult<bool>;
     /// A check that could not look (our own fault): counts the attempt,
     /// keeps the reason and tries again at `retry_at`; it stays due.
+    /// `fault_since` becomes `at` unless a run of faults already set it.
     async fn retain_fault(&self, id: i64, at: Millis, error: &str, retry_at: Millis) -> StoreResult<()>;
+    /// Closes a due check that has nothing left to look with (its channel,
+    /// the channel's `retain` or its canary's probe is gone): state
+    /// `skipped`, the reason in `detail`, `checked_at = at`. Never a result,
+    /// so never `lost` and never a page. Returns whether it changed.
+    async fn retain_skip(&self, id: i64, at: Millis, reason: &str) -> StoreResult<bool>;
     /// Every check of one probe, by age.
     async fn retain_checks(&self, probe_id: &str) -> StoreResult<Vec<RetainCheck>>;
     /// A channel's checks, newest due first, at most `limit`.
     async fn retain_channel(&self, channel: &str, limit: usize) -> StoreResult<Vec<RetainCheck>>;
+    /// A channel's checks for the evidence of its retention incident: the
+    /// newest `kept` check with `checked_at` before `from` (it bounds "deleted
+    /// between … and …"), then every check with `checked_at` in
+    /// `[from, to]`; ordered by `checked_at`, then id; at most `limit`.
+    async fn retain_span(&self, channel: &str, from: Millis, to: Millis, limit: usize)
+        -> StoreResult<Vec<RetainCheck>>;
     /// Checks done (`kept`, `lost`, `altered`) with `checked_at` in `[from, to)`,
     /// counted per channel: (channel, kept, lost, altered).
     async fn retain_counts(&self, from: Millis, to: Millis) -> StoreResult<Vec<RetainCounts>>;
@@ -659,7 +671,8 @@ pub struct RetainCheck {
     pub due_at: Millis,
     /// When it is tried next (the due time, later after a fault of ours).
     pub next_at: Millis,
-    /// `due`, `done` or `skipped` (closed by an earlier `lost`).
+    /// `due`, `done` or `skipped` (closed by an earlier `lost`, or with
+    /// nothing left to look with: see [`Store::retain_skip`]).
     pub state: String,
     pub checked_at: Option<Millis>,
     /// Once done: `kept`, `lost` or `altered`.
@@ -670,6 +683,10 @@ pub struct RetainCheck {
     pub content_hash: Option<String>,
     /// Tries that failed on our side.
     pub attempts: i64,
+    /// The first fault of the current run of faults of ours (`None` when
+    /// the last try could look, or none failed); cleared when a result is
+    /// recorded. The "postcanary degraded" page waits for its grace from here.
+    pub fault_since: Option<Millis>,
 }
 
 /// What a retention check found.

@@ -274,6 +274,11 @@ CREATE INDEX retain_checks_next ON retain_checks (next_at) WHERE state = 'due';
 CREATE INDEX retain_checks_channel ON retain_checks (channel, due_at);
 CREATE INDEX retain_checks_checked ON retain_checks (checked_at) WHERE checked_at IS NOT NULL;
 "#,
+    // Retention checks' grace before "degraded" (SQLite's 11): the first
+    // fault of the current run of faults, cleared by a result.
+    r#"
+ALTER TABLE retain_checks ADD COLUMN fault_since BIGINT;
+"#,
 ];
 
 /// Key of the advisory lock held while migrating ("pcan").
@@ -1597,8 +1602,8 @@ impl Store for PostgresStore {
         self.check_fence(&tx).await?;
         let changed = tx
             .execute(
-                "UPDATE retain_checks SET state = 'done', checked_at = $2, result = $3, detail = $4, content_hash = $5 \
-                 WHERE id = $1 AND state = 'due'",
+                "UPDATE retain_checks SET state = 'done', checked_at = $2, result = $3, detail = $4, content_hash = $5, \
+                 fault_since = NULL WHERE id = $1 AND state = 'due'",
                 &[&id, &r.at, &r.result, &r.detail, &r.content_hash],
             )
             .await
@@ -1622,13 +1627,46 @@ impl Store for PostgresStore {
         let tx = c.transaction().await.map_err(pgerr)?;
         self.check_fence(&tx).await?;
         tx.execute(
-            "UPDATE retain_checks SET attempts = attempts + 1, detail = $2, next_at = GREATEST($3::BIGINT, $4::BIGINT) \
-             WHERE id = $1 AND state = 'due'",
+            "UPDATE retain_checks SET attempts = attempts + 1, detail = $2, next_at = GREATEST($3::BIGINT, $4::BIGINT), \
+             fault_since = COALESCE(fault_since, $4::BIGINT) WHERE id = $1 AND state = 'due'",
             &[&id, &error, &retry_at, &at],
         )
         .await
         .map_err(pgerr)?;
         tx.commit().await.map_err(pgerr)
+    }
+
+    async fn retain_skip(&self, id: i64, at: Millis, reason: &str) -> StoreResult<bool> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pgerr)?;
+        self.check_fence(&tx).await?;
+        let changed = tx
+            .execute(
+                "UPDATE retain_checks SET state = 'skipped', detail = $3, checked_at = $2, fault_since = NULL \
+                 WHERE id = $1 AND state = 'due'",
+                &[&id, &at, &reason],
+            )
+            .await
+            .map_err(pgerr)?;
+        tx.commit().await.map_err(pgerr)?;
+        Ok(changed == 1)
+    }
+
+    async fn retain_span(
+        &self,
+        channel: &str,
+        from: Millis,
+        to: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<super::RetainCheck>> {
+        let sql = format!(
+            "(SELECT {RETAIN_COLUMNS} FROM retain_checks WHERE channel = $1 AND result = 'kept' \
+             AND checked_at < $2 ORDER BY checked_at DESC, id DESC LIMIT 1) \
+             UNION ALL (SELECT {RETAIN_COLUMNS} FROM retain_checks WHERE channel = $1 AND checked_at >= $2 \
+             AND checked_at <= $3) ORDER BY 9, 1 LIMIT $4"
+        );
+        self.query_all(&sql, &[&channel, &from, &to, &limit_arg(limit)], row_to_retain)
+            .await
     }
 
     async fn retain_checks(&self, probe_id: &str) -> StoreResult<Vec<super::RetainCheck>> {
@@ -1664,7 +1702,7 @@ impl Store for PostgresStore {
 }
 
 const RETAIN_COLUMNS: &str = "id, probe_id, channel, age, age_ms, due_at, next_at, state, checked_at, result, detail, \
-     content_hash, attempts";
+     content_hash, attempts, fault_since";
 
 fn row_to_retain(r: &Row) -> StoreResult<super::RetainCheck> {
     Ok(super::RetainCheck {
@@ -1681,5 +1719,6 @@ fn row_to_retain(r: &Row) -> StoreResult<super::RetainCheck> {
         detail: get(r, 10)?,
         content_hash: get(r, 11)?,
         attempts: get(r, 12)?,
+        fault_since: get(r, 13)?,
     })
 }

@@ -269,6 +269,11 @@ CREATE INDEX retain_checks_next ON retain_checks (next_at) WHERE state = 'due';
 CREATE INDEX retain_checks_channel ON retain_checks (channel, due_at);
 CREATE INDEX retain_checks_checked ON retain_checks (checked_at) WHERE checked_at IS NOT NULL;
 "#,
+    // Retention checks that cannot look (ours) page "degraded" only after a
+    // grace: the first fault of the current run of faults, cleared by a result.
+    r#"
+ALTER TABLE retain_checks ADD COLUMN fault_since INTEGER;
+"#,
 ];
 
 /// The verdicts that fail a channel and can open its incident: all but the
@@ -1567,8 +1572,20 @@ impl Store for SqliteStore {
     async fn retain_fault(&self, id: i64, at: Millis, error: &str, retry_at: Millis) -> StoreResult<()> {
         self.retain_fault_row(id, at, error.to_string(), retry_at).await
     }
+    async fn retain_skip(&self, id: i64, at: Millis, reason: &str) -> StoreResult<bool> {
+        self.retain_skip_row(id, at, reason.to_string()).await
+    }
     async fn retain_checks(&self, probe_id: &str) -> StoreResult<Vec<super::RetainCheck>> {
         self.retain_probe_rows(probe_id).await
+    }
+    async fn retain_span(
+        &self,
+        channel: &str,
+        from: Millis,
+        to: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<super::RetainCheck>> {
+        self.retain_span_rows(channel, from, to, limit).await
     }
     async fn retain_channel(&self, channel: &str, limit: usize) -> StoreResult<Vec<super::RetainCheck>> {
         self.retain_channel_rows(channel, limit).await

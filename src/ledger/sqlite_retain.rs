@@ -8,7 +8,7 @@ use crate::ledger::{NewRetainCheck, RetainCheck, RetainCounts, RetainResult, Sto
 use crate::verdict::Millis;
 
 const COLUMNS: &str = "id, probe_id, channel, age, age_ms, due_at, next_at, state, checked_at, result, detail, \
-     content_hash, attempts";
+     content_hash, attempts, fault_since";
 
 fn row_to_check(r: &Row<'_>) -> rusqlite::Result<RetainCheck> {
     Ok(RetainCheck {
@@ -25,6 +25,7 @@ fn row_to_check(r: &Row<'_>) -> rusqlite::Result<RetainCheck> {
         detail: r.get(10)?,
         content_hash: r.get(11)?,
         attempts: r.get(12)?,
+        fault_since: r.get(13)?,
     })
 }
 
@@ -67,8 +68,8 @@ impl SqliteStore {
         self.with(move |c| {
             let tx = c.transaction()?;
             let changed = tx.execute(
-                "UPDATE retain_checks SET state = 'done', checked_at = ?2, result = ?3, detail = ?4, content_hash = ?5 \
-                 WHERE id = ?1 AND state = 'due'",
+                "UPDATE retain_checks SET state = 'done', checked_at = ?2, result = ?3, detail = ?4, content_hash = ?5, \
+                 fault_since = NULL WHERE id = ?1 AND state = 'due'",
                 params![id, r.at, r.result, r.detail, r.content_hash],
             )?;
             if changed == 1 && r.result == "lost" {
@@ -94,12 +95,50 @@ impl SqliteStore {
     ) -> StoreResult<()> {
         self.with(move |c| {
             c.execute(
-                "UPDATE retain_checks SET attempts = attempts + 1, detail = ?2, next_at = MAX(?3, ?4) \
-                 WHERE id = ?1 AND state = 'due'",
+                "UPDATE retain_checks SET attempts = attempts + 1, detail = ?2, next_at = MAX(?3, ?4), \
+                 fault_since = COALESCE(fault_since, ?4) WHERE id = ?1 AND state = 'due'",
                 params![id, error, retry_at, at],
             )
             .map(|_| ())
         })
+        .await
+    }
+
+    pub(super) async fn retain_skip_row(&self, id: i64, at: Millis, reason: String) -> StoreResult<bool> {
+        self.with(move |c| {
+            c.execute(
+                "UPDATE retain_checks SET state = 'skipped', detail = ?3, checked_at = ?2, fault_since = NULL \
+                 WHERE id = ?1 AND state = 'due'",
+                params![id, at, reason],
+            )
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn retain_span_rows(
+        &self,
+        channel: &str,
+        from: Millis,
+        to: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<RetainCheck>> {
+        let sql = format!(
+            "SELECT * FROM (SELECT {COLUMNS} FROM retain_checks WHERE channel = ?1 AND result = 'kept' \
+             AND checked_at < ?2 ORDER BY checked_at DESC, id DESC LIMIT 1) \
+             UNION ALL SELECT {COLUMNS} FROM retain_checks WHERE channel = ?1 AND checked_at >= ?2 \
+             AND checked_at <= ?3 ORDER BY 9, 1 LIMIT ?4"
+        );
+        self.all(
+            sql,
+            vec![
+                text(channel),
+                Value::Integer(from),
+                Value::Integer(to),
+                limit_arg(limit),
+            ],
+            row_to_check,
+        )
         .await
     }
 

@@ -146,6 +146,7 @@ fn an_http_check_with_a_secret_header() {
     };
     assert_eq!(h.expect_status, 200);
     assert_eq!(h.expect, HttpExpect::Text("{token}".into()));
+    assert_eq!(h.blind_grace, Duration::from_secs(300), "the default, as an inbox's");
     let auth = h.headers.iter().find(|(n, _)| n == "Authorization").unwrap();
     assert_eq!(auth.1.expose(), "sag-secret");
     assert!(
@@ -157,6 +158,28 @@ fn an_http_check_with_a_secret_header() {
         "https://sag.example/doc?ref=SAG%202026%2F1"
     );
     assert!(fill(&h.url, "pc-01J", None, true).is_err());
+}
+
+#[test]
+fn an_http_checks_blind_grace() {
+    let c = load_ok(
+        MAIN,
+        &with_social(
+            "retain = [\"1d\"]\n[channel.retain_check]\nurl = \"https://sag.example/{token}\"\nblind_grace = \"90s\"\n",
+        ),
+    );
+    let r = c.channel("social-mail").unwrap().retain.clone().unwrap();
+    let RetainPlace::Http(h) = &r.place else {
+        panic!("{r:?}")
+    };
+    assert_eq!(h.blind_grace, Duration::from_secs(90));
+    let e = one_error(
+        MAIN,
+        &with_social(
+            "retain = [\"1d\"]\n[channel.retain_check]\nurl = \"https://sag.example/{token}\"\nblind_grace = \"soon\"\n",
+        ),
+    );
+    assert_eq!(e.key.as_deref(), Some("channel.retain_check.blind_grace"), "{e:?}");
 }
 
 #[test]
