@@ -417,7 +417,10 @@ async fn neither_the_secret_nor_the_token_reaches_logs_or_errors() {
     w.stop().await;
 
     let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
-    assert!(text.contains("Graph watcher connected"), "no logs captured:\n{text}");
+    // That the capture works: the watcher's own lines are there. (Not its
+    // "connected" line, which some CI runs did not capture though the probe
+    // was delivered; the cause is not found yet.)
+    assert!(text.contains("postcanary::inbox::graph"), "no logs captured:\n{text}");
     assert!(text.contains("refused the access token"), "{text}");
     for (what, needle) in [
         ("secret", SECRET),
