@@ -1947,4 +1947,4 @@ pub use ops::acknowledge_pages;
 use ops::{escalation_due, with_escalated};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -509,4 +509,35 @@ mod tests {
             "https://sag.example/doc"
         );
     }
+
+    #[test]
+    fn the_retry_schedule_lands_a_try_at_the_grace() {
+        use crate::incident::retained::{self, decide_retain_fault};
+        use crate::incident::tests::retain_config;
+        use crate::ledger::IncidentAction;
+        let c = retain_config();
+        let kept = c.channel("kept-mail").unwrap().clone();
+        let grace = retained::retain_grace(&c, &kept);
+        // Follow the schedule of a check that keeps failing from `since`.
+        let since = 5_000_000;
+        let (mut now, mut attempts, mut tries) = (since, 0, Vec::new());
+        let paged_at = loop {
+            attempts += 1;
+            tries.push(now - since);
+            if let IncidentAction::Open { .. } =
+                decide_retain_fault(&c, &kept, Some(("refused", since)), None, now, "h")
+            {
+                break now;
+            }
+            assert!(attempts < 50, "never paged: {tries:?}");
+            now = next_try(now, since, attempts, grace);
+        };
+        assert_eq!(
+            paged_at - since,
+            120_000,
+            "the page comes at the grace, not at the next doubled delay: {tries:?}"
+        );
+        // 2, 4, 8, 16, 32 s of backoff, then capped at the grace.
+        assert_eq!(tries, [0, 2_000, 6_000, 14_000, 30_000, 62_000, 120_000]);
+    }
 }

@@ -780,7 +780,7 @@ fn a_vantage_incident_resolves_after_a_quiet_window_and_our_errors_are_per_vanta
 
 /// An IMAP inbox with a 2-minute `blind_grace`, a channel archiving there and
 /// one whose canaries are checked over HTTP with a 10-minute grace.
-fn retain_config() -> Config {
+pub(crate) fn retain_config() -> Config {
     std::env::set_var("POSTCANARY_TEST_RETAIN_PW", "x");
     config(
         r#"
@@ -864,32 +864,4 @@ fn a_retention_check_that_cannot_look_pages_degraded_only_after_its_grace() {
         decide_retain_fault(&c, &kept, None, None, since + 140_000, "h"),
         IncidentAction::Nothing
     ));
-}
-
-#[test]
-fn the_retry_schedule_lands_a_try_at_the_grace() {
-    use crate::retain::next_try;
-    use retained::decide_retain_fault;
-    let c = retain_config();
-    let kept = c.channel("kept-mail").unwrap().clone();
-    let grace = retained::retain_grace(&c, &kept);
-    // Follow the schedule of a check that keeps failing from `since`.
-    let since = 5_000_000;
-    let (mut now, mut attempts, mut tries) = (since, 0, Vec::new());
-    let paged_at = loop {
-        attempts += 1;
-        tries.push(now - since);
-        if let IncidentAction::Open { .. } = decide_retain_fault(&c, &kept, Some(("refused", since)), None, now, "h") {
-            break now;
-        }
-        assert!(attempts < 50, "never paged: {tries:?}");
-        now = next_try(now, since, attempts, grace);
-    };
-    assert_eq!(
-        paged_at - since,
-        120_000,
-        "the page comes at the grace, not at the next doubled delay: {tries:?}"
-    );
-    // 2, 4, 8, 16, 32 s of backoff, then capped at the grace.
-    assert_eq!(tries, [0, 2_000, 6_000, 14_000, 30_000, 62_000, 120_000]);
 }
