@@ -362,13 +362,7 @@ impl Relay {
     fn take(self: &Arc<Self>) -> Option<Session> {
         let (fresh, stale) = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let stale: Vec<Session> = {
-                let (keep, stale): (Vec<Session>, Vec<Session>) = idle
-                    .drain(..)
-                    .partition(|s| s.idle_since.elapsed() < IDLE_MAX && !s.spent());
-                *idle = keep;
-                stale
-            };
+            let stale = split_stale(&mut idle);
             (idle.pop(), stale)
         };
         close(stale);
@@ -391,10 +385,7 @@ impl Relay {
                     tokio::time::sleep(IDLE_MAX).await;
                     let (stale, left) = {
                         let mut idle = relay.idle.lock().unwrap_or_else(|p| p.into_inner());
-                        let (keep, stale): (Vec<Session>, Vec<Session>) = idle
-                            .drain(..)
-                            .partition(|s| s.idle_since.elapsed() < IDLE_MAX && !s.spent());
-                        *idle = keep;
+                        let stale = split_stale(&mut idle);
                         (stale, idle.len())
                     };
                     close(stale);
@@ -410,6 +401,15 @@ impl Relay {
             });
         }
     }
+}
+
+/// Takes the sessions idle too long or spent out of `idle`, leaving the rest.
+fn split_stale(idle: &mut Vec<Session>) -> Vec<Session> {
+    let (keep, stale): (Vec<Session>, Vec<Session>) = idle
+        .drain(..)
+        .partition(|s| s.idle_since.elapsed() < IDLE_MAX && !s.spent());
+    *idle = keep;
+    stale
 }
 
 /// Ends sessions with QUIT, in the background, each within a few seconds.
