@@ -22,7 +22,13 @@ use support::canary::{imap_count, mail_channel, paging_engine, wait_for};
 use support::mailstack::MailStack;
 use support::receiver::Receiver;
 
+/// The inbox waits `blind_grace = "5m"` unless `inbox_extra` sets its own.
 fn config(dir: &Path, stack: &MailStack, hook: &str, inbox_extra: &str, channels: &str) -> std::path::PathBuf {
+    let grace = if inbox_extra.contains("blind_grace") {
+        ""
+    } else {
+        "blind_grace = \"5m\"\n"
+    };
     std::fs::write(dir.join("social.pw"), stack.password("social")).expect("pw");
     let toml = format!(
         "[ledger]\nurl = \"sqlite://ledger.db\"\n\n[defaults]\nnotify = [\"ops\"]\nschedule = \"every 1h\"\njitter = \"1s\"\n\
@@ -31,7 +37,7 @@ fn config(dir: &Path, stack: &MailStack, hook: &str, inbox_extra: &str, channels
          from = \"canary@kommune.example\"\ntimeout = \"10s\"\n\n\
          [[notifier]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"{hook}\"\n\n\
          [[inbox]]\nname = \"social\"\nkind = \"imap\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
-         username = \"social\"\npassword = \"file:social.pw\"\nblind_grace = \"5m\"\n{inbox_extra}\n\n{channels}",
+         username = \"social\"\npassword = \"file:social.pw\"\n{grace}{inbox_extra}\n\n{channels}",
         stack.smtp_port, stack.imap_port
     );
     let path = dir.join("postcanary.toml");
@@ -294,7 +300,8 @@ async fn retention_checks_survive_a_restart_and_in_place_canaries_stay_in_the_in
 }
 
 /// A refused IMAP login during a check is ours: the check stays due and is
-/// retried, never `lost`; after three tries "postcanary degraded" pages;
+/// retried, never `lost`; once it has failed for the inbox's `blind_grace`
+/// (10 s here: tries at 0, 2, 6 and 10 s) "postcanary degraded" pages;
 /// once the password is back the check finds the canary and the degraded
 /// incident resolves. No retention page at any time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,7 +310,13 @@ async fn a_refused_login_during_a_check_is_not_lost() {
     let hook = Receiver::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let channels = mail_channel("kept", "social@kommune.example", "social", "retain = [\"3s\"]");
-    let path = config(dir.path(), &stack, &hook.url("/hook"), "", &channels);
+    let path = config(
+        dir.path(),
+        &stack,
+        &hook.url("/hook"),
+        "blind_grace = \"10s\"",
+        &channels,
+    );
     let engine = paging_engine(&path).await;
     let store = Arc::clone(&engine.store);
     let id = fire(&engine, "kept").await;
@@ -369,7 +382,8 @@ impl Docs {
 }
 
 /// HTTP checks: an edited document (hash) is `altered`, a deleted one
-/// (text) `lost`, both paged; a 503 is ours — retried, never lost.
+/// (text) `lost`, both paged; a 503 is ours — retried, never lost, and
+/// "postcanary degraded" once it has lasted the check's `blind_grace`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_system_that_edits_or_deletes_the_document_gives_altered_and_lost() {
     let stack = MailStack::start();
@@ -396,7 +410,12 @@ async fn a_document_system_that_edits_or_deletes_the_document_gives_altered_and_
             "social",
             &check("expect_text = \"Sag {token}\"")
         ),
-        mail_channel("doc-flaky", "social@kommune.example", "social", &check("")),
+        mail_channel(
+            "doc-flaky",
+            "social@kommune.example",
+            "social",
+            &check("blind_grace = \"8s\""),
+        ),
     );
     let path = config(dir.path(), &stack, &hook.url("/hook"), "", &channels);
     let engine = paging_engine(&path).await;
