@@ -56,6 +56,9 @@ pub struct Engine {
     sends: Arc<Semaphore>,
     /// With `[ledger] ha`: this instance's role, shown by `/healthz` (set by `ha::run`).
     pub role: Option<String>,
+    /// With `[vantage]` and `ha`: who holds the paging lease, as a `/healthz`
+    /// line (`paging: NAME (generation N)`), kept current by `ha::run`.
+    pub leases: Option<watch::Receiver<String>>,
     /// The config in force (replaced by a reload); `config` is the one it started with.
     live: watch::Sender<Arc<Config>>,
     slots: Arc<tokio::sync::Mutex<reload::Slots>>,
@@ -114,6 +117,7 @@ impl Engine {
             watch_points: WatchPoints::default(),
             scheduler_tick: Arc::new(AtomicI64::new(now_millis())),
             role: None,
+            leases: None,
             relays: crate::sender::smtp::Relays::default(),
             sends: Arc::new(Semaphore::new(MAX_CONCURRENT_SENDS)),
         };

@@ -210,6 +210,7 @@ async fn serve_standby(
     active: watch::Receiver<Option<Holder>>,
     me: String,
     vantage: Option<String>,
+    paging: Option<watch::Receiver<String>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     use axum::routing::get;
@@ -220,6 +221,7 @@ async fn serve_standby(
         let me = me.clone();
         move || {
             let active = active.borrow().clone();
+            let paging = paging.as_ref().map(|p| p.borrow().clone()).unwrap_or_default();
             async move {
                 let who = match active {
                     Some(h) if h.live => format!("active: {} (generation {})\n", h.holder, h.generation),
@@ -227,7 +229,7 @@ async fn serve_standby(
                 };
                 crate::server::with_role(
                     StatusCode::OK,
-                    format!("ok\n{vantage}role: standby ({me})\n{who}"),
+                    format!("ok\n{vantage}role: standby ({me})\n{who}{paging}"),
                     "standby",
                 )
             }
@@ -295,10 +297,14 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()> + S
         let _ = stop_tx.send(true);
     });
     let config = Arc::new(config);
+    // With vantages, who pages for all of them, as a `/healthz` line.
+    let (paging_tx, paging_rx) = watch::channel(String::new());
+    let paging_rx = vantage.is_some().then_some(paging_rx);
     let paging = vantage.is_some().then(|| {
         tokio::spawn(page_while_held(
             Arc::clone(&config),
             Lease::new(base.clone(), me.clone(), ha.lease),
+            paging_tx,
             stop_rx.clone(),
         ))
     });
@@ -309,7 +315,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()> + S
     };
     tracing::info!(instance = %me, vantage = vantage.as_deref().unwrap_or(""), lease = %lease_name, lease_s = ha.lease.as_secs(), ledger = %pg.display(), "postcanary standing by for the lease");
     loop {
-        let Some((generation, since)) = stand_by(&config, &lease, stop_rx.clone()).await else {
+        let Some((generation, since)) = stand_by(&config, &lease, paging_rx.clone(), stop_rx.clone()).await else {
             stop_paging().await;
             tracing::info!("stopped");
             return ExitCode::SUCCESS;
@@ -322,7 +328,16 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()> + S
                 generation,
             },
         ));
-        match work(&config, &lease, (generation, since), fenced, stop_rx.clone()).await {
+        match work(
+            &config,
+            &lease,
+            (generation, since),
+            fenced,
+            paging_rx.clone(),
+            stop_rx.clone(),
+        )
+        .await
+        {
             Ok(LeaseEnd::Stopped) => {
                 if let Err(e) = lease.release(generation).await {
                     tracing::warn!(error = %e, "cannot release the lease; a standby takes over when it expires");
@@ -344,7 +359,12 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()> + S
 }
 
 /// Waits for the lease, serving the standby `/healthz`; `None` when stopped.
-async fn stand_by(config: &Config, lease: &Lease, mut stop: watch::Receiver<bool>) -> Option<(i64, Instant)> {
+async fn stand_by(
+    config: &Config,
+    lease: &Lease,
+    paging: Option<watch::Receiver<String>>,
+    mut stop: watch::Receiver<bool>,
+) -> Option<(i64, Instant)> {
     let (active_tx, active_rx) = watch::channel(None);
     let (server_stop_tx, server_stop_rx) = watch::channel(false);
     let server = match &config.server {
@@ -354,6 +374,7 @@ async fn stand_by(config: &Config, lease: &Lease, mut stop: watch::Receiver<bool
                 active_rx,
                 lease.holder.clone(),
                 config.vantage.as_ref().map(|v| v.name.clone()),
+                paging,
                 server_stop_rx,
             ))),
             Err(e) => {
@@ -403,6 +424,7 @@ async fn work(
     lease: &Lease,
     (generation, since): (i64, Instant),
     store: DynStore,
+    paging: Option<watch::Receiver<String>>,
     stop: watch::Receiver<bool>,
 ) -> Result<LeaseEnd, StoreError> {
     // The lease is held from here on, also while the engine starts.
@@ -432,6 +454,7 @@ async fn work(
                 "active ({}, generation {generation}, vantage {})",
                 lease.holder, v.name
             ));
+            engine.leases = paging;
             engine.start_companions();
             crate::server::start(&mut engine).await
         }
@@ -475,7 +498,8 @@ async fn work(
 /// With vantages: the paging work (incident processor, outbox, reminders,
 /// DNS and discovery watchers) of all vantages, on whichever instance holds
 /// the global `active` lease; its store is fenced on that lease.
-async fn page_while_held(config: Arc<Config>, lease: Lease, stop: watch::Receiver<bool>) {
+/// `shown` gets the `/healthz` line naming who pages.
+async fn page_while_held(config: Arc<Config>, lease: Lease, shown: watch::Sender<String>, stop: watch::Receiver<bool>) {
     loop {
         // Take the lease, or wait for it.
         let (generation, since) = loop {
@@ -485,8 +509,18 @@ async fn page_while_held(config: Arc<Config>, lease: Lease, stop: watch::Receive
             let sent = Instant::now();
             match lease.try_acquire().await {
                 Ok(Some(g)) => break (g, sent),
-                Ok(None) => {}
-                Err(e) => tracing::debug!(error = %e, "cannot reach the ledger to take the paging lease"),
+                Ok(None) => {
+                    let line = match lease.current().await {
+                        Ok(Some(h)) if h.live => format!("paging: {} (generation {})\n", h.holder, h.generation),
+                        Ok(_) => "paging: none (taking over)\n".to_string(),
+                        Err(_) => "paging: unknown (cannot reach the ledger)\n".to_string(),
+                    };
+                    shown.send_replace(line);
+                }
+                Err(e) => {
+                    shown.send_replace("paging: unknown (cannot reach the ledger)\n".to_string());
+                    tracing::debug!(error = %e, "cannot reach the ledger to take the paging lease")
+                }
             }
             let mut s = stop.clone();
             tokio::select! {
@@ -495,6 +529,10 @@ async fn page_while_held(config: Arc<Config>, lease: Lease, stop: watch::Receive
             }
         };
         tracing::info!(instance = %lease.holder, generation, "paging lease acquired: this instance pages for every vantage");
+        shown.send_replace(format!(
+            "paging: this instance ({}, generation {generation})\n",
+            lease.holder
+        ));
         let store: DynStore = Arc::new(lease.store.fenced(Fence {
             holder: lease.holder.clone(),
             generation,
@@ -540,6 +578,7 @@ async fn page_while_held(config: Arc<Config>, lease: Lease, stop: watch::Receive
             _ = s.wait_for(|stop| *stop) => {}
         }
         engine.stop().await;
+        shown.send_replace("paging: none (this instance lost the lease)\n".to_string());
         match holder.await {
             Ok(LeaseEnd::Lost(why)) => {
                 tracing::error!(instance = %lease.holder, generation, reason = %why, "paging lease lost: stopped paging")

@@ -27,3 +27,18 @@ async fn sqlite_file_meets_the_store_contract_and_reopens() {
     let again = SqliteStore::open(&path).await.unwrap();
     assert!(again.probe_by_token("pc-tok-1").await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn sqlite_counts_probes_per_vantage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let open = |v: Option<&'static str>| {
+        let path = path.clone();
+        async move {
+            let s: postcanary::ledger::DynStore = Arc::new(SqliteStore::open(&path).await.unwrap().with_vantage(v));
+            s
+        }
+    };
+    let plain = open(None).await;
+    postcanary::ledger::contract::run_vantages(open(Some("east")).await, open(Some("west")).await, plain).await;
+}

@@ -26,6 +26,14 @@ async fn postgres_meets_the_store_contract_over_tls_and_takes_a_migrated_sqlite_
     contract::run_ops(Arc::clone(&store)).await;
     pg.create_db("paging");
     contract::run_paging(Arc::new(PostgresStore::open(&pg.ledger_db("paging")).await.unwrap())).await;
+    pg.create_db("vantages");
+    let vantages = PostgresStore::open(&pg.ledger_db("vantages")).await.unwrap();
+    contract::run_vantages(
+        Arc::new(vantages.with_vantage(Some("east"))),
+        Arc::new(vantages.with_vantage(Some("west"))),
+        Arc::new(vantages),
+    )
+    .await;
     pg.create_db("retain");
     contract::run_retain(Arc::new(PostgresStore::open(&pg.ledger_db("retain")).await.unwrap())).await;
     // Reopening applies no migration twice and keeps the data.

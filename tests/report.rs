@@ -657,7 +657,7 @@ async fn the_cli_writes_table_json_csv_and_html_without_secrets_or_daemon() {
     assert_eq!(lines.len(), 2, "{csv}");
     assert!(lines[0].starts_with("channel,name,owner,period_from"));
     assert!(
-        lines[0].ends_with(",retention_kept,retention_lost,retention_altered"),
+        lines[0].ends_with(",retention_kept,retention_lost,retention_altered,vantage"),
         "{csv}"
     );
     assert!(
@@ -809,4 +809,138 @@ async fn pruning_keeps_reports_rollups_and_open_incidents() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ledger.keep_probes") && err.contains(":3"), "{err}");
+}
+
+/// Two vantage points write to one ledger: the report splits each channel's
+/// probes per vantage and lists each vantage's own "vantage degraded"
+/// incident with it (not among postcanary's other incidents), in JSON,
+/// table and CSV; probes without a vantage are in the channel's totals only.
+#[tokio::test]
+async fn reports_split_probes_and_incidents_per_vantage() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("postcanary.toml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let config = Config::load_offline(&cfg).expect("config");
+    let path = dir.path().join("ledger.db");
+    let store = |v: Option<&'static str>| {
+        let path = path.clone();
+        async move {
+            let s: DynStore = Arc::new(SqliteStore::open(&path).await.unwrap().with_vantage(v));
+            s
+        }
+    };
+    let mut east = Ledger {
+        store: store(Some("east")).await,
+        n: 0,
+    };
+    let mut west = Ledger {
+        store: store(Some("west")).await,
+        n: 100,
+    };
+    let mut plain = Ledger {
+        store: store(None).await,
+        n: 200,
+    };
+    for h in [1, 2, 3] {
+        east.probe("social-mail", NOV + h * HOUR, Some(Verdict::Delivered), Some(1_000))
+            .await;
+        west.probe("social-mail", NOV + h * HOUR, Some(Verdict::Delivered), Some(1_000))
+            .await;
+    }
+    east.probe("social-mail", NOV + 4 * HOUR, Some(Verdict::Missed), None)
+        .await;
+    east.probe("byg-mail", NOV + 4 * HOUR, Some(Verdict::Missed), None)
+        .await;
+    plain
+        .probe("social-mail", NOV + 5 * HOUR, Some(Verdict::Missed), None)
+        .await;
+    let inc = east
+        .open(None, "vantage:east", NOV + 4 * HOUR + 20 * MIN, true, None)
+        .await;
+    east.deliver_pages(inc, 2_000).await;
+
+    let r = postcanary::report::gather(&plain.store, &config, &[], &[], november(), DEC + DAY_MS)
+        .await
+        .unwrap();
+    let v: Vec<(&str, i64, i64, usize)> = r
+        .vantages
+        .iter()
+        .map(|v| {
+            (
+                v.vantage.as_str(),
+                v.availability.successful,
+                v.availability.judged,
+                v.incidents.len(),
+            )
+        })
+        .collect();
+    assert_eq!(v, vec![("east", 3, 5, 1), ("west", 3, 3, 0)], "{:?}", r.vantages);
+    let social = r.channels.iter().find(|c| c.id == "social-mail").unwrap();
+    assert_eq!(
+        social.summary.availability.judged, 8,
+        "every probe in the channel's totals"
+    );
+    let split: Vec<(&str, i64, i64)> = social
+        .vantages
+        .iter()
+        .map(|v| (v.vantage.as_str(), v.availability.successful, v.availability.judged))
+        .collect();
+    assert_eq!(split, vec![("east", 3, 4), ("west", 3, 3)]);
+    assert_eq!(r.vantages[0].incidents[0].channel, "vantage:east");
+    assert!(r.vantages[0].incidents[0].time_to_detect_ms.is_some());
+    assert!(
+        r.other_incidents.iter().all(|i| !i.channel.starts_with("vantage:")),
+        "{:?}",
+        r.other_incidents
+    );
+
+    let table = postcanary::report::table(&r);
+    assert!(table.contains("VANTAGE"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("east") && l.contains("60.00%") && l.contains("3/5")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("social-mail") && l.contains("west") && l.contains("3/3")),
+        "{table}"
+    );
+    let csv = postcanary::report::csv(&r).unwrap();
+    let header = csv.lines().next().unwrap();
+    assert!(
+        header.starts_with("channel,name,owner,") && header.ends_with(",vantage"),
+        "{header}"
+    );
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("social-mail,") && l.contains(",4,3,0,0,75.0000,") && l.ends_with(",east")),
+        "{csv}"
+    );
+    assert!(
+        csv.lines().any(|l| l.starts_with("social-mail,") && l.ends_with(",")),
+        "the channel's own row has no vantage: {csv}"
+    );
+    let html = postcanary::report::html::report(&r);
+    assert!(html.contains("<h2>Vantage points</h2>") && html.contains("Per vantage point: east"));
+
+    // A channel filter keeps the vantage's own incident.
+    let only = postcanary::report::gather(
+        &plain.store,
+        &config,
+        &["byg-mail".to_string()],
+        &[],
+        november(),
+        DEC + DAY_MS,
+    )
+    .await
+    .unwrap();
+    let v: Vec<(&str, i64, usize)> = only
+        .vantages
+        .iter()
+        .map(|v| (v.vantage.as_str(), v.availability.judged, v.incidents.len()))
+        .collect();
+    assert_eq!(v, vec![("east", 1, 1)], "{:?}", only.vantages);
 }

@@ -246,6 +246,33 @@ async fn an_archived_canary_expunged_between_two_checks_is_lost_and_paged() {
         "{ch:?}"
     );
     assert!(ch.summary.incidents_opened >= 1);
+
+    // Its evidence holds the checks: the 3 s `kept` that bounds the
+    // deletion, the 6 s `lost` that opened it, the `kept` that resolved it,
+    // and both canaries.
+    let ev = postcanary::report::evidence::gather(&store, &engine.config, open.id, now)
+        .await
+        .expect("evidence")
+        .expect("the incident");
+    let results: Vec<(&str, &str, Option<&str>)> = ev
+        .retain_checks
+        .iter()
+        .map(|c| (c.probe_id.as_str(), c.age.as_str(), c.result.as_deref()))
+        .collect();
+    assert_eq!(
+        &results[..3],
+        &[
+            (kept.as_str(), "3s", Some("kept")),
+            (kept.as_str(), "6s", Some("lost")),
+            (next.as_str(), "3s", Some("kept")),
+        ],
+        "{results:?}"
+    );
+    assert!(ev.probes.iter().any(|p| p.probe.id == kept), "{:?}", ev.probes);
+    assert!(ev.probes.iter().any(|p| p.probe.id == next && p.role == "retained"));
+    assert_eq!(ev.channel.as_ref().map(|c| c.id.as_str()), Some("archived"));
+    let html = postcanary::report::evidence::to_html(&ev);
+    assert!(html.contains("Retention checks (") && html.contains("archived canary deleted between"));
     engine.stop().await;
 }
 

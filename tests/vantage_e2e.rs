@@ -231,6 +231,18 @@ async fn one_broken_vantage_pages_once_as_degraded_and_two_page_the_channel() {
     assert_eq!(by.get("west").map(String::as_str), Some("delivered"), "{api}");
     let health = get(format!("http://127.0.0.1:{}/healthz", ds[0].http)).await;
     assert!(health.contains("vantage: east"), "{health}");
+    // Every instance names who pages for all vantages; exactly one is it.
+    let mut paging = Vec::new();
+    for d in &ds {
+        let h = get(format!("http://127.0.0.1:{}/healthz", d.http)).await;
+        let line = h.lines().find(|l| l.starts_with("paging: ")).map(str::to_string);
+        paging.push(line.unwrap_or_else(|| panic!("{}: no paging line in {h}", d.name)));
+    }
+    assert_eq!(
+        paging.iter().filter(|l| l.starts_with("paging: this instance")).count(),
+        1,
+        "{paging:?}"
+    );
     let metrics = get(format!("http://127.0.0.1:{}/metrics", ds[1].http)).await;
     assert!(
         metrics.contains("postcanary_vantage_up{channel=\"ch-0\",vantage=\"east\"} 0"),

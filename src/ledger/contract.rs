@@ -1369,3 +1369,64 @@ pub async fn run_retain(s: DynStore) {
         .iter()
         .all(|c| c.channel != "gone-channel"));
 }
+
+/// Per-vantage counts: `east` and `west` are the same ledger seen by two
+/// vantage points' stores, `plain` by one without a vantage (its probes are
+/// not split). Probes count by creation time in `[from, to)`.
+pub async fn run_vantages(east: DynStore, west: DynStore, plain: DynStore) {
+    let d0 = 30_000 * DAY_MS;
+    let rows: [(&DynStore, &str, u32, i64, Option<Verdict>); 8] = [
+        (&east, "van-a", 1, d0 + 1_000, Some(Verdict::Delivered)),
+        (&east, "van-a", 2, d0 + 2_000, Some(Verdict::Missed)),
+        (&east, "van-a", 3, d0 + 3_000, Some(Verdict::Error)),
+        (&east, "van-a", 4, d0 + 4_000, None),
+        (&west, "van-a", 5, d0 + 1_000, Some(Verdict::Delivered)),
+        (&west, "van-b", 6, d0 + 1_000, Some(Verdict::ExpectedBounce)),
+        (&plain, "van-a", 7, d0 + 1_000, Some(Verdict::Missed)),
+        // After the period's end: not counted.
+        (&west, "van-a", 8, d0 + DAY_MS, Some(Verdict::Missed)),
+    ];
+    for (s, ch, n, created, verdict) in rows {
+        s.insert_probe(&at(ch, n, created)).await.unwrap();
+        if let Some(v) = verdict {
+            assert!(s
+                .judge(&format!("r-{ch}-{n}"), &judged(v, created + 10, None))
+                .await
+                .unwrap());
+        }
+    }
+    let all = plain.vantage_counts(&[], d0, d0 + DAY_MS).await.unwrap();
+    let got: Vec<(&str, &str, i64, i64, i64, i64)> = all
+        .iter()
+        .map(|c| {
+            (
+                c.channel.as_str(),
+                c.vantage.as_str(),
+                c.judged,
+                c.successful,
+                c.errors,
+                c.pending,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("van-a", "east", 3, 1, 1, 1),
+            ("van-a", "west", 1, 1, 0, 0),
+            ("van-b", "west", 1, 1, 0, 0),
+        ],
+        "per channel and vantage; probes without a vantage and after the period not counted"
+    );
+    let only_b = east
+        .vantage_counts(&["van-b".to_string()], d0, d0 + DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(only_b.len(), 1, "{only_b:?}");
+    assert_eq!(only_b[0].vantage, "west", "any store reads every vantage's counts");
+    assert!(east
+        .vantage_counts(&["nobody".to_string()], d0, d0 + DAY_MS)
+        .await
+        .unwrap()
+        .is_empty());
+}

@@ -323,6 +323,21 @@ pub struct ChannelStatus {
     pub pending: i64,
 }
 
+/// Probe counts of one channel from one vantage point in a period.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct VantageCounts {
+    pub channel: String,
+    pub vantage: String,
+    /// Probes with a verdict (every verdict but `pending`).
+    pub judged: i64,
+    /// Judged probes whose verdict is a success ([`Verdict::is_success`]).
+    pub successful: i64,
+    /// Judged probes whose verdict is `error` (postcanary's own failure).
+    pub errors: i64,
+    /// Probes still pending when counted.
+    pub pending: i64,
+}
+
 /// Probe counts of one channel on one UTC day (a probe counts on the day it
 /// was created), from the probes or from the kept daily rollup.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -523,6 +538,12 @@ pub trait Store: Send + Sync + 'static {
     /// been rolled up ([`Store::roll_up`]) are read from their rollups (so
     /// they outlive their probes), later days are counted from the probes.
     async fn daily_counts(&self, channels: &[String], from: Millis, to: Millis) -> StoreResult<Vec<DayCounts>>;
+    /// Probe counts per channel and vantage point for the probes created in
+    /// `[from, to)` that carry a vantage (`[vantage] name`); `channels`
+    /// empty means all. Counted from the probes kept, never from rollups
+    /// (which are per channel): days already pruned are not split.
+    /// Ordered by channel, then vantage.
+    async fn vantage_counts(&self, channels: &[String], from: Millis, to: Millis) -> StoreResult<Vec<VantageCounts>>;
 
     // --- retention
 

@@ -915,6 +915,15 @@ impl Store for PostgresStore {
     async fn daily_counts(&self, channels: &[String], from: Millis, to: Millis) -> StoreResult<Vec<super::DayCounts>> {
         self.report_daily_counts(channels, from, to).await
     }
+
+    async fn vantage_counts(
+        &self,
+        channels: &[String],
+        from: Millis,
+        to: Millis,
+    ) -> StoreResult<Vec<super::VantageCounts>> {
+        self.report_vantage_counts(channels, from, to).await
+    }
     async fn roll_up(&self, from: Millis, to: Millis) -> StoreResult<i64> {
         self.report_roll_up(from, to).await
     }

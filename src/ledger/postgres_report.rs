@@ -16,7 +16,8 @@ use super::{
 };
 use crate::ledger::{
     day_start, queue_id, Acknowledgement, AuditEntry, BlindSpell, ChannelLatest, DayCounts, Incident, NewSilence,
-    OutboxState, PageRecord, ProbeRecord, PruneCut, PruneStats, SilenceRecord, StoreError, StoreResult, DAY_MS,
+    OutboxState, PageRecord, ProbeRecord, PruneCut, PruneStats, SilenceRecord, StoreError, StoreResult, VantageCounts,
+    DAY_MS,
 };
 use crate::verdict::Millis;
 
@@ -257,6 +258,34 @@ impl PostgresStore {
         let out = merged_counts(&tx, channels, from, to).await?;
         tx.commit().await.map_err(pgerr)?;
         Ok(out)
+    }
+
+    pub(super) async fn report_vantage_counts(
+        &self,
+        channels: &[String],
+        from: Millis,
+        to: Millis,
+    ) -> StoreResult<Vec<VantageCounts>> {
+        let ok = successes();
+        let sql = format!(
+            "SELECT channel, vantage, COUNT(*) FILTER (WHERE verdict <> 'pending'), \
+               COUNT(*) FILTER (WHERE verdict IN ({ok})), COUNT(*) FILTER (WHERE verdict = 'error'), \
+               COUNT(*) FILTER (WHERE verdict = 'pending') \
+             FROM probes WHERE created_at >= $1 AND created_at < $2 AND vantage IS NOT NULL \
+               AND ($3::text[] IS NULL OR channel = ANY($3::text[])) \
+             GROUP BY channel, vantage ORDER BY channel COLLATE \"C\", vantage COLLATE \"C\""
+        );
+        self.query_all(&sql, &[&from, &to, &channel_list(channels)], |r| {
+            Ok(VantageCounts {
+                channel: get(r, 0)?,
+                vantage: get(r, 1)?,
+                judged: get(r, 2)?,
+                successful: get(r, 3)?,
+                errors: get(r, 4)?,
+                pending: get(r, 5)?,
+            })
+        })
+        .await
     }
 
     pub(super) async fn report_roll_up(&self, from: Millis, to: Millis) -> StoreResult<i64> {

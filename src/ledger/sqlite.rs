@@ -1296,6 +1296,15 @@ impl Store for SqliteStore {
         self.report_daily_counts(channels, from, to).await
     }
 
+    async fn vantage_counts(
+        &self,
+        channels: &[String],
+        from: Millis,
+        to: Millis,
+    ) -> StoreResult<Vec<super::VantageCounts>> {
+        self.report_vantage_counts(channels, from, to).await
+    }
+
     async fn roll_up(&self, from: Millis, to: Millis) -> StoreResult<i64> {
         self.report_roll_up(from, to).await
     }

@@ -6,7 +6,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
 use super::{row_to_incident, text, SqliteStore, INCIDENT_COLUMNS};
 use crate::ledger::{
-    day_start, BlindSpell, DayCounts, Incident, PageRecord, PruneCut, PruneStats, StoreResult, DAY_MS,
+    day_start, BlindSpell, DayCounts, Incident, PageRecord, PruneCut, PruneStats, StoreResult, VantageCounts, DAY_MS,
 };
 use crate::verdict::{Millis, Verdict};
 
@@ -110,6 +110,53 @@ impl SqliteStore {
     ) -> StoreResult<Vec<DayCounts>> {
         let channels = channels.to_vec();
         self.with(move |c| merged_counts(c, &channels, from, to)).await
+    }
+
+    pub(super) async fn report_vantage_counts(
+        &self,
+        channels: &[String],
+        from: Millis,
+        to: Millis,
+    ) -> StoreResult<Vec<VantageCounts>> {
+        let channels = channels.to_vec();
+        self.with(move |c| {
+            let ok = success_list();
+            let groups: Vec<&[String]> = if channels.is_empty() {
+                vec![&[]]
+            } else {
+                channels.chunks(CHANNELS_PER_QUERY).collect()
+            };
+            let mut out = Vec::new();
+            for group in groups {
+                let (filter, args) = channel_filter(group, 3);
+                let sql = format!(
+                    "SELECT channel, vantage, COALESCE(SUM(verdict <> 'pending'), 0), \
+                       COALESCE(SUM(verdict IN ({ok})), 0), COALESCE(SUM(verdict = 'error'), 0), \
+                       COALESCE(SUM(verdict = 'pending'), 0) \
+                     FROM probes WHERE created_at >= ?1 AND created_at < ?2 AND vantage IS NOT NULL {filter} \
+                     GROUP BY channel, vantage"
+                );
+                let mut all = vec![Value::Integer(from), Value::Integer(to)];
+                all.extend(args);
+                let mut stmt = c.prepare_cached(&sql)?;
+                let rows = stmt.query_map(params_from_iter(all), |r| {
+                    Ok(VantageCounts {
+                        channel: r.get(0)?,
+                        vantage: r.get(1)?,
+                        judged: r.get(2)?,
+                        successful: r.get(3)?,
+                        errors: r.get(4)?,
+                        pending: r.get(5)?,
+                    })
+                })?;
+                for r in rows {
+                    out.push(r?);
+                }
+            }
+            out.sort_by(|a, b| (a.channel.as_str(), a.vantage.as_str()).cmp(&(b.channel.as_str(), b.vantage.as_str())));
+            Ok(out)
+        })
+        .await
     }
 
     pub(super) async fn report_roll_up(&self, from: Millis, to: Millis) -> StoreResult<i64> {

@@ -3,7 +3,10 @@
 //! to the one that resolved it (sent when, the server's reply and queue id,
 //! deadline, verdict, where and when it was found, bounce facts, the whole
 //! evidence trail), every page (to which notifier, accepted when), the
-//! maintenance window that held it back, and the resolution.
+//! maintenance window that held it back, and the resolution. For a
+//! retention incident (`retention:CHANNEL`) also every retention check of
+//! the channel from the last `kept` before it opened to its resolution, and
+//! the canaries those checks looked for.
 
 use std::process::ExitCode;
 
@@ -19,6 +22,9 @@ use crate::verdict::{now_millis, Millis};
 /// At most this many probes are listed (a channel failing for weeks on a
 /// 5-minute schedule has about 300 a day); the count says when more exist.
 pub const MAX_PROBES: usize = 20_000;
+
+/// At most this many retention checks are listed for a retention incident.
+pub const MAX_CHECKS: usize = 10_000;
 
 /// `postcanary evidence` arguments.
 #[derive(clap::Args, Debug, Clone)]
@@ -55,7 +61,8 @@ pub struct ProbeEvidence {
     pub bounce_facts: Vec<String>,
     /// Its whole evidence trail.
     pub events: Vec<Event>,
-    /// Why it is listed: `opened`, `resolved` or `during`.
+    /// Why it is listed: `opened`, `resolved`, `during`, or `retained` (a
+    /// canary a retention check of the incident looked for).
     pub role: String,
 }
 
@@ -79,6 +86,11 @@ pub struct Evidence {
     pub probes: Vec<ProbeEvidence>,
     /// Probes of the incident's span that exist in the ledger beyond the listed ones.
     pub probes_not_listed: usize,
+    /// For a retention incident: the channel's retention checks from the
+    /// newest one that still found its canary before the incident opened
+    /// (it bounds "deleted between … and …") to the resolution, by
+    /// `checked_at`. Empty for other incidents.
+    pub retain_checks: Vec<crate::ledger::RetainCheck>,
     pub pages: Vec<PageRecord>,
     /// Operators' acknowledgements (who, when, why), from the timeline.
     pub acknowledgements: Vec<Acknowledged>,
@@ -134,12 +146,15 @@ pub async fn gather(store: &DynStore, config: &Config, id: i64, now: Millis) -> 
         None => None,
     };
     let mut notes = vec![super::figures::NOTE_ACKS.to_string()];
-    let channel = config.channel(&incident.channel).map(|c| ChannelFacts {
-        id: c.id.clone(),
-        name: c.name.clone(),
-        owner: c.owner.clone(),
-        target: c.kind.target(),
-    });
+    let retained = incident.channel.strip_prefix("retention:");
+    let channel = config
+        .channel(retained.unwrap_or(&incident.channel))
+        .map(|c| ChannelFacts {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            owner: c.owner.clone(),
+            target: c.kind.target(),
+        });
     // The probes: for a channel's incident every probe of the channel from
     // the one that opened it to the one that resolved it (or until now).
     let mut listed: Vec<ProbeRecord> = Vec::new();
@@ -174,6 +189,38 @@ pub async fn gather(store: &DynStore, config: &Config, id: i64, now: Millis) -> 
             listed.push(r.clone());
         }
     }
+    let mut retain_checks = Vec::new();
+    if let Some(ch) = retained {
+        let to = incident.resolved_at.unwrap_or(now);
+        retain_checks = store
+            .retain_span(ch, incident.opened_at, to, MAX_CHECKS + 1)
+            .await
+            .map_err(e)?;
+        if retain_checks.len() > MAX_CHECKS {
+            retain_checks.truncate(MAX_CHECKS);
+            notes.push(format!(
+                "only the first {MAX_CHECKS} retention checks of the incident are listed; more exist in the ledger"
+            ));
+        }
+        // The canaries those checks looked for, each once.
+        for c in &retain_checks {
+            if listed.iter().any(|p| p.id == c.probe_id) {
+                continue;
+            }
+            match store.probe(&c.probe_id).await.map_err(e)? {
+                Some(p) => listed.push(p),
+                None => notes.push(format!(
+                    "the canary of retention check {} is no longer in the ledger (pruned)",
+                    c.id
+                )),
+            }
+        }
+        notes.push(
+            "a retention incident: the checks listed are the channel's from the last one that found its canary \
+             before the incident opened to the resolution; a check `kept` by a later canary resolves it"
+                .into(),
+        );
+    }
     if incident.opened_by.is_some() && opener.is_none() {
         notes.push("the probe that opened the incident is no longer in the ledger (pruned)".into());
     }
@@ -184,6 +231,8 @@ pub async fn gather(store: &DynStore, config: &Config, id: i64, now: Millis) -> 
             "opened"
         } else if Some(&p.id) == incident.resolved_by.as_ref() {
             "resolved"
+        } else if retained.is_some() {
+            "retained"
         } else {
             "during"
         };
@@ -239,7 +288,7 @@ pub async fn gather(store: &DynStore, config: &Config, id: i64, now: Millis) -> 
         .collect();
     let ends = incident.resolved_at.unwrap_or(now);
     let owner = config
-        .channel(&incident.channel)
+        .channel(retained.unwrap_or(&incident.channel))
         .map(|c| c.owner.clone())
         .unwrap_or_default();
     let silences: Vec<crate::ledger::SilenceRecord> = store
@@ -248,7 +297,8 @@ pub async fn gather(store: &DynStore, config: &Config, id: i64, now: Millis) -> 
         .map_err(e)?
         .into_iter()
         .filter(|s| {
-            let who = s.channel.as_deref() == Some(incident.channel.as_str())
+            let who = s.channel.as_deref() == Some(retained.unwrap_or(&incident.channel))
+                || s.channel.as_deref() == Some(incident.channel.as_str())
                 || (!owner.is_empty() && s.owner.as_deref() == Some(owner.as_str()));
             let until = s.ended_at.map_or(s.until, |e| e.min(s.until));
             who && s.from < ends && until > incident.opened_at
@@ -263,6 +313,7 @@ pub async fn gather(store: &DynStore, config: &Config, id: i64, now: Millis) -> 
         timeline,
         probes,
         probes_not_listed: not_listed,
+        retain_checks,
         pages,
         acknowledgements,
         resolution,
@@ -429,6 +480,33 @@ pub fn to_html(e: &Evidence) -> String {
         ));
     }
     b.push_str("</tbody></table>");
+    if !e.retain_checks.is_empty() {
+        b.push_str(&format!(
+            "<h2>Retention checks ({})</h2><table><thead><tr><th>Canary</th><th>Age</th><th>Due</th><th>Checked</th>\
+             <th>Result</th><th>Detail</th><th>Content hash</th><th class=\"n\">Our faults</th></tr></thead><tbody>",
+            e.retain_checks.len()
+        ));
+        for c in &e.retain_checks {
+            let token = e
+                .probes
+                .iter()
+                .find(|p| p.probe.id == c.probe_id)
+                .map_or(c.probe_id.as_str(), |p| p.probe.token.as_str());
+            b.push_str(&format!(
+                "<tr><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td class=\"mono\">{}</td><td class=\"n\">{}</td></tr>",
+                esc(token),
+                esc(&c.age),
+                esc(&when(c.due_at)),
+                esc(&opt_when(c.checked_at)),
+                esc(c.result.as_deref().unwrap_or(&c.state)),
+                esc(c.detail.as_deref().unwrap_or("")),
+                esc(c.content_hash.as_deref().unwrap_or("")),
+                c.attempts
+            ));
+        }
+        b.push_str("</tbody></table>");
+    }
     b.push_str(&format!("<h2>Probes ({})</h2>", e.probes.len()));
     for p in &e.probes {
         let r = &p.probe;

@@ -56,6 +56,13 @@ pub struct Inputs {
     pub other_incidents: bool,
     /// Retention checks done in the period, per channel.
     pub retention: Vec<crate::ledger::RetainCounts>,
+    /// Probe counts per channel and vantage point (`[vantage]`; empty without).
+    pub vantages: Vec<crate::ledger::VantageCounts>,
+}
+
+/// The key of a vantage point's own incident ("vantage degraded").
+pub fn vantage_incident(vantage: &str) -> String {
+    format!("vantage:{vantage}")
 }
 
 /// Whether an incident belongs to a channel: its own, or its retention
@@ -83,9 +90,29 @@ pub struct Report {
     pub notes: Vec<String>,
     pub channels: Vec<ChannelReport>,
     pub owners: Vec<OwnerReport>,
+    /// Per vantage point (with `[vantage]`): its probes of the selected
+    /// channels and its own "vantage degraded" incidents. Empty without vantages.
+    pub vantages: Vec<VantageReport>,
     pub watchers: Vec<WatcherReport>,
     /// Incidents of postcanary itself, DNS drift and discovery.
     pub other_incidents: Vec<IncidentReport>,
+}
+
+/// One vantage point's figures over the selected channels.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct VantageReport {
+    pub vantage: String,
+    /// Its probes of the selected channels (latency is not split: `None`).
+    pub availability: Availability,
+    /// Its "vantage degraded" incidents (`vantage:NAME`) open at some moment of the period.
+    pub incidents: Vec<IncidentReport>,
+}
+
+/// One channel's figures from one vantage point.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ChannelVantage {
+    pub vantage: String,
+    pub availability: Availability,
 }
 
 /// Availability figures: successful / judged probes.
@@ -180,6 +207,8 @@ pub struct ChannelReport {
     pub compliance_incidents: Vec<IncidentReport>,
     /// Retention checks done in the period (channels with `retain`).
     pub retention: RetentionFigures,
+    /// The channel's probes per vantage point (with `[vantage]`), by name.
+    pub vantages: Vec<ChannelVantage>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -238,6 +267,12 @@ struct Tally {
 }
 
 impl Tally {
+    fn add_vantage(&mut self, c: &crate::ledger::VantageCounts) {
+        self.judged += c.judged;
+        self.successful += c.successful;
+        self.errors += c.errors;
+        self.pending += c.pending;
+    }
     fn add(&mut self, c: &DayCounts) {
         self.judged += c.judged;
         self.successful += c.successful;
@@ -386,7 +421,21 @@ pub fn compute(inp: &Inputs) -> Report {
         o.1.merge(&tally);
         o.2.extend(mine.iter().copied());
         o.3.extend(findings.iter().copied());
+        let vantages = inp
+            .vantages
+            .iter()
+            .filter(|v| v.channel == ch.id)
+            .map(|v| {
+                let mut t = Tally::default();
+                t.add_vantage(v);
+                ChannelVantage {
+                    vantage: v.vantage.clone(),
+                    availability: t.availability(),
+                }
+            })
+            .collect();
         channels.push(ChannelReport {
+            vantages,
             id: ch.id.clone(),
             name: ch.name.clone(),
             owner: ch.owner.clone(),
@@ -448,13 +497,39 @@ pub fn compute(inp: &Inputs) -> Report {
         })
         .collect();
 
+    // Vantage points: every one with probes of the selected channels, and
+    // every one with an incident of its own in the period.
+    let mut per_vantage: BTreeMap<String, Tally> = BTreeMap::new();
+    for v in &inp.vantages {
+        if inp.channels.iter().any(|c| c.id == v.channel) {
+            per_vantage.entry(v.vantage.clone()).or_default().add_vantage(v);
+        }
+    }
+    for i in &incidents {
+        if let Some(v) = i.channel.strip_prefix("vantage:") {
+            per_vantage.entry(v.to_string()).or_default();
+        }
+    }
+    let vantages: Vec<VantageReport> = per_vantage
+        .into_iter()
+        .map(|(vantage, t)| VantageReport {
+            incidents: incidents
+                .iter()
+                .filter(|i| i.channel == vantage_incident(&vantage))
+                .cloned()
+                .collect(),
+            availability: t.availability(),
+            vantage,
+        })
+        .collect();
     let other_incidents = if inp.other_incidents {
         incidents
             .iter()
             .filter(|i| {
-                !inp.channels.iter().any(|c| {
-                    incident_of(&i.channel, &c.id) || i.channel.strip_prefix("compliance:") == Some(c.id.as_str())
-                })
+                !i.channel.starts_with("vantage:")
+                    && !inp.channels.iter().any(|c| {
+                        incident_of(&i.channel, &c.id) || i.channel.strip_prefix("compliance:") == Some(c.id.as_str())
+                    })
             })
             .cloned()
             .collect()
@@ -465,12 +540,20 @@ pub fn compute(inp: &Inputs) -> Report {
     if period.to > inp.now {
         notes.push("the period has not ended: its last day is counted up to the moment of the report".into());
     }
+    if !vantages.is_empty() {
+        notes.push(
+            "per vantage point: the probes each vantage sent and the ledger still keeps ([ledger] keep_probes); \
+             days already pruned count in the channel's figures only"
+                .into(),
+        );
+    }
     Report {
         period: period.clone(),
         generated_at: inp.now,
         notes,
         channels,
         owners,
+        vantages,
         watchers,
         other_incidents,
     }

@@ -226,6 +226,26 @@ pub fn report(r: &Report) -> String {
             esc(&dur(s.availability.mean_latency_ms)),
         ));
         b.push_str(&day_chart(&r.period, &c.days));
+        if !c.vantages.is_empty() {
+            let parts: Vec<String> = c
+                .vantages
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{} <span class=\"{}\">{}</span> ({}/{})",
+                        esc(&v.vantage),
+                        class_of(v.availability.percent),
+                        esc(&pct(v.availability.percent)),
+                        v.availability.successful,
+                        v.availability.judged
+                    )
+                })
+                .collect();
+            b.push_str(&format!(
+                "<p class=\"meta\">Per vantage point: {}</p>",
+                parts.join(" \u{00b7} ")
+            ));
+        }
         let rt = &c.retention;
         if rt.kept + rt.lost + rt.altered > 0 {
             b.push_str(&format!(
@@ -246,6 +266,31 @@ pub fn report(r: &Report) -> String {
             b.push_str(&incident_rows(&c.incidents, false));
         }
         b.push_str("</section>");
+    }
+    if !r.vantages.is_empty() {
+        b.push_str("<h2>Vantage points</h2><table><thead><tr><th>Vantage</th><th class=\"n\">Availability</th><th class=\"n\">OK / judged</th><th class=\"n\">Errors</th><th class=\"n\">Pending</th><th class=\"n\">Vantage incidents</th></tr></thead><tbody>");
+        for v in &r.vantages {
+            let a = &v.availability;
+            b.push_str(&format!(
+                "<tr><td>{}</td><td class=\"n {}\">{}</td><td class=\"n\">{}/{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                esc(&v.vantage),
+                class_of(a.percent),
+                esc(&pct(a.percent)),
+                a.successful,
+                a.judged,
+                a.errors,
+                a.pending,
+                v.incidents.len()
+            ));
+        }
+        b.push_str("</tbody></table>");
+        for v in r.vantages.iter().filter(|v| !v.incidents.is_empty()) {
+            b.push_str(&format!(
+                "<section class=\"channel\"><h3>{} <span class=\"note\">vantage degraded</span></h3>{}</section>",
+                esc(&v.vantage),
+                incident_rows(&v.incidents, true)
+            ));
+        }
     }
     if !r.other_incidents.is_empty() {
         b.push_str("<h2>Incidents of postcanary itself, DNS and discovery</h2>");

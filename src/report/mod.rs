@@ -128,7 +128,8 @@ pub async fn gather(
     let mut incidents = Vec::new();
     for i in store.incidents_between(period.from, period.to).await.map_err(e)? {
         let mine = ids.iter().any(|c| figures::incident_of(&i.channel, c));
-        if !mine && filtered {
+        // A vantage's own incidents are listed with the vantage, whatever the filter.
+        if !mine && filtered && !i.channel.starts_with("vantage:") {
             continue;
         }
         let first_failure = match &i.opened_by {
@@ -174,6 +175,10 @@ pub async fn gather(
         watchers
     };
     let retention = store.retain_counts(period.from, period.to).await.map_err(e)?;
+    let vantages = store
+        .vantage_counts(if filtered { &ids } else { &[] }, period.from, period.to)
+        .await
+        .map_err(e)?;
     Ok(figures::compute(&Inputs {
         period,
         now,
@@ -184,6 +189,7 @@ pub async fn gather(
         spells,
         other_incidents: !filtered,
         retention,
+        vantages,
     }))
 }
 
@@ -374,6 +380,49 @@ pub fn table(r: &Report) -> String {
         &rows,
         &mut out,
     );
+    // Vantage points: each one's probes, then each channel's per vantage.
+    if !r.vantages.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = r
+            .vantages
+            .iter()
+            .map(|v| {
+                let a = &v.availability;
+                vec![
+                    v.vantage.clone(),
+                    pct(a.percent),
+                    format!("{}/{}", a.successful, a.judged),
+                    a.errors.to_string(),
+                    a.pending.to_string(),
+                    v.incidents.len().to_string(),
+                ]
+            })
+            .collect();
+        columns(
+            &["VANTAGE", "AVAIL", "OK/JUDGED", "ERRORS", "PENDING", "INCIDENTS"],
+            &rows,
+            &mut out,
+        );
+        let rows: Vec<Vec<String>> = r
+            .channels
+            .iter()
+            .flat_map(|c| {
+                c.vantages.iter().map(|v| {
+                    let a = &v.availability;
+                    vec![
+                        c.id.clone(),
+                        v.vantage.clone(),
+                        pct(a.percent),
+                        format!("{}/{}", a.successful, a.judged),
+                    ]
+                })
+            })
+            .collect();
+        if !rows.is_empty() {
+            out.push('\n');
+            columns(&["CHANNEL", "VANTAGE", "AVAIL", "OK/JUDGED"], &rows, &mut out);
+        }
+    }
     // Retention canaries: checks done in the period, lost/altered counted as failures.
     let rows: Vec<Vec<String>> = r
         .channels
@@ -397,6 +446,7 @@ pub fn table(r: &Report) -> String {
         .channels
         .iter()
         .flat_map(|c| c.incidents.iter())
+        .chain(r.vantages.iter().flat_map(|v| v.incidents.iter()))
         .chain(r.other_incidents.iter())
         .collect();
     if !incidents.is_empty() {
@@ -461,7 +511,7 @@ pub fn table(r: &Report) -> String {
     out
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 struct CsvRow<'a> {
     channel: &'a str,
     name: &'a str,
@@ -473,20 +523,25 @@ struct CsvRow<'a> {
     errors: i64,
     pending: i64,
     availability_percent: Option<String>,
-    incidents_opened: i64,
-    incidents_in_period: i64,
-    compliance_findings: i64,
-    pages_sent: i64,
+    incidents_opened: Option<i64>,
+    incidents_in_period: Option<i64>,
+    compliance_findings: Option<i64>,
+    pages_sent: Option<i64>,
     mean_time_to_detect_s: Option<f64>,
     mean_time_to_acknowledge_s: Option<f64>,
     mean_time_to_resolve_s: Option<f64>,
-    incident_time_s: f64,
-    retention_kept: i64,
-    retention_lost: i64,
-    retention_altered: i64,
+    incident_time_s: Option<f64>,
+    retention_kept: Option<i64>,
+    retention_lost: Option<i64>,
+    retention_altered: Option<i64>,
+    /// Empty on a channel's row; a vantage point's name on the channel's
+    /// per-vantage rows (which carry only the probe counts). Last, so the
+    /// columns before it keep their places.
+    vantage: &'a str,
 }
 
-/// One CSV row per channel (RFC 4180, with a header).
+/// One CSV row per channel (RFC 4180, with a header), and with vantage
+/// points one more per channel and vantage (`vantage` set, probe counts only).
 pub fn csv(r: &Report) -> Result<String, String> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let secs = |ms: Option<i64>| ms.map(|m| m as f64 / 1000.0);
@@ -494,6 +549,7 @@ pub fn csv(r: &Report) -> Result<String, String> {
         let s = &c.summary;
         w.serialize(CsvRow {
             channel: &c.id,
+            vantage: "",
             name: &c.name,
             owner: &c.owner,
             period_from: when(r.period.from),
@@ -503,19 +559,37 @@ pub fn csv(r: &Report) -> Result<String, String> {
             errors: s.availability.errors,
             pending: s.availability.pending,
             availability_percent: s.availability.percent.map(|p| format!("{p:.4}")),
-            incidents_opened: s.incidents_opened,
-            incidents_in_period: s.incidents_in_period,
-            compliance_findings: s.compliance_findings,
-            pages_sent: s.pages_sent,
+            incidents_opened: Some(s.incidents_opened),
+            incidents_in_period: Some(s.incidents_in_period),
+            compliance_findings: Some(s.compliance_findings),
+            pages_sent: Some(s.pages_sent),
             mean_time_to_detect_s: secs(s.mean_time_to_detect_ms),
             mean_time_to_acknowledge_s: secs(s.mean_time_to_acknowledge_ms),
             mean_time_to_resolve_s: secs(s.mean_time_to_resolve_ms),
-            incident_time_s: s.incident_time_ms as f64 / 1000.0,
-            retention_kept: c.retention.kept,
-            retention_lost: c.retention.lost,
-            retention_altered: c.retention.altered,
+            incident_time_s: Some(s.incident_time_ms as f64 / 1000.0),
+            retention_kept: Some(c.retention.kept),
+            retention_lost: Some(c.retention.lost),
+            retention_altered: Some(c.retention.altered),
         })
         .map_err(|e| e.to_string())?;
+        for v in &c.vantages {
+            let a = &v.availability;
+            w.serialize(CsvRow {
+                channel: &c.id,
+                vantage: &v.vantage,
+                name: &c.name,
+                owner: &c.owner,
+                period_from: when(r.period.from),
+                period_to: when(r.period.to),
+                judged: a.judged,
+                successful: a.successful,
+                errors: a.errors,
+                pending: a.pending,
+                availability_percent: a.percent.map(|p| format!("{p:.4}")),
+                ..CsvRow::default()
+            })
+            .map_err(|e| e.to_string())?;
+        }
     }
     let bytes = w.into_inner().map_err(|e| e.to_string())?;
     String::from_utf8(bytes).map_err(|e| e.to_string())

@@ -44,6 +44,8 @@ pub struct AppState {
     pub scheduler_tick: Arc<AtomicI64>,
     /// With `[ledger] ha`: "active …", shown by `/healthz`.
     pub role: Option<String>,
+    /// With `[vantage]` and `ha`: the `/healthz` line naming who pages.
+    pub leases: Option<watch::Receiver<String>>,
     /// What `/metrics` has counted so far.
     pub(crate) metrics: Arc<metrics::Tally>,
 }
@@ -122,6 +124,9 @@ async fn healthz(State(s): State<AppState>) -> Response {
     match &s.role {
         Some(role) => {
             text.push_str(&format!("role: {role}\n"));
+            if let Some(l) = &s.leases {
+                text.push_str(&l.borrow());
+            }
             with_role(status, text, "active")
         }
         None => (status, text).into_response(),
@@ -273,6 +278,7 @@ pub async fn start(engine: &mut crate::engine::Engine) -> Result<Option<std::net
         points: engine.watch_points.clone(),
         scheduler_tick: engine.scheduler_tick(),
         role: engine.role.clone(),
+        leases: engine.leases.clone(),
         metrics: Arc::default(),
     };
     engine.spawn_service(|shutdown| serve(listener, state, shutdown));
