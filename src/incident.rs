@@ -1075,7 +1075,17 @@ impl Processor {
         let since = p.created_at.saturating_sub(window);
         let probes = self.store.probes_since(&ch.id, since, 10_000).await?;
         let interval = Millis::try_from(ch.schedule.nominal_interval().as_millis()).unwrap_or(Millis::MAX);
-        let tally = Tally::of(&probes, p.created_at, interval, since);
+        let mut tally = Tally::of(&probes, p.created_at, interval, since);
+        // A vantage down for longer than a takeover (two leases) is not present.
+        let lease = self
+            .config
+            .ledger
+            .ha
+            .as_ref()
+            .map_or(crate::config::ledger::DEFAULT_LEASE, |h| h.lease);
+        if let Some(live) = self.store.live_vantages(lease * 2).await? {
+            tally.only_live(&live, p.created_at, interval, vantage_of(p));
+        }
         let mut names = vec![vantage_of(p).to_string()];
         if let Outcome::Alone(vs) = outcome(&tally, vc.quorum) {
             names.extend(vs.into_iter().filter(|v| v != vantage_of(p)));

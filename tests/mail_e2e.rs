@@ -289,8 +289,17 @@ async fn imap_restart_while_pending_still_delivers() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(p.verdict, Verdict::Delivered, "{p:?}\n{}", stack.log_tail());
-    states = engine.watcher_states();
-    assert!(states.iter().all(|(_, st)| st.is_connected()), "{states:?}");
+    // Every watcher is (back) in IDLE; one may still be finishing a reconnect
+    // its backoff had scheduled while Dovecot was down.
+    let t1 = Instant::now();
+    loop {
+        states = engine.watcher_states();
+        if states.iter().all(|(_, st)| st.is_connected()) {
+            break;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(15), "{states:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     engine.stop().await;
 }
 

@@ -34,6 +34,44 @@ async fn postgres_meets_the_store_contract_over_tls_and_takes_a_migrated_sqlite_
         Arc::new(vantages),
     )
     .await;
+    // Live vantages: a held probing lease, or one expired less than the grace ago.
+    let leases = PostgresStore::open(&pg.ledger_db("vantages")).await.unwrap();
+    assert_eq!(
+        leases.live_vantages(std::time::Duration::from_secs(1)).await.unwrap(),
+        Some(vec![])
+    );
+    let east = postcanary::ha::Lease::named(leases.clone(), "vantage:east", "e1", std::time::Duration::from_secs(60));
+    let west = postcanary::ha::Lease::named(
+        leases.clone(),
+        "vantage:west",
+        "w1",
+        std::time::Duration::from_millis(300),
+    );
+    let paging = postcanary::ha::Lease::new(leases.clone(), "e1", std::time::Duration::from_secs(60));
+    assert!(east.try_acquire().await.unwrap().is_some());
+    assert!(west.try_acquire().await.unwrap().is_some());
+    assert!(paging.try_acquire().await.unwrap().is_some());
+    let live = |grace_ms: u64| {
+        let leases = leases.clone();
+        async move {
+            leases
+                .live_vantages(std::time::Duration::from_millis(grace_ms))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(live(0).await, Some(vec!["east".to_string(), "west".to_string()]));
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    assert_eq!(
+        live(0).await,
+        Some(vec!["east".to_string()]),
+        "west's lease ran out; `active` is no vantage"
+    );
+    assert_eq!(
+        live(60_000).await,
+        Some(vec!["east".to_string(), "west".to_string()]),
+        "within the grace a standby may still take west over"
+    );
     pg.create_db("retain");
     contract::run_retain(Arc::new(PostgresStore::open(&pg.ledger_db("retain")).await.unwrap())).await;
     // Reopening applies no migration twice and keeps the data.

@@ -314,3 +314,61 @@ async fn one_broken_vantage_pages_once_as_degraded_and_two_page_the_channel() {
     }
     assert!(seen.values().all(|n| *n == 1), "a page was sent twice: {seen:?}");
 }
+
+/// A vantage that is gone (killed, its probing lease expired longer ago
+/// than a takeover takes) is not present: when the channel then fails for
+/// the vantage that is left, that is the channel's failure (the quorum in
+/// force is the one vantage present), not "vantage degraded" — even while
+/// the gone vantage's last success is still inside the window (every 20 s,
+/// deadline 4 s: a 24 s window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vantage_that_is_gone_does_not_make_a_real_failure_look_like_the_others_own() {
+    let pg = Postgres::start();
+    postcanary::ledger::postgres::PostgresStore::open(&pg.ledger())
+        .await
+        .unwrap();
+    let (east, west) = (sandbox().await, sandbox().await);
+    let hook = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "secret").unwrap();
+    let pw = pg.password.clone();
+    let cfg = |v: &str, sb: &Sandbox| {
+        config(v, &pg, sb, &hook)
+            .replace("lease = \"6s\"", "lease = \"3s\"")
+            .replace("schedule = \"every 3s\"", "schedule = \"every 20s\"")
+    };
+    let mut ds = [
+        Daemon::start(dir.path(), "east-1", &cfg("east", &east), &pw),
+        Daemon::start(dir.path(), "west-1", &cfg("west", &west), &pw),
+    ];
+    let both = wait_until(Duration::from_secs(60), || {
+        count(
+            &pg,
+            "SELECT count(*) FROM (SELECT DISTINCT channel, vantage FROM probes WHERE verdict = 'delivered') d",
+        ) == i64::try_from(2 * CHANNELS).unwrap()
+    })
+    .await;
+    assert!(both, "both vantages did not deliver every channel\n{}", logs(&ds));
+    // West goes away for good; once its lease is past the takeover grace
+    // (3 s lease, 6 s grace) east's relay starts losing mail.
+    ds[1].kill9();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    east.store().set_default_route(Route::Discard);
+    let paged = wait_until(Duration::from_secs(60), || {
+        let t = triggers(&hook);
+        (0..CHANNELS).all(|i| t.contains_key(&format!("postcanary/ch-{i}")))
+    })
+    .await;
+    assert!(
+        paged,
+        "the channels were not paged: {:?}\n{}",
+        triggers(&hook),
+        logs(&ds)
+    );
+    let t = triggers(&hook);
+    assert!(
+        !t.contains_key("postcanary/vantage/east"),
+        "east's failure was the channel's: {t:?}\n{}",
+        logs(&ds)
+    );
+}

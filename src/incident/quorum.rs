@@ -15,7 +15,10 @@
 //! * a vantage with neither is not present.
 //!
 //! An `error` (postcanary's own fault) says nothing of the channel and is
-//! skipped everywhere.
+//! skipped everywhere. A vantage that no instance probes for any more (its
+//! probing lease expired longer ago than a takeover takes) counts only with
+//! a probe it judged in the round ([`Tally::only_live`]): its old successes
+//! must not make the others' failure look like theirs alone.
 //!
 //! With `failing`, `succeeding` and `pending` vantages so counted and
 //! `present` their sum, the quorum in force is `min(quorum, present)` (a
@@ -117,6 +120,20 @@ impl Tally {
             latest: round,
             newest_success,
         }
+    }
+
+    /// Leaves out the vantages that no instance probes for any more (not in
+    /// `live`) unless they judged a probe of this round: their pending probe
+    /// will never be judged, and their verdict from before the round is
+    /// what they saw before they went down — counted, it would make a real
+    /// failure seen by the others look like theirs alone. `keep` (the
+    /// handled probe's vantage) always stays.
+    pub fn only_live(&mut self, live: &[String], at: Millis, interval: Millis, keep: &str) {
+        let half = interval / 2;
+        let round = at.saturating_sub(half)..at.saturating_add(interval - half);
+        self.latest.retain(|v, (seen, created, _)| {
+            v == keep || live.contains(v) || (*seen != Seen::Pending && round.contains(created))
+        });
     }
 
     /// The vantages whose latest verdict is `seen`.
@@ -233,6 +250,42 @@ mod tests {
         // Two probes in one round (a check beside the schedule): the newest counts, whatever the order read.
         let twice = [p("b", "", 1_300, Delivered), p("a", "", 1_000, Missed)];
         assert_eq!(out(&twice, 0, 1), Outcome::Clear);
+    }
+
+    #[test]
+    fn a_vantage_that_went_down_is_not_present() {
+        // East fails in its round; west is down: its last success is from
+        // before the round and its probe of the round stays pending.
+        let probes = [
+            p("e1", "east", 1_000, Missed),
+            p("w0", "west", 100, Delivered),
+            p("w1", "west", 1_050, Pending),
+        ];
+        let live = vec!["east".to_string(), "west".to_string()];
+        let mut t = Tally::of(&probes, 1_000, 1_000, 0);
+        t.only_live(&live, 1_000, 1_000, "east");
+        assert_eq!(outcome(&t, 2), Outcome::Wait, "west is alive: its verdict decides");
+        let mut t = Tally::of(&probes, 1_000, 1_000, 0);
+        t.only_live(&live[..1], 1_000, 1_000, "east");
+        assert_eq!(
+            outcome(&t, 2),
+            Outcome::Channel,
+            "west is gone: east alone is the quorum in force"
+        );
+        // Without its pending probe, west's old success no longer makes east's failure east's alone.
+        let mut t = Tally::of(&probes[..2], 1_000, 1_000, 0);
+        assert_eq!(outcome(&t, 2), Outcome::Alone(vec!["east".into()]));
+        t.only_live(&live[..1], 1_000, 1_000, "east");
+        assert_eq!(outcome(&t, 2), Outcome::Channel);
+        // A verdict west judged in this round still counts, lease or not.
+        let judged = [p("e1", "east", 1_000, Missed), p("w1", "west", 1_050, Delivered)];
+        let mut t = Tally::of(&judged, 1_000, 1_000, 0);
+        t.only_live(&live[..1], 1_000, 1_000, "east");
+        assert_eq!(outcome(&t, 2), Outcome::Alone(vec!["east".into()]));
+        // The handled probe's own vantage always stays.
+        let mut t = Tally::of(&probes, 1_000, 1_000, 0);
+        t.only_live(&[], 1_000, 1_000, "east");
+        assert_eq!(t.latest.keys().collect::<Vec<_>>(), vec!["east"]);
     }
 
     #[test]

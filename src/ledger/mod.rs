@@ -453,6 +453,11 @@ pub trait Store: Send + Sync + 'static {
     /// verdict has been handled (an `error` does not count: it says nothing
     /// of the channel).
     async fn channel_order(&self, channel: &str) -> StoreResult<(Option<Millis>, Option<Millis>)>;
+    /// The vantage points some instance probes for: those whose probing
+    /// lease (`vantage:NAME`) is held, or expired less than `grace` ago (a
+    /// standby is taking over). `None` where the ledger keeps no leases
+    /// (SQLite: one instance, one vantage).
+    async fn live_vantages(&self, grace: std::time::Duration) -> StoreResult<Option<Vec<String>>>;
 
     async fn probe(&self, id: &str) -> StoreResult<Option<ProbeRecord>>;
     async fn probe_by_token(&self, token: &str) -> StoreResult<Option<ProbeRecord>>;

@@ -916,6 +916,19 @@ impl Store for PostgresStore {
         self.report_daily_counts(channels, from, to).await
     }
 
+    async fn live_vantages(&self, grace: std::time::Duration) -> StoreResult<Option<Vec<String>>> {
+        let grace = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX / 4) as f64;
+        let names = self
+            .query_all(
+                "SELECT substr(name, 9) FROM ha_lease WHERE name LIKE 'vantage:%' \
+                 AND expires_at > now() - $1::float8 * interval '1 millisecond' ORDER BY 1",
+                &[&grace],
+                |r| get(r, 0),
+            )
+            .await?;
+        Ok(Some(names))
+    }
+
     async fn vantage_counts(
         &self,
         channels: &[String],

@@ -1296,6 +1296,10 @@ impl Store for SqliteStore {
         self.report_daily_counts(channels, from, to).await
     }
 
+    async fn live_vantages(&self, _grace: std::time::Duration) -> StoreResult<Option<Vec<String>>> {
+        Ok(None)
+    }
+
     async fn vantage_counts(
         &self,
         channels: &[String],
