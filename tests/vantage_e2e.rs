@@ -100,8 +100,19 @@ fn triggers(hook: &Receiver) -> BTreeMap<String, usize> {
     m
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_broken_vantage_pages_once_as_degraded_and_two_page_the_channel() {
+/// The two vantages' world: one PostgreSQL, a sandbox relay and inbox
+/// each, the webhook receiver, and `east-1`/`west-1` running `config` with
+/// `edit` applied, once both have delivered every channel.
+struct World {
+    pg: Postgres,
+    east: Sandbox,
+    west: Sandbox,
+    hook: Receiver,
+    ds: [Daemon; 2],
+    _dir: tempfile::TempDir,
+}
+
+async fn two_vantages(edit: impl Fn(String) -> String) -> World {
     let pg = Postgres::start();
     // The schema, before the daemons (and this test's queries) use it.
     postcanary::ledger::postgres::PostgresStore::open(&pg.ledger())
@@ -113,8 +124,8 @@ async fn one_broken_vantage_pages_once_as_degraded_and_two_page_the_channel() {
     std::fs::write(dir.path().join("pw"), "secret").unwrap();
     let pw = pg.password.clone();
     let ds = [
-        Daemon::start(dir.path(), "east-1", &config("east", &pg, &east, &hook), &pw),
-        Daemon::start(dir.path(), "west-1", &config("west", &pg, &west, &hook), &pw),
+        Daemon::start(dir.path(), "east-1", &edit(config("east", &pg, &east, &hook)), &pw),
+        Daemon::start(dir.path(), "west-1", &edit(config("west", &pg, &west, &hook)), &pw),
     ];
     // Both vantages probe every channel on their own and see it delivered.
     let both = wait_until(Duration::from_secs(60), || {
@@ -125,6 +136,26 @@ async fn one_broken_vantage_pages_once_as_degraded_and_two_page_the_channel() {
     })
     .await;
     assert!(both, "both vantages did not deliver every channel\n{}", logs(&ds));
+    World {
+        pg,
+        east,
+        west,
+        hook,
+        ds,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_broken_vantage_pages_once_as_degraded_and_two_page_the_channel() {
+    let World {
+        pg,
+        east,
+        west,
+        hook,
+        ds,
+        _dir,
+    } = two_vantages(|c| c).await;
     for d in &ds {
         assert_eq!(
             d.role().await,
@@ -323,32 +354,19 @@ async fn one_broken_vantage_pages_once_as_degraded_and_two_page_the_channel() {
 /// deadline 4 s: a 24 s window).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_vantage_that_is_gone_does_not_make_a_real_failure_look_like_the_others_own() {
-    let pg = Postgres::start();
-    postcanary::ledger::postgres::PostgresStore::open(&pg.ledger())
-        .await
-        .unwrap();
-    let (east, west) = (sandbox().await, sandbox().await);
-    let hook = Receiver::start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("pw"), "secret").unwrap();
-    let pw = pg.password.clone();
-    let cfg = |v: &str, sb: &Sandbox| {
-        config(v, &pg, sb, &hook)
-            .replace("lease = \"6s\"", "lease = \"3s\"")
+    let World {
+        east,
+        hook,
+        mut ds,
+        // Bound, so that they live to the end of the test.
+        pg: _pg,
+        west: _west,
+        _dir,
+    } = two_vantages(|c| {
+        c.replace("lease = \"6s\"", "lease = \"3s\"")
             .replace("schedule = \"every 3s\"", "schedule = \"every 20s\"")
-    };
-    let mut ds = [
-        Daemon::start(dir.path(), "east-1", &cfg("east", &east), &pw),
-        Daemon::start(dir.path(), "west-1", &cfg("west", &west), &pw),
-    ];
-    let both = wait_until(Duration::from_secs(60), || {
-        count(
-            &pg,
-            "SELECT count(*) FROM (SELECT DISTINCT channel, vantage FROM probes WHERE verdict = 'delivered') d",
-        ) == i64::try_from(2 * CHANNELS).unwrap()
     })
     .await;
-    assert!(both, "both vantages did not deliver every channel\n{}", logs(&ds));
     // West goes away for good; once its lease is past the takeover grace
     // (3 s lease, 6 s grace) east's relay starts losing mail.
     ds[1].kill9();
