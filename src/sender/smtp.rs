@@ -455,7 +455,7 @@ mod tests {
 
     use super::*;
 
-    /// A relay with implicit TLS under an internal CA that accepts one message per connection.
+    /// A relay with implicit TLS under an internal CA (two connections, then it stops).
     async fn relay(cert: Vec<u8>, key: Vec<u8>) -> std::net::SocketAddr {
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
@@ -470,34 +470,11 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
+            let seen = Seen::default();
             for _ in 0..2 {
                 let Ok((tcp, _)) = listener.accept().await else { return };
                 let Ok(tls) = acceptor.accept(tcp).await else { continue };
-                let (r, mut w) = tokio::io::split(tls);
-                let mut lines = BufReader::new(r).lines();
-                let _ = w.write_all(b"220 relay.test ESMTP\r\n").await;
-                let mut in_data = false;
-                for _ in 0..100 {
-                    let Ok(Some(line)) = lines.next_line().await else { break };
-                    let reply: &[u8] = if in_data {
-                        if line != "." {
-                            continue;
-                        }
-                        in_data = false;
-                        b"250 2.0.0 Ok: queued as T1\r\n"
-                    } else if line.starts_with("EHLO") {
-                        b"250 relay.test\r\n"
-                    } else if line.starts_with("DATA") {
-                        in_data = true;
-                        b"354 go ahead\r\n"
-                    } else if line.starts_with("QUIT") {
-                        let _ = w.write_all(b"221 bye\r\n").await;
-                        break;
-                    } else {
-                        b"250 ok\r\n"
-                    };
-                    let _ = w.write_all(reply).await;
-                }
+                session(tls, &seen, false, Duration::ZERO).await;
             }
         });
         addr
@@ -529,7 +506,7 @@ mod tests {
         let to: Address = "borger@kommune.example".parse().expect("to");
         let msg = b"Subject: t\r\n\r\nbody\r\n";
         match send(&cfg, &to, msg).await {
-            SendOutcome::Accepted { reply, .. } => assert!(reply.contains("queued as T1"), "{reply}"),
+            SendOutcome::Accepted { reply, .. } => assert!(reply.contains("queued as Q1"), "{reply}"),
             other => panic!("with ca_file: {other:?}"),
         }
         cfg.ca_file = None;
@@ -544,7 +521,7 @@ mod tests {
         }
     }
 
-    /// What the plain test relay saw.
+    /// What a test relay saw.
     #[derive(Default)]
     struct Seen {
         connections: std::sync::atomic::AtomicUsize,
@@ -553,11 +530,56 @@ mod tests {
         messages: std::sync::atomic::AtomicUsize,
     }
 
-    /// A plain relay on loopback taking any number of messages per session;
-    /// `drop_after_message` closes each session right after its first
-    /// message (as a relay whose idle timeout struck); RCPT to `refused@…` is 550.
-    async fn plain_relay(drop_after_message: bool, hold: Duration) -> (u16, Arc<Seen>) {
+    /// One SMTP session of the test relays: any number of messages, each
+    /// answered `queued as Q1` after `hold`; `drop_after_message` closes the
+    /// session right after its first message (as a relay whose idle timeout
+    /// struck); RCPT to `refused@…` is 550.
+    async fn session<S>(io: S, s: &Seen, drop_after_message: bool, hold: Duration)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    {
         use std::sync::atomic::Ordering::SeqCst;
+        s.connections.fetch_add(1, SeqCst);
+        let now = s.open.fetch_add(1, SeqCst) + 1;
+        s.most_open.fetch_max(now, SeqCst);
+        let (r, mut w) = tokio::io::split(io);
+        let mut lines = BufReader::new(r).lines();
+        let _ = w.write_all(b"220 relay.test ESMTP\r\n").await;
+        let mut in_data = false;
+        for _ in 0..10_000 {
+            let Ok(Some(line)) = lines.next_line().await else { break };
+            let reply: &[u8] = if in_data {
+                if line != "." {
+                    continue;
+                }
+                in_data = false;
+                tokio::time::sleep(hold).await;
+                s.messages.fetch_add(1, SeqCst);
+                let _ = w.write_all(b"250 2.0.0 Ok: queued as Q1\r\n").await;
+                if drop_after_message {
+                    break;
+                }
+                continue;
+            } else if line.starts_with("EHLO") {
+                b"250 relay.test\r\n"
+            } else if line.starts_with("RCPT TO:<refused@") {
+                b"550 5.1.1 <refused@kommune.example>: Recipient address rejected\r\n"
+            } else if line.starts_with("DATA") {
+                in_data = true;
+                b"354 go ahead\r\n"
+            } else if line.starts_with("QUIT") {
+                let _ = w.write_all(b"221 bye\r\n").await;
+                break;
+            } else {
+                b"250 ok\r\n"
+            };
+            let _ = w.write_all(reply).await;
+        }
+        s.open.fetch_sub(1, SeqCst);
+    }
+
+    /// A plain relay on loopback (up to 200 connections) running [`session`].
+    async fn plain_relay(drop_after_message: bool, hold: Duration) -> (u16, Arc<Seen>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let seen = Arc::new(Seen::default());
@@ -566,45 +588,7 @@ mod tests {
             for _ in 0..200 {
                 let Ok((tcp, _)) = listener.accept().await else { return };
                 let s = Arc::clone(&s);
-                tokio::spawn(async move {
-                    s.connections.fetch_add(1, SeqCst);
-                    let now = s.open.fetch_add(1, SeqCst) + 1;
-                    s.most_open.fetch_max(now, SeqCst);
-                    let (r, mut w) = tcp.into_split();
-                    let mut lines = BufReader::new(r).lines();
-                    let _ = w.write_all(b"220 relay.test ESMTP\r\n").await;
-                    let mut in_data = false;
-                    for _ in 0..10_000 {
-                        let Ok(Some(line)) = lines.next_line().await else { break };
-                        let reply: &[u8] = if in_data {
-                            if line != "." {
-                                continue;
-                            }
-                            in_data = false;
-                            tokio::time::sleep(hold).await;
-                            s.messages.fetch_add(1, SeqCst);
-                            let _ = w.write_all(b"250 2.0.0 Ok: queued as Q1\r\n").await;
-                            if drop_after_message {
-                                break;
-                            }
-                            continue;
-                        } else if line.starts_with("EHLO") {
-                            b"250 relay.test\r\n"
-                        } else if line.starts_with("RCPT TO:<refused@") {
-                            b"550 5.1.1 <refused@kommune.example>: Recipient address rejected\r\n"
-                        } else if line.starts_with("DATA") {
-                            in_data = true;
-                            b"354 go ahead\r\n"
-                        } else if line.starts_with("QUIT") {
-                            let _ = w.write_all(b"221 bye\r\n").await;
-                            break;
-                        } else {
-                            b"250 ok\r\n"
-                        };
-                        let _ = w.write_all(reply).await;
-                    }
-                    s.open.fetch_sub(1, SeqCst);
-                });
+                tokio::spawn(async move { session(tcp, &s, drop_after_message, hold).await });
             }
         });
         (port, seen)
