@@ -93,6 +93,14 @@ fn target(ch: &Channel) -> String {
 
 pub(super) async fn incident_view(s: &AppState, i: &Incident) -> Result<IncidentView, StoreError> {
     Ok(IncidentView {
+        timeline: s.store.incident_events(i.id).await?,
+        ..incident_head(i)
+    })
+}
+
+/// An incident's view without its timeline.
+fn incident_head(i: &Incident) -> IncidentView {
+    IncidentView {
         id: i.id,
         dedup_key: i.dedup_key.clone(),
         opened_at: i.opened_at,
@@ -102,8 +110,8 @@ pub(super) async fn incident_view(s: &AppState, i: &Incident) -> Result<Incident
         paged: i.paged,
         silenced: i.silenced.clone(),
         resolved_at: i.resolved_at,
-        timeline: s.store.incident_events(i.id).await?,
-    })
+        timeline: Vec::new(),
+    }
 }
 
 /// Views of the given channels (all when `only` is `None`), in config order.
@@ -122,23 +130,51 @@ pub(super) async fn views(s: &AppState, only: Option<&str>) -> Result<Vec<Channe
 /// that order; unknown ids are left out. Costs a few reads per channel: for
 /// the rows a page shows, not for all channels at once.
 pub(super) async fn views_for(s: &AppState, ids: &[String]) -> Result<Vec<ChannelView>, StoreError> {
+    views_with(s, ids, None).await
+}
+
+/// [`views_for`] for the status page's channel rows, which show no incident
+/// timeline: the open incidents are the ones the page already read, and
+/// their timelines are not read (a long incident has hundreds of events).
+pub(super) async fn views_for_rows(
+    s: &AppState,
+    ids: &[String],
+    open: &HashMap<String, Incident>,
+) -> Result<Vec<ChannelView>, StoreError> {
+    views_with(s, ids, Some(open)).await
+}
+
+async fn views_with(
+    s: &AppState,
+    ids: &[String],
+    known_open: Option<&HashMap<String, Incident>>,
+) -> Result<Vec<ChannelView>, StoreError> {
     let config = s.config();
     let channels: Vec<&Channel> = ids.iter().filter_map(|id| config.channel(id)).collect();
     let ids: Vec<String> = channels.iter().map(|c| c.id.clone()).collect();
     let single = ids.len() == 1;
     let statuses = s.store.channel_status(&ids, now_millis(), RECENT).await?;
-    let mut open: HashMap<String, Incident> = s
-        .store
-        .open_incidents()
-        .await?
-        .into_iter()
-        .map(|i| (i.channel.clone(), i))
-        .collect();
+    let mut open: HashMap<String, Incident> = match known_open {
+        Some(_) => HashMap::new(),
+        None => s
+            .store
+            .open_incidents()
+            .await?
+            .into_iter()
+            .map(|i| (i.channel.clone(), i))
+            .collect(),
+    };
     let mut out = Vec::with_capacity(channels.len());
     for (ch, st) in channels.into_iter().zip(statuses) {
-        let incident = match open.remove(&ch.id) {
-            Some(i) => Some(incident_view(s, &i).await?),
-            None => None,
+        let incident = match known_open {
+            Some(known) => known.get(&ch.id).map(|i| IncidentView {
+                timeline: Vec::new(),
+                ..incident_head(i)
+            }),
+            None => match open.remove(&ch.id) {
+                Some(i) => Some(incident_view(s, &i).await?),
+                None => None,
+            },
         };
         let last = st.recent.first().map(|p| LastView {
             verdict: p.verdict.to_string(),

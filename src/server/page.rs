@@ -16,7 +16,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Extension;
 
-use super::api::{views_for, ChannelView, Point};
+use super::api::{views_for, views_for_rows, ChannelView, Point};
 use super::summary::{overview, shown_target, Filter, Overview};
 use super::{store_error, AppState, Identity};
 use crate::config::{Language, Role};
@@ -773,7 +773,7 @@ async fn render(
         );
     }
     if !shown.is_empty() {
-        let views = views_for(s, &shown).await?;
+        let views = views_for_rows(s, &shown, &ov.open).await?;
         channel_rows(&mut out, c, &views, &ov.states);
     }
     if full && ov.selected.len() > offset + FULL_ROWS {
