@@ -40,6 +40,9 @@ use crate::engine::Engine;
 use crate::ledger::postgres::{pgerr, vantage_lease, Fence, PostgresStore, LEASE_NAME};
 use crate::ledger::{DynStore, StoreError, StoreResult};
 
+/// The `/healthz` paging line while the ledger cannot be asked who pages.
+const PAGING_UNKNOWN: &str = "paging: unknown (cannot reach the ledger)\n";
+
 /// How often a standby tries to take the lease over.
 const ACQUIRE_EVERY: Duration = Duration::from_secs(1);
 
@@ -513,12 +516,12 @@ async fn page_while_held(config: Arc<Config>, lease: Lease, shown: watch::Sender
                     let line = match lease.current().await {
                         Ok(Some(h)) if h.live => format!("paging: {} (generation {})\n", h.holder, h.generation),
                         Ok(_) => "paging: none (taking over)\n".to_string(),
-                        Err(_) => "paging: unknown (cannot reach the ledger)\n".to_string(),
+                        Err(_) => PAGING_UNKNOWN.to_string(),
                     };
                     shown.send_replace(line);
                 }
                 Err(e) => {
-                    shown.send_replace("paging: unknown (cannot reach the ledger)\n".to_string());
+                    shown.send_replace(PAGING_UNKNOWN.to_string());
                     tracing::debug!(error = %e, "cannot reach the ledger to take the paging lease")
                 }
             }

@@ -100,6 +100,16 @@ fn triggers(hook: &Receiver) -> BTreeMap<String, usize> {
     m
 }
 
+/// Waits until every channel has had a trigger page; fails after `limit`.
+async fn every_channel_paged(hook: &Receiver, ds: &[Daemon], limit: Duration) {
+    let paged = wait_until(limit, || {
+        let t = triggers(hook);
+        (0..CHANNELS).all(|i| t.contains_key(&format!("postcanary/ch-{i}")))
+    })
+    .await;
+    assert!(paged, "the channels were not paged: {:?}\n{}", triggers(hook), logs(ds));
+}
+
 /// The two vantages' world: one PostgreSQL, a sandbox relay and inbox
 /// each, the webhook receiver, and `east-1`/`west-1` running `config` with
 /// `edit` applied, once both have delivered every channel.
@@ -292,17 +302,7 @@ async fn one_broken_vantage_pages_once_as_degraded_and_two_page_the_channel() {
 
     // West's relay breaks too: two vantages fail → the quorum is met, one page per channel.
     west.store().set_default_route(Route::Discard);
-    let paged = wait_until(Duration::from_secs(40), || {
-        let t = triggers(&hook);
-        (0..CHANNELS).all(|i| t.contains_key(&format!("postcanary/ch-{i}")))
-    })
-    .await;
-    assert!(
-        paged,
-        "the channels were not paged: {:?}\n{}",
-        triggers(&hook),
-        logs(&ds)
-    );
+    every_channel_paged(&hook, &ds, Duration::from_secs(40)).await;
     // A few more rounds, then count.
     let missed_before = count(
         &pg,
@@ -372,17 +372,7 @@ async fn a_vantage_that_is_gone_does_not_make_a_real_failure_look_like_the_other
     ds[1].kill9();
     tokio::time::sleep(Duration::from_secs(11)).await;
     east.store().set_default_route(Route::Discard);
-    let paged = wait_until(Duration::from_secs(60), || {
-        let t = triggers(&hook);
-        (0..CHANNELS).all(|i| t.contains_key(&format!("postcanary/ch-{i}")))
-    })
-    .await;
-    assert!(
-        paged,
-        "the channels were not paged: {:?}\n{}",
-        triggers(&hook),
-        logs(&ds)
-    );
+    every_channel_paged(&hook, &ds, Duration::from_secs(60)).await;
     let t = triggers(&hook);
     assert!(
         !t.contains_key("postcanary/vantage/east"),

@@ -87,12 +87,18 @@ fn keep_newest(m: &mut BTreeMap<String, (Seen, Millis, String)>, v: &str, s: See
     }
 }
 
+/// The round of a probe created at `at` with schedule `interval`:
+/// `[at − I/2, at + I/2)` (see the module doc).
+fn round_of(at: Millis, interval: Millis) -> std::ops::Range<Millis> {
+    let half = interval / 2;
+    at.saturating_sub(half)..at.saturating_add(interval - half)
+}
+
 impl Tally {
     /// Counts `probes` (one channel's, any order) for a probe created at
     /// `at`: rounds of `interval`, the window back to `since` (see the module doc).
     pub fn of(probes: &[ProbeRecord], at: Millis, interval: Millis, since: Millis) -> Tally {
-        let half = interval / 2;
-        let (from, to) = (at.saturating_sub(half), at.saturating_add(interval - half));
+        let this_round = round_of(at, interval);
         let mut round: BTreeMap<String, (Seen, Millis, String)> = BTreeMap::new();
         let mut before: BTreeMap<String, (Seen, Millis, String)> = BTreeMap::new();
         let mut newest_success: BTreeMap<String, (Millis, String)> = BTreeMap::new();
@@ -107,7 +113,7 @@ impl Tally {
                     newest_success.insert(v.to_string(), (p.created_at, p.id.clone()));
                 }
             }
-            if (from..to).contains(&p.created_at) {
+            if this_round.contains(&p.created_at) {
                 keep_newest(&mut round, v, s, p);
             } else if p.created_at >= since && p.created_at < at && s != Seen::Pending {
                 keep_newest(&mut before, v, s, p);
@@ -129,8 +135,7 @@ impl Tally {
     /// failure seen by the others look like theirs alone. `keep` (the
     /// handled probe's vantage) always stays.
     pub fn only_live(&mut self, live: &[String], at: Millis, interval: Millis, keep: &str) {
-        let half = interval / 2;
-        let round = at.saturating_sub(half)..at.saturating_add(interval - half);
+        let round = round_of(at, interval);
         self.latest.retain(|v, (seen, created, _)| {
             v == keep || live.contains(v) || (*seen != Seen::Pending && round.contains(created))
         });

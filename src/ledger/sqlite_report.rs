@@ -74,6 +74,16 @@ pub(super) fn counts_sql(filter: &str) -> String {
     )
 }
 
+/// The channel lists of one query each: all channels (`&[]`) when none are
+/// named, else chunks SQLite's parameter limit allows.
+fn channel_groups(channels: &[String]) -> Vec<&[String]> {
+    if channels.is_empty() {
+        vec![&[]]
+    } else {
+        channels.chunks(CHANNELS_PER_QUERY).collect()
+    }
+}
+
 /// `AND channel IN (?3, ?4, …)` for a non-empty list, with its arguments.
 pub(super) fn channel_filter(channels: &[String], first: usize) -> (String, Vec<Value>) {
     if channels.is_empty() {
@@ -121,13 +131,8 @@ impl SqliteStore {
         let channels = channels.to_vec();
         self.with(move |c| {
             let ok = success_list();
-            let groups: Vec<&[String]> = if channels.is_empty() {
-                vec![&[]]
-            } else {
-                channels.chunks(CHANNELS_PER_QUERY).collect()
-            };
             let mut out = Vec::new();
-            for group in groups {
+            for group in channel_groups(&channels) {
                 let (filter, args) = channel_filter(group, 3);
                 let sql = format!(
                     "SELECT channel, vantage, COALESCE(SUM(verdict <> 'pending'), 0), \
@@ -250,12 +255,7 @@ pub(super) fn merged_counts(
 ) -> rusqlite::Result<Vec<DayCounts>> {
     let rolled = meta_i64(c, ROLLED_THROUGH)?.unwrap_or(i64::MIN);
     let mut out = Vec::new();
-    let groups: Vec<&[String]> = if channels.is_empty() {
-        vec![&[]]
-    } else {
-        channels.chunks(CHANNELS_PER_QUERY).collect()
-    };
-    for group in groups {
+    for group in channel_groups(channels) {
         let (filter, args) = channel_filter(group, 3);
         if from < rolled {
             let sql = format!(

@@ -202,19 +202,22 @@ pub async fn gather(store: &DynStore, config: &Config, id: i64, now: Millis) -> 
                 "only the first {MAX_CHECKS} retention checks of the incident are listed; more exist in the ledger"
             ));
         }
-        // The canaries those checks looked for, each once.
+        // The canaries those checks looked for, each looked up once.
+        let mut looked: std::collections::HashSet<&str> = listed.iter().map(|p| p.id.as_str()).collect();
+        let mut found = Vec::new();
         for c in &retain_checks {
-            if listed.iter().any(|p| p.id == c.probe_id) {
+            if !looked.insert(c.probe_id.as_str()) {
                 continue;
             }
             match store.probe(&c.probe_id).await.map_err(e)? {
-                Some(p) => listed.push(p),
+                Some(p) => found.push(p),
                 None => notes.push(format!(
-                    "the canary of retention check {} is no longer in the ledger (pruned)",
-                    c.id
+                    "the canary {} of retention check {} is no longer in the ledger (pruned)",
+                    c.probe_id, c.id
                 )),
             }
         }
+        listed.extend(found);
         notes.push(
             "a retention incident: the checks listed are the channel's from the last one that found its canary \
              before the incident opened to the resolution; a check `kept` by a later canary resolves it"

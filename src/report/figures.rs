@@ -60,11 +60,6 @@ pub struct Inputs {
     pub vantages: Vec<crate::ledger::VantageCounts>,
 }
 
-/// The key of a vantage point's own incident ("vantage degraded").
-pub fn vantage_incident(vantage: &str) -> String {
-    format!("vantage:{vantage}")
-}
-
 /// Whether an incident belongs to a channel: its own, or its retention
 /// canaries' (`retention:CHANNEL`), which count as the channel's failures.
 pub fn incident_of(incident_channel: &str, channel: &str) -> bool {
@@ -515,7 +510,7 @@ pub fn compute(inp: &Inputs) -> Report {
         .map(|(vantage, t)| VantageReport {
             incidents: incidents
                 .iter()
-                .filter(|i| i.channel == vantage_incident(&vantage))
+                .filter(|i| i.channel == crate::incident::quorum::vantage_key(&vantage))
                 .cloned()
                 .collect(),
             availability: t.availability(),

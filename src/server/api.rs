@@ -154,27 +154,26 @@ async fn views_with(
     let ids: Vec<String> = channels.iter().map(|c| c.id.clone()).collect();
     let single = ids.len() == 1;
     let statuses = s.store.channel_status(&ids, now_millis(), RECENT).await?;
-    let mut open: HashMap<String, Incident> = match known_open {
-        Some(_) => HashMap::new(),
-        None => s
-            .store
-            .open_incidents()
-            .await?
-            .into_iter()
-            .map(|i| (i.channel.clone(), i))
-            .collect(),
+    let read: HashMap<String, Incident>;
+    let open = match known_open {
+        Some(known) => known,
+        None => {
+            read = s
+                .store
+                .open_incidents()
+                .await?
+                .into_iter()
+                .map(|i| (i.channel.clone(), i))
+                .collect();
+            &read
+        }
     };
     let mut out = Vec::with_capacity(channels.len());
     for (ch, st) in channels.into_iter().zip(statuses) {
-        let incident = match known_open {
-            Some(known) => known.get(&ch.id).map(|i| IncidentView {
-                timeline: Vec::new(),
-                ..incident_head(i)
-            }),
-            None => match open.remove(&ch.id) {
-                Some(i) => Some(incident_view(s, &i).await?),
-                None => None,
-            },
+        let incident = match open.get(&ch.id) {
+            Some(i) if known_open.is_some() => Some(incident_head(i)),
+            Some(i) => Some(incident_view(s, i).await?),
+            None => None,
         };
         let last = st.recent.first().map(|p| LastView {
             verdict: p.verdict.to_string(),
