@@ -1,7 +1,7 @@
 //! The retention checker: every due retention check (a row in the ledger,
 //! written when its canary was delivered) looks the canary up again where
-//! its channel keeps it — an IMAP folder through `inbox::imap::lookup`, or
-//! a document system over HTTP — and records what it found: `kept`, `lost`
+//! its channel keeps it — a mail folder through `inbox::imap::lookup` or
+//! `inbox::graph::lookup`, or a document system over HTTP — and records what it found: `kept`, `lost`
 //! (gone) or `altered` (changed). A lost or altered canary opens the
 //! channel's retention incident and pages (`incident::retained`). A check
 //! that cannot look is our fault, never `lost`: it stays due, is tried again
@@ -96,9 +96,10 @@ fn last_seen(p: &ProbeRecord, checks: &[RetainCheck], this: &RetainCheck) -> Mil
         .unwrap_or(p.created_at)
 }
 
-/// Looks a canary up over IMAP: in the archive folder (and, should the
-/// move not have happened yet, the inbox's own mailbox) or where it landed.
-async fn look_imap(
+/// Looks a canary up in the mailbox it landed in, over IMAP or Microsoft
+/// Graph as the inbox is configured: in the archive folder (and, should the
+/// move not have happened yet, the inbox's own folder) or where it landed.
+async fn look_mailbox(
     config: &Config,
     ch: &Channel,
     p: &ProbeRecord,
@@ -109,11 +110,6 @@ async fn look_imap(
     let inbox = config
         .inbox(inbox_name)
         .ok_or_else(|| format!("inbox {inbox_name:?} is not configured any more"))?;
-    if inbox.graph.is_some() {
-        return Err(format!(
-            "inbox {inbox_name:?} is a Graph inbox; retention checks look over IMAP only"
-        ));
-    }
     let mut folders = Vec::new();
     if let Some(a) = archive {
         folders.push(a.to_string());
@@ -123,13 +119,28 @@ async fn look_imap(
         Some(a) => format!("`{a}` of `{inbox_name}`"),
         None => format!("`{}` of `{inbox_name}`", inbox.mailbox),
     };
-    match lookup(inbox, &folders, &p.token, &p.id, key).await {
+    let (found, how) = match inbox.graph_config() {
+        Some(graph) => {
+            let wanted = crate::inbox::graph::Wanted {
+                token: &p.token,
+                probe_id: &p.id,
+                created_at: p.created_at,
+                found_at: p.found_at,
+            };
+            (
+                crate::inbox::graph::lookup(&graph, &folders, &wanted, key).await,
+                "Graph",
+            )
+        }
+        None => (lookup(inbox, &folders, &p.token, &p.id, key).await, "IMAP"),
+    };
+    match found {
         Ok(Lookup::Found { folder, hash }) => Ok(Seen::There {
             hash: Some(hash),
             detail: format!("found in `{folder}` of `{inbox_name}`"),
         }),
         Ok(Lookup::Absent) => Ok(Seen::Gone(format!("not in {place}"))),
-        Err(e) => Err(format!("IMAP lookup in `{inbox_name}`: {e}")),
+        Err(e) => Err(format!("{how} lookup in `{inbox_name}`: {e}")),
     }
 }
 
@@ -311,8 +322,8 @@ pub async fn check_one(
         return skip(store, check, now, "the canary's probe is not in the ledger any more").await;
     };
     let looked = match &retain.place {
-        RetainPlace::Inbox => look_imap(config, ch, &probe, None, key).await,
-        RetainPlace::Archive(a) => look_imap(config, ch, &probe, Some(a), key).await,
+        RetainPlace::Inbox => look_mailbox(config, ch, &probe, None, key).await,
+        RetainPlace::Archive(a) => look_mailbox(config, ch, &probe, Some(a), key).await,
         RetainPlace::Http(h) => look_http(h, &probe).await,
     };
     let degraded = store.open_incident(&degraded_key(&retain_path(&ch.id))).await?;

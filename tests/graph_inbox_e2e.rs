@@ -157,3 +157,180 @@ scope = "https://graph.microsoft.com/.default"
     engine.stop().await;
     sandbox.shutdown().await;
 }
+
+/// Retention canaries on a Graph inbox (issue 17): a canary confirmed in
+/// the Inbox is moved to `Arkiv/Postcanary` (while the channel without
+/// `retain` is cleaned up by `after_confirm = "delete"`), found there at
+/// 3 s, purged from the mailbox, and at 6 s `lost` with a page; the next
+/// canary's 3 s check resolves the incident, and an edit of its body in
+/// the store makes its 6 s check `altered`, which pages again. Everything
+/// goes through the Graph double; pages go to a local webhook receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_canary_in_a_graph_archive_folder_purged_is_lost_and_edited_is_altered() {
+    use support::canary::{checked, delivered, fire, pages, paging_engine, wait_for, wait_page};
+    let secret = "graph-retain-secret-789";
+    let double = std::sync::Arc::new(GraphDouble::start(secret).await);
+    double.set_mailbox("social@kommune.example");
+    let arkiv = double.add_folder("Arkiv");
+    let archive = double.add_child_folder(&arkiv, "Postcanary");
+    let store = MailStore::new();
+    store.add_user("social", "x");
+    store.set_route("social@kommune.example", Route::deliver("social", "INBOX"));
+    let sandbox = Sandbox::start(store.clone(), SandboxOptions::default())
+        .await
+        .expect("sandbox");
+    let bridge = {
+        let mut events = store.subscribe();
+        let (store, double) = (store.clone(), std::sync::Arc::clone(&double));
+        tokio::spawn(async move {
+            let mut copied = 0;
+            while events.recv().await.is_ok() {
+                let msgs = store.messages("social", "INBOX").unwrap_or_default();
+                for m in msgs.iter().skip(copied) {
+                    double.deliver_to(INBOX_ID, &m.raw);
+                }
+                copied = msgs.len();
+            }
+        })
+    };
+    let hook = support::receiver::Receiver::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("graph.secret"), secret).expect("secret");
+    let toml = format!(
+        r#"[ledger]
+url = "sqlite://ledger.db"
+
+[defaults]
+notify = ["ops"]
+schedule = "every 1h"
+jitter = "1s"
+deadline = "20s"
+
+[[sender]]
+name = "relay"
+kind = "smtp"
+host = "127.0.0.1"
+port = {smtp}
+tls = "none"
+from = "canary@kommune.example"
+
+[[notifier]]
+name = "ops"
+kind = "webhook"
+url = "{hook}"
+
+[[inbox]]
+name = "social-m365"
+kind = "graph"
+username = "social@kommune.example"
+client_id = "{CLIENT_ID}"
+client_secret = "file:graph.secret"
+token_url = "{token}"
+graph_url = "{graph}"
+poll_interval = "500ms"
+after_confirm = "delete"
+blind_grace = "5m"
+
+[[channel]]
+id = "archived"
+name = "Archived"
+kind = "mail"
+to = "social@kommune.example"
+inbox = "social-m365"
+retain = ["3s", "6s"]
+archive = "Arkiv/Postcanary"
+
+[[channel]]
+id = "plain"
+name = "Plain"
+kind = "mail"
+to = "social@kommune.example"
+inbox = "social-m365"
+"#,
+        smtp = sandbox.smtp_addr().port(),
+        hook = hook.url("/hook"),
+        token = double.token_url(),
+        graph = double.base_url(),
+    );
+    let path = dir.path().join("postcanary.toml");
+    std::fs::write(&path, toml).expect("config");
+    let engine = paging_engine(&path).await;
+    let ledger = std::sync::Arc::clone(&engine.store);
+
+    let kept = fire(&engine, "archived").await;
+    let plain = fire(&engine, "plain").await;
+    delivered(ledger.as_ref(), &kept).await;
+    delivered(ledger.as_ref(), &plain).await;
+    let in_archive = wait_for(
+        "the canary moved to the archive, the other one deleted",
+        Duration::from_secs(10),
+        async || {
+            let ids = double.ids_in(&archive);
+            (ids.len() == 1 && double.deletes().len() == 1).then_some(ids)
+        },
+    )
+    .await;
+    assert!(double.ids_in(INBOX_ID).iter().all(|id| !in_archive.contains(id)));
+    assert!(ledger.retain_checks(&plain).await.expect("ledger").is_empty());
+
+    let first = checked(ledger.as_ref(), &kept, "3s", Duration::from_secs(15)).await;
+    assert_eq!(first.result.as_deref(), Some("kept"), "{first:?}");
+    assert!(
+        first.detail.as_deref().is_some_and(|d| d.contains("Arkiv/Postcanary")),
+        "{first:?}"
+    );
+    assert!(first.content_hash.as_deref().is_some_and(|h| h.starts_with("sha256:")));
+
+    assert!(double.purge(&in_archive[0]));
+    let second = checked(ledger.as_ref(), &kept, "6s", Duration::from_secs(15)).await;
+    assert_eq!(second.result.as_deref(), Some("lost"), "{second:?}");
+    let detail = second.detail.clone().unwrap_or_default();
+    assert!(detail.starts_with("archived canary deleted between "), "{detail}");
+    assert!(
+        detail.contains("not in `Arkiv/Postcanary` of `social-m365`"),
+        "{detail}"
+    );
+    let page = wait_page(&hook, "trigger", "retention:archived", Duration::from_secs(10)).await;
+    assert_eq!(page.2, "lost", "{page:?}");
+
+    // The next canary: kept at 3 s (which resolves the incident), then its
+    // body is edited in the store, and at 6 s it is `altered`.
+    let next = fire(&engine, "archived").await;
+    delivered(ledger.as_ref(), &next).await;
+    let moved = wait_for(
+        "the second canary in the archive",
+        Duration::from_secs(10),
+        async || double.ids_in(&archive).first().cloned(),
+    )
+    .await;
+    let found = checked(ledger.as_ref(), &next, "3s", Duration::from_secs(15)).await;
+    assert_eq!(found.result.as_deref(), Some("kept"), "{found:?}");
+    wait_page(&hook, "resolve", "retention:archived", Duration::from_secs(10)).await;
+    let raw = double.raw_of(&moved).expect("the archived canary");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a message with a body");
+    let edited = format!("{head}\r\n\r\nThis report was edited after it arrived.\r\n{body}");
+    assert!(double.rewrite(&moved, edited.as_bytes()));
+    let third = checked(ledger.as_ref(), &next, "6s", Duration::from_secs(15)).await;
+    assert_eq!(third.result.as_deref(), Some("altered"), "{third:?}");
+    wait_for(
+        "a second trigger page, for the altered canary",
+        Duration::from_secs(10),
+        async || {
+            pages(&hook)
+                .into_iter()
+                .filter(|p| p.0 == "trigger" && p.1 == "retention:archived")
+                .nth(1)
+                .filter(|p| p.2 == "altered")
+        },
+    )
+    .await;
+    assert!(
+        pages(&hook).iter().all(|p| p.1 != "archived" && p.1 != "plain"),
+        "no ordinary channel page: {:?}",
+        pages(&hook)
+    );
+    engine.stop().await;
+    bridge.abort();
+    sandbox.shutdown().await;
+}

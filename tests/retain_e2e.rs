@@ -15,10 +15,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postcanary::engine::Engine;
-use postcanary::ledger::{RetainCheck, Store};
-use postcanary::verdict::Verdict;
-use support::canary::{imap_count, mail_channel, paging_engine, wait_for};
+use postcanary::ledger::Store;
+use support::canary::{checked, delivered, fire, imap_count, mail_channel, pages, paging_engine, wait_for, wait_page};
 use support::mailstack::MailStack;
 use support::receiver::Receiver;
 
@@ -43,60 +41,6 @@ fn config(dir: &Path, stack: &MailStack, hook: &str, inbox_extra: &str, channels
     let path = dir.join("postcanary.toml");
     std::fs::write(&path, toml).expect("config");
     path
-}
-
-async fn fire(engine: &Engine, id: &str) -> String {
-    let ch = engine.config.channel(id).expect("channel").clone();
-    postcanary::probe::run(&engine.probe_context(), &engine.config, &ch)
-        .await
-        .expect("probe")
-        .id
-}
-
-async fn delivered(store: &dyn Store, id: &str) {
-    let p = wait_for("the canary to be delivered", Duration::from_secs(30), async || {
-        let p = store.probe(id).await.expect("ledger").expect("probe");
-        p.verdict.is_final().then_some(p)
-    })
-    .await;
-    assert_eq!(p.verdict, Verdict::Delivered, "{p:?}");
-}
-
-/// Waits until the check at `age` of a probe is no longer due; returns it.
-async fn checked(store: &dyn Store, probe: &str, age: &str, limit: Duration) -> RetainCheck {
-    wait_for(&format!("the {age} retention check"), limit, async || {
-        store
-            .retain_checks(probe)
-            .await
-            .expect("ledger")
-            .into_iter()
-            .find(|c| c.age == age && c.state != "due")
-    })
-    .await
-}
-
-/// (event, channel id, verdict, detail) of every page accepted so far.
-fn pages(hook: &Receiver) -> Vec<(String, String, String, String)> {
-    hook.accepted()
-        .iter()
-        .map(|p| {
-            let v = p.json();
-            let s = |x: &serde_json::Value| x.as_str().unwrap_or("").to_string();
-            (
-                s(&v["event"]),
-                s(&v["channel"]["id"]),
-                s(&v["verdict"]),
-                s(&v["detail"]),
-            )
-        })
-        .collect()
-}
-
-async fn wait_page(hook: &Receiver, event: &str, channel: &str, limit: Duration) -> (String, String, String, String) {
-    wait_for(&format!("a {event} page for {channel}"), limit, async || {
-        pages(hook).into_iter().find(|p| p.0 == event && p.1 == channel)
-    })
-    .await
 }
 
 fn doveadm(stack: &MailStack, args: &[&str]) {

@@ -216,18 +216,19 @@ pub(super) fn build_retain(loader: &mut Loader, origin: &Origin, k: RetainKeys<'
         }
         (None, None) => RetainPlace::Inbox,
     };
-    if let (RetainPlace::Inbox | RetainPlace::Archive(_), Some((inbox, true))) = (&place, k.inbox) {
-        let key = if k.archive.is_some() { "archive" } else { "retain" };
-        loader.err(
-            origin,
-            A,
-            key,
-            format!(
-                "inbox {inbox:?} is a Graph inbox: retention checks look canaries up over IMAP only; \
-                 use an IMAP inbox or `[channel.retain_check]`"
-            ),
-        );
-        return None;
+    if let (RetainPlace::Archive(folder), Some((inbox, true))) = (&place, k.inbox) {
+        if folder.split('/').any(|p| p.trim().is_empty()) {
+            loader.err(
+                origin,
+                A,
+                "archive",
+                format!(
+                    "archive = {folder:?}: inbox {inbox:?} is a Graph inbox, whose folders are paths of display \
+                     names such as \"Arkiv/Postcanary\", without an empty part"
+                ),
+            );
+            return None;
+        }
     }
     Some(Retain { ages, place })
 }

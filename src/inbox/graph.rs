@@ -306,6 +306,21 @@ impl<'a> Graph<'a> {
     /// folder is an error: postcanary does not create folders in someone's
     /// mailbox.
     async fn folder_id(&self, name: &str, shutdown: &mut watch::Receiver<bool>) -> Result<String, WatchError> {
+        match self.find_folder(name, shutdown).await? {
+            Ok(id) => Ok(id),
+            Err(missing) => Err(WatchError(format!(
+                "{missing}; create it or fix the inbox's folder / after_confirm"
+            ))),
+        }
+    }
+
+    /// [`Graph::folder_id`], with a folder that does not exist as
+    /// `Ok(Err(what is missing))` rather than an error.
+    async fn find_folder(
+        &self,
+        name: &str,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Result<String, String>, WatchError> {
         let parts: Vec<&str> = name.split('/').map(str::trim).collect();
         if parts.iter().any(|p| p.is_empty()) {
             return Err(WatchError(format!(
@@ -333,14 +348,16 @@ impl<'a> Graph<'a> {
             match list.value.into_iter().next() {
                 Some(f) => found = Some(f.id),
                 None => {
-                    return Err(WatchError(format!(
-                    "mailbox {} has no folder {part:?} {under}; create it or fix the inbox's folder / after_confirm",
-                    self.cfg.mailbox
-                )))
+                    return Ok(Err(format!(
+                        "mailbox {} has no folder {part:?} {under}",
+                        self.cfg.mailbox
+                    )))
                 }
             }
         }
-        found.ok_or_else(|| WatchError(format!("folder {name:?} is empty")))
+        found
+            .map(Ok)
+            .ok_or_else(|| WatchError(format!("folder {name:?} is empty")))
     }
 
     /// The first page of messages received at or after `since` (Unix seconds).
@@ -404,6 +421,56 @@ impl<'a> Graph<'a> {
         let url = format!("{}/messages/{}?$select=subject,body", self.user(), enc(&m.id));
         self.json("read subject and body", &url, MAX_PAGE_BYTES, true, shutdown)
             .await
+    }
+
+    /// Moves a retained canary into its archive folder, resolved once per
+    /// session (`archives`). A folder that does not exist is logged once and
+    /// the canary stays where it is — postcanary does not create folders in
+    /// someone's mailbox, and the retention check looks in the watched
+    /// folder too.
+    async fn to_archive(
+        &self,
+        m: &Listed,
+        folder: &str,
+        archives: &mut HashMap<String, Option<String>>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), WatchError> {
+        let dest = match archives.get(folder) {
+            Some(d) => d.clone(),
+            None => {
+                let d = match self.find_folder(folder, shutdown).await? {
+                    Ok(id) => Some(id),
+                    Err(missing) => {
+                        tracing::error!(inbox = %self.cfg.watcher_name(), %folder,
+                            "archive = \"{folder}\": {missing}; retained canaries stay in {:?} until it is created", self.cfg.folder);
+                        None
+                    }
+                };
+                archives.insert(folder.to_string(), d.clone());
+                d
+            }
+        };
+        let Some(dest) = dest else {
+            return Ok(());
+        };
+        let url = format!("{}/messages/{}/move", self.user(), enc(&m.id));
+        let body = serde_json::json!({ "destinationId": dest });
+        let done = self
+            .send(
+                &format!("move to {folder}"),
+                Method::POST,
+                &url,
+                Some(&body),
+                false,
+                shutdown,
+            )
+            .await?;
+        if matches!(done, Fetched::NotFound(_)) {
+            tracing::info!(inbox = %self.cfg.watcher_name(), message_id = ?m.internet_message_id, "retained canary already gone before its move");
+        } else {
+            tracing::debug!(inbox = %self.cfg.watcher_name(), message_id = ?m.internet_message_id, %folder, "archived retained canary");
+        }
+        Ok(())
     }
 
     async fn after_confirm(
@@ -474,11 +541,15 @@ pub async fn watch_with(
         let _ = state.send(WatcherState::Connecting);
         let mut connected = false;
         if client.is_none() {
-            // Building fails only if the TLS backend cannot start; retried like any error.
-            client = reqwest::Client::builder()
-                .build()
-                .ok()
-                .map(|http| (http.clone(), TokenCache::new(cfg.credentials.clone(), http)));
+            // Building fails only if the TLS backend cannot start or a
+            // `ca_file` certificate is unusable; retried like any error.
+            client = match http_client(&cfg) {
+                Ok(http) => Some((http.clone(), TokenCache::new(cfg.credentials.clone(), http))),
+                Err(e) => {
+                    tracing::error!(inbox = %cfg.watcher_name(), error = %e, "Graph watcher cannot start its HTTP client");
+                    None
+                }
+            };
         }
         let result = match &client {
             Some((http, tokens)) => {
@@ -557,6 +628,8 @@ async fn run_session(
     tracing::info!(inbox = %cfg.watcher_name(), mailbox = %cfg.mailbox, folder = %cfg.folder, "Graph watcher connected");
     let mut resume: Option<String> = None;
     let mut poll_started = now_millis();
+    // Archive folders of retained canaries, resolved once per session (None: missing).
+    let mut archives: HashMap<String, Option<String>> = HashMap::new();
     loop {
         if resume.is_none() {
             poll_started = now_millis();
@@ -564,7 +637,17 @@ async fn run_session(
         let url = resume
             .take()
             .unwrap_or_else(|| graph.first_page_url(&folder, cursor - OVERLAP.as_secs() as i64));
-        let (next, new_cursor) = poll(&graph, matcher, seen, url, destination.as_deref(), cursor, shutdown).await?;
+        let (next, new_cursor) = poll(
+            &graph,
+            matcher,
+            seen,
+            url,
+            destination.as_deref(),
+            &mut archives,
+            cursor,
+            shutdown,
+        )
+        .await?;
         if new_cursor != cursor {
             cursor = new_cursor;
             store_cursor(cfg, matcher, fingerprint, cursor).await?;
@@ -603,6 +686,7 @@ async fn poll(
     seen: &mut Seen,
     mut url: String,
     destination: Option<&str>,
+    archives: &mut HashMap<String, Option<String>>,
     mut cursor: i64,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(Option<String>, i64), WatchError> {
@@ -620,21 +704,35 @@ async fn poll(
             let arrived = super::imap::arrival_time(received.map(|s| s.saturating_mul(1000)), seen_at);
             let raw = graph.mime(m, shutdown).await?;
             // Whole messages go through the bounce-aware path, as IMAP's do.
-            let fates = match &raw {
-                Some(raw) => consider_message(matcher, &cfg.name, &cfg.role, raw, arrived).await,
+            let store_err = |e: crate::ledger::StoreError| WatchError(e.to_string());
+            let (fates, candidates) = match &raw {
+                Some(raw) => (
+                    consider_message(matcher, &cfg.name, &cfg.role, raw, arrived)
+                        .await
+                        .map_err(store_err)?,
+                    crate::token::tokens_in_message(raw),
+                ),
                 None => {
                     let summary = graph.summary(m, shutdown).await?;
                     let candidates = summary_candidates(m, summary.as_ref());
-                    if candidates.is_empty() {
-                        Ok(Vec::new())
+                    let fates = if candidates.is_empty() {
+                        Vec::new()
                     } else {
-                        matcher.consider_in(&cfg.name, &cfg.role, &candidates, arrived).await
-                    }
+                        matcher
+                            .consider_in(&cfg.name, &cfg.role, &candidates, arrived)
+                            .await
+                            .map_err(store_err)?
+                    };
+                    (fates, candidates)
                 }
-            }
-            .map_err(|e| WatchError(e.to_string()))?;
+            };
             if fates.iter().any(|f| f.is_ours()) {
-                graph.after_confirm(m, destination, shutdown).await?;
+                // A retained canary stays (or goes to its archive) instead of `after_confirm`.
+                match matcher.retained_folder_in(&candidates).await.map_err(store_err)? {
+                    None => graph.after_confirm(m, destination, shutdown).await?,
+                    Some(None) => {}
+                    Some(Some(folder)) => graph.to_archive(m, &folder, archives, shutdown).await?,
+                }
             }
             // Listed in receivedDateTime order, so everything before is done.
             let t = received.unwrap_or(cursor);
@@ -651,6 +749,185 @@ async fn poll(
     }
     tracing::info!(inbox = %cfg.watcher_name(), pages = MAX_PAGES_PER_POLL, "many new messages; continuing right away");
     Ok((Some(url), cursor))
+}
+
+/// The HTTP client for the Graph and token endpoints: the system's roots
+/// and the inbox's `ca_file`, if any.
+fn http_client(cfg: &GraphConfig) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(ca) = &cfg.ca_file {
+        for der in &ca.certs {
+            let cert = reqwest::Certificate::from_der(der).map_err(|e| format!("ca_file {}: {e}", ca.path))?;
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+/// How far before a probe was made, and after it was found, a retention
+/// lookup lists messages by `receivedDateTime` (which a move keeps): clock
+/// skew between us and Exchange, and a canary seen late.
+const LOOKUP_SLACK_SECS: i64 = 600;
+/// Messages in a lookup's time window whose MIME is read, at most.
+const LOOKUP_MAX_MESSAGES: usize = 500;
+
+/// The canary a retention lookup looks for.
+pub struct Wanted<'a> {
+    /// `pc-<ULID>`, as the ledger keeps it.
+    pub token: &'a str,
+    pub probe_id: &'a str,
+    /// When the probe was made and when it was found (Unix ms).
+    pub created_at: i64,
+    pub found_at: Option<i64>,
+}
+
+/// Looks a retained canary up again in a Graph mailbox: in each folder in
+/// turn (a folder that does not exist holds nothing), the messages received
+/// between the probe's making and its finding (± [`LOOKUP_SLACK_SECS`]) —
+/// those whose subject carries the token first — are read, and only one
+/// whose token's tag verifies and names the probe counts (a copied
+/// `pc-<ULID>` proves nothing). When the window holds more than
+/// [`LOOKUP_MAX_MESSAGES`], or a message carrying the token is too large to
+/// read, "not there" is not certain and the lookup fails (our side). The
+/// hash is [`content_hash`]: Exchange
+/// renders a message's MIME from its store, so the raw bytes are not what
+/// is compared. `Err` is our own side (token endpoint, network, throttling,
+/// permissions), never a verdict on the canary.
+pub async fn lookup(
+    cfg: &GraphConfig,
+    folders: &[String],
+    wanted: &Wanted<'_>,
+    key: &crate::token::TokenKey,
+) -> Result<super::imap::Lookup, String> {
+    let http = http_client(cfg)?;
+    let tokens = TokenCache::new(cfg.credentials.clone(), http.clone());
+    let graph = Graph::new(cfg, &http, &tokens).map_err(|e| e.0)?;
+    // Nothing ends a lookup early but its own timeouts.
+    let (_keep, mut shutdown) = watch::channel(false);
+    lookup_in(&graph, folders, wanted, key, &mut shutdown)
+        .await
+        .map_err(|e| e.0)
+}
+
+async fn lookup_in(
+    graph: &Graph<'_>,
+    folders: &[String],
+    wanted: &Wanted<'_>,
+    key: &crate::token::TokenKey,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<super::imap::Lookup, WatchError> {
+    let from = wanted.created_at.div_euclid(1000) - LOOKUP_SLACK_SECS;
+    let until = wanted.found_at.unwrap_or(wanted.created_at).div_euclid(1000) + LOOKUP_SLACK_SECS;
+    // Retention outlives `token.max_age`: the age window does not apply here, the tag does.
+    let forever = Duration::from_secs(100 * 366 * 86_400);
+    // Why "not found" would not be certain: then it is our failure to look, never `lost`.
+    let mut uncertain: Option<String> = None;
+    for name in folders {
+        let folder = match graph.find_folder(name, shutdown).await? {
+            Ok(id) => id,
+            Err(_) => continue,
+        };
+        // Subject filtering would miss a canary whose subject a gateway rewrote; the time window bounds the reads instead.
+        let since = chrono::DateTime::from_timestamp(from, 0)
+            .unwrap_or_default()
+            .format("%Y-%m-%dT%H:%M:%SZ");
+        let filter = format!("receivedDateTime ge {since}");
+        let mut url = format!(
+            "{}/mailFolders/{}/messages?$filter={}&$select=id,subject,receivedDateTime,internetMessageId&$orderby=receivedDateTime&$top={PAGE_SIZE}",
+            graph.user(),
+            enc(&folder),
+            enc(&filter),
+        );
+        let what = format!("look up a retained canary in {name:?} of {}", graph.cfg.mailbox);
+        let mut listed: Vec<Listed> = Vec::new();
+        'pages: loop {
+            let page: Page = graph.json_required(&what, &url, MAX_PAGE_BYTES, shutdown).await?;
+            for m in page.value {
+                let t = m.received.as_deref().and_then(parse_time);
+                if t.is_some_and(|t| t > until) {
+                    break 'pages;
+                }
+                listed.push(m);
+                if listed.len() >= LOOKUP_MAX_MESSAGES {
+                    uncertain = Some(format!(
+                        "more than {LOOKUP_MAX_MESSAGES} messages in {name:?} around the canary's arrival; \
+                         keep retained canaries in an `archive` folder of their own"
+                    ));
+                    break 'pages;
+                }
+            }
+            match page.next_link {
+                Some(next) => {
+                    graph.check_next_link(&next)?;
+                    url = next;
+                }
+                None => break,
+            }
+        }
+        // Those that carry the token in their subject are read first.
+        listed.sort_by_key(|m| !m.subject.as_deref().is_some_and(|s| s.contains(wanted.token)));
+        for m in &listed {
+            let Some(raw) = graph.mime(m, shutdown).await? else {
+                if m.subject.as_deref().is_some_and(|s| s.contains(wanted.token)) {
+                    uncertain = Some(format!(
+                        "a message in {name:?} with the canary's token is too large to read"
+                    ));
+                }
+                continue;
+            };
+            let ours = crate::token::tokens_in_message(&raw).iter().any(|c| {
+                key.verify(c, std::time::SystemTime::now(), forever)
+                    .is_ok_and(|t| t.id() == wanted.probe_id)
+            });
+            if ours {
+                return Ok(super::imap::Lookup::Found {
+                    folder: name.clone(),
+                    hash: content_hash(&raw),
+                });
+            }
+        }
+    }
+    match uncertain {
+        Some(why) => Err(WatchError(why)),
+        None => Ok(super::imap::Lookup::Absent),
+    }
+}
+
+/// What of a message a Graph retention check compares: the SHA-256 of its
+/// subject, Message-ID, Date, From and decoded text body, each
+/// whitespace-normalised (`sha256:HEX`). Exchange renders a message's MIME
+/// from its store (boundaries, header folding and transfer encodings may
+/// differ between two reads), so hashing the raw bytes would call an
+/// untouched canary altered; an edit of what a person reads is caught.
+pub fn content_hash(raw: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut h = Sha256::new();
+    match mail_parser::MessageParser::default().parse(raw) {
+        Some(msg) => {
+            let from = msg
+                .from()
+                .and_then(|a| a.first())
+                .and_then(|a| a.address())
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let date = msg.date().map(|d| d.to_timestamp().to_string()).unwrap_or_default();
+            let body = msg.body_text(0).map(|b| norm(&b)).unwrap_or_default();
+            for part in [
+                norm(msg.subject().unwrap_or_default()),
+                msg.message_id().unwrap_or_default().to_string(),
+                date,
+                from,
+                body,
+            ] {
+                h.update(part.as_bytes());
+                h.update([0u8]);
+            }
+        }
+        // Not a message mail-parser can read: the bytes are all there is.
+        None => h.update(raw),
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
 }
 
 /// Tokens in the subject and text body of a message too large to download.
@@ -800,6 +1077,30 @@ mod tests {
     fn fingerprint_ignores_case_but_not_folder() {
         assert_eq!(fingerprint("A@x.dk", "Inbox"), fingerprint("a@X.dk", "inbox"));
         assert_ne!(fingerprint("a@x.dk", "Inbox"), fingerprint("a@x.dk", "Other"));
+    }
+
+    /// A canary as sent, and as Exchange may render it on a later read:
+    /// headers refolded and reordered, the body quoted-printable, a header
+    /// of its own added.
+    const SENT: &str = "From: Postcanary <canary@kommune.example>\r\nTo: social@kommune.example\r\n\
+        Subject: [postcanary test] pc-01JDXYZ\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\n\
+        Message-ID: <pc-01JDXYZ@kommune.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+        This is a test message from postcanary.\r\nToken: pc-01JDXYZ\r\n";
+    const RENDERED: &str = "Received: from mx (10.0.0.1) by exchange; Tue, 01 Dec 2026 10:00:01 +0000\r\n\
+        Message-ID: <pc-01JDXYZ@kommune.example>\r\nSubject:\r\n [postcanary test] pc-01JDXYZ\r\n\
+        From: \"Postcanary\" <CANARY@kommune.example>\r\nTo: social@kommune.example\r\n\
+        Date: Tue, 1 Dec 2026 11:00:00 +0100\r\nX-MS-Exchange-Organization-SCL: -1\r\nMIME-Version: 1.0\r\n\
+        Content-Type: text/plain; charset=\"utf-8\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+        This is a test message from =\r\npostcanary.\r\nToken: pc-01JDXYZ\r\n";
+
+    #[test]
+    fn a_rendered_copy_hashes_as_the_original_an_edit_does_not() {
+        assert_eq!(content_hash(SENT.as_bytes()), content_hash(RENDERED.as_bytes()));
+        let edited = SENT.replace("a test message", "an edited message");
+        assert_ne!(content_hash(SENT.as_bytes()), content_hash(edited.as_bytes()));
+        let resubjected = SENT.replace("[postcanary test]", "[ekstern]");
+        assert_ne!(content_hash(SENT.as_bytes()), content_hash(resubjected.as_bytes()));
+        assert!(content_hash(b"\xff\xfe not mail").starts_with("sha256:"));
     }
 
     #[test]

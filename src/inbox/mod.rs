@@ -129,7 +129,15 @@ impl Matcher {
         if self.retain.is_empty() {
             return Ok(None);
         }
-        for candidate in tokens_in_message(raw).iter().take(MAX_CANDIDATES_PER_MESSAGE) {
+        self.retained_folder_in(&tokens_in_message(raw)).await
+    }
+
+    /// [`Matcher::retained_folder`] for the token-shaped strings already found in a message.
+    pub async fn retained_folder_in(&self, candidates: &[String]) -> Result<Option<Option<String>>, StoreError> {
+        if self.retain.is_empty() {
+            return Ok(None);
+        }
+        for candidate in candidates.iter().take(MAX_CANDIDATES_PER_MESSAGE) {
             let Ok(token) = self.key.verify(candidate, SystemTime::now(), self.max_age) else {
                 continue;
             };

@@ -552,6 +552,14 @@ async fn retention(s: &DynStore) {
         (Verdict::Delivered, Some("social"), Some(1_000), None)
     );
     assert_eq!(slim.created_at, d2 + 1_000);
+    // Its token reads as written (a backend may keep it as `pc-` + id) and still finds it.
+    assert_eq!(slim.token, "pc-r-ret-a-5");
+    let by_token = s.probe_by_token("pc-r-ret-a-5").await.unwrap().unwrap();
+    assert_eq!(
+        (by_token.id.as_str(), by_token.token.as_str()),
+        ("r-ret-a-5", "pc-r-ret-a-5")
+    );
+    assert!(s.probe_by_token("pc-r-ret-a-9").await.unwrap().is_none());
     assert!(s.events("r-ret-a-5").await.unwrap().is_empty());
     assert!(
         !s.events("r-ret-a-4").await.unwrap().is_empty(),

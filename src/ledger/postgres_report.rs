@@ -390,8 +390,8 @@ impl PostgresStore {
         }
         // Slim the successes created since the last run's mark (a day
         // earlier, for those judged late): the evidence trail goes, and so do
-        // the columns a success does not need (detail, target, run id); the
-        // reply keeps its queue id. The verdict is not touched, so the
+        // the columns a success does not need (detail, target, run id, and
+        // the token when it is `pc-` + the id); the reply keeps its queue id. The verdict is not touched, so the
         // channel summary's trigger does not fire.
         let ok = successes();
         let since = {
@@ -423,7 +423,8 @@ impl PostgresStore {
                         .map_err(pgerr)?;
                     let n = tx
                         .execute(
-                            "UPDATE probes p SET target = '', run_id = '', detail = NULL, smtp_reply = v.reply \
+                            "UPDATE probes p SET target = '', run_id = '', detail = NULL, smtp_reply = v.reply, \
+                             token = CASE WHEN p.token = 'pc-' || p.id THEN '' ELSE p.token END \
                              FROM unnest($1::text[], $2::text[]) AS v(id, reply) WHERE p.id = v.id",
                             &[&ids, &replies],
                         )

@@ -264,3 +264,69 @@ pub async fn paging_engine(config: &Path) -> postcanary::engine::Engine {
     );
     engine
 }
+
+/// Runs one probe of channel `id` now; returns its id.
+pub async fn fire(engine: &postcanary::engine::Engine, id: &str) -> String {
+    let ch = engine.config.channel(id).expect("channel").clone();
+    postcanary::probe::run(&engine.probe_context(), &engine.config, &ch)
+        .await
+        .expect("probe")
+        .id
+}
+
+/// Waits until probe `id` is judged, and asserts `delivered`.
+pub async fn delivered(store: &dyn postcanary::ledger::Store, id: &str) {
+    let p = wait_for("the canary to be delivered", Duration::from_secs(30), async || {
+        let p = store.probe(id).await.expect("ledger").expect("probe");
+        p.verdict.is_final().then_some(p)
+    })
+    .await;
+    assert_eq!(p.verdict, postcanary::verdict::Verdict::Delivered, "{p:?}");
+}
+
+/// Waits until the check at `age` of a probe is no longer due; returns it.
+pub async fn checked(
+    store: &dyn postcanary::ledger::Store,
+    probe: &str,
+    age: &str,
+    limit: Duration,
+) -> postcanary::ledger::RetainCheck {
+    wait_for(&format!("the {age} retention check"), limit, async || {
+        store
+            .retain_checks(probe)
+            .await
+            .expect("ledger")
+            .into_iter()
+            .find(|c| c.age == age && c.state != "due")
+    })
+    .await
+}
+
+/// (event, channel id, verdict, detail) of every page accepted so far.
+pub fn pages(hook: &super::receiver::Receiver) -> Vec<(String, String, String, String)> {
+    hook.accepted()
+        .iter()
+        .map(|p| {
+            let v = p.json();
+            let s = |x: &serde_json::Value| x.as_str().unwrap_or("").to_string();
+            (
+                s(&v["event"]),
+                s(&v["channel"]["id"]),
+                s(&v["verdict"]),
+                s(&v["detail"]),
+            )
+        })
+        .collect()
+}
+
+pub async fn wait_page(
+    hook: &super::receiver::Receiver,
+    event: &str,
+    channel: &str,
+    limit: Duration,
+) -> (String, String, String, String) {
+    wait_for(&format!("a {event} page for {channel}"), limit, async || {
+        pages(hook).into_iter().find(|p| p.0 == event && p.1 == channel)
+    })
+    .await
+}

@@ -256,6 +256,41 @@ impl GraphDouble {
             .map(|f| f.display_name.clone())
     }
 
+    /// Ids of the messages in the folder with id `folder`, oldest first.
+    pub fn ids_in(&self, folder: &str) -> Vec<String> {
+        let s = self.lock();
+        let mut m: Vec<&Message> = s.messages.iter().filter(|m| m.folder == folder).collect();
+        m.sort_by_key(|m| m.received);
+        m.into_iter().map(|m| m.id.clone()).collect()
+    }
+
+    /// Removes a message for good, as a person emptying Deleted Items (or
+    /// a vendor's clean-up job) would; it is not recorded among `deletes`.
+    pub fn purge(&self, id: &str) -> bool {
+        let mut s = self.lock();
+        let before = s.messages.len();
+        s.messages.retain(|m| m.id != id);
+        s.messages.len() != before
+    }
+
+    /// Replaces a message's content in place (same id, folder and
+    /// `receivedDateTime`), as an edit in the store would.
+    pub fn rewrite(&self, id: &str, raw: &[u8]) -> bool {
+        let mut s = self.lock();
+        match s.messages.iter_mut().find(|m| m.id == id) {
+            Some(m) => {
+                m.raw = raw.to_vec();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The raw MIME of a message.
+    pub fn raw_of(&self, id: &str) -> Option<Vec<u8>> {
+        self.lock().messages.iter().find(|m| m.id == id).map(|m| m.raw.clone())
+    }
+
     /// The user principal name of the double's mailbox.
     pub fn set_mailbox(&self, upn: &str) {
         self.lock().mailbox = upn.into();

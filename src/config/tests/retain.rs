@@ -183,14 +183,27 @@ fn an_http_checks_blind_grace() {
 }
 
 #[test]
-fn a_graph_inbox_cannot_hold_retained_canaries() {
+fn a_graph_inbox_holds_retained_canaries_in_a_folder_path() {
     let main = format!(
         "{MAIN}\n[[inbox]]\nname = \"m365\"\nkind = \"graph\"\nusername = \"post@kommune.example\"\n\
          tenant = \"kommune.example\"\nclient_id = \"app\"\nclient_secret = \"env:POSTCANARY_TEST_PW\"\n"
     );
     let channels = CHANNELS.replacen(
         "inbox = \"social\"\n",
-        "inbox = \"m365\"\nretain = [\"1d\"]\narchive = \"Arkiv\"\n",
+        "inbox = \"m365\"\nretain = [\"1d\"]\narchive = \"Arkiv/Postcanary\"\n",
+        1,
+    );
+    let cfg = load_ok(&main, &channels);
+    let r = cfg.channels[0].retain.as_ref().expect("retain");
+    assert!(
+        matches!(&r.place, RetainPlace::Archive(f) if f == "Arkiv/Postcanary"),
+        "{:?}",
+        r.place
+    );
+    // A path with an empty part names no Graph folder.
+    let channels = CHANNELS.replacen(
+        "inbox = \"social\"\n",
+        "inbox = \"m365\"\nretain = [\"1d\"]\narchive = \"Arkiv//Postcanary\"\n",
         1,
     );
     let e = one_error(&main, &channels);
