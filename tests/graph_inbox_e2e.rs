@@ -35,22 +35,7 @@ async fn a_graph_inbox_confirms_probes_sent_by_smtp() {
         .expect("sandbox");
     // Everything that lands in the sandbox mailbox appears in the Graph
     // mailbox: INBOX in the Inbox, Junk in Junk Email.
-    let bridge = {
-        let mut events = store.subscribe();
-        let (store, double) = (store.clone(), std::sync::Arc::clone(&double));
-        tokio::spawn(async move {
-            let mut copied = [0, 0];
-            while events.recv().await.is_ok() {
-                for (i, (folder, id)) in [("INBOX", INBOX_ID), ("Junk", JUNK_ID)].into_iter().enumerate() {
-                    let msgs = store.messages("social", folder).unwrap_or_default();
-                    for m in msgs.iter().skip(copied[i]) {
-                        double.deliver_to(id, &m.raw);
-                    }
-                    copied[i] = msgs.len();
-                }
-            }
-        })
-    };
+    let bridge = bridge(&store, &double, &[("INBOX", INBOX_ID), ("Junk", JUNK_ID)]);
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("graph.secret"), secret).expect("secret");
     let inbox = format!(
@@ -179,20 +164,7 @@ async fn a_retained_canary_in_a_graph_archive_folder_purged_is_lost_and_edited_i
     let sandbox = Sandbox::start(store.clone(), SandboxOptions::default())
         .await
         .expect("sandbox");
-    let bridge = {
-        let mut events = store.subscribe();
-        let (store, double) = (store.clone(), std::sync::Arc::clone(&double));
-        tokio::spawn(async move {
-            let mut copied = 0;
-            while events.recv().await.is_ok() {
-                let msgs = store.messages("social", "INBOX").unwrap_or_default();
-                for m in msgs.iter().skip(copied) {
-                    double.deliver_to(INBOX_ID, &m.raw);
-                }
-                copied = msgs.len();
-            }
-        })
-    };
+    let bridge = bridge(&store, &double, &[("INBOX", INBOX_ID)]);
     let hook = support::receiver::Receiver::start();
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("graph.secret"), secret).expect("secret");
@@ -333,4 +305,28 @@ inbox = "social-m365"
     engine.stop().await;
     bridge.abort();
     sandbox.shutdown().await;
+}
+
+/// Copies everything that lands in the sandbox user's `folders` into the
+/// Graph double's folder ids, so mail sent by SMTP appears in the Graph
+/// mailbox. Abort the handle at the end of the test.
+fn bridge(
+    store: &MailStore,
+    double: &std::sync::Arc<GraphDouble>,
+    folders: &[(&'static str, &'static str)],
+) -> tokio::task::JoinHandle<()> {
+    let mut events = store.subscribe();
+    let (store, double, folders) = (store.clone(), std::sync::Arc::clone(double), folders.to_vec());
+    tokio::spawn(async move {
+        let mut copied = vec![0; folders.len()];
+        while events.recv().await.is_ok() {
+            for (i, (folder, id)) in folders.iter().enumerate() {
+                let msgs = store.messages("social", folder).unwrap_or_default();
+                for m in msgs.iter().skip(copied[i]) {
+                    double.deliver_to(id, &m.raw);
+                }
+                copied[i] = msgs.len();
+            }
+        }
+    })
 }
