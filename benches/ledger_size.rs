@@ -19,7 +19,8 @@
 //! config's (11 to 25); each character more costs a probe two bytes (the
 //! row and the channel index).
 //!
-//! Run: `cargo bench --bench ledger_size` (POSTCANARY_BENCH_N: channels C,
+//! Run: `cargo bench --bench ledger_size` (POSTCANARY_REPORT_ONLY=1: part 3
+//! only; POSTCANARY_BENCH_N: channels C,
 //! default 1000; the CI smoke run uses 10).
 
 use std::path::Path;
@@ -335,6 +336,9 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
+        // POSTCANARY_REPORT_ONLY=1 skips part 1 and the month of part 2.
+        let report_only = std::env::var("POSTCANARY_REPORT_ONLY").as_deref() == Ok("1");
+        if !report_only {
         let n = if small { 200 } else { 5_000 };
         let (fresh, slim, failed) = per_probe(n).await;
         // Ten times more on PostgreSQL: its tables and indexes grow by 8 KiB
@@ -350,11 +354,12 @@ fn main() {
             assert!(slim <= 300.0, "a slimmed success costs {slim:.0} bytes on SQLite (target ≤ 300)");
             assert!(pg_slim <= 300.0, "a slimmed success costs {pg_slim:.0} bytes on PostgreSQL (target ≤ 300)");
         }
+        }
 
         // 2. A simulated month with the daily retention, at a fifth of the
         // channels (the size is linear in them); POSTCANARY_SKIP_SIM=1 skips it.
         let sim_channels = (channels / 5).max(2);
-        let skip_sim = std::env::var("POSTCANARY_SKIP_SIM").as_deref() == Ok("1");
+        let skip_sim = report_only || std::env::var("POSTCANARY_SKIP_SIM").as_deref() == Ok("1");
         let dir = tempfile::tempdir().expect("tempdir");
         let config = config_with(dir.path(), sim_channels);
         let path = dir.path().join("ledger.db");
