@@ -140,11 +140,21 @@ async fn a_page_written_but_not_sent_goes_out_once_after_kill_9() {
     let s = setup(&stack, &hook.url("/hook"));
     let log = s.dir.path().join("daemon.log");
     let mut daemon = Daemon::start(&s.config, &log);
-    // The page is in the outbox and the notifier refused it.
+    // The page is in the outbox and the notifier refused it, and the
+    // daemon has written down the refusal (killed any earlier, between the
+    // 503 and that write, it has no `page-failed` to show).
     wait_for("a refused attempt", Duration::from_secs(30), async || {
         hook.received().into_iter().next()
     })
     .await;
+    let ledger = SqliteStore::open(&s.dir.path().join("ledger.db")).await.unwrap();
+    wait_for("the refusal in the ledger", Duration::from_secs(30), async || {
+        let open = ledger.open_incidents().await.ok()?;
+        let events = ledger.incident_events(open.first()?.id).await.ok()?;
+        events.iter().any(|e| e.kind == "page-failed").then_some(())
+    })
+    .await;
+    drop(ledger);
     daemon.kill9();
     hook.set_status(202);
     let mut daemon = Daemon::start(&s.config, &log);
