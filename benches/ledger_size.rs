@@ -20,7 +20,8 @@
 //! row and the channel index).
 //!
 //! Run: `cargo bench --bench ledger_size` (POSTCANARY_REPORT_ONLY=1: part 3
-//! only; POSTCANARY_BENCH_N: channels C,
+//! only; POSTCANARY_BENCH_VANTAGE=NAME: part 3's probes carry that vantage;
+//! POSTCANARY_BENCH_N: channels C,
 //! default 1000; the CI smoke run uses 10).
 
 use std::path::Path;
@@ -421,6 +422,13 @@ fn main() {
         for d in 0..DAYS {
             write_day(&mut bulk, START + d * DAY_MS, channels, &mut seq, false);
         }
+        // POSTCANARY_BENCH_VANTAGE=NAME: every probe was sent by that vantage,
+        // as in a deployment with `[vantage]`, so the report's per-vantage
+        // counts have every probe of the period to read.
+        let vantage = std::env::var("POSTCANARY_BENCH_VANTAGE").ok().filter(|v| !v.is_empty());
+        if let Some(v) = &vantage {
+            bulk.execute("UPDATE probes SET vantage = ?1", [v]).expect("vantage");
+        }
         drop(bulk);
         let now = START + DAYS * DAY_MS - 1;
         let t = Instant::now();
@@ -438,6 +446,9 @@ fn main() {
         let report_s = t.elapsed().as_secs_f64();
         let judged: i64 = report.channels.iter().map(|c| c.summary.availability.judged).sum();
         assert!(judged > 0);
+        if vantage.is_some() {
+            assert_eq!(report.vantages.len(), 1, "one vantage in the report");
+        }
         let t = Instant::now();
         let html = postcanary::report::html::report(&report);
         let html_s = t.elapsed().as_secs_f64();
