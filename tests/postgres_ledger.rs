@@ -80,7 +80,7 @@ async fn postgres_meets_the_store_contract_over_tls_and_takes_a_migrated_sqlite_
     assert!(again.probe_by_token("pc-tok-6").await.unwrap().is_some());
     assert_eq!(
         pg.psql_on("contract", "SELECT version FROM schema_version"),
-        "10",
+        "11",
         "one schema_version row, at the newest migration"
     );
 

@@ -1437,4 +1437,57 @@ pub async fn run_vantages(east: DynStore, west: DynStore, plain: DynStore) {
         .await
         .unwrap()
         .is_empty());
+
+    // Rolled up, the whole day is read from the per-vantage rollups and
+    // says what its probes said; a period that starts mid-day counts its
+    // partial day from the probes.
+    plain.roll_up(d0, d0 + 2 * DAY_MS).await.unwrap();
+    assert_eq!(
+        plain.vantage_counts(&[], d0, d0 + DAY_MS).await.unwrap(),
+        all,
+        "rollups = probes"
+    );
+    let tail = plain.vantage_counts(&[], d0 + 1_500, d0 + DAY_MS).await.unwrap();
+    let tail: Vec<(&str, &str, i64, i64, i64, i64)> = tail
+        .iter()
+        .map(|c| {
+            (
+                c.channel.as_str(),
+                c.vantage.as_str(),
+                c.judged,
+                c.successful,
+                c.errors,
+                c.pending,
+            )
+        })
+        .collect();
+    assert_eq!(
+        tail,
+        vec![("van-a", "east", 2, 0, 1, 1)],
+        "a partial day from its probes"
+    );
+    // The day's probes pruned (but the pending one): the rollups still split it per vantage.
+    plain
+        .prune(&PruneCut {
+            probes_before: Some(d0 + DAY_MS),
+            rollups_before: None,
+            slim_before: d0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        plain.vantage_counts(&[], d0, d0 + DAY_MS).await.unwrap(),
+        all,
+        "a pruned day is counted from its per-vantage rollups"
+    );
+    // Rollups past keep_rollups go, the per-vantage ones with them.
+    let stats = plain
+        .prune(&PruneCut {
+            probes_before: None,
+            rollups_before: Some(d0 + DAY_MS),
+            slim_before: d0,
+        })
+        .await
+        .unwrap();
+    assert!(stats.rollups_removed >= 3 + 2, "{stats:?}");
 }

@@ -2,7 +2,7 @@
 //! ledger into an empty PostgreSQL one — probes and their evidence,
 //! incidents and their timelines (with acknowledgements and escalation
 //! steps), the outbox, inbox cursors, DNS baselines, `meta` (the kept token
-//! key and the retention marks), watchers' blind spells, daily rollups,
+//! key and the retention marks), watchers' blind spells, daily rollups (per channel and per vantage),
 //! run-time silences, the audit log and the per-channel summary
 //! (`channel_latest`, `channel_days`) — in one transaction, and compares the
 //! row counts of every table before committing. Ids are kept, so pages
@@ -162,6 +162,19 @@ const TABLES: &[Table] = &[
             ("since", Int),
             ("until", Int),
             ("why", Text),
+        ],
+    ),
+    (
+        "vantage_rollups",
+        "channel, vantage, day",
+        &[
+            ("channel", Text),
+            ("vantage", Text),
+            ("day", Int),
+            ("judged", Int),
+            ("successful", Int),
+            ("errors", Int),
+            ("pending", Int),
         ],
     ),
     (
@@ -338,7 +351,13 @@ pub async fn sqlite_to_postgres(from: &Path, to: &PostgresStore) -> StoreResult<
     tx.execute("DELETE FROM inbox_cursors", &[]).await.map_err(pgerr)?;
     tx.execute("DELETE FROM dns_baselines", &[]).await.map_err(pgerr)?;
     // What a daemon may have written on a target without probes: replaced too.
-    for table in ["watcher_blind", "rollups", "channel_latest", "channel_days"] {
+    for table in [
+        "watcher_blind",
+        "rollups",
+        "vantage_rollups",
+        "channel_latest",
+        "channel_days",
+    ] {
         tx.execute(&format!("DELETE FROM {table}"), &[]).await.map_err(pgerr)?;
     }
     let mut counts = Counts::new();

@@ -323,6 +323,46 @@ pub struct ChannelStatus {
     pub pending: i64,
 }
 
+/// A half-open time range `[start, end)`.
+pub type Span = (Millis, Millis);
+
+/// Where the per-vantage counts of `[from, to)` come from, given that the
+/// days before `rolled` have their rollups: the whole days inside the
+/// period that are rolled up (from the rollups), and the rest of the period
+/// (from the probes) — the partial days at its edges and the days after
+/// the mark.
+pub fn vantage_ranges(from: Millis, to: Millis, rolled: Millis) -> (Option<Span>, Vec<Span>) {
+    let first_whole = if day_start(from) == from {
+        from
+    } else {
+        day_start(from).saturating_add(DAY_MS)
+    };
+    let end_whole = day_start(to).min(rolled);
+    if first_whole >= end_whole {
+        return (None, if to > from { vec![(from, to)] } else { Vec::new() });
+    }
+    let live = [(from, first_whole), (end_whole, to)]
+        .into_iter()
+        .filter(|(a, b)| b > a)
+        .collect();
+    (Some((first_whole, end_whole)), live)
+}
+
+/// Adds `c` to the counts of its channel and vantage in `sum`.
+pub fn add_vantage_counts(sum: &mut std::collections::BTreeMap<(String, String), VantageCounts>, c: VantageCounts) {
+    let e = sum
+        .entry((c.channel.clone(), c.vantage.clone()))
+        .or_insert_with(|| VantageCounts {
+            channel: c.channel.clone(),
+            vantage: c.vantage.clone(),
+            ..VantageCounts::default()
+        });
+    e.judged += c.judged;
+    e.successful += c.successful;
+    e.errors += c.errors;
+    e.pending += c.pending;
+}
+
 /// Probe counts of one channel from one vantage point in a period.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct VantageCounts {
@@ -545,9 +585,11 @@ pub trait Store: Send + Sync + 'static {
     async fn daily_counts(&self, channels: &[String], from: Millis, to: Millis) -> StoreResult<Vec<DayCounts>>;
     /// Probe counts per channel and vantage point for the probes created in
     /// `[from, to)` that carry a vantage (`[vantage] name`); `channels`
-    /// empty means all. Counted from the probes kept, never from rollups
-    /// (which are per channel): days already pruned are not split.
-    /// Ordered by channel, then vantage.
+    /// empty means all. Whole days that have their per-vantage rollups
+    /// (`vantage_rollups`, written by [`Store::roll_up`]) are read from them,
+    /// the rest of the period (its partial edge days, the days since) from
+    /// the probes ([`vantage_ranges`]); days pruned before those rollups
+    /// existed are not split. Ordered by channel, then vantage.
     async fn vantage_counts(&self, channels: &[String], from: Millis, to: Millis) -> StoreResult<Vec<VantageCounts>>;
 
     // --- retention
@@ -798,5 +840,53 @@ pub fn swept_verdict(expect: Expect, sent: bool) -> (Verdict, &'static str) {
             "black hole: the address accepted the message and neither bounced nor refused it",
         ),
         (true, _) => (Verdict::Missed, "nothing arrived before the deadline"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vantage_counts_read_whole_rolled_days_from_rollups_and_the_rest_from_probes() {
+        let d = |n: i64| n * DAY_MS;
+        // Mid-day to mid-day, rolled up through day 10: days 2–9 whole from
+        // the rollups, the edges and day 10 on from the probes.
+        assert_eq!(
+            vantage_ranges(d(1) + 5, d(12) + 7, d(10)),
+            (Some((d(2), d(10))), vec![(d(1) + 5, d(2)), (d(10), d(12) + 7)])
+        );
+        // Day-aligned and all rolled: no probes read.
+        assert_eq!(vantage_ranges(d(3), d(8), d(10)), (Some((d(3), d(8))), vec![]));
+        // Nothing rolled (no mark) or the period inside one day: probes only.
+        assert_eq!(vantage_ranges(d(3), d(8), i64::MIN), (None, vec![(d(3), d(8))]));
+        assert_eq!(
+            vantage_ranges(d(3) + 1, d(3) + 9, d(10)),
+            (None, vec![(d(3) + 1, d(3) + 9)])
+        );
+        assert_eq!(vantage_ranges(d(3), d(3), d(10)), (None, vec![]));
+    }
+
+    #[test]
+    fn vantage_counts_add_up_per_channel_and_vantage() {
+        let mut sum = std::collections::BTreeMap::new();
+        let c = |ch: &str, v: &str, judged| VantageCounts {
+            channel: ch.into(),
+            vantage: v.into(),
+            judged,
+            successful: judged - 1,
+            errors: 1,
+            pending: 2,
+        };
+        add_vantage_counts(&mut sum, c("b", "x", 5));
+        add_vantage_counts(&mut sum, c("a", "y", 3));
+        add_vantage_counts(&mut sum, c("b", "x", 7));
+        let out: Vec<VantageCounts> = sum.into_values().collect();
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].channel.as_str(), out[0].judged), ("a", 3));
+        assert_eq!(
+            (out[1].judged, out[1].successful, out[1].errors, out[1].pending),
+            (12, 10, 2, 4)
+        );
     }
 }

@@ -300,6 +300,20 @@ ALTER INDEX probes_channel SET (fillfactor = 100);
     r#"
 CREATE INDEX probes_vantage ON probes (created_at) WHERE vantage IS NOT NULL;
 "#,
+    // Daily rollups per channel and vantage (SQLite's 13), so that the
+    // report's per-vantage counts read whole days from them.
+    r#"
+CREATE TABLE vantage_rollups (
+    channel    TEXT NOT NULL,
+    vantage    TEXT NOT NULL,
+    day        BIGINT NOT NULL,
+    judged     BIGINT NOT NULL,
+    successful BIGINT NOT NULL,
+    errors     BIGINT NOT NULL,
+    pending    BIGINT NOT NULL,
+    PRIMARY KEY (channel, vantage, day)
+);
+"#,
 ];
 
 /// Key of the advisory lock held while migrating ("pcan").

@@ -8,6 +8,8 @@
 //! rewrite what the active reads). Not fenced, because they only record
 //! what already happened: watchers' blind spells and audit rows.
 
+use std::collections::BTreeMap;
+
 use tokio_postgres::Transaction;
 
 use super::{
@@ -15,15 +17,17 @@ use super::{
     PostgresStore, INCIDENT_COLUMNS, PROBE_COLUMNS,
 };
 use crate::ledger::{
-    day_start, queue_id, Acknowledgement, AuditEntry, BlindSpell, ChannelLatest, DayCounts, Incident, NewSilence,
-    OutboxState, PageRecord, ProbeRecord, PruneCut, PruneStats, SilenceRecord, StoreError, StoreResult, VantageCounts,
-    DAY_MS,
+    add_vantage_counts, day_start, queue_id, vantage_ranges, Acknowledgement, AuditEntry, BlindSpell, ChannelLatest,
+    DayCounts, Incident, NewSilence, OutboxState, PageRecord, ProbeRecord, PruneCut, PruneStats, SilenceRecord,
+    StoreError, StoreResult, VantageCounts, DAY_MS,
 };
 use crate::verdict::Millis;
 
 /// Days before this have been rolled up (read from `rollups`). The same
 /// `meta` keys as the SQLite ledger, so `postcanary migrate` carries them.
 const ROLLED_THROUGH: &str = "rollups_through";
+/// Days before this have their per-vantage rollups (`vantage_rollups`).
+const VANTAGES_ROLLED_THROUGH: &str = "vantage_rollups_through";
 /// Probes created before this may have been pruned: those days' rollups are final.
 const PRUNED_BEFORE: &str = "probes_pruned_before";
 /// Successes created before this have been slimmed.
@@ -205,7 +209,50 @@ async fn roll_up(tx: &Transaction<'_>, from: Millis, to: Millis) -> StoreResult<
     if rolled.is_none_or(|r| r < to) {
         set_meta_i64(tx, ROLLED_THROUGH, to).await?;
     }
+    roll_up_vantages(tx, from, to).await?;
     Ok(n)
+}
+
+/// The per-vantage rollups of `[from, to)` (whole days) and of every day
+/// after their own mark; the first run starts at the oldest probe that
+/// carries a vantage, so a ledger that had vantages before these rollups
+/// existed gets them for every day it still keeps.
+async fn roll_up_vantages(tx: &Transaction<'_>, from: Millis, to: Millis) -> StoreResult<()> {
+    // `from` may be unbounded (i64::MIN), whose day start does not fit.
+    let from = from.max(i64::MIN / 2);
+    let rolled = meta_i64(tx, VANTAGES_ROLLED_THROUGH).await?;
+    let from = match rolled {
+        Some(r) => day_start(from).min(r),
+        None => {
+            let oldest: Option<i64> = get(
+                &tx.query_one("SELECT MIN(created_at) FROM probes WHERE vantage IS NOT NULL", &[])
+                    .await
+                    .map_err(pgerr)?,
+                0,
+            )?;
+            day_start(from).min(oldest.map(day_start).unwrap_or(i64::MAX))
+        }
+    };
+    let from = from.max(meta_i64(tx, PRUNED_BEFORE).await?.unwrap_or(i64::MIN));
+    let to = day_start(to);
+    if to > from {
+        let ok = successes();
+        let sql = format!(
+            "INSERT INTO vantage_rollups (channel, vantage, day, judged, successful, errors, pending) \
+             SELECT channel, vantage, (created_at / {DAY_MS}) * {DAY_MS} AS day, \
+               COUNT(*) FILTER (WHERE verdict <> 'pending'), COUNT(*) FILTER (WHERE verdict IN ({ok})), \
+               COUNT(*) FILTER (WHERE verdict = 'error'), COUNT(*) FILTER (WHERE verdict = 'pending') \
+             FROM probes WHERE created_at >= $1 AND created_at < $2 AND vantage IS NOT NULL \
+             GROUP BY channel, vantage, day \
+             ON CONFLICT (channel, vantage, day) DO UPDATE SET judged = excluded.judged, \
+               successful = excluded.successful, errors = excluded.errors, pending = excluded.pending"
+        );
+        tx.execute(&sql, &[&from, &to]).await.map_err(pgerr)?;
+    }
+    if rolled.is_none_or(|r| r < to) {
+        set_meta_i64(tx, VANTAGES_ROLLED_THROUGH, to).await?;
+    }
+    Ok(())
 }
 
 /// What a slimmed success keeps of the server's reply: the queue id, when it names one.
@@ -266,26 +313,64 @@ impl PostgresStore {
         from: Millis,
         to: Millis,
     ) -> StoreResult<Vec<VantageCounts>> {
+        let mut c = self.client().await?;
+        // One snapshot: the mark and the rows agree.
+        let tx = c
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pgerr)?;
+        let rolled = meta_i64(&tx, VANTAGES_ROLLED_THROUGH).await?.unwrap_or(i64::MIN);
+        let (whole, live) = vantage_ranges(from, to, rolled);
+        let list = channel_list(channels);
+        let mut parts = Vec::new();
+        if let Some((a, b)) = whole {
+            parts.push((
+                "SELECT channel, vantage, SUM(judged)::BIGINT, SUM(successful)::BIGINT, SUM(errors)::BIGINT, \
+                   SUM(pending)::BIGINT \
+                 FROM vantage_rollups WHERE day >= $1 AND day < $2 \
+                   AND ($3::text[] IS NULL OR channel = ANY($3::text[])) \
+                 GROUP BY channel, vantage"
+                    .to_string(),
+                a,
+                b,
+            ));
+        }
         let ok = successes();
-        let sql = format!(
-            "SELECT channel, vantage, COUNT(*) FILTER (WHERE verdict <> 'pending'), \
-               COUNT(*) FILTER (WHERE verdict IN ({ok})), COUNT(*) FILTER (WHERE verdict = 'error'), \
-               COUNT(*) FILTER (WHERE verdict = 'pending') \
-             FROM probes WHERE created_at >= $1 AND created_at < $2 AND vantage IS NOT NULL \
-               AND ($3::text[] IS NULL OR channel = ANY($3::text[])) \
-             GROUP BY channel, vantage ORDER BY channel COLLATE \"C\", vantage COLLATE \"C\""
-        );
-        self.query_all(&sql, &[&from, &to, &channel_list(channels)], |r| {
-            Ok(VantageCounts {
-                channel: get(r, 0)?,
-                vantage: get(r, 1)?,
-                judged: get(r, 2)?,
-                successful: get(r, 3)?,
-                errors: get(r, 4)?,
-                pending: get(r, 5)?,
-            })
-        })
-        .await
+        for (a, b) in live {
+            parts.push((
+                format!(
+                    "SELECT channel, vantage, COUNT(*) FILTER (WHERE verdict <> 'pending'), \
+                       COUNT(*) FILTER (WHERE verdict IN ({ok})), COUNT(*) FILTER (WHERE verdict = 'error'), \
+                       COUNT(*) FILTER (WHERE verdict = 'pending') \
+                     FROM probes WHERE created_at >= $1 AND created_at < $2 AND vantage IS NOT NULL \
+                       AND ($3::text[] IS NULL OR channel = ANY($3::text[])) \
+                     GROUP BY channel, vantage"
+                ),
+                a,
+                b,
+            ));
+        }
+        let mut sum: BTreeMap<(String, String), VantageCounts> = BTreeMap::new();
+        for (sql, a, b) in parts {
+            for r in tx.query(&sql, &[&a, &b, &list]).await.map_err(pgerr)? {
+                add_vantage_counts(
+                    &mut sum,
+                    VantageCounts {
+                        channel: get(&r, 0)?,
+                        vantage: get(&r, 1)?,
+                        judged: get(&r, 2)?,
+                        successful: get(&r, 3)?,
+                        errors: get(&r, 4)?,
+                        pending: get(&r, 5)?,
+                    },
+                );
+            }
+        }
+        tx.commit().await.map_err(pgerr)?;
+        Ok(sum.into_values().collect())
     }
 
     pub(super) async fn report_roll_up(&self, from: Millis, to: Millis) -> StoreResult<i64> {
@@ -384,7 +469,10 @@ impl PostgresStore {
             let n = tx
                 .execute("DELETE FROM rollups WHERE day < $1", &[&before])
                 .await
-                .map_err(pgerr)?;
+                .map_err(pgerr)?
+                + tx.execute("DELETE FROM vantage_rollups WHERE day < $1", &[&before])
+                    .await
+                    .map_err(pgerr)?;
             tx.commit().await.map_err(pgerr)?;
             stats.rollups_removed = i64::try_from(n).unwrap_or(i64::MAX);
         }

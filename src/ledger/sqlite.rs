@@ -281,6 +281,21 @@ ALTER TABLE retain_checks ADD COLUMN fault_since INTEGER;
     r#"
 CREATE INDEX probes_vantage ON probes (created_at) WHERE vantage IS NOT NULL;
 "#,
+    // Daily rollups per channel and vantage, so that the report's
+    // per-vantage counts read whole days from them as the channel figures
+    // do (`vantage_rollups_through` marks how far they go).
+    r#"
+CREATE TABLE vantage_rollups (
+    channel    TEXT NOT NULL,
+    vantage    TEXT NOT NULL,
+    day        INTEGER NOT NULL,
+    judged     INTEGER NOT NULL,
+    successful INTEGER NOT NULL,
+    errors     INTEGER NOT NULL,
+    pending    INTEGER NOT NULL,
+    PRIMARY KEY (channel, vantage, day)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The verdicts that fail a channel and can open its incident: all but the

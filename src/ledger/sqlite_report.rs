@@ -1,12 +1,15 @@
 //! The SQLite side of reports, evidence and retention: read queries over
 //! probes, incidents and the outbox, and the watchers' blind spells.
 
+use std::collections::BTreeMap;
+
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
 use super::{row_to_incident, text, SqliteStore, INCIDENT_COLUMNS};
 use crate::ledger::{
-    day_start, BlindSpell, DayCounts, Incident, PageRecord, PruneCut, PruneStats, StoreResult, VantageCounts, DAY_MS,
+    add_vantage_counts, day_start, vantage_ranges, BlindSpell, DayCounts, Incident, PageRecord, PruneCut, PruneStats,
+    StoreResult, VantageCounts, DAY_MS,
 };
 use crate::verdict::{Millis, Verdict};
 
@@ -130,36 +133,48 @@ impl SqliteStore {
     ) -> StoreResult<Vec<VantageCounts>> {
         let channels = channels.to_vec();
         self.with(move |c| {
-            let ok = success_list();
-            let mut out = Vec::new();
+            // One read transaction: the mark and the rows agree.
+            let tx = c.transaction()?;
+            let rolled = meta_i64(&tx, VANTAGES_ROLLED_THROUGH)?.unwrap_or(i64::MIN);
+            let (whole, live) = vantage_ranges(from, to, rolled);
+            let mut sum: BTreeMap<(String, String), VantageCounts> = BTreeMap::new();
             for group in channel_groups(&channels) {
                 let (filter, args) = channel_filter(group, 3);
-                let sql = format!(
-                    "SELECT channel, vantage, COALESCE(SUM(verdict <> 'pending'), 0), \
-                       COALESCE(SUM(verdict IN ({ok})), 0), COALESCE(SUM(verdict = 'error'), 0), \
-                       COALESCE(SUM(verdict = 'pending'), 0) \
-                     FROM probes WHERE created_at >= ?1 AND created_at < ?2 AND vantage IS NOT NULL {filter} \
-                     GROUP BY channel, vantage"
-                );
-                let mut all = vec![Value::Integer(from), Value::Integer(to)];
-                all.extend(args);
-                let mut stmt = c.prepare_cached(&sql)?;
-                let rows = stmt.query_map(params_from_iter(all), |r| {
-                    Ok(VantageCounts {
-                        channel: r.get(0)?,
-                        vantage: r.get(1)?,
-                        judged: r.get(2)?,
-                        successful: r.get(3)?,
-                        errors: r.get(4)?,
-                        pending: r.get(5)?,
-                    })
-                })?;
-                for r in rows {
-                    out.push(r?);
+                let mut parts = Vec::new();
+                if let Some((a, b)) = whole {
+                    parts.push((
+                        format!(
+                            "SELECT channel, vantage, SUM(judged), SUM(successful), SUM(errors), SUM(pending) \
+                             FROM vantage_rollups WHERE day >= ?1 AND day < ?2 {filter} GROUP BY channel, vantage"
+                        ),
+                        a,
+                        b,
+                    ));
+                }
+                for &(a, b) in &live {
+                    parts.push((vantage_counts_sql(&filter), a, b));
+                }
+                for (sql, a, b) in parts {
+                    let mut all = vec![Value::Integer(a), Value::Integer(b)];
+                    all.extend(args.iter().cloned());
+                    let mut stmt = tx.prepare_cached(&sql)?;
+                    let rows = stmt.query_map(params_from_iter(all), |r| {
+                        Ok(VantageCounts {
+                            channel: r.get(0)?,
+                            vantage: r.get(1)?,
+                            judged: r.get(2)?,
+                            successful: r.get(3)?,
+                            errors: r.get(4)?,
+                            pending: r.get(5)?,
+                        })
+                    })?;
+                    for r in rows {
+                        add_vantage_counts(&mut sum, r?);
+                    }
                 }
             }
-            out.sort_by(|a, b| (a.channel.as_str(), a.vantage.as_str()).cmp(&(b.channel.as_str(), b.vantage.as_str())));
-            Ok(out)
+            tx.commit()?;
+            Ok(sum.into_values().collect())
         })
         .await
     }
@@ -233,6 +248,8 @@ fn set_meta_i64(c: &Connection, key: &str, value: i64) -> rusqlite::Result<()> {
 
 /// Days before this have been rolled up (read from `rollups`).
 const ROLLED_THROUGH: &str = "rollups_through";
+/// Days before this have their per-vantage rollups (`vantage_rollups`).
+const VANTAGES_ROLLED_THROUGH: &str = "vantage_rollups_through";
 /// Probes created before this may have been pruned: those days' rollups are final.
 const PRUNED_BEFORE: &str = "probes_pruned_before";
 /// Successes created before this have been slimmed.
@@ -295,6 +312,19 @@ fn roll_up_by_day(c: &mut Connection, from: Millis, to: Millis) -> rusqlite::Res
         Some(r) => start = start.min(r),
         None => start = start.min(oldest.map(day_start).unwrap_or(start)),
     }
+    // The per-vantage rollups catch up day by day too (from their first
+    // run on a ledger that already had vantages).
+    let vantage_start = match meta_i64(c, VANTAGES_ROLLED_THROUGH)? {
+        Some(r) => Some(r),
+        None => c
+            .query_row(
+                "SELECT MIN(created_at) FROM probes WHERE vantage IS NOT NULL",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .map(day_start),
+    };
+    let start = start.min(vantage_start.unwrap_or(start));
     let start = start.max(meta_i64(c, PRUNED_BEFORE)?.unwrap_or(i64::MIN));
     let to = day_start(to);
     let mut n = 0;
@@ -340,7 +370,62 @@ fn roll_up(c: &Connection, from: Millis, to: Millis) -> rusqlite::Result<i64> {
     if meta_i64(c, ROLLED_THROUGH)?.is_none_or(|r| r < to) {
         set_meta_i64(c, ROLLED_THROUGH, to)?;
     }
+    roll_up_vantages(c, from, to)?;
     Ok(n)
+}
+
+/// The per-vantage rollups of `[from, to)` (whole days) and of every day
+/// after their own mark; the first run starts at the oldest probe that
+/// carries a vantage, so a ledger that had vantages before these rollups
+/// existed gets them for every day it still keeps.
+fn roll_up_vantages(c: &Connection, from: Millis, to: Millis) -> rusqlite::Result<()> {
+    // `from` may be unbounded (i64::MIN), whose day start does not fit.
+    let from = from.max(i64::MIN / 2);
+    let from = match meta_i64(c, VANTAGES_ROLLED_THROUGH)? {
+        Some(r) => day_start(from).min(r),
+        None => {
+            let oldest: Option<i64> = c.query_row(
+                "SELECT MIN(created_at) FROM probes WHERE vantage IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )?;
+            day_start(from).min(oldest.map(day_start).unwrap_or(i64::MAX))
+        }
+    };
+    let from = from.max(meta_i64(c, PRUNED_BEFORE)?.unwrap_or(i64::MIN));
+    let to = day_start(to);
+    if to > from {
+        let ok = success_list();
+        c.execute(
+            &format!(
+                "INSERT INTO vantage_rollups (channel, vantage, day, judged, successful, errors, pending) \
+                 SELECT channel, vantage, (created_at / {DAY_MS}) * {DAY_MS} AS day, \
+                   COALESCE(SUM(verdict <> 'pending'), 0), COALESCE(SUM(verdict IN ({ok})), 0), \
+                   COALESCE(SUM(verdict = 'error'), 0), COALESCE(SUM(verdict = 'pending'), 0) \
+                 FROM probes WHERE created_at >= ?1 AND created_at < ?2 AND vantage IS NOT NULL \
+                 GROUP BY channel, vantage, day \
+                 ON CONFLICT (channel, vantage, day) DO UPDATE SET judged = excluded.judged, \
+                   successful = excluded.successful, errors = excluded.errors, pending = excluded.pending"
+            ),
+            params![from, to],
+        )?;
+    }
+    if meta_i64(c, VANTAGES_ROLLED_THROUGH)?.is_none_or(|r| r < to) {
+        set_meta_i64(c, VANTAGES_ROLLED_THROUGH, to)?;
+    }
+    Ok(())
+}
+
+/// Per-vantage counts of the probes in `[?1, ?2)`.
+fn vantage_counts_sql(filter: &str) -> String {
+    let ok = success_list();
+    format!(
+        "SELECT channel, vantage, COALESCE(SUM(verdict <> 'pending'), 0), \
+           COALESCE(SUM(verdict IN ({ok})), 0), COALESCE(SUM(verdict = 'error'), 0), \
+           COALESCE(SUM(verdict = 'pending'), 0) \
+         FROM probes WHERE created_at >= ?1 AND created_at < ?2 AND vantage IS NOT NULL {filter} \
+         GROUP BY channel, vantage"
+    )
 }
 
 /// The probes a pruning run must keep: pending ones, those an open incident
@@ -435,7 +520,8 @@ fn prune(c: &mut Connection, cut: &PruneCut) -> rusqlite::Result<PruneStats> {
         )?;
     }
     if let Some(before) = cut.rollups_before {
-        stats.rollups_removed = c.execute("DELETE FROM rollups WHERE day < ?1", params![before])? as i64;
+        stats.rollups_removed = c.execute("DELETE FROM rollups WHERE day < ?1", params![before])? as i64
+            + c.execute("DELETE FROM vantage_rollups WHERE day < ?1", params![before])? as i64;
     }
     // Slim the successes created since the last run's mark (a day earlier,
     // for those judged late): the evidence trail goes, and the row is

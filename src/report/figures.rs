@@ -537,8 +537,8 @@ pub fn compute(inp: &Inputs) -> Report {
     }
     if !vantages.is_empty() {
         notes.push(
-            "per vantage point: the probes each vantage sent and the ledger still keeps ([ledger] keep_probes); \
-             days already pruned count in the channel's figures only"
+            "per vantage point: the probes each vantage sent, whole days from the daily per-vantage rollups; \
+             days pruned before a ledger had those rollups count in the channel's figures only"
                 .into(),
         );
     }
