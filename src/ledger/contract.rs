@@ -1403,22 +1403,25 @@ pub async fn run_vantages(east: DynStore, west: DynStore, plain: DynStore) {
                 .unwrap());
         }
     }
+    // (channel, vantage, judged, successful, errors, pending) of each count.
+    fn tuples(counts: &[super::VantageCounts]) -> Vec<(&str, &str, i64, i64, i64, i64)> {
+        counts
+            .iter()
+            .map(|c| {
+                (
+                    c.channel.as_str(),
+                    c.vantage.as_str(),
+                    c.judged,
+                    c.successful,
+                    c.errors,
+                    c.pending,
+                )
+            })
+            .collect()
+    }
     let all = plain.vantage_counts(&[], d0, d0 + DAY_MS).await.unwrap();
-    let got: Vec<(&str, &str, i64, i64, i64, i64)> = all
-        .iter()
-        .map(|c| {
-            (
-                c.channel.as_str(),
-                c.vantage.as_str(),
-                c.judged,
-                c.successful,
-                c.errors,
-                c.pending,
-            )
-        })
-        .collect();
     assert_eq!(
-        got,
+        tuples(&all),
         vec![
             ("van-a", "east", 3, 1, 1, 1),
             ("van-a", "west", 1, 1, 0, 0),
@@ -1448,21 +1451,8 @@ pub async fn run_vantages(east: DynStore, west: DynStore, plain: DynStore) {
         "rollups = probes"
     );
     let tail = plain.vantage_counts(&[], d0 + 1_500, d0 + DAY_MS).await.unwrap();
-    let tail: Vec<(&str, &str, i64, i64, i64, i64)> = tail
-        .iter()
-        .map(|c| {
-            (
-                c.channel.as_str(),
-                c.vantage.as_str(),
-                c.judged,
-                c.successful,
-                c.errors,
-                c.pending,
-            )
-        })
-        .collect();
     assert_eq!(
-        tail,
+        tuples(&tail),
         vec![("van-a", "east", 2, 0, 1, 1)],
         "a partial day from its probes"
     );

@@ -781,9 +781,10 @@ pub type DynStore = Arc<dyn Store>;
 /// Milliseconds in a day; days in the ledger are UTC days.
 pub const DAY_MS: Millis = 86_400_000;
 
-/// The start of the UTC day that holds `t`.
+/// The start of the UTC day that holds `t`; `i64::MIN` (an unbounded
+/// start) stays `i64::MIN`.
 pub fn day_start(t: Millis) -> Millis {
-    t.div_euclid(DAY_MS) * DAY_MS
+    t.div_euclid(DAY_MS).saturating_mul(DAY_MS)
 }
 
 /// Records a verdict and, if it was the one that counted, reports it to the

@@ -590,6 +590,17 @@ impl PostgresStore {
         self.fence.as_deref()
     }
 
+    /// A read-only transaction that sees one snapshot of the ledger, so that
+    /// a mark read in it and the rows read after agree.
+    pub(crate) async fn snapshot(c: &mut deadpool_postgres::Object) -> StoreResult<deadpool_postgres::Transaction<'_>> {
+        c.build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pgerr)
+    }
+
     pub(crate) async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
         self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => StoreError(format!("{}: {}", self.name, pgerr(e).0)),
@@ -1433,13 +1444,7 @@ impl Store for PostgresStore {
 
     async fn channel_status(&self, channels: &[String], now: Millis, recent: usize) -> StoreResult<Vec<ChannelStatus>> {
         let mut c = self.client().await?;
-        let tx = c
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pgerr)?;
+        let tx = Self::snapshot(&mut c).await?;
         let last = tx
             .prepare_cached(&format!(
                 "SELECT {PROBE_COLUMNS} FROM probes WHERE channel = $1 AND verdict <> 'pending' \

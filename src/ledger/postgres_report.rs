@@ -213,13 +213,21 @@ async fn roll_up(tx: &Transaction<'_>, from: Millis, to: Millis) -> StoreResult<
     Ok(n)
 }
 
+/// Judged, successful, `error` and pending probes of a group: the columns
+/// of a per-vantage count, from the probes and in `vantage_rollups` alike.
+fn vantage_count_columns() -> String {
+    let ok = successes();
+    format!(
+        "COUNT(*) FILTER (WHERE verdict <> 'pending'), COUNT(*) FILTER (WHERE verdict IN ({ok})), \
+         COUNT(*) FILTER (WHERE verdict = 'error'), COUNT(*) FILTER (WHERE verdict = 'pending')"
+    )
+}
+
 /// The per-vantage rollups of `[from, to)` (whole days) and of every day
 /// after their own mark; the first run starts at the oldest probe that
 /// carries a vantage, so a ledger that had vantages before these rollups
 /// existed gets them for every day it still keeps.
 async fn roll_up_vantages(tx: &Transaction<'_>, from: Millis, to: Millis) -> StoreResult<()> {
-    // `from` may be unbounded (i64::MIN), whose day start does not fit.
-    let from = from.max(i64::MIN / 2);
     let rolled = meta_i64(tx, VANTAGES_ROLLED_THROUGH).await?;
     let from = match rolled {
         Some(r) => day_start(from).min(r),
@@ -236,16 +244,14 @@ async fn roll_up_vantages(tx: &Transaction<'_>, from: Millis, to: Millis) -> Sto
     let from = from.max(meta_i64(tx, PRUNED_BEFORE).await?.unwrap_or(i64::MIN));
     let to = day_start(to);
     if to > from {
-        let ok = successes();
         let sql = format!(
             "INSERT INTO vantage_rollups (channel, vantage, day, judged, successful, errors, pending) \
-             SELECT channel, vantage, (created_at / {DAY_MS}) * {DAY_MS} AS day, \
-               COUNT(*) FILTER (WHERE verdict <> 'pending'), COUNT(*) FILTER (WHERE verdict IN ({ok})), \
-               COUNT(*) FILTER (WHERE verdict = 'error'), COUNT(*) FILTER (WHERE verdict = 'pending') \
+             SELECT channel, vantage, (created_at / {DAY_MS}) * {DAY_MS} AS day, {} \
              FROM probes WHERE created_at >= $1 AND created_at < $2 AND vantage IS NOT NULL \
              GROUP BY channel, vantage, day \
              ON CONFLICT (channel, vantage, day) DO UPDATE SET judged = excluded.judged, \
-               successful = excluded.successful, errors = excluded.errors, pending = excluded.pending"
+               successful = excluded.successful, errors = excluded.errors, pending = excluded.pending",
+            vantage_count_columns()
         );
         tx.execute(&sql, &[&from, &to]).await.map_err(pgerr)?;
     }
@@ -295,13 +301,7 @@ impl PostgresStore {
     ) -> StoreResult<Vec<DayCounts>> {
         let mut c = self.client().await?;
         // One snapshot: the rolled-up mark and the counts agree.
-        let tx = c
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pgerr)?;
+        let tx = Self::snapshot(&mut c).await?;
         let out = merged_counts(&tx, channels, from, to).await?;
         tx.commit().await.map_err(pgerr)?;
         Ok(out)
@@ -315,13 +315,7 @@ impl PostgresStore {
     ) -> StoreResult<Vec<VantageCounts>> {
         let mut c = self.client().await?;
         // One snapshot: the mark and the rows agree.
-        let tx = c
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pgerr)?;
+        let tx = Self::snapshot(&mut c).await?;
         let rolled = meta_i64(&tx, VANTAGES_ROLLED_THROUGH).await?.unwrap_or(i64::MIN);
         let (whole, live) = vantage_ranges(from, to, rolled);
         let list = channel_list(channels);
@@ -338,16 +332,14 @@ impl PostgresStore {
                 b,
             ));
         }
-        let ok = successes();
         for (a, b) in live {
             parts.push((
                 format!(
-                    "SELECT channel, vantage, COUNT(*) FILTER (WHERE verdict <> 'pending'), \
-                       COUNT(*) FILTER (WHERE verdict IN ({ok})), COUNT(*) FILTER (WHERE verdict = 'error'), \
-                       COUNT(*) FILTER (WHERE verdict = 'pending') \
+                    "SELECT channel, vantage, {} \
                      FROM probes WHERE created_at >= $1 AND created_at < $2 AND vantage IS NOT NULL \
                        AND ($3::text[] IS NULL OR channel = ANY($3::text[])) \
-                     GROUP BY channel, vantage"
+                     GROUP BY channel, vantage",
+                    vantage_count_columns()
                 ),
                 a,
                 b,

@@ -316,13 +316,7 @@ fn roll_up_by_day(c: &mut Connection, from: Millis, to: Millis) -> rusqlite::Res
     // run on a ledger that already had vantages).
     let vantage_start = match meta_i64(c, VANTAGES_ROLLED_THROUGH)? {
         Some(r) => Some(r),
-        None => c
-            .query_row(
-                "SELECT MIN(created_at) FROM probes WHERE vantage IS NOT NULL",
-                [],
-                |r| r.get::<_, Option<i64>>(0),
-            )?
-            .map(day_start),
+        None => oldest_vantage_day(c)?,
     };
     let start = start.min(vantage_start.unwrap_or(start));
     let start = start.max(meta_i64(c, PRUNED_BEFORE)?.unwrap_or(i64::MIN));
@@ -379,33 +373,22 @@ fn roll_up(c: &Connection, from: Millis, to: Millis) -> rusqlite::Result<i64> {
 /// carries a vantage, so a ledger that had vantages before these rollups
 /// existed gets them for every day it still keeps.
 fn roll_up_vantages(c: &Connection, from: Millis, to: Millis) -> rusqlite::Result<()> {
-    // `from` may be unbounded (i64::MIN), whose day start does not fit.
-    let from = from.max(i64::MIN / 2);
     let from = match meta_i64(c, VANTAGES_ROLLED_THROUGH)? {
         Some(r) => day_start(from).min(r),
-        None => {
-            let oldest: Option<i64> = c.query_row(
-                "SELECT MIN(created_at) FROM probes WHERE vantage IS NOT NULL",
-                [],
-                |r| r.get(0),
-            )?;
-            day_start(from).min(oldest.map(day_start).unwrap_or(i64::MAX))
-        }
+        None => day_start(from).min(oldest_vantage_day(c)?.unwrap_or(i64::MAX)),
     };
     let from = from.max(meta_i64(c, PRUNED_BEFORE)?.unwrap_or(i64::MIN));
     let to = day_start(to);
     if to > from {
-        let ok = success_list();
         c.execute(
             &format!(
                 "INSERT INTO vantage_rollups (channel, vantage, day, judged, successful, errors, pending) \
-                 SELECT channel, vantage, (created_at / {DAY_MS}) * {DAY_MS} AS day, \
-                   COALESCE(SUM(verdict <> 'pending'), 0), COALESCE(SUM(verdict IN ({ok})), 0), \
-                   COALESCE(SUM(verdict = 'error'), 0), COALESCE(SUM(verdict = 'pending'), 0) \
+                 SELECT channel, vantage, (created_at / {DAY_MS}) * {DAY_MS} AS day, {} \
                  FROM probes WHERE created_at >= ?1 AND created_at < ?2 AND vantage IS NOT NULL \
                  GROUP BY channel, vantage, day \
                  ON CONFLICT (channel, vantage, day) DO UPDATE SET judged = excluded.judged, \
-                   successful = excluded.successful, errors = excluded.errors, pending = excluded.pending"
+                   successful = excluded.successful, errors = excluded.errors, pending = excluded.pending",
+                vantage_count_columns()
             ),
             params![from, to],
         )?;
@@ -416,15 +399,34 @@ fn roll_up_vantages(c: &Connection, from: Millis, to: Millis) -> rusqlite::Resul
     Ok(())
 }
 
-/// Per-vantage counts of the probes in `[?1, ?2)`.
-fn vantage_counts_sql(filter: &str) -> String {
+/// The day of the oldest probe that carries a vantage (found by the
+/// partial index `probes_vantage`).
+fn oldest_vantage_day(c: &Connection) -> rusqlite::Result<Option<Millis>> {
+    let oldest: Option<i64> = c.query_row(
+        "SELECT MIN(created_at) FROM probes WHERE vantage IS NOT NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(oldest.map(day_start))
+}
+
+/// Judged, successful, `error` and pending probes of a group: the columns
+/// of a per-vantage count, from the probes and in `vantage_rollups` alike.
+fn vantage_count_columns() -> String {
     let ok = success_list();
     format!(
-        "SELECT channel, vantage, COALESCE(SUM(verdict <> 'pending'), 0), \
-           COALESCE(SUM(verdict IN ({ok})), 0), COALESCE(SUM(verdict = 'error'), 0), \
-           COALESCE(SUM(verdict = 'pending'), 0) \
+        "COALESCE(SUM(verdict <> 'pending'), 0), COALESCE(SUM(verdict IN ({ok})), 0), \
+         COALESCE(SUM(verdict = 'error'), 0), COALESCE(SUM(verdict = 'pending'), 0)"
+    )
+}
+
+/// Per-vantage counts of the probes in `[?1, ?2)`.
+fn vantage_counts_sql(filter: &str) -> String {
+    format!(
+        "SELECT channel, vantage, {} \
          FROM probes WHERE created_at >= ?1 AND created_at < ?2 AND vantage IS NOT NULL {filter} \
-         GROUP BY channel, vantage"
+         GROUP BY channel, vantage",
+        vantage_count_columns()
     )
 }
 
